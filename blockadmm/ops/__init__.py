@@ -1,0 +1,200 @@
+"""Public ops (DESIGN §2): validated front ends over the one dispatch.
+
+Each op checks its arguments once here, so every backend receives the same well-formed call:
+shapes, dtypes, devices, contiguity of in-place outputs, unique indices.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import ref
+from ..prox import Prox, as_prox
+from ._dispatch import (
+    AUTO_ORDER,
+    BACKEND_ENV,
+    Backend,
+    BackendUnavailable,
+    backends,
+    register_backend,
+    resolve,
+    status,
+)
+
+__all__ = [
+    "aux_dual_update",
+    "nmf_mu_update",
+    "linear_block_fwd_bwd",
+    "Prox",
+    "Backend",
+    "BackendUnavailable",
+    "register_backend",
+    "backends",
+    "status",
+    "AUTO_ORDER",
+    "BACKEND_ENV",
+]
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+register_backend(
+    Backend(
+        name="torch",
+        devices=("cpu", "cuda", "mps", "xpu"),
+        load=lambda: {
+            "aux_dual_update": ref.aux_dual_update,
+            "nmf_mu_update": ref.nmf_mu_update,
+            "linear_block_fwd_bwd": ref.linear_block_fwd_bwd,
+        },
+    )
+)
+
+
+def needs_torch_backend(op: str, device: str, kwargs: dict) -> Optional[str]:
+    """`can_run` helper for compiled backends: what only the torch reference can do."""
+    prox = kwargs.get("prox")
+    if prox is not None and prox.kind == "custom":
+        return "a Prox.custom callable runs only on the torch backend"
+    return None
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def _same_device(**tensors) -> str:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"all tensors must be on one device, got {devices}")
+    return next(iter(devices.values())).type
+
+
+def _check_inplace(name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"{name} is updated in place and must be contiguous; pass {name}.contiguous() and use the result")
+
+
+def aux_dual_update(
+    z: torch.Tensor,
+    u: torch.Tensor,
+    a: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    *,
+    rho: float,
+    lr: float,
+    dual_step: float = 1.0,
+    prox=None,
+    index: Optional[torch.Tensor] = None,
+    step: str = "grad",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused auxiliary/dual update, in place on z and u (rows `index` of them when given).
+
+    zn = prox(z[j] - lr*(rho*(z[j] - a[i] + u[j]) + g[i]));  u[j] += dual_step*(zn - a[i]);  z[j] = zn.
+    With step="sign" the step is lr*sign(...). Returns the float32 sum of ||zn - a||^2 as a 0-d tensor.
+    """
+    prox = as_prox(prox)
+    for name, t in (("z", z), ("u", u), ("a", a), ("g", g)):
+        if t is not None:
+            _check_float(name, t)
+    device = _same_device(z=z, u=u, a=a, g=g, index=index)
+    if u.shape != z.shape or u.dtype != z.dtype:
+        raise ValueError(f"u must match z in shape and dtype: z {tuple(z.shape)} {z.dtype}, u {tuple(u.shape)} {u.dtype}")
+    _check_inplace("z", z)
+    _check_inplace("u", u)
+    if index is None:
+        if a.shape != z.shape:
+            raise ValueError(f"a has shape {tuple(a.shape)} but z has {tuple(z.shape)}; without index they must match")
+    else:
+        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"index must be a 1-D int64/int32 tensor of table rows, got {index.dtype} of shape {tuple(index.shape)}")
+        if index.shape[0] != a.shape[0] or a.shape[1:] != z.shape[1:]:
+            raise ValueError(
+                f"with index, a must be (len(index), *z.shape[1:]) = ({index.shape[0]}, {', '.join(map(str, z.shape[1:]))}), got {tuple(a.shape)}"
+            )
+        if index.numel():
+            lo, hi = int(index.min()), int(index.max())
+            if lo < 0 or hi >= z.shape[0]:
+                raise IndexError(f"index holds rows {lo}..{hi} but the table has {z.shape[0]} rows")
+            if index.unique().numel() != index.numel():
+                raise ValueError("index rows must be unique (a row updated twice in one pass is undefined)")
+        index = index.long()
+    if g is not None and g.shape != a.shape:
+        raise ValueError(f"g has shape {tuple(g.shape)} but a has {tuple(a.shape)}")
+    if step not in ("grad", "sign"):
+        raise ValueError(f"step must be 'grad' or 'sign', got {step!r}")
+    a = a.contiguous()
+    g = g.contiguous() if g is not None else None
+    kwargs = dict(rho=float(rho), lr=float(lr), dual_step=float(dual_step), prox=prox, index=index, step=step)
+    fn = resolve("aux_dual_update", backend, device, kwargs)
+    return fn(z, u, a, g, **kwargs)
+
+
+def nmf_mu_update(
+    V: torch.Tensor,
+    H: torch.Tensor,
+    W: torch.Tensor,
+    *,
+    which: str = "both",
+    eps: float = 1e-12,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    backend: str = "auto",
+) -> None:
+    """Lee-Seung multiplicative updates of H (n×k) and/or W (k×d) for V ≈ H W, in place."""
+    for name, t in (("V", V), ("H", H), ("W", W)):
+        _check_float(name, t)
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    device = _same_device(V=V, H=H, W=W)
+    n, d = V.shape
+    if H.shape[0] != n or W.shape[1] != d or H.shape[1] != W.shape[0]:
+        raise ValueError(f"need V (n×d) ≈ H (n×k) @ W (k×d); got V {tuple(V.shape)}, H {tuple(H.shape)}, W {tuple(W.shape)}")
+    if which not in ("H", "W", "both"):
+        raise ValueError(f"which must be 'H', 'W' or 'both', got {which!r}")
+    if eps <= 0 or l1 < 0 or l2 < 0:
+        raise ValueError(f"need eps > 0, l1 >= 0, l2 >= 0; got eps={eps}, l1={l1}, l2={l2}")
+    _check_inplace("H", H)
+    _check_inplace("W", W)
+    kwargs = dict(which=which, eps=float(eps), l1=float(l1), l2=float(l2))
+    fn = resolve("nmf_mu_update", backend, device, kwargs)
+    fn(V.contiguous(), H, W, **kwargs)
+
+
+def linear_block_fwd_bwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    z: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    rho: float,
+    activation: str = "relu",
+    need_input_grad: bool = True,
+    backend: str = "auto",
+):
+    """Local ADMM loss and gradients of the block act(x W^T + b) against target z with dual u.
+
+    Returns (loss, grad_weight, grad_bias, grad_input, out); grad_input is None unless needed.
+    """
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("z", z), ("u", u)):
+        if t is not None:
+            _check_float(name, t)
+    device = _same_device(x=x, weight=weight, bias=bias, z=z, u=u)
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"need x (m×k) and weight (n×k); got x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    out_shape = (x.shape[0], weight.shape[0])
+    if tuple(z.shape) != out_shape or tuple(u.shape) != out_shape:
+        raise ValueError(f"z and u must be (m×n) = {out_shape}; got z {tuple(z.shape)}, u {tuple(u.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if activation not in ref.ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {ref.ACTIVATIONS}")
+    kwargs = dict(rho=float(rho), activation=activation, need_input_grad=bool(need_input_grad))
+    fn = resolve("linear_block_fwd_bwd", backend, device, kwargs)
+    return fn(
+        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), z.contiguous(), u.contiguous(), **kwargs
+    )

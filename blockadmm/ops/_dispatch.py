@@ -1,0 +1,98 @@
+"""The one dispatch: which backend runs an op.
+
+`backend="auto"` (or the BLOCKADMM_BACKEND environment variable, when the argument is "auto") walks
+AUTO_ORDER for the tensors' device and takes the first backend that loads and can run the call,
+falling back silently. A backend asked for by name that cannot run raises BackendUnavailable with
+the reason.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Optional
+
+BACKEND_ENV = "BLOCKADMM_BACKEND"
+
+# Fastest first. On CUDA, the CUDA C++ module leads because it launches fewer kernels per op than the
+# Triton path for the memory-bound ops; the kernel bench (bench/) is the record of that choice.
+AUTO_ORDER: Dict[str, tuple] = {
+    "cuda": ("cuda", "triton", "torch"),
+    "cpu": ("cpu", "torch"),
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend asked for by name cannot run this call."""
+
+
+@dataclass
+class Backend:
+    name: str
+    devices: tuple
+    load: Callable[[], Mapping[str, Callable]]
+    # (op, device_type, kwargs) -> None if it can run the call, else the reason it cannot
+    can_run: Callable[[str, str, dict], Optional[str]] = lambda op, device, kwargs: None
+    _ops: Optional[Mapping[str, Callable]] = field(default=None, repr=False)
+    _error: Optional[str] = field(default=None, repr=False)
+
+    def ops(self) -> Optional[Mapping[str, Callable]]:
+        if self._ops is None and self._error is None:
+            try:
+                self._ops = self.load()
+            except Exception as e:  # a missing compiler, library or GPU is a reason, not a crash
+                self._error = f"{type(e).__name__}: {e}"
+        return self._ops
+
+    def load_error(self) -> Optional[str]:
+        self.ops()
+        return self._error
+
+    def why_not(self, op: str, device: str, kwargs: dict) -> Optional[str]:
+        if device not in self.devices:
+            return f"runs on {'/'.join(self.devices)} tensors, these are on {device}"
+        err = self.load_error()
+        if err is not None:
+            return f"not loaded ({err})"
+        if op not in self._ops:
+            return f"has no {op} kernel"
+        return self.can_run(op, device, kwargs)
+
+
+_BACKENDS: Dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+def backends() -> Dict[str, Backend]:
+    return dict(_BACKENDS)
+
+
+def resolve(op: str, backend: str, device: str, kwargs: dict) -> Callable:
+    """Return the implementation of `op` that `backend` names (or the best one for "auto")."""
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV, "auto") or "auto"
+    if backend != "auto":
+        if backend not in _BACKENDS:
+            raise BackendUnavailable(
+                f"unknown backend {backend!r}; known backends: {sorted(_BACKENDS)} or 'auto' "
+                f"(check the argument and the {BACKEND_ENV} environment variable)"
+            )
+        reason = _BACKENDS[backend].why_not(op, device, kwargs)
+        if reason is not None:
+            raise BackendUnavailable(
+                f"backend {backend!r} cannot run {op}: {reason}. Use backend='auto' to fall back, "
+                f"or see `blockadmm info` for what is available."
+            )
+        return _BACKENDS[backend].ops()[op]
+    for name in AUTO_ORDER.get(device, ("torch",)):
+        b = _BACKENDS.get(name)
+        if b is not None and b.why_not(op, device, kwargs) is None:
+            return b.ops()[op]
+    raise BackendUnavailable(f"no backend can run {op} on {device} tensors")
+
+
+def status() -> Dict[str, Optional[str]]:
+    """Backend name -> None when it loaded, else the reason it did not."""
+    return {name: b.load_error() for name, b in _BACKENDS.items()}

@@ -1,0 +1,6 @@
+"""Pure-torch references of the three hot loops: the test oracles and the CPU fallback."""
+from .aux_dual import aux_dual_update
+from .linear_block import ACTIVATIONS, linear_block_fwd_bwd
+from .nmf import nmf_mu_update
+
+__all__ = ["aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd", "ACTIVATIONS"]

@@ -1,0 +1,47 @@
+"""Reference fused auxiliary/dual update (DESIGN §2).
+
+    zn = prox(z[j] - lr * step(rho * (z[j] - a[i] + u[j]) + g[i]))
+    u[j] += dual_step * (zn - a[i]);  z[j] = zn;  returns sum ||zn - a||^2 (float32)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..prox import Prox
+
+
+def aux_dual_update(
+    z: torch.Tensor,
+    u: torch.Tensor,
+    a: torch.Tensor,
+    g: Optional[torch.Tensor],
+    *,
+    rho: float,
+    lr: float,
+    dual_step: float = 1.0,
+    prox: Optional[Prox] = None,
+    index: Optional[torch.Tensor] = None,
+    step: str = "grad",
+) -> torch.Tensor:
+    zj = (z if index is None else z[index]).float()
+    uj = (u if index is None else u[index]).float()
+    af = a.float()
+    d = rho * (zj - af + uj)
+    if g is not None:
+        d = d + g.float()
+    if step == "sign":
+        d = d.sign()
+    zn = zj - lr * d
+    if prox is not None:
+        zn = prox.apply(zn, lr)
+    diff = zn - af
+    un = uj + dual_step * diff
+    if index is None:
+        z.copy_(zn)
+        u.copy_(un)
+    else:
+        z[index] = zn.to(z.dtype)
+        u[index] = un.to(u.dtype)
+    return diff.square().sum()
