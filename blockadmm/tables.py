@@ -1,0 +1,140 @@
+"""Per-sample auxiliary and dual variables for batch mode.
+
+For each boundary b the tables hold z_b and u_b for every training sample, `(N, *feature_shape)`,
+plus one `seen` flag per sample (a row never visited starts from the forward pass and u = 0).
+Storage: "device" (the training device), "pinned" (page-locked host memory, copied per mini-batch)
+or "memmap" (files in a folder, for tables larger than memory).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+STORAGES = ("device", "pinned", "memmap")
+
+
+class TableMismatch(ValueError):
+    """Tables on disk or in a checkpoint that do not fit the model being trained."""
+
+
+class VariableTables:
+    def __init__(
+        self,
+        num_samples: int,
+        shapes: Sequence[Tuple[int, ...]],
+        *,
+        storage: str = "device",
+        device=None,
+        path: Optional[str] = None,
+        dtype=torch.float32,
+    ):
+        if storage not in STORAGES:
+            raise ValueError(f"unknown table storage {storage!r}; choose one of {STORAGES}")
+        if storage == "memmap" and path is None:
+            raise ValueError("memmap tables need a folder: pass table_dir=...")
+        self.num_samples = int(num_samples)
+        self.shapes = [tuple(s) for s in shapes]
+        self.storage, self.path, self.dtype = storage, path, dtype
+        self.device = torch.device(device or "cpu")
+        self.z: List[torch.Tensor] = []
+        self.u: List[torch.Tensor] = []
+        self._maps = []  # the numpy memmaps behind memmap tables, flushed for checkpoints
+        if storage == "memmap":
+            os.makedirs(path, exist_ok=True)
+            with open(os.path.join(path, "tables.json"), "w") as f:
+                json.dump(self.meta(), f)
+            self.seen = self._memmap("seen", (self.num_samples,), np.bool_)
+            for b, s in enumerate(self.shapes):
+                self.z.append(self._memmap(f"z{b}", (self.num_samples, *s), np.float32))
+                self.u.append(self._memmap(f"u{b}", (self.num_samples, *s), np.float32))
+        else:
+            where = self.device if storage == "device" else torch.device("cpu")
+            pin = storage == "pinned" and torch.cuda.is_available()
+            self.seen = torch.zeros(self.num_samples, dtype=torch.bool, device=where)
+            for s in self.shapes:
+                self.z.append(torch.zeros((self.num_samples, *s), dtype=dtype, device=where, pin_memory=pin))
+                self.u.append(torch.zeros((self.num_samples, *s), dtype=dtype, device=where, pin_memory=pin))
+
+    def meta(self) -> dict:
+        return {"num_samples": self.num_samples, "shapes": [list(s) for s in self.shapes], "dtype": str(self.dtype)}
+
+    def _memmap(self, name, shape, np_dtype) -> torch.Tensor:
+        arr = np.lib.format.open_memmap(os.path.join(self.path, f"{name}.npy"), mode="w+", dtype=np_dtype, shape=shape)
+        self._maps.append(arr)
+        return torch.from_numpy(arr)
+
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        return index.to(self.seen.device)
+
+    def gather(self, index: torch.Tensor):
+        """(seen mask, [z_b rows], [u_b rows]) for the mini-batch, on the training device."""
+        rows = self._rows(index)
+        seen = self.seen[rows].to(self.device, non_blocking=True)
+        zs = [t[rows].to(self.device, non_blocking=True) for t in self.z]
+        us = [t[rows].to(self.device, non_blocking=True) for t in self.u]
+        return seen, zs, us
+
+    def scatter(self, index: torch.Tensor, zs: Sequence[torch.Tensor], us: Sequence[torch.Tensor]) -> None:
+        rows = self._rows(index)
+        for table, rows_val in zip(self.z + self.u, list(zs) + list(us)):
+            table[rows] = rows_val.to(table.device, table.dtype)
+        self.seen[rows] = True
+
+    def scale_duals(self, b: int, factor: float) -> None:
+        """u_b *= factor: scaled duals follow a change of rho (u = y / rho)."""
+        self.u[b].mul_(factor)
+
+    def all_finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in self.z + self.u)
+
+    def state_dict(self) -> dict:
+        state = {"meta": self.meta(), "storage": self.storage}
+        if self.storage == "memmap":
+            for m in self._maps:
+                m.flush()
+            state["path"] = self.path  # contents travel as files: see copy_files
+        else:
+            state.update(seen=self.seen.cpu().clone(), z=[t.cpu().clone() for t in self.z], u=[t.cpu().clone() for t in self.u])
+        return state
+
+    def check_meta(self, meta: dict, where: str) -> None:
+        if meta != self.meta():
+            raise TableMismatch(
+                f"the tables in {where} do not match the model: they hold {meta}, the model needs {self.meta()}. "
+                f"Resume with the same model, blocks and dataset, or start without resuming."
+            )
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_meta(state["meta"], "the checkpoint")
+        if "z" in state:
+            self.seen.copy_(state["seen"])
+            for dst, src in zip(self.z + self.u, state["z"] + state["u"]):
+                dst.copy_(src)
+            return
+        src_dir = state["path"]
+        meta_file = os.path.join(src_dir, "tables.json")
+        if not os.path.exists(meta_file):
+            raise TableMismatch(f"the checkpoint's table folder {src_dir} is missing or has no tables.json")
+        with open(meta_file) as f:
+            self.check_meta(json.load(f), meta_file)
+        names = ["seen"] + [f"z{b}" for b in range(len(self.shapes))] + [f"u{b}" for b in range(len(self.shapes))]
+        targets = [self.seen] + self.z + self.u
+        for name, dst in zip(names, targets):
+            arr = np.load(os.path.join(src_dir, f"{name}.npy"), mmap_mode="r")
+            if tuple(arr.shape) != tuple(dst.shape):
+                raise TableMismatch(f"table file {name}.npy in {src_dir} has shape {arr.shape}, the model needs {tuple(dst.shape)}")
+            dst.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+
+    def copy_files(self, dst_dir: str) -> None:
+        """Snapshot memmap table files into `dst_dir` (for a checkpoint)."""
+        self.state_dict()  # flushes
+        tmp = dst_dir + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.path, tmp)
+        shutil.rmtree(dst_dir, ignore_errors=True)
+        os.replace(tmp, dst_dir)

@@ -1,0 +1,535 @@
+"""The Stochastic Block-ADMM trainer (DESIGN §1).
+
+Blocks f_0 … f_{B-1}; boundary k (k < B-1) carries the auxiliary variable z_k (the output of block k,
+the input of block k+1) and the scaled dual u_k. One sweep on a mini-batch:
+
+1. auxiliary step, boundary by boundary (top-down: the last boundary first), `k_z` prox-gradient steps
+   on  (rho_k/2)|z_k - f_k(z_{k-1}) + u_k|^2 + [block k+1's term in z_k, or the task loss];
+2. weight step, every block on its own term only (`k_w` optimizer steps); backprop never leaves a block;
+3. dual step  u_k += dual_step * (z_k - f_k(z_{k-1})).
+
+Under order="jacobi" every block reads its neighbours' values from the start of the sweep (the
+previous iterate), which is what lets blocks run on different devices at the same time: block k gets
+z_{k-1} from below and the gradient through block k+1 from above, both as they were when the sweep began.
+
+In online mode z starts at the forward values and u at zero for each mini-batch; in batch mode both
+live in per-sample tables (blockadmm.tables) and a mini-batch gathers and writes back its rows.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import ops
+from .blocks import check_chain, fusable_linear, make_blocks
+from .prox import as_prox
+from .tables import TableMismatch, VariableTables
+
+ORDERS = ("top-down", "bottom-up", "jacobi")
+_ORDER_ALIASES = {"backward": "top-down", "forward": "bottom-up"}
+AUX_STEPS = ("grad", "sign")
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or inf reached a loss, an auxiliary/dual variable or a weight during training."""
+
+
+@dataclass
+class ADMMConfig:
+    """Hyperparameters of Stochastic Block-ADMM. The defaults train the shipped MLPs without tuning.
+
+    rho: penalty per boundary (one number for all, or a list). lr_z: step size of the auxiliary step.
+    sweeps: sweeps per mini-batch. k_z / k_w: auxiliary / weight steps per sweep. order: "top-down"
+    (default), "bottom-up" (Gauss-Seidel) or "jacobi". aux_step: "grad" (plain prox-gradient) or "sign"
+    (the fixed-size normalized step for deep saturating nets). rho_schedule "adaptive" multiplies rho by
+    rho_factor (up to rho_max) when a boundary's mean primal residual over rho_check_every steps did not
+    fall below rho_stall times that of the window before.
+    """
+
+    rho: object = 1.0
+    lr_z: float = 0.5
+    sweeps: int = 3
+    k_z: int = 1
+    k_w: int = 1
+    order: str = "top-down"
+    dual_step: float = 1.0
+    aux_step: str = "grad"
+    rho_schedule: str = "constant"
+    rho_factor: float = 2.0
+    rho_max: float = 100.0
+    rho_check_every: int = 40
+    rho_stall: float = 0.9
+
+    def __post_init__(self):
+        self.order = _ORDER_ALIASES.get(self.order, self.order)
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS} (or 'forward'/'backward'), got {self.order!r}")
+        if self.aux_step not in AUX_STEPS:
+            raise ValueError(f"aux_step must be one of {AUX_STEPS}, got {self.aux_step!r}")
+        if self.rho_schedule not in ("constant", "adaptive"):
+            raise ValueError(f"rho_schedule must be 'constant' or 'adaptive', got {self.rho_schedule!r}")
+        for name in ("sweeps", "k_z", "k_w"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_z <= 0:
+            raise ValueError(f"lr_z must be > 0, got {self.lr_z}")
+
+
+@dataclass
+class StepStats:
+    loss: float
+    primal: List[float]  # per boundary: |z_k - f_k(z_{k-1})| / |z_k| after the step
+    dual: List[float]  # per boundary: rho_k |z_k(end) - z_k(start)| / |z_k|
+    rho: List[float]
+
+
+def default_optimizer(params):
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class BlockADMM:
+    """Train `model` cut into blocks with Stochastic Block-ADMM.
+
+    model: an nn.Sequential (with `blocks` = number of blocks or cut indices) or a list of block modules.
+    input_shape: per-sample input shape, for the chain check and the tables.
+    mode: "online" (variables per mini-batch) or "batch" (per-sample tables; needs num_samples and
+    a dataset that yields sample indices).
+    optimizer: factory params -> torch.optim.Optimizer, one per block (default Adam, lr 1e-3).
+    loss: task loss on the last block's output, averaged over the batch (default cross-entropy).
+    constraints: {boundary: Prox | "nonneg" | callable} applied to the auxiliary variables.
+    Remaining keywords are ADMMConfig fields (rho, lr_z, sweeps, order, ...), or pass config=.
+
+    Block hooks, for blocks that are not trained by gradient descent (DeepFacto's NMF layer):
+    `block.admm_local_step(inp, target, dual, *, rho, y, loss_fn) -> loss` replaces the optimizer step
+    (the block gets no optimizer; the last block receives target=dual=None and rho=None);
+    `block.admm_input_grad(z_in, z_out, u_out, *, rho, y, loss_fn) -> g` replaces backprop through the
+    block when the auxiliary step of its input needs the gradient of the block's term in that input.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        input_shape: Sequence[int],
+        blocks=None,
+        mode: str = "online",
+        num_samples: Optional[int] = None,
+        optimizer: Callable = default_optimizer,
+        loss: Optional[Callable] = None,
+        constraints: Optional[Dict[int, object]] = None,
+        config: Optional[ADMMConfig] = None,
+        table_storage: str = "device",
+        table_dir: Optional[str] = None,
+        backend: str = "auto",
+        fused_linear: bool = True,
+        device=None,
+        seed: int = 0,
+        **config_overrides,
+    ):
+        if mode not in ("online", "batch"):
+            raise ValueError(f"mode must be 'online' or 'batch', got {mode!r}")
+        config = copy.deepcopy(config) if config is not None else ADMMConfig()
+        for k, v in config_overrides.items():
+            if k not in {f.name for f in fields(ADMMConfig)}:
+                raise TypeError(f"unknown argument {k!r}; trainer options are ADMMConfig fields: {[f.name for f in fields(ADMMConfig)]}")
+            setattr(config, k, v)
+        config.__post_init__()
+        self.config = config
+        self.device = torch.device(device or "cpu")
+        self.blocks = nn.ModuleList(make_blocks(model, blocks)).to(self.device)
+        self.input_shape = tuple(input_shape)
+        self.shapes = check_chain(self.blocks, self.input_shape, self.device)
+        self.n_blocks = len(self.blocks)
+        nb = self.n_blocks - 1  # boundaries
+        rho = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * nb
+        if len(rho) != nb:
+            raise ValueError(f"rho has {len(rho)} values but the model has {nb} block boundaries")
+        self.rho = [float(r) for r in rho]
+        self.constraints = [None] * nb
+        for k, c in (constraints or {}).items():
+            if not 0 <= k < nb:
+                raise ValueError(f"constraint on boundary {k}, but boundaries are 0..{nb - 1} (boundary k is block k's output)")
+            self.constraints[k] = as_prox(c)
+        self.mode, self.backend, self.seed = mode, backend, seed
+        self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
+        self._default_loss = loss is None
+        # blocks with their own update rule (`admm_local_step`) get no optimizer
+        self.optimizers = [None if hasattr(b, "admm_local_step") else optimizer(list(b.parameters())) for b in self.blocks]
+        self._fused = [fusable_linear(b) if fused_linear else None for b in self.blocks]
+        self.tables = None
+        if mode == "batch":
+            if num_samples is None:
+                raise ValueError("batch mode keeps variables per training sample: pass num_samples=len(train_dataset)")
+            self.tables = VariableTables(num_samples, self.shapes[:-1], storage=table_storage, device=self.device, path=table_dir)
+        self.step_count = 0
+        self.epoch = 0
+        self.history: List[dict] = []
+        self._rho_window = [[] for _ in range(nb)]
+        self._rho_prev = [None] * nb
+
+    # ---------------------------------------------------------------- one mini-batch
+    def _check_batch(self, x, y, index):
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"input batch has per-sample shape {tuple(x.shape[1:])}, the model was built for {self.input_shape}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        if self._default_loss:
+            n_classes = self.shapes[-1][-1]
+            if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
+                raise ValueError(f"cross-entropy needs 1-D integer class labels, got {y.dtype} of shape {tuple(y.shape)}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+                raise ValueError(
+                    f"labels must lie in 0..{n_classes - 1} (the last block has {n_classes} outputs), got {int(y.min())}..{int(y.max())}"
+                )
+        if self.mode == "batch":
+            if index is None:
+                raise ValueError(
+                    "batch mode needs the sample index of every row: use a dataset that yields (x, y, index) "
+                    "(every blockadmm.data dataset does) and call step(x, y, index), or use mode='online'"
+                )
+            n = self.tables.num_samples
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+                raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{n - 1}: "
+                                 f"num_samples must be the length of the training set")
+
+    def _forward(self, k, inp):
+        with torch.no_grad():
+            return self.blocks[k](inp)
+
+    def _next_term_grad(self, k, zk, z_next, u_next, y):
+        """Per-sample gradient in z_k of the term that consumes it: block k+1's ADMM term or the task loss."""
+        consumer = self.blocks[k + 1]
+        if hasattr(consumer, "admm_input_grad"):  # a block that is not differentiated through (e.g. NMF)
+            return consumer.admm_input_grad(zk, z_next, u_next, rho=self.rho[k + 1] if k + 1 < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn)
+        zk = zk.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.blocks[k + 1](zk)
+            if k + 1 == self.n_blocks - 1:
+                obj = self.loss_fn(out, y) * zk.shape[0]  # per-sample losses summed
+            else:
+                obj = 0.5 * self.rho[k + 1] * (z_next - out + u_next).square().sum()
+        (g,) = torch.autograd.grad(obj, zk)
+        return g
+
+    def _local_loss_and_grads(self, k, inp, target, dual, y):
+        """Block k's own term; leaves gradients in its parameters and returns the loss."""
+        block = self.blocks[k]
+        if hasattr(block, "admm_local_step"):  # a block with its own update rule (e.g. NMF multiplicative updates)
+            return block.admm_local_step(inp, target, dual, rho=self.rho[k] if k < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn).detach()
+        self.optimizers[k].zero_grad(set_to_none=True)
+        fused = self._fused[k]
+        if k < self.n_blocks - 1 and fused is not None:
+            lin, act = fused
+            # the op's residual is out - z + u; ours is out - z - u (DESIGN §1's sign of u), hence -u
+            loss, gw, gb, _, _ = ops.linear_block_fwd_bwd(
+                inp, lin.weight, lin.bias, target, dual.neg(), rho=self.rho[k], activation=act, need_input_grad=False, backend=self.backend
+            )
+            lin.weight.grad = gw
+            if lin.bias is not None:
+                lin.bias.grad = gb
+            return loss.detach()
+        with torch.enable_grad():
+            out = self.blocks[k](inp)
+            if k == self.n_blocks - 1:
+                loss = self.loss_fn(out, y)
+            else:
+                loss = (0.5 * self.rho[k] / inp.shape[0]) * (target - out + dual).square().sum()
+            loss.backward()
+        return loss.detach()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor] = None) -> StepStats:
+        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
+        cfg, B = self.config, self.n_blocks
+        x, y = x.to(self.device), y.to(self.device)
+        index = None if index is None else torch.as_tensor(index, dtype=torch.long)
+        self._check_batch(x, y, index)
+        for b in self.blocks:
+            b.train()
+
+        # initial z: the forward pass (kept as the cache a_k = f_k(z_{k-1}) while its input is unchanged)
+        fwd, h = [], x
+        for k in range(B - 1):
+            h = self._forward(k, h)
+            fwd.append(h)
+        if self.mode == "online":
+            z = [t.clone() for t in fwd]
+            u = [torch.zeros_like(t) for t in fwd]
+            a_cache = list(fwd)
+        else:
+            seen, z, u = self.tables.gather(index)
+            for k in range(B - 1):
+                fresh = ~seen.view(-1, *([1] * (z[k].dim() - 1)))
+                z[k] = torch.where(fresh, fwd[k], z[k]).contiguous()
+                u[k] = u[k].contiguous()
+            a_cache = [fwd[0]] + [None] * (B - 2)
+        z_start = [t.clone() for t in z]
+        jacobi = cfg.order == "jacobi"
+        losses = []
+
+        for _ in range(cfg.sweeps):
+            z_src = [t.clone() for t in z] if jacobi else z  # what neighbours read this sweep
+            u_src = [t.clone() for t in u] if jacobi else u
+            inputs = lambda k: x if k == 0 else z_src[k - 1]  # noqa: E731
+
+            # 1. auxiliary step, boundary by boundary
+            boundaries = range(B - 2, -1, -1) if cfg.order != "bottom-up" else range(B - 1)
+            for k in boundaries:
+                a = a_cache[k] if a_cache[k] is not None else self._forward(k, inputs(k))
+                g = None
+                for _ in range(cfg.k_z):
+                    if g is None or not jacobi:  # jacobi: the gradient from above is that of the sweep start
+                        zk = z_src[k] if jacobi else z[k]
+                        z_next = z_src[k + 1] if k + 1 < B - 1 else None
+                        u_next = u_src[k + 1] if k + 1 < B - 1 else None
+                        g = self._next_term_grad(k, zk, z_next, u_next, y)
+                    ops.aux_dual_update(
+                        z[k], u[k], a, g, rho=self.rho[k], lr=cfg.lr_z, dual_step=0.0,
+                        prox=self.constraints[k], step=cfg.aux_step, backend=self.backend,
+                    )
+                if not jacobi and k + 1 < B - 1:
+                    a_cache[k + 1] = None
+
+            # 2. weight step, every block on its own term
+            for _ in range(cfg.k_w):
+                sweep_losses = [
+                    self._local_loss_and_grads(k, inputs(k), z[k] if k < B - 1 else None, u[k] if k < B - 1 else None, y)
+                    for k in range(B)
+                ]
+                self._raise_if_nonfinite(sweep_losses, "loss", x)
+                for opt in self.optimizers:
+                    if opt is not None:
+                        opt.step()
+            losses.append(sweep_losses[-1])
+
+            # 3. dual step, with the new weights; its primal residual is the one reported
+            primal_sq = []
+            for k in range(B - 1):
+                a = self._forward(k, inputs(k))
+                primal_sq.append(
+                    ops.aux_dual_update(
+                        z[k], u[k], a, None, rho=self.rho[k], lr=0.0, dual_step=cfg.dual_step,
+                        prox=self.constraints[k], backend=self.backend,
+                    )
+                )
+                a_cache[k] = None if jacobi else a
+
+        stats_t = torch.stack(
+            [losses[-1].float()]
+            + [p.float() for p in primal_sq]
+            + [zk.float().square().sum() for zk in z]
+            + [(zk - z0).float().square().sum() for zk, z0 in zip(z, z_start)]
+        ).cpu()
+        self._raise_if_nonfinite(list(stats_t[1:B]), "primal residual", x)
+        if self.tables is not None:
+            self.tables.scatter(index, z, u)
+        self.step_count += 1
+        nb = B - 1
+        norms = stats_t[B : B + nb].clamp_min(1e-30).sqrt()
+        primal = (stats_t[1:B].sqrt() / norms).tolist()
+        dual = [r * float(d) for r, d in zip(self.rho, (stats_t[B + nb :].sqrt() / norms))]
+        stats = StepStats(loss=float(stats_t[0]), primal=primal, dual=dual, rho=list(self.rho))
+        self._update_rho(primal)
+        return stats
+
+    def _raise_if_nonfinite(self, values, what, x):
+        if bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()):
+            return
+        k_block = next(i for i, v in enumerate(values) if not bool(torch.isfinite(v)))
+        cause = ""
+        if not bool(torch.isfinite(x).all()):
+            cause = " The input batch itself holds NaN/inf: check the data."
+        elif any(not bool(torch.isfinite(p).all()) for p in self.blocks[k_block].parameters()):
+            cause = f" Block {k_block}'s weights are non-finite."
+        raise NonFiniteError(
+            f"non-finite {what} in block {k_block} at step {self.step_count} (epoch {self.epoch}).{cause} "
+            f"The weight update of this sweep was not applied and batch-mode tables were not written; "
+            f"resume from the last checkpoint with a smaller learning rate, lr_z or rho."
+        )
+
+    def _update_rho(self, primal: List[float]) -> None:
+        cfg = self.config
+        if cfg.rho_schedule != "adaptive":
+            return
+        for k, r in enumerate(primal):
+            self._rho_window[k].append(r)
+            if len(self._rho_window[k]) < cfg.rho_check_every:
+                continue
+            mean = sum(self._rho_window[k]) / len(self._rho_window[k])
+            self._rho_window[k] = []
+            prev, self._rho_prev[k] = self._rho_prev[k], mean
+            if prev is not None and mean > cfg.rho_stall * prev and self.rho[k] < cfg.rho_max:
+                new = min(self.rho[k] * cfg.rho_factor, cfg.rho_max)
+                if self.tables is not None:
+                    self.tables.scale_duals(k, self.rho[k] / new)  # scaled duals: u = y / rho
+                self.rho[k] = new
+
+    # ---------------------------------------------------------------- inference
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain composed network F(x): auxiliary variables exist only in training."""
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def evaluate(self, data, batch_size: int = 1000) -> Dict[str, float]:
+        """Mean task loss and accuracy of F on a dataset yielding (x, y[, index]) or on a loader."""
+        loader = data if isinstance(data, torch.utils.data.DataLoader) else torch.utils.data.DataLoader(data, batch_size=batch_size)
+        was = [b.training for b in self.blocks]
+        for b in self.blocks:
+            b.eval()
+        total, loss_sum, correct = 0, 0.0, 0
+        for batch in loader:
+            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            out = self.forward(x)
+            loss_sum += float(self.loss_fn(out, y)) * x.shape[0]
+            if y.dim() == 1:
+                correct += int((out.argmax(1) == y).sum())
+            total += x.shape[0]
+        for b, t in zip(self.blocks, was):
+            b.train(t)
+        return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
+
+    # ---------------------------------------------------------------- epochs
+    def fit(
+        self,
+        train,
+        epochs: int,
+        *,
+        batch_size: int = 100,
+        test=None,
+        val=None,
+        checkpoint: Optional[str] = None,
+        progress: bool = True,
+        on_epoch: Optional[Callable[[dict], None]] = None,
+    ) -> List[dict]:
+        """Train until `epochs` epochs are done (continuing from self.epoch after a resume).
+
+        Data order is a function of (seed, epoch), so a run resumed from a checkpoint repeats exactly
+        what the uninterrupted run would have done. With `checkpoint`, the state is saved atomically
+        after every epoch; a non-finite value stops training and leaves the last good checkpoint.
+        """
+        from tqdm.auto import tqdm
+
+        from .data import make_loader
+
+        if self.tables is not None and len(train) != self.tables.num_samples:
+            raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
+                             f"{self.tables.num_samples}: pass num_samples=len(train)")
+        for epoch in range(self.epoch, epochs):
+            loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
+            t0 = time.perf_counter()
+            sums, n = None, 0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            for batch in bar:
+                x, y = batch[0], batch[1]
+                index = batch[2] if len(batch) > 2 else None
+                try:
+                    s = self.step(x, y, index)
+                except NonFiniteError as e:
+                    where = f" The last good checkpoint is {checkpoint} (epoch {self.epoch})." if checkpoint and os.path.exists(checkpoint) else ""
+                    raise NonFiniteError(f"{e}{where}") from e
+                vec = [s.loss] + s.primal + s.dual
+                sums = vec if sums is None else [a + b for a, b in zip(sums, vec)]
+                n += 1
+                bar.set_postfix(loss=f"{s.loss:.3f}")
+            wall = time.perf_counter() - t0
+            nb = self.n_blocks - 1
+            record = {
+                "epoch": epoch + 1,
+                "loss": sums[0] / n,
+                "primal_residual": [v / n for v in sums[1 : 1 + nb]],
+                "dual_residual": [v / n for v in sums[1 + nb :]],
+                "rho": list(self.rho),
+                "wall_s": wall,
+                "train_acc": self.evaluate(train)["acc"],
+            }
+            for name, ds in (("val", val), ("test", test)):
+                if ds is not None:
+                    ev = self.evaluate(ds)
+                    record[f"{name}_acc"], record[f"{name}_loss"] = ev["acc"], ev["loss"]
+            self.epoch = epoch + 1
+            self.history.append(record)
+            if checkpoint:
+                self.save(checkpoint)
+            if on_epoch:
+                on_epoch(record)
+        return self.history
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "mode": self.mode,
+            "shapes": self.shapes,
+            "blocks": [b.state_dict() for b in self.blocks],
+            "optimizers": [None if o is None else o.state_dict() for o in self.optimizers],
+            "rho": list(self.rho),
+            "rho_window": copy.deepcopy(self._rho_window),
+            "rho_prev": list(self._rho_prev),
+            "step_count": self.step_count,
+            "epoch": self.epoch,
+            "history": copy.deepcopy(self.history),
+            "rng": torch.get_rng_state(),
+            "tables": None if self.tables is None else self.tables.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["shapes"] != self.shapes or len(state["blocks"]) != self.n_blocks:
+            raise ValueError(f"the checkpoint is for blocks with output shapes {state['shapes']}, this model has {self.shapes}")
+        if state["mode"] != self.mode:
+            raise ValueError(f"the checkpoint was trained in {state['mode']} mode, this trainer is in {self.mode} mode")
+        if (state["tables"] is None) != (self.tables is None):
+            raise TableMismatch("the checkpoint and this trainer disagree on having batch-mode tables")
+        if self.tables is not None:
+            self.tables.load_state_dict(state["tables"])
+        for b, sd in zip(self.blocks, state["blocks"]):
+            b.load_state_dict(sd)
+        for o, sd in zip(self.optimizers, state["optimizers"]):
+            if o is not None:
+                o.load_state_dict(sd)
+        self.config = ADMMConfig(**state["config"])
+        self.rho = list(state["rho"])
+        self._rho_window = copy.deepcopy(state["rho_window"])
+        self._rho_prev = list(state["rho_prev"])
+        self.step_count, self.epoch = state["step_count"], state["epoch"]
+        self.history = copy.deepcopy(state["history"])
+        torch.set_rng_state(state["rng"])
+
+    def save(self, path: str) -> None:
+        """Write a checkpoint atomically (temp file, then rename); refuses to write non-finite state."""
+        state = self.state_dict()
+        bad = [name for name, t in _float_tensors(state) if not bool(torch.isfinite(t).all())]
+        if self.tables is not None and self.tables.storage == "memmap" and not self.tables.all_finite():
+            bad.append("tables")
+        if bad:
+            raise NonFiniteError(f"refusing to overwrite {path} with non-finite state ({', '.join(bad[:5])})")
+        if self.tables is not None and self.tables.storage == "memmap":
+            table_copy = path + ".tables"
+            self.tables.copy_files(table_copy)
+            state["tables"]["path"] = table_copy
+        tmp = f"{path}.tmp.{os.getpid()}"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def _float_tensors(obj, prefix="state"):
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _float_tensors(v, f"{prefix}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _float_tensors(v, f"{prefix}[{i}]")
