@@ -33,7 +33,23 @@ from .tables import TableMismatch, VariableTables
 
 ORDERS = ("top-down", "bottom-up", "jacobi")
 _ORDER_ALIASES = {"backward": "top-down", "forward": "bottom-up"}
-AUX_STEPS = ("grad", "sign")
+AUX_STEPS = ("grad", "sign", "adam")
+# the "adam" auxiliary step: per-element moment estimates, kept only within one step() call
+AUX_ADAM_BETAS = (0.9, 0.999)
+AUX_ADAM_EPS = 1e-8
+
+# Named recipes (ADMMConfig.preset / BlockADMM(preset=...)). "weight_lr" is the Adam learning rate of
+# the per-block optimizers that BlockADMM uses when no optimizer is passed.
+PRESETS = {
+    # the defaults: shallow nets (a few blocks) and ReLU MLPs of any depth tried (2-8 hidden layers)
+    "default": {"config": {}, "weight_lr": 1e-3},
+    # deep narrow saturating nets (8+ sigmoid layers of 256, one layer per block) where backprop stalls
+    # from forward-signal collapse: fixed-size sign step on z, top-down, 3 sweeps, Adam 3e-3 per block
+    "deep": {
+        "config": {"rho": 1.0, "lr_z": 0.3, "sweeps": 3, "k_z": 1, "k_w": 1, "order": "top-down", "dual_step": 1.0, "aux_step": "sign"},
+        "weight_lr": 3e-3,
+    },
+}
 
 
 class NonFiniteError(FloatingPointError):
@@ -46,8 +62,11 @@ class ADMMConfig:
 
     rho: penalty per boundary (one number for all, or a list). lr_z: step size of the auxiliary step.
     sweeps: sweeps per mini-batch. k_z / k_w: auxiliary / weight steps per sweep. order: "top-down"
-    (default), "bottom-up" (Gauss-Seidel) or "jacobi". aux_step: "grad" (plain prox-gradient) or "sign"
-    (the fixed-size normalized step for deep saturating nets). rho_schedule "adaptive" multiplies rho by
+    (default), "bottom-up" (Gauss-Seidel) or "jacobi". aux_step: "grad" (plain prox-gradient, default),
+    "sign" (the fixed-size normalized step z -= lr_z*sign(grad), for deep saturating nets) or "adam"
+    (Adam-like per-element scaling z -= lr_z*m_hat/(sqrt(v_hat)+eps); its moments live only inside one
+    step() call, across its k_z steps and sweeps, and start from zero on every mini-batch, in online and
+    batch mode alike, so it adds no per-sample state; its first step equals the sign step). rho_schedule "adaptive" multiplies rho by
     rho_factor (up to rho_max) when a boundary's mean primal residual over rho_check_every steps did not
     fall below rho_stall times that of the window before.
     """
@@ -80,6 +99,24 @@ class ADMMConfig:
         if self.lr_z <= 0:
             raise ValueError(f"lr_z must be > 0, got {self.lr_z}")
 
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ADMMConfig":
+        """A named recipe, with any field overridden.
+
+        "default": the ADMMConfig defaults (plain gradient step on z, top-down, 3 sweeps) — shallow nets
+        and ReLU MLPs. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
+        block) where backprop stalls: sign step lr_z=0.3, k_z=1, top-down, 3 sweeps, rho=1, dual step 1;
+        use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
+        and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        values = {**PRESETS[name]["config"], **overrides}
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown ADMMConfig fields {sorted(unknown)}")
+        return cls(**values)
+
 
 @dataclass
 class StepStats:
@@ -104,12 +141,17 @@ class BlockADMM:
     loss: task loss on the last block's output, averaged over the batch (default cross-entropy).
     constraints: {boundary: Prox | "nonneg" | callable} applied to the auxiliary variables.
     Remaining keywords are ADMMConfig fields (rho, lr_z, sweeps, order, ...), or pass config=.
+    preset: a named recipe (ADMMConfig.preset: "default", "deep"); keywords override its fields, and
+    without an explicit optimizer the blocks get Adam with the preset's learning rate.
 
     Block hooks, for blocks that are not trained by gradient descent (DeepFacto's NMF layer):
     `block.admm_local_step(inp, target, dual, *, rho, y, loss_fn) -> loss` replaces the optimizer step
     (the block gets no optimizer; the last block receives target=dual=None and rho=None);
     `block.admm_input_grad(z_in, z_out, u_out, *, rho, y, loss_fn) -> g` replaces backprop through the
-    block when the auxiliary step of its input needs the gradient of the block's term in that input.
+    block when the auxiliary step of its input needs the gradient of the block's term in that input;
+    `block.admm_aux_update(z, u, a, grad_fn, *, rho, lr, prox)` replaces the auxiliary step of the block's
+    output boundary (in place on z; grad_fn(z) gives the consuming term's gradient), e.g. mirror steps;
+    `block.admm_set_epoch(epoch)` is called by fit() at the start of every epoch (schedules).
     """
 
     def __init__(
@@ -124,6 +166,7 @@ class BlockADMM:
         loss: Optional[Callable] = None,
         constraints: Optional[Dict[int, object]] = None,
         config: Optional[ADMMConfig] = None,
+        preset: Optional[str] = None,
         table_storage: str = "device",
         table_dir: Optional[str] = None,
         backend: str = "auto",
@@ -134,6 +177,13 @@ class BlockADMM:
     ):
         if mode not in ("online", "batch"):
             raise ValueError(f"mode must be 'online' or 'batch', got {mode!r}")
+        if preset is not None:
+            if config is not None:
+                raise ValueError("pass either preset= or config=, not both (override preset fields as keywords)")
+            config = ADMMConfig.preset(preset)
+            if optimizer is default_optimizer:
+                lr = PRESETS[preset]["weight_lr"]
+                optimizer = lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
         config = copy.deepcopy(config) if config is not None else ADMMConfig()
         for k, v in config_overrides.items():
             if k not in {f.name for f in fields(ADMMConfig)}:
@@ -243,6 +293,19 @@ class BlockADMM:
             loss.backward()
         return loss.detach()
 
+    def _own_aux_update(self, k, z, u, a, z_src, u_src, y, jacobi):
+        """Boundary k's auxiliary step by its producer's `admm_aux_update(z, u, a, grad_fn, *, rho, lr, prox)`,
+        in place on z[k]; grad_fn(z_k) is the gradient of the consuming term (fixed at the sweep start under jacobi)."""
+        B = self.n_blocks
+        z_next = z_src[k + 1] if k + 1 < B - 1 else None
+        u_next = u_src[k + 1] if k + 1 < B - 1 else None
+        if jacobi:
+            g0 = self._next_term_grad(k, z_src[k], z_next, u_next, y)
+            grad_fn = lambda zk: g0  # noqa: E731
+        else:
+            grad_fn = lambda zk: self._next_term_grad(k, zk, z_next, u_next, y)  # noqa: E731
+        self.blocks[k].admm_aux_update(z[k], u[k], a, grad_fn, rho=self.rho[k], lr=self.config.lr_z, prox=self.constraints[k])
+
     def step(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor] = None) -> StepStats:
         """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
         cfg, B = self.config, self.n_blocks
@@ -271,6 +334,7 @@ class BlockADMM:
         z_start = [t.clone() for t in z]
         jacobi = cfg.order == "jacobi"
         losses = []
+        adam_state: Dict[int, list] = {}  # aux_step="adam": boundary -> [t, m, v], this call only
 
         for _ in range(cfg.sweeps):
             z_src = [t.clone() for t in z] if jacobi else z  # what neighbours read this sweep
@@ -282,12 +346,20 @@ class BlockADMM:
             for k in boundaries:
                 a = a_cache[k] if a_cache[k] is not None else self._forward(k, inputs(k))
                 g = None
+                if hasattr(self.blocks[k], "admm_aux_update"):  # the producer's own aux step (NMF: mirror steps)
+                    self._own_aux_update(k, z, u, a, z_src, u_src, y, jacobi)
+                    if not jacobi and k + 1 < B - 1:
+                        a_cache[k + 1] = None
+                    continue
                 for _ in range(cfg.k_z):
                     if g is None or not jacobi:  # jacobi: the gradient from above is that of the sweep start
                         zk = z_src[k] if jacobi else z[k]
                         z_next = z_src[k + 1] if k + 1 < B - 1 else None
                         u_next = u_src[k + 1] if k + 1 < B - 1 else None
                         g = self._next_term_grad(k, zk, z_next, u_next, y)
+                    if cfg.aux_step == "adam":
+                        self._adam_aux_step(k, z[k], u[k], a, g, adam_state)
+                        continue
                     ops.aux_dual_update(
                         z[k], u[k], a, g, rho=self.rho[k], lr=cfg.lr_z, dual_step=0.0,
                         prox=self.constraints[k], step=cfg.aux_step, backend=self.backend,
@@ -337,8 +409,25 @@ class BlockADMM:
         self._update_rho(primal)
         return stats
 
+    def _adam_aux_step(self, k, zk, uk, a, g, state):
+        """z_k -= lr_z * m_hat / (sqrt(v_hat) + eps), then the prox (aux_step="adam")."""
+        d = self.rho[k] * (zk - a + uk)
+        if g is not None:
+            d = d + g
+        b1, b2 = AUX_ADAM_BETAS
+        if k not in state:
+            state[k] = [0, torch.zeros_like(d), torch.zeros_like(d)]
+        st = state[k]
+        st[0] += 1
+        st[1].mul_(b1).add_(d, alpha=1 - b1)
+        st[2].mul_(b2).addcmul_(d, d, value=1 - b2)
+        direction = (st[1] / (1 - b1 ** st[0])) / ((st[2] / (1 - b2 ** st[0])).sqrt() + AUX_ADAM_EPS)
+        # rho=0: the op's step is then lr * direction, with the prox applied by the op
+        ops.aux_dual_update(zk, uk, a, direction, rho=0.0, lr=self.config.lr_z, dual_step=0.0,
+                            prox=self.constraints[k], backend=self.backend)
+
     def _raise_if_nonfinite(self, values, what, x):
-        if bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()):
+        if not values or bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()):
             return
         k_block = next(i for i, v in enumerate(values) if not bool(torch.isfinite(v)))
         cause = ""
@@ -424,6 +513,9 @@ class BlockADMM:
             raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
                              f"{self.tables.num_samples}: pass num_samples=len(train)")
         for epoch in range(self.epoch, epochs):
+            for b in self.blocks:  # blocks with epoch schedules (NMF: update W, then freeze it)
+                if hasattr(b, "admm_set_epoch"):
+                    b.admm_set_epoch(epoch)
             loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
             t0 = time.perf_counter()
             sums, n = None, 0
