@@ -128,7 +128,7 @@ class VariableTables:
             arr = np.load(os.path.join(src_dir, f"{name}.npy"), mmap_mode="r")
             if tuple(arr.shape) != tuple(dst.shape):
                 raise TableMismatch(f"table file {name}.npy in {src_dir} has shape {arr.shape}, the model needs {tuple(dst.shape)}")
-            dst.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+            dst.copy_(torch.from_numpy(np.array(arr)))
 
     def copy_files(self, dst_dir: str) -> None:
         """Snapshot memmap table files into `dst_dir` (for a checkpoint)."""

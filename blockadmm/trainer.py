@@ -68,7 +68,8 @@ class ADMMConfig:
     step() call, across its k_z steps and sweeps, and start from zero on every mini-batch, in online and
     batch mode alike, so it adds no per-sample state; its first step equals the sign step). rho_schedule "adaptive" multiplies rho by
     rho_factor (up to rho_max) when a boundary's mean primal residual over rho_check_every steps did not
-    fall below rho_stall times that of the window before.
+    fall below rho_stall times that of the window before. The plain gradient step of boundary k uses
+    min(lr_z, 1/rho_k), so that a growing rho never makes the penalty term overshoot.
     """
 
     rho: object = 1.0
@@ -293,18 +294,38 @@ class BlockADMM:
             loss.backward()
         return loss.detach()
 
-    def _own_aux_update(self, k, z, u, a, z_src, u_src, y, jacobi):
-        """Boundary k's auxiliary step by its producer's `admm_aux_update(z, u, a, grad_fn, *, rho, lr, prox)`,
-        in place on z[k]; grad_fn(z_k) is the gradient of the consuming term (fixed at the sweep start under jacobi)."""
+    def _consumer_grad_fn(self, k, z_src, u_src, y, jacobi):
+        """grad_fn(z_k): the gradient in z_k of the term that consumes boundary k (block k+1's term or the
+        task loss), reading z_{k+1}, u_{k+1} from z_src, u_src; under jacobi it is evaluated once, at the
+        sweep-start z_src[k], and that value is returned for every call."""
         B = self.n_blocks
         z_next = z_src[k + 1] if k + 1 < B - 1 else None
         u_next = u_src[k + 1] if k + 1 < B - 1 else None
         if jacobi:
             g0 = self._next_term_grad(k, z_src[k], z_next, u_next, y)
-            grad_fn = lambda zk: g0  # noqa: E731
-        else:
-            grad_fn = lambda zk: self._next_term_grad(k, zk, z_next, u_next, y)  # noqa: E731
-        self.blocks[k].admm_aux_update(z[k], u[k], a, grad_fn, rho=self.rho[k], lr=self.config.lr_z, prox=self.constraints[k])
+            return lambda zk: g0
+        return lambda zk: self._next_term_grad(k, zk, z_next, u_next, y)
+
+    def _boundary_aux_step(self, k, zk, uk, a, grad_fn, adam_state):
+        """Boundary k's auxiliary step (`k_z` steps), in place on zk, with a = f_k(its input) and grad_fn(zk)
+        the consuming term's gradient. The producer's `admm_aux_update` hook replaces it when present.
+        Shared by BlockADMM.step and the distributed trainer (which passes a gradient received from the
+        rank that owns block k+1)."""
+        cfg = self.config
+        if hasattr(self.blocks[k], "admm_aux_update"):  # the producer's own aux step (NMF: mirror steps)
+            self.blocks[k].admm_aux_update(zk, uk, a, grad_fn, rho=self.rho[k], lr=cfg.lr_z, prox=self.constraints[k])
+            return
+        for _ in range(cfg.k_z):
+            g = grad_fn(zk)
+            if cfg.aux_step == "adam":
+                self._adam_aux_step(k, zk, uk, a, g, adam_state)
+                continue
+            # a gradient step never takes rho_k*lr above 1, so a growing rho cannot make it overshoot
+            lr = cfg.lr_z if cfg.aux_step == "sign" else min(cfg.lr_z, 1.0 / self.rho[k])
+            ops.aux_dual_update(
+                zk, uk, a, g, rho=self.rho[k], lr=lr, dual_step=0.0,
+                prox=self.constraints[k], step=cfg.aux_step, backend=self.backend,
+            )
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor] = None) -> StepStats:
         """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
@@ -345,25 +366,8 @@ class BlockADMM:
             boundaries = range(B - 2, -1, -1) if cfg.order != "bottom-up" else range(B - 1)
             for k in boundaries:
                 a = a_cache[k] if a_cache[k] is not None else self._forward(k, inputs(k))
-                g = None
-                if hasattr(self.blocks[k], "admm_aux_update"):  # the producer's own aux step (NMF: mirror steps)
-                    self._own_aux_update(k, z, u, a, z_src, u_src, y, jacobi)
-                    if not jacobi and k + 1 < B - 1:
-                        a_cache[k + 1] = None
-                    continue
-                for _ in range(cfg.k_z):
-                    if g is None or not jacobi:  # jacobi: the gradient from above is that of the sweep start
-                        zk = z_src[k] if jacobi else z[k]
-                        z_next = z_src[k + 1] if k + 1 < B - 1 else None
-                        u_next = u_src[k + 1] if k + 1 < B - 1 else None
-                        g = self._next_term_grad(k, zk, z_next, u_next, y)
-                    if cfg.aux_step == "adam":
-                        self._adam_aux_step(k, z[k], u[k], a, g, adam_state)
-                        continue
-                    ops.aux_dual_update(
-                        z[k], u[k], a, g, rho=self.rho[k], lr=cfg.lr_z, dual_step=0.0,
-                        prox=self.constraints[k], step=cfg.aux_step, backend=self.backend,
-                    )
+                # jacobi: the gradient from above is that of the sweep start; Gauss-Seidel: at the current z_k
+                self._boundary_aux_step(k, z[k], u[k], a, self._consumer_grad_fn(k, z_src, u_src, y, jacobi), adam_state)
                 if not jacobi and k + 1 < B - 1:
                     a_cache[k + 1] = None
 
@@ -429,12 +433,14 @@ class BlockADMM:
     def _raise_if_nonfinite(self, values, what, x):
         if not values or bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()):
             return
+        # name the source, not where it surfaced: non-finite weights of one block spread to its neighbours
+        bad_weights = [k for k, b in enumerate(self.blocks) if any(not bool(torch.isfinite(p).all()) for p in b.parameters())]
         k_block = next(i for i, v in enumerate(values) if not bool(torch.isfinite(v)))
         cause = ""
         if not bool(torch.isfinite(x).all()):
-            cause = " The input batch itself holds NaN/inf: check the data."
-        elif any(not bool(torch.isfinite(p).all()) for p in self.blocks[k_block].parameters()):
-            cause = f" Block {k_block}'s weights are non-finite."
+            k_block, cause = 0, " The input batch itself holds NaN/inf: check the data."
+        elif bad_weights:
+            k_block, cause = bad_weights[0], f" Block {bad_weights[0]}'s weights are non-finite."
         raise NonFiniteError(
             f"non-finite {what} in block {k_block} at step {self.step_count} (epoch {self.epoch}).{cause} "
             f"The weight update of this sweep was not applied and batch-mode tables were not written; "

@@ -30,3 +30,7 @@ def nan_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", empty)
     monkeypatch.setattr(torch, "empty_like", empty_like)
     yield
+
+
+# Tests use small tensors: one thread avoids oversubscription when the suite shares the machine.
+torch.set_num_threads(1)

@@ -1,0 +1,149 @@
+"""The `blockadmm` command: train, info, and the subcommands of the experiment modules."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+
+def _ints(text: str) -> List[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    from .trainer import ADMMConfig
+
+    d = ADMMConfig()
+    p = sub.add_parser("train", help="train a network with Block-ADMM (default: MLP 784-256-256-10 on MNIST-5k)")
+    p.add_argument("--data", default="mnist5k", help="digits | mnist5k | mnist1d | mnist | fashion-mnist | cifar10")
+    p.add_argument("--root", default=None, help="folder with the dataset files (mnist, fashion-mnist, cifar10)")
+    p.add_argument("--arch", default="mlp", choices=["mlp", "cnn"])
+    p.add_argument("--hidden", type=_ints, default=[256, 256], help="MLP hidden widths, e.g. 256,256")
+    p.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh", "leaky_relu"])
+    p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: one layer per block)")
+    p.add_argument("--mode", default="online", choices=["online", "batch"])
+    p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
+    p.add_argument("--rho", type=float, default=d.rho)
+    p.add_argument("--lr-z", type=float, default=d.lr_z)
+    p.add_argument("--sweeps", type=int, default=d.sweeps)
+    p.add_argument("--k-z", type=int, default=d.k_z)
+    p.add_argument("--k-w", type=int, default=d.k_w)
+    p.add_argument("--order", default=d.order, choices=["top-down", "bottom-up", "jacobi"])
+    p.add_argument("--aux-step", default=d.aux_step, choices=["grad", "sign"])
+    p.add_argument("--dual-step", type=float, default=d.dual_step)
+    p.add_argument("--rho-schedule", default=d.rho_schedule, choices=["constant", "adaptive"])
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every block")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--val-fraction", type=float, default=0.0, help="carve a validation split from the training data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
+    p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png, checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def build_network(args, input_shape, num_classes):
+    """(model, cut indices) for --arch/--hidden/--activation/--blocks."""
+    from .models import mlp_blocks, small_cnn
+
+    if args.arch == "mlp":
+        in_features = 1
+        for s in input_shape:
+            in_features *= s
+        if len(input_shape) != 1:
+            raise SystemExit(f"--arch mlp needs flat inputs; {args.data} gives {input_shape}: use --arch cnn")
+        return mlp_blocks(in_features, args.hidden, num_classes, args.activation, args.blocks)
+    if len(input_shape) != 3:
+        raise SystemExit(f"--arch cnn needs image inputs (C,H,W); {args.data} gives {input_shape}")
+    model = small_cnn(input_shape[0], num_classes, image_size=input_shape[1])
+    n = args.blocks or len(model)
+    return model, n
+
+
+def cmd_train(args) -> int:
+    from . import data
+    from .report import plot_curves, print_table
+    from .trainer import BlockADMM
+
+    torch.manual_seed(args.seed)
+    splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
+    model, cuts = build_network(args, splits.input_shape, splits.num_classes)
+    backprop_model = copy.deepcopy(model)  # same initial weights for the comparison
+    os.makedirs(args.out, exist_ok=True)
+    adam = lambda params: torch.optim.Adam(params, lr=args.lr)  # noqa: E731
+    trainer = BlockADMM(
+        model, blocks=cuts, input_shape=splits.input_shape, mode=args.mode, num_samples=len(splits.train),
+        optimizer=adam, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
+        order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
+        table_storage=args.table_storage, table_dir=os.path.join(args.out, "tables"), backend=args.backend,
+        device=args.device, seed=args.seed,
+    )
+    ckpt = os.path.join(args.out, "checkpoint.pt")
+    if args.resume:
+        if not os.path.exists(ckpt):
+            raise SystemExit(f"--resume: no checkpoint at {ckpt}")
+        trainer.load(ckpt)
+    fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
+    runs = {}
+    print(f"Block-ADMM ({args.mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
+    runs["admm-" + args.mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
+    if args.compare == "backprop":
+        print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
+        bp = BlockADMM(backprop_model, input_shape=splits.input_shape, optimizer=adam, sweeps=1, device=args.device, seed=args.seed)
+        runs["backprop"] = bp.fit(splits.train, args.epochs, **fit_kw)
+    metrics = {
+        "command": " ".join(["blockadmm"] + sys.argv[1:]),
+        "config": {k: v for k, v in vars(args).items() if k != "func"},
+        "runs": runs,
+        "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for name, h in runs.items()},
+        "epoch_wall_s": {name: sum(r["wall_s"] for r in h) / len(h) for name, h in runs.items()},
+    }
+    if "backprop" in runs:
+        metrics["wall_ratio_vs_backprop"] = {
+            name: metrics["epoch_wall_s"][name] / metrics["epoch_wall_s"]["backprop"] for name in runs if name != "backprop"
+        }
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    plot_curves(runs, os.path.join(args.out, "curves.png"), title=f"{args.data}, {trainer.n_blocks} blocks")
+    print_table(metrics)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import main as info_main
+
+    return info_main()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # subcommands owned by their modules take their own flags
+    if argv and argv[0] == "experiment":
+        from .experiments import run
+
+        return run(argv[1:])
+    if argv and argv[0] == "deepfacto":
+        from .deepfacto import main as deepfacto_main
+
+        return deepfacto_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="blockadmm", description="Stochastic Block-ADMM training for PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub).set_defaults(func=cmd_train)
+    sub.add_parser("info", help="versions and which backends are available, and why not").set_defaults(func=cmd_info)
+    sub.add_parser("experiment", help="the method's claims as experiments (blockadmm experiment --help)")
+    sub.add_parser("deepfacto", help="DeepFacto NMF-layer training (blockadmm deepfacto --help)")
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

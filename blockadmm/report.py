@@ -1,0 +1,42 @@
+"""What people look at: the results table on the terminal and training curves as PNG."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+
+def plot_curves(runs: Dict[str, List[dict]], path: str, title: str = "") -> None:
+    """Test (or val) accuracy and training loss per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, hist in runs.items():
+        epochs = [r["epoch"] for r in hist]
+        for key, style in (("test_acc", "-"), ("val_acc", "--"), ("train_acc", ":")):
+            if key in hist[0]:
+                ax_acc.plot(epochs, [100 * r[key] for r in hist], style, label=f"{name} {key.split('_')[0]}")
+        ax_loss.plot(epochs, [r["loss"] for r in hist], label=name)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="task loss (train, per step)", yscale="log", title="loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(metrics: dict) -> None:
+    rows = []
+    for name, final in metrics["final"].items():
+        wall = metrics["epoch_wall_s"][name]
+        ratio = metrics.get("wall_ratio_vs_backprop", {}).get(name)
+        rows.append((name, final.get("train_acc"), final.get("val_acc"), final.get("test_acc"), wall, ratio))
+    print(f"{'run':<16} {'train acc':>9} {'val acc':>8} {'test acc':>9} {'s/epoch':>8} {'× backprop':>10}")
+    fmt = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    for name, tr, va, te, wall, ratio in rows:
+        print(f"{name:<16} {fmt(tr):>9} {fmt(va):>8} {fmt(te):>9} {wall:>8.2f} {'—' if ratio is None else f'{ratio:.2f}':>10}")

@@ -1,0 +1,257 @@
+"""Trainer behaviour: equivalences, resume, the online pitfall, constraints, and clear errors."""
+import copy
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from blockadmm import data, ops
+from blockadmm.blocks import check_chain, split_balanced, split_sequential
+from blockadmm.models import mlp_blocks
+from blockadmm.prox import Prox
+from blockadmm.tables import TableMismatch
+from blockadmm.trainer import ADMMConfig, BlockADMM, NonFiniteError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits")
+
+
+def small_mlp(seed=0, hidden=(32, 24), n_blocks=None, activation="relu"):
+    torch.manual_seed(seed)
+    return mlp_blocks(64, list(hidden), 10, activation, n_blocks)
+
+
+def weights(tr):
+    return torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])
+
+
+def test_one_block_is_plain_training(digits):
+    model, _ = small_mlp()
+    ref_model = copy.deepcopy(model)
+    tr = BlockADMM(model, input_shape=(64,), sweeps=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    tr.fit(digits.train, 2, batch_size=50, progress=False)
+
+    opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
+    for epoch in range(2):
+        for x, y, _ in data.make_loader(digits.train, 50, shuffle=True, seed=0, epoch=epoch):
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref_model(x), y).backward()
+            opt.step()
+    torch.testing.assert_close(weights(tr), torch.cat([p.detach().flatten() for p in ref_model.parameters()]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+@pytest.mark.parametrize("order", ["top-down", "bottom-up", "jacobi"])
+def test_trains_far_above_chance(digits, mode, order):
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,), mode=mode, num_samples=len(digits.train), order=order)
+    hist = tr.fit(digits.train, 3, batch_size=50, test=digits.test, progress=False)
+    assert hist[-1]["test_acc"] > 0.7, hist[-1]
+    assert len(hist[-1]["primal_residual"]) == 2
+
+
+def test_hidden_blocks_learn_in_online_mode_with_one_sweep(digits):
+    """DESIGN §1's pitfall: if the weight step ran before the auxiliary step, z = f(z_in) and u = 0 would
+    give every hidden block an exactly zero gradient, and with one sweep only the last block would learn."""
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,), sweeps=1)
+    before = [copy.deepcopy(b.state_dict()) for b in tr.blocks]
+    x, y, _ = next(iter(data.make_loader(digits.train, 50, shuffle=True, seed=0, epoch=0)))
+    tr.step(x, y)
+    for k, (b, sd) in enumerate(zip(tr.blocks, before)):
+        moved = max(float((p - sd[name]).abs().max()) for name, p in b.state_dict().items())
+        assert moved > 1e-5, f"block {k} did not move in its first step"
+
+
+def test_fused_linear_path_matches_autograd(digits):
+    model, cuts = small_mlp(activation="tanh")
+    a = BlockADMM(copy.deepcopy(model), blocks=cuts, input_shape=(64,), fused_linear=True)
+    b = BlockADMM(copy.deepcopy(model), blocks=cuts, input_shape=(64,), fused_linear=False)
+    assert a._fused[0] == (a.blocks[0][0], "tanh") and b._fused[0] is None
+    for x, y, _ in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:5]:
+        sa, sb = a.step(x, y), b.step(x, y)
+        assert sa.loss == pytest.approx(sb.loss, rel=1e-4)
+    torch.testing.assert_close(weights(a), weights(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", ["device", "memmap"])
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_resume_is_bit_identical(digits, tmp_path, mode, storage):
+    if mode == "online" and storage == "memmap":
+        pytest.skip("online mode has no tables")
+
+    def make(tag):
+        model, cuts = small_mlp()
+        return BlockADMM(
+            model, blocks=cuts, input_shape=(64,), mode=mode, num_samples=len(digits.train),
+            table_storage=storage, table_dir=str(tmp_path / f"tables-{tag}"), rho_schedule="adaptive", rho_check_every=5,
+        )
+
+    whole = make("whole")
+    whole.fit(digits.train, 3, batch_size=64, progress=False)
+
+    ckpt = str(tmp_path / "ckpt.pt")
+    first = make("first")
+    first.fit(digits.train, 2, batch_size=64, progress=False, checkpoint=ckpt)
+    first.fit(digits.train, 3, batch_size=64, progress=False)  # runs on, changing the live tables
+    resumed = make("resumed")
+    resumed.load(ckpt)
+    assert resumed.epoch == 2
+    resumed.fit(digits.train, 3, batch_size=64, progress=False)
+    assert torch.equal(weights(whole), weights(resumed))
+    assert whole.rho == resumed.rho
+    assert [h["loss"] for h in whole.history] == [h["loss"] for h in resumed.history]
+    if mode == "batch":
+        for tw, tr_ in zip(whole.tables.z + whole.tables.u, resumed.tables.z + resumed.tables.u):
+            assert torch.equal(tw, tr_)
+
+
+def test_checkpoint_is_atomic_and_never_overwritten_with_nan(digits, tmp_path):
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
+    ckpt = str(tmp_path / "c.pt")
+    tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
+    good = open(ckpt, "rb").read()
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    with torch.no_grad():
+        tr.blocks[1][0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="refusing to overwrite"):
+        tr.save(ckpt)
+    assert open(ckpt, "rb").read() == good
+
+
+def test_nan_in_training_names_block_and_step_and_keeps_checkpoint(digits, tmp_path):
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
+    ckpt = str(tmp_path / "c.pt")
+    tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
+    good = open(ckpt, "rb").read()
+    with torch.no_grad():
+        tr.blocks[1][0].weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match=r"block 1 at step \d+.*last good checkpoint") as e:
+        tr.fit(digits.train, 2, batch_size=64, progress=False, checkpoint=ckpt)
+    assert "Block 1's weights are non-finite" in str(e.value)
+    assert open(ckpt, "rb").read() == good
+
+
+def test_nan_in_input_is_reported(digits):
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train))
+    x, y, idx = next(iter(data.make_loader(digits.train, 32, shuffle=False, seed=0, epoch=0)))
+    x = x.clone()
+    x[3, 5] = float("nan")
+    with pytest.raises(NonFiniteError, match="input batch itself"):
+        tr.step(x, y, idx)
+    assert not bool(tr.tables.seen.any()), "tables must not be written by a failed step"
+
+
+def test_constraints_hold_on_auxiliary_variables(digits):
+    model, cuts = small_mlp()
+    tr = BlockADMM(
+        model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
+        constraints={0: Prox.nonneg(), 1: Prox.box(0.0, 0.5)}, lr_z=2.0,
+    )
+    tr.fit(digits.train, 1, batch_size=64, progress=False)
+    assert bool(tr.tables.seen.all())
+    assert float(tr.tables.z[0].min()) >= 0
+    assert float(tr.tables.z[1].min()) >= 0 and float(tr.tables.z[1].max()) <= 0.5
+
+
+def test_adaptive_rho_grows_and_rescales_duals(digits):
+    model, cuts = small_mlp()
+    tr = BlockADMM(
+        model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
+        rho_schedule="adaptive", rho_check_every=3, rho_stall=0.0, rho_max=8.0,  # stall=0: always "stalled"
+    )
+    (x, y, idx), (x2, y2, idx2) = list(data.make_loader(digits.train, 64, shuffle=False, seed=0, epoch=0))[:2]
+    for _ in range(5):
+        tr.step(x, y, idx)
+    u_before = tr.tables.u[0][idx].clone()
+    tr.step(x2, y2, idx2)  # 6th step, on other rows: the second window ends and rho doubles
+    assert tr.rho == [2.0, 2.0]
+    # scaled duals u = y/rho: every stored u is halved when rho doubles, including rows not in the batch
+    torch.testing.assert_close(tr.tables.u[0][idx], u_before / 2)
+    assert u_before.abs().sum() > 0
+    for _ in range(12):
+        tr.step(x, y, idx)
+    assert tr.rho == [8.0, 8.0], "rho is capped at rho_max"
+
+
+# ------------------------------------------------------------------ blocks
+def test_split_sequential_and_balanced():
+    model = nn.Sequential(nn.Linear(10, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 5))
+    assert [len(b) for b in split_sequential(model, [2, 4])] == [2, 2, 1]
+    blocks = split_balanced(model, 2)
+    assert len(blocks) == 2 and isinstance(blocks[0][-1], nn.ReLU), "activations stay with their layer"
+    with pytest.raises(ValueError, match="cannot cut"):
+        split_balanced(model, 4)
+
+
+def test_block_shape_mismatch_names_both_blocks():
+    blocks = [nn.Sequential(nn.Linear(8, 16), nn.ReLU()), nn.Sequential(nn.Linear(12, 4))]
+    with pytest.raises(ValueError, match=r"block 0 \(Sequential.*outputs per-sample shape \(16,\).*block 1 \(Sequential"):
+        BlockADMM(blocks, input_shape=(8,))
+    assert check_chain([nn.Linear(8, 16), nn.Linear(16, 3)], (8,)) == [(16,), (3,)]
+
+
+# ------------------------------------------------------------------ bad input
+def test_batch_mode_errors(digits):
+    model, cuts = small_mlp()
+    with pytest.raises(ValueError, match="num_samples"):
+        BlockADMM(model, blocks=cuts, input_shape=(64,), mode="batch")
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=100)
+    x, y = torch.rand(4, 64), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="batch mode needs the sample index"):
+        tr.step(x, y)
+    with pytest.raises(IndexError, match="outside the tables' 0..99"):
+        tr.step(x, y, torch.tensor([0, 1, 2, 100]))
+    with pytest.raises(ValueError, match="built for 100"):
+        tr.fit(digits.train, 1, progress=False)
+
+
+def test_label_and_input_shape_errors():
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
+    with pytest.raises(ValueError, match=r"labels must lie in 0..9"):
+        tr.step(torch.rand(3, 64), torch.tensor([0, 10, 2]))
+    with pytest.raises(ValueError, match="per-sample shape"):
+        tr.step(torch.rand(3, 63), torch.tensor([0, 1, 2]))
+
+
+def test_unknown_backend_in_trainer():
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,), backend="warp-drive")
+    with pytest.raises(ops.BackendUnavailable, match="unknown backend 'warp-drive'"):
+        tr.step(torch.rand(3, 64), torch.tensor([0, 1, 2]))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="order must be one of"):
+        ADMMConfig(order="sideways")
+    model, cuts = small_mlp()
+    with pytest.raises(TypeError, match="unknown argument 'lr_w'"):
+        BlockADMM(model, blocks=cuts, input_shape=(64,), lr_w=0.1)
+    with pytest.raises(ValueError, match="rho has 3 values but the model has 2"):
+        BlockADMM(model, blocks=cuts, input_shape=(64,), rho=[1, 1, 1])
+
+
+def test_resume_with_mismatched_tables_is_an_error(digits, tmp_path):
+    model, cuts = small_mlp()
+    tr = BlockADMM(model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
+                   table_storage="memmap", table_dir=str(tmp_path / "t"))
+    ckpt = str(tmp_path / "c.pt")
+    tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
+    other_model, other_cuts = small_mlp(hidden=(32, 20))  # a different width at boundary 1
+    with pytest.raises(ValueError):
+        BlockADMM(other_model, blocks=other_cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train)).load(ckpt)
+    # same model, but the saved table files were replaced by ones of another size
+    import numpy as np
+
+    np.save(str(tmp_path / "c.pt.tables" / "z1.npy"), np.zeros((5, 24), np.float32))
+    fresh = BlockADMM(small_mlp()[0], blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
+                      table_storage="memmap", table_dir=str(tmp_path / "t2"))
+    with pytest.raises(TableMismatch, match="z1.npy.*has shape \\(5, 24\\)"):
+        fresh.load(ckpt)
