@@ -1,0 +1,276 @@
+"""DeepFacto's NMF layer (DESIGN §1, last paragraph) and its Block-ADMM block.
+
+`NMFLayer` factorizes non-negative features V ≈ H W (V n×d, codes H ≥ 0 n×k, basis W ≥ 0 k×d). Its
+forward solves for H by a fixed number of Lee–Seung multiplicative updates (`blockadmm.ops.nmf_mu_update`,
+so the fast kernel is used where one is registered) from a warm start, with no autograd: backprop does
+not cross the layer, Block-ADMM does. Conv features (n, d, h, w) are factorized per position and give
+codes (n, k, h, w).
+
+The k components are split into groups: `per_class` components for each of `n_classes` classes, then
+`n_shared` shared ones (group id -1). The class evidence of a sample (or a position) is the energy
+(sum) of its group's codes.
+
+`NMFBlock` adds the Block-ADMM hooks the trainer looks for:
+
+- `admm_local_step`: the basis is updated by multiplicative updates of W toward the block's target
+  (V = the block's input, H = its output target z + u) instead of by an optimizer; the block updates
+  W for its first `update_epochs` epochs, then W is frozen (None: never frozen);
+- `admm_input_grad`: the gradient the auxiliary step of the feature boundary receives from this block
+  is the *difference target* -rho (z + u - H(V)) W: it moves the features by the change that the code
+  target asks for, mapped through the basis (targeting the plain reconstruction (z + u) W instead
+  collapses features and basis onto one direction);
+- `admm_aux_update`: the auxiliary step of the code boundary is a few exponentiated-gradient (mirror)
+  steps, z ← z ⊙ exp(-lr·∇), then each sample's codes are rescaled to keep its total code energy;
+- `admm_set_epoch`: the trainer tells the block the epoch, which drives the freezing schedule.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import ops
+
+__all__ = ["NMFLayer", "NMFBlock", "group_energy", "disentangling_score"]
+
+
+def _to_rows(V: torch.Tensor):
+    """(n, d) -> (n, d); (n, d, h, w) -> (n*h*w, d). Returns the rows and how to undo it."""
+    if V.dim() == 2:
+        return V, None
+    if V.dim() == 4:
+        n, d, h, w = V.shape
+        return V.permute(0, 2, 3, 1).reshape(n * h * w, d), (n, h, w)
+    raise ValueError(f"NMFLayer takes features of shape (n, d) or conv features (n, d, h, w), got {tuple(V.shape)}")
+
+
+def _from_rows(H: torch.Tensor, spatial):
+    if spatial is None:
+        return H
+    n, h, w = spatial
+    return H.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+class NMFLayer(nn.Module):
+    """Non-negative factorization layer: features (n, d[, h, w]) -> codes (n, k[, h, w]) with V ≈ H W.
+
+    in_features: d (channels, for conv features). n_classes, per_class, n_shared: the component groups
+    (k = n_classes*per_class + n_shared); n_components gives k directly when there are no class groups.
+    n_iter: multiplicative updates per forward. l1: sparsity penalty on the codes. name: how errors
+    refer to the layer.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        n_classes: int = 0,
+        per_class: int = 1,
+        n_shared: int = 0,
+        n_components: Optional[int] = None,
+        n_iter: int = 10,
+        eps: float = 1e-8,
+        l1: float = 0.0,
+        backend: str = "auto",
+        name: str = "NMFLayer",
+    ):
+        super().__init__()
+        if n_classes and n_components is not None:
+            raise ValueError("pass either class groups (n_classes, per_class, n_shared) or n_components, not both")
+        if n_classes:
+            if per_class < 1 or n_shared < 0:
+                raise ValueError(f"need per_class >= 1 and n_shared >= 0, got {per_class}, {n_shared}")
+            k = n_classes * per_class + n_shared
+            group = torch.cat([torch.arange(n_classes).repeat_interleave(per_class), torch.full((n_shared,), -1)])
+        else:
+            if n_components is None or n_components < 1:
+                raise ValueError(f"need n_components >= 1 (or class groups), got {n_components}")
+            k = int(n_components)
+            group = torch.full((k,), -1)
+        if n_iter < 1:
+            raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+        self.in_features, self.n_components, self.n_classes = int(in_features), k, int(n_classes)
+        self.n_iter, self.eps, self.l1, self.backend, self.name = int(n_iter), float(eps), float(l1), backend, name
+        g = torch.Generator().manual_seed(0)
+        # a parameter (state_dict, .to(), parameters()) that autograd and optimizers leave alone
+        self.W = nn.Parameter(torch.rand(k, self.in_features, generator=g) + 0.1, requires_grad=False)
+        self.register_buffer("group", group.long())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, n_components={self.n_components}, n_classes={self.n_classes}, n_iter={self.n_iter}"
+
+    # ------------------------------------------------------------------ the solve
+    def _check_input(self, V: torch.Tensor) -> None:
+        if V.dim() not in (2, 4):
+            raise ValueError(f"{self.name}: features must be (n, d) or conv features (n, d, h, w), got shape {tuple(V.shape)}")
+        if V.shape[1] != self.in_features:
+            raise ValueError(f"{self.name}: expected {self.in_features} features (dim 1), got shape {tuple(V.shape)}")
+        if V.numel() == 0:
+            return
+        if not bool(torch.isfinite(V).all()):
+            raise ValueError(f"{self.name}: input holds NaN/inf; the block before the NMF layer produced it")
+        m = V.amin()
+        if float(m) < 0:
+            flat = int(V.argmin())
+            sample = flat // (V.numel() // V.shape[0])
+            raise ValueError(
+                f"{self.name}: NMF needs non-negative features, but its input has a negative value ({float(m):.4g}, "
+                f"sample {sample} of the batch). The features come from the block before the NMF layer: end it in a "
+                f"non-negative activation (ReLU), and in Block-ADMM constrain that boundary with Prox.nonneg()."
+            )
+
+    def warm_start(self, V2: torch.Tensor) -> torch.Tensor:
+        """Codes to start the updates from: V Wᵀ, scaled per row to best fit V (zero rows give zeros)."""
+        W = self.W.detach()
+        H = V2 @ W.T
+        R = H @ W
+        num = (R * V2).sum(1, keepdim=True)
+        den = R.square().sum(1, keepdim=True)
+        scale = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(den))
+        H = H * scale
+        # multiplicative updates cannot leave an exact zero: lift them a little (rows that are all zero stay zero)
+        floor = 1e-4 * H.mean(1, keepdim=True)
+        return torch.maximum(H, floor).contiguous()
+
+    @torch.no_grad()
+    def encode_rows(self, V2: torch.Tensor, H: Optional[torch.Tensor] = None, n_iter: Optional[int] = None) -> torch.Tensor:
+        """Codes for rows V2 (m×d) by `n_iter` multiplicative updates from H (default: the warm start)."""
+        V2 = V2.detach().float().contiguous()
+        H = self.warm_start(V2) if H is None else H.detach().float().clone().contiguous()
+        W = self.W.data if self.W.dtype == torch.float32 else self.W.data.float()
+        for _ in range(self.n_iter if n_iter is None else n_iter):
+            ops.nmf_mu_update(V2, H, W, which="H", eps=self.eps, l1=self.l1, backend=self.backend)
+        return H
+
+    @torch.no_grad()
+    def forward(self, V: torch.Tensor) -> torch.Tensor:
+        self._check_input(V)
+        V2, spatial = _to_rows(V)
+        return _from_rows(self.encode_rows(V2), spatial).to(V.dtype)
+
+    @torch.no_grad()
+    def reconstruct(self, H: torch.Tensor) -> torch.Tensor:
+        """H W, in the shape of the features (per position for conv codes)."""
+        H2, spatial = _to_rows(H)
+        R = H2 @ self.W.detach()
+        if spatial is None:
+            return R
+        n, h, w = spatial
+        return R.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+    def loss(self, V: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+        """0.5 ‖V − H W‖² summed over the batch (and positions)."""
+        return 0.5 * (V - self.reconstruct(H)).square().sum()
+
+    def group_energy(self, H: torch.Tensor) -> torch.Tensor:
+        """Per-class code energy: (n, k[, h, w]) -> (n, n_classes[, h, w])."""
+        return group_energy(H, self.group, self.n_classes)
+
+    @torch.no_grad()
+    def init_basis_from(self, features: torch.Tensor, labels: torch.Tensor, *, jitter: float = 0.05, seed: int = 0) -> None:
+        """Class-specific init: each class's components are (jittered) feature vectors of samples of that class.
+
+        features: (N, d) or (N, d, h, w) (then per sample the positions are pooled by their sum);
+        labels: (N,) class ids or (N, C) multi-hot (a sample counts for every class it holds).
+        Shared components get the feature vectors of random samples of any class.
+        """
+        F = features.detach().float()
+        if F.dim() == 4:
+            F = F.sum((2, 3))
+        F = F / F.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        g = torch.Generator().manual_seed(seed)
+        L = labels if labels.dim() == 2 else nn.functional.one_hot(labels.long(), max(self.n_classes, 1)).float()
+        Wn = self.W.data
+        scale = 1.0
+        for j in range(self.n_components):
+            c = int(self.group[j])
+            pool = torch.arange(len(F)) if c < 0 else torch.nonzero(L[:, c] > 0).flatten()
+            if len(pool) == 0:
+                continue
+            pick = pool[torch.randint(len(pool), (min(8, len(pool)),), generator=g)]
+            v = F[pick].mean(0)
+            v = v * (1 + jitter * torch.rand(v.shape, generator=g))
+            Wn[j] = (v / v.norm().clamp_min(1e-12) * scale).clamp_min(1e-6).to(Wn.dtype)
+
+
+class NMFBlock(NMFLayer):
+    """NMFLayer with the Block-ADMM hooks (see the module docstring).
+
+    update_epochs: W is updated by multiplicative updates during epochs 0..update_epochs-1, then frozen
+    (None: always updated; 0: never). w_iter: multiplicative updates of W per weight step.
+    eg_steps, eg_lr: exponentiated-gradient steps (and their step size) of the code boundary's
+    auxiliary step; eg_clip bounds each step's exponent.
+    """
+
+    def __init__(self, in_features: int, *, update_epochs: Optional[int] = 3, w_iter: int = 1, eg_steps: int = 3,
+                 eg_lr: float = 1.0, eg_clip: float = 2.0, **kw):
+        super().__init__(in_features, **kw)
+        self.update_epochs, self.w_iter = update_epochs, int(w_iter)
+        self.eg_steps, self.eg_lr, self.eg_clip = int(eg_steps), float(eg_lr), float(eg_clip)
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))  # saved with checkpoints
+        self.register_buffer("w_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def frozen(self) -> bool:
+        return self.update_epochs is not None and int(self.epoch) >= self.update_epochs
+
+    # ------------------------------------------------------------------ trainer hooks
+    def admm_set_epoch(self, epoch: int) -> None:
+        self.epoch.fill_(int(epoch))
+
+    @torch.no_grad()
+    def admm_local_step(self, inp, target, dual, *, rho, y, loss_fn):
+        """Multiplicative updates of W toward V ≈ (z + u) W; returns the fit loss (mean over samples)."""
+        if target is None:
+            raise ValueError(f"{self.name}: an NMF block cannot be the last block; put a head after it")
+        V2, _ = _to_rows(inp.detach().float())
+        Ht, _ = _to_rows((target + dual).detach().float().clamp_min(0.0))
+        Ht = Ht.contiguous()
+        if not self.frozen:
+            for _ in range(self.w_iter):
+                ops.nmf_mu_update(V2, Ht, self.W.data, which="W", eps=self.eps, backend=self.backend)
+            self.w_updates += 1
+        return 0.5 * (V2 - Ht @ self.W).square().sum() / max(inp.shape[0], 1)
+
+    @torch.no_grad()
+    def admm_input_grad(self, z_in, z_out, u_out, *, rho, y, loss_fn):
+        """The difference target: -rho (z + u - H(z_in)) W, in the shape of z_in."""
+        if rho is None:
+            raise ValueError(f"{self.name}: an NMF block cannot be the last block; put a head after it")
+        H0 = self.forward(z_in.clamp_min(0.0))
+        return self.reconstruct(-rho * (z_out + u_out - H0))
+
+    @torch.no_grad()
+    def admm_aux_update(self, z, u, a, grad_fn, *, rho, lr, prox=None):
+        """Mirror steps on the code boundary, in place on z: each sample keeps its total code energy."""
+        dims = tuple(range(1, z.dim()))
+        energy = z.sum(dims, keepdim=True)
+        for _ in range(self.eg_steps):
+            g = grad_fn(z)
+            grad = rho * (z - a + u) + (0 if g is None else g)
+            # scale-free step: the gradient relative to each sample's mean absolute gradient
+            norm = grad.abs().mean(dims, keepdim=True).clamp_min(1e-12)
+            step = (-self.eg_lr * grad / norm).clamp(-self.eg_clip, self.eg_clip)
+            zn = z.clamp_min(0) * step.exp()
+            zn = zn + 1e-6 * energy / zn[0].numel()  # keeps every component reachable
+            zn = zn * (energy / zn.sum(dims, keepdim=True).clamp_min(1e-30))
+            z.copy_(zn)
+
+
+def group_energy(H: torch.Tensor, group: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Sum the codes of each class group: (n, k[, h, w]) -> (n, n_classes[, h, w]); shared components dropped."""
+    onehot = (group.view(-1, 1) == torch.arange(n_classes, device=group.device).view(1, -1)).to(H.dtype)  # k×C
+    if H.dim() == 2:
+        return H @ onehot
+    return torch.einsum("nkhw,kc->nchw", H, onehot)
+
+
+def disentangling_score(H: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, n_classes: int) -> float:
+    """Mean share of a sample's code energy in its true class's group (multi-hot labels: in its classes' groups)."""
+    E = group_energy(H, group, n_classes)
+    if E.dim() == 4:
+        E = E.sum((2, 3))
+    total = H.sum(tuple(range(1, H.dim()))).clamp_min(1e-30)
+    L = labels.float() if labels.dim() == 2 else nn.functional.one_hot(labels.long(), n_classes).float()
+    return float(((E * L).sum(1) / total).mean())

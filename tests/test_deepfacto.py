@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from blockadmm.deepfacto import (
+    build_deepfacto,
+    class_group_matrix,
+    feature_mlp,
+    init_basis,
+    pointing_game,
+)
+from blockadmm.nmf import disentangling_score
+from blockadmm.pairs import make_pairs
+from blockadmm.trainer import BlockADMM
+
+
+def _digits_like(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    imgs = np.zeros((n, 28, 28), np.float32)
+    imgs[:, 8:20, 10:18] = rng.random((n, 12, 8)) * 0.5 + 0.5
+    return imgs, np.arange(n) % 10
+
+
+def test_pairs_generator_classes_boxes_determinism():
+    imgs, labels = _digits_like()
+    a = make_pairs(imgs, labels, 50, seed=3, clutter=2)
+    b = make_pairs(imgs, labels, 50, seed=3, clutter=2)
+    c = make_pairs(imgs, labels, 50, seed=4, clutter=2)
+    assert torch.equal(a.X, b.X) and torch.equal(a.boxes, b.boxes) and torch.equal(a.Y, b.Y)
+    assert not torch.equal(a.X, c.X)
+    assert a.X.shape == (50, 1, 64, 64) and a.Y.shape == (50, 10)
+    assert bool((a.classes[:, 0] != a.classes[:, 1]).all())
+    assert a.Y.sum(1).tolist() == [2.0] * 50
+    assert bool((a.Y[torch.arange(50), a.classes[:, 0]] == 1).all())
+    bx = a.boxes
+    sep_x = (bx[:, 0, 2] < bx[:, 1, 0]) | (bx[:, 1, 2] < bx[:, 0, 0])
+    sep_y = (bx[:, 0, 3] < bx[:, 1, 1]) | (bx[:, 1, 3] < bx[:, 0, 1])
+    assert bool((sep_x | sep_y).all())  # boxes do not overlap
+    assert int(bx.min()) >= 0 and int(bx.max()) <= 63
+    # the dataset yields (x, y, index) and never the boxes
+    x, y, i = a[7]
+    assert x.shape == (1, 64, 64) and y.shape == (10,) and int(i) == 7
+
+
+def test_pointing_game_hits_and_misses():
+    maps = torch.zeros(2, 10, 64, 64)
+    boxes = torch.tensor([[[0, 0, 10, 10], [40, 40, 60, 60]], [[0, 0, 10, 10], [40, 40, 60, 60]]])
+    classes = torch.tensor([[1, 2], [1, 2]])
+    maps[0, 1, 5, 5] = 1  # hit
+    maps[0, 2, 50, 50] = 1  # hit
+    maps[1, 1, 12, 12] = 1  # within ±2 px: hit
+    maps[1, 2, 5, 5] = 1  # the other digit: miss
+    assert pointing_game(maps, boxes, classes)["pointing"] == pytest.approx(0.75)
+
+
+def test_short_training_far_above_chance():
+    from blockadmm.data import load
+
+    torch.manual_seed(0)
+    data = load("digits", val_fraction=0.0)
+    feats = feature_mlp(64, (64,))
+    blocks = build_deepfacto(feats, (64,), 10, head="energy", per_class=2, n_iter=5, update_epochs=1)
+    init_basis(blocks, data.train)
+    t = BlockADMM(blocks, input_shape=(64,), constraints={0: "nonneg", 1: "nonneg"}, sweeps=1, dual_step=0.5,
+                  optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+    t.fit(data.train, 4, batch_size=64, progress=False)
+    acc = t.evaluate(data.test)["acc"]
+    assert acc > 0.6, acc  # chance is 0.1
+    with torch.no_grad():
+        H = blocks[1](blocks[0](data.test.X))
+    assert disentangling_score(H, data.test.Y, blocks[1].group, 10) > 0.3
+    M = class_group_matrix(H, data.test.Y, blocks[1].group, 10)
+    assert M.shape == (10, 11) and np.allclose(M.sum(1), 1, atol=1e-4)
