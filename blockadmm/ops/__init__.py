@@ -52,6 +52,19 @@ register_backend(
 )
 
 
+def _register_compiled() -> None:
+    """The compiled backends (DESIGN §2). Each loads lazily on first use; a load failure is a reason
+    (reported by status() and `blockadmm info`), never an import error of blockadmm.ops."""
+    from . import _cpu, _cuda, _triton
+
+    register_backend(Backend(name="cpu", devices=_cpu.DEVICES, load=_cpu.load, can_run=_cpu.can_run))
+    register_backend(Backend(name="triton", devices=_triton.DEVICES, load=_triton.load, can_run=_triton.can_run))
+    register_backend(Backend(name="cuda", devices=_cuda.DEVICES, load=_cuda.load, can_run=_cuda.can_run))
+
+
+_register_compiled()
+
+
 def needs_torch_backend(op: str, device: str, kwargs: dict) -> Optional[str]:
     """`can_run` helper for compiled backends: what only the torch reference can do."""
     prox = kwargs.get("prox")
@@ -129,7 +142,7 @@ def aux_dual_update(
     a = a.contiguous()
     g = g.contiguous() if g is not None else None
     kwargs = dict(rho=float(rho), lr=float(lr), dual_step=float(dual_step), prox=prox, index=index, step=step)
-    fn = resolve("aux_dual_update", backend, device, kwargs)
+    fn = resolve("aux_dual_update", backend, device, kwargs, dict(z=z, u=u, a=a, g=g))
     return fn(z, u, a, g, **kwargs)
 
 
@@ -160,7 +173,7 @@ def nmf_mu_update(
     _check_inplace("H", H)
     _check_inplace("W", W)
     kwargs = dict(which=which, eps=float(eps), l1=float(l1), l2=float(l2))
-    fn = resolve("nmf_mu_update", backend, device, kwargs)
+    fn = resolve("nmf_mu_update", backend, device, kwargs, dict(V=V, H=H, W=W))
     fn(V.contiguous(), H, W, **kwargs)
 
 
@@ -194,7 +207,7 @@ def linear_block_fwd_bwd(
     if activation not in ref.ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {ref.ACTIVATIONS}")
     kwargs = dict(rho=float(rho), activation=activation, need_input_grad=bool(need_input_grad))
-    fn = resolve("linear_block_fwd_bwd", backend, device, kwargs)
+    fn = resolve("linear_block_fwd_bwd", backend, device, kwargs, dict(x=x, weight=weight, bias=bias, z=z, u=u))
     return fn(
         x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), z.contiguous(), u.contiguous(), **kwargs
     )

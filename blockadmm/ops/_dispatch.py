@@ -47,7 +47,7 @@ class Backend:
         self.ops()
         return self._error
 
-    def why_not(self, op: str, device: str, kwargs: dict) -> Optional[str]:
+    def why_not(self, op: str, device: str, kwargs: dict, tensors: Optional[Mapping] = None) -> Optional[str]:
         if device not in self.devices:
             return f"runs on {'/'.join(self.devices)} tensors, these are on {device}"
         err = self.load_error()
@@ -55,7 +55,8 @@ class Backend:
             return f"not loaded ({err})"
         if op not in self._ops:
             return f"has no {op} kernel"
-        return self.can_run(op, device, kwargs)
+        # can_run sees the call's keyword arguments plus, under "tensors", the tensor arguments by name
+        return self.can_run(op, device, dict(kwargs, tensors=dict(tensors or {})))
 
 
 _BACKENDS: Dict[str, Backend] = {}
@@ -69,7 +70,7 @@ def backends() -> Dict[str, Backend]:
     return dict(_BACKENDS)
 
 
-def resolve(op: str, backend: str, device: str, kwargs: dict) -> Callable:
+def resolve(op: str, backend: str, device: str, kwargs: dict, tensors: Optional[Mapping] = None) -> Callable:
     """Return the implementation of `op` that `backend` names (or the best one for "auto")."""
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "auto") or "auto"
@@ -79,7 +80,7 @@ def resolve(op: str, backend: str, device: str, kwargs: dict) -> Callable:
                 f"unknown backend {backend!r}; known backends: {sorted(_BACKENDS)} or 'auto' "
                 f"(check the argument and the {BACKEND_ENV} environment variable)"
             )
-        reason = _BACKENDS[backend].why_not(op, device, kwargs)
+        reason = _BACKENDS[backend].why_not(op, device, kwargs, tensors)
         if reason is not None:
             raise BackendUnavailable(
                 f"backend {backend!r} cannot run {op}: {reason}. Use backend='auto' to fall back, "
@@ -88,7 +89,7 @@ def resolve(op: str, backend: str, device: str, kwargs: dict) -> Callable:
         return _BACKENDS[backend].ops()[op]
     for name in AUTO_ORDER.get(device, ("torch",)):
         b = _BACKENDS.get(name)
-        if b is not None and b.why_not(op, device, kwargs) is None:
+        if b is not None and b.why_not(op, device, kwargs, tensors) is None:
             return b.ops()[op]
     raise BackendUnavailable(f"no backend can run {op} on {device} tensors")
 

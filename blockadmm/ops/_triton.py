@@ -1,0 +1,39 @@
+"""The "triton" backend: the Triton kernels in kernels/ (installed as blockadmm.kernels).
+
+On CUDA tensors they run compiled. On CPU tensors they run only under the Triton interpreter
+(TRITON_INTERPRET=1, set before the kernels are first imported), which is how CI tests them; "auto" on CPU
+never picks Triton (AUTO_ORDER["cpu"] does not list it), only backend="triton" does.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+DEVICES = ("cuda", "cpu")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def can_run(op: str, device: str, kwargs: dict) -> Optional[str]:
+    prox = kwargs.get("prox")
+    if prox is not None and prox.kind == "custom":
+        return "a Prox.custom callable runs only on the torch backend"
+    if device == "cpu" and not interpreting():
+        return "Triton kernels run on CPU tensors only under the interpreter (set TRITON_INTERPRET=1 before importing blockadmm)"
+    return None
+
+
+def load():
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"triton is not installed ({e}); pip install 'blockadmm[triton]'") from None
+    from ..kernels import aux_dual, linear_block, nmf
+
+    return {
+        "aux_dual_update": aux_dual.aux_dual_update,
+        "nmf_mu_update": nmf.nmf_mu_update,
+        "linear_block_fwd_bwd": linear_block.linear_block_fwd_bwd,
+    }
