@@ -128,8 +128,9 @@ int threads_or_default(int nthreads) {
 double aux_dual_update(uintptr_t z, uintptr_t u, uintptr_t a, uintptr_t g, uintptr_t index, int64_t rows,
                        int64_t cols, double rho, double lr, double dual, int prox, double lo, double hi,
                        double thr, bool sign, int nthreads) {
-  if (!z || !u || !a) throw std::invalid_argument("aux_dual_update: null z, u or a pointer");
   if (rows < 0 || cols < 0) throw std::invalid_argument("aux_dual_update: negative size");
+  if (rows == 0 || cols == 0) return 0.0;
+  if (!z || !u || !a) throw std::invalid_argument("aux_dual_update: null z, u or a pointer");
   if (prox < PROX_NONE || prox > PROX_L1) throw std::invalid_argument("aux_dual_update: unknown prox kind " + std::to_string(prox));
   const AuxParams p{(float)rho, (float)lr, (float)dual, (float)lo, (float)hi, (float)thr};
   const int nt = threads_or_default(nthreads);
@@ -149,6 +150,7 @@ double aux_dual_update(uintptr_t z, uintptr_t u, uintptr_t a, uintptr_t g, uintp
 // x <- x * num / (den + l1 + l2 * x + eps), elementwise over n values (same evaluation order as the reference).
 void nmf_mu_epilogue(uintptr_t x, uintptr_t num, uintptr_t den, int64_t n, double l1, double l2, double eps,
                      int nthreads) {
+  if (n <= 0) return;
   if (!x || !num || !den) throw std::invalid_argument("nmf_mu_epilogue: null pointer");
   auto* xp = reinterpret_cast<float*>(x);
   auto* np = reinterpret_cast<const float*>(num);
@@ -208,6 +210,7 @@ double linear_epi_impl(float* pre, float* out, const float* z, const float* u, i
 // Returns sum r^2 (the caller scales by rho/2m).
 double linear_epilogue(uintptr_t pre, uintptr_t out, uintptr_t z, uintptr_t u, int64_t n, double scale,
                        int activation, int nthreads) {
+  if (n <= 0) return 0.0;
   if (!pre || !out || !z || !u) throw std::invalid_argument("linear_epilogue: null pointer");
   auto* pp = reinterpret_cast<float*>(pre);
   auto* op = reinterpret_cast<float*>(out);

@@ -249,7 +249,9 @@ int64_t bam_aux_dual_num_partials(int64_t numel) {
 int bam_aux_dual_update(int device, cudaStream_t stream, void* z, void* u, int zu_dtype, const void* a, int a_dtype,
                         const void* g, int g_dtype, const int64_t* index, int64_t rows, int64_t cols, float rho,
                         float lr, float dual, int prox, float lo, float hi, float thr, int sign, float* partials) {
-  if (!z || !u || !a || !partials || rows < 0 || cols < 0 || !dtype_ok(zu_dtype) || !dtype_ok(a_dtype) ||
+  if (!partials || rows < 0 || cols < 0) return static_cast<int>(cudaErrorInvalidValue);
+  if ((!z || !u || !a) && rows * cols > 0) return static_cast<int>(cudaErrorInvalidValue);
+  if (rows < 0 || cols < 0 || !dtype_ok(zu_dtype) || !dtype_ok(a_dtype) ||
       (g && !dtype_ok(g_dtype)) || prox < BAM_PROX_NONE || prox > BAM_PROX_L1)
     return static_cast<int>(cudaErrorInvalidValue);
   BAM_TRY(cudaSetDevice(device));
