@@ -1,0 +1,121 @@
+"""The experiment commands on tiny sub-grids: files, keys, plots, the report (fast; the full --quick runs are CI's)."""
+import json
+import os
+
+import pytest
+import torch
+
+from blockadmm.experiments import common as C
+from blockadmm.experiments import report, run
+
+TINY = ["--epochs", "1", "--train-size", "200", "--no-progress"]
+
+
+def _records(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)["records"]
+
+
+def test_depth_tiny(tmp_path):
+    out = str(tmp_path / "depth")
+    assert run(["depth", "--depths", "2", "--activations", "sigmoid", "--methods", ",".join(C.METHODS), "--seeds", "0", "--out", out] + TINY) == 0
+    recs = _records(out)
+    assert sorted(r["method"] for r in recs) == sorted(C.METHODS)
+    for r in recs:
+        assert set(C.RECORD_KEYS) <= set(r)
+        assert 0.0 <= r["test_acc"] <= 1.0 and r["best_test_acc"] >= r["test_acc"] and r["wall_s"] > 0
+        assert len(r["history"][-1]["spread"]) == 2  # one spread per hidden block
+    admm = next(r for r in recs if r["method"] == "admm-online")
+    assert len(admm["history"][-1]["primal_residual"]) == 2
+    assert next(r for r in recs if r["method"] == "admm-nodual")["config"]["dual_step"] == 0.0
+    assert admm["config"]["aux_step"] == "sign"  # sigmoid nets get the deep preset
+    for png in ("heatmap.png", "diagnostics.png", "curves.png"):
+        assert os.path.getsize(os.path.join(out, png)) > 1000
+
+
+def test_depth_default_grid_has_three_seeds_at_depth8_sigmoid():
+    from blockadmm.experiments import depth, parser
+
+    args = parser().parse_args(["depth"])
+    cells = depth.grid(args)
+    seeds = {s for m, d, a, s in cells if d == 8 and a == "sigmoid"}
+    assert seeds == {0, 1, 2}
+    assert {s for m, d, a, s in cells if (d, a) != (8, "sigmoid")} == {0}
+    assert {m for m, *_ in cells} == set(C.METHODS)
+
+
+def test_same_batches_and_init_across_methods():
+    sp = C.load_data()
+    r1 = C.Run("backprop-sgd", 2, "relu", 3, 1, sp)
+    m1, _ = C.build_mlp(r1, 784, 10)
+    m2, _ = C.build_mlp(C.Run("admm-online", 2, "relu", 3, 1, sp), 784, 10)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_binary_tiny(tmp_path):
+    out = str(tmp_path / "binary")
+    assert run(["binary", "--depths", "1", "--seeds", "0", "--out", out] + TINY) == 0
+    recs = _records(out)
+    assert {r["method"] for r in recs} == {"admm-online", "backprop-ste"}
+    assert os.path.getsize(os.path.join(out, "binary.png")) > 1000
+
+
+def test_binary_block_outputs_are_binary_and_projection():
+    from blockadmm.experiments.binary import BinaryBlock, binary_projection
+
+    blk = BinaryBlock(5, 4)
+    with torch.no_grad():
+        h = blk(torch.randn(7, 5))
+    assert set(h.unique().tolist()) <= {0.0, 1.0}
+    z = torch.tensor([-0.3, 0.2, 0.6, 1.7])
+    assert binary_projection().apply(z, 1.0).tolist() == [0.0, 0.0, 1.0, 1.0]
+    # the hinge surrogate's input gradient vanishes where the block already meets its target by the margin
+    x = torch.randn(3, 5)
+    a = blk.linear(x).detach()
+    target = (a > 0).float()
+    blk.margin = 0.0
+    g = blk.admm_input_grad(x, target, torch.zeros_like(target), rho=1.0, y=None, loss_fn=None)
+    assert torch.count_nonzero(g) == 0
+
+
+def test_blocks_tiny(tmp_path):
+    out = str(tmp_path / "blocks")
+    assert run(["blocks", "--depth", "2", "--blocks", "1,3", "--orders", "top-down,jacobi", "--activations", "relu", "--out", out] + TINY) == 0
+    recs = _records(out)
+    assert sorted((r["n_blocks"], r["order"]) for r in recs) == [(1, "-"), (3, "jacobi"), (3, "top-down")]
+    assert all(r["time_per_epoch_s"] > 0 for r in recs)
+    assert os.path.getsize(os.path.join(out, "blocks.png")) > 1000
+
+
+def test_convergence_tiny(tmp_path):
+    out = str(tmp_path / "convergence")
+    assert run(["convergence", "--epochs", "2", "--schedules", "constant,adaptive", "--out", out, "--no-progress"]) == 0
+    recs = _records(out)
+    assert [r["schedule"] for r in recs] == ["constant", "adaptive"]
+    for r in recs:
+        ep = r["per_epoch"]
+        assert len(ep) == 2 and all(len(e["primal"]) == 2 for e in ep)
+        assert all(x == x for x in ep[-1]["dual"])  # defined from the second epoch on
+        assert all(e["lagrangian"] == e["lagrangian"] for e in ep)
+    assert os.path.getsize(os.path.join(out, "convergence.png")) > 1000
+
+
+def test_report_renders_and_rewrites_markers(tmp_path):
+    root = tmp_path / "res"
+    run(["binary", "--depths", "1", "--seeds", "0", "--out", str(root / "binary")] + TINY)
+    md = report.render(str(root), "res")
+    assert "Binary hidden units" in md and "admm-online" in md
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n")
+    assert run(["report", "--results", str(root), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert report.START in text and report.END in text and "Binary hidden units" in text
+    # idempotent: a second rewrite replaces the block instead of appending another
+    run(["report", "--results", str(root), "--readme", str(readme)])
+    assert readme.read_text().count(report.START) == 1
+
+
+def test_unknown_method_rejected(tmp_path):
+    with pytest.raises(SystemExit):
+        run(["depth", "--methods", "backprop-magic", "--out", str(tmp_path)] + TINY)
