@@ -15,6 +15,13 @@ def _ints(text: str) -> List[int]:
     return [int(t) for t in text.split(",") if t.strip()]
 
 
+def _modes(text: str) -> List[str]:
+    modes = [t.strip() for t in text.split(",") if t.strip()]
+    if not modes or any(m not in ("online", "batch") for m in modes):
+        raise argparse.ArgumentTypeError(f"--mode takes online, batch or online,batch; got {text!r}")
+    return modes
+
+
 def _train_parser(sub) -> argparse.ArgumentParser:
     from .trainer import ADMMConfig
 
@@ -26,7 +33,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=_ints, default=[256, 256], help="MLP hidden widths, e.g. 256,256")
     p.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh", "leaky_relu"])
     p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: one layer per block)")
-    p.add_argument("--mode", default="online", choices=["online", "batch"])
+    p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
     p.add_argument("--rho", type=float, default=d.rho)
     p.add_argument("--lr-z", type=float, default=d.lr_z)
@@ -77,28 +84,28 @@ def cmd_train(args) -> int:
     torch.manual_seed(args.seed)
     splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
-    backprop_model = copy.deepcopy(model)  # same initial weights for the comparison
     os.makedirs(args.out, exist_ok=True)
     adam = lambda params: torch.optim.Adam(params, lr=args.lr)  # noqa: E731
-    trainer = BlockADMM(
-        model, blocks=cuts, input_shape=splits.input_shape, mode=args.mode, num_samples=len(splits.train),
-        optimizer=adam, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
-        order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
-        table_storage=args.table_storage, table_dir=os.path.join(args.out, "tables"), backend=args.backend,
-        device=args.device, seed=args.seed,
-    )
-    ckpt = os.path.join(args.out, "checkpoint.pt")
-    if args.resume:
-        if not os.path.exists(ckpt):
-            raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-        trainer.load(ckpt)
     fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
     runs = {}
-    print(f"Block-ADMM ({args.mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
-    runs["admm-" + args.mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
+    for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
+        trainer = BlockADMM(
+            copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
+            optimizer=adam, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
+            order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
+            table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
+            device=args.device, seed=args.seed,
+        )
+        ckpt = os.path.join(args.out, f"checkpoint-{mode}.pt")
+        if args.resume:
+            if not os.path.exists(ckpt):
+                raise SystemExit(f"--resume: no checkpoint at {ckpt}")
+            trainer.load(ckpt)
+        print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
+        runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
     if args.compare == "backprop":
         print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
-        bp = BlockADMM(backprop_model, input_shape=splits.input_shape, optimizer=adam, sweeps=1, device=args.device, seed=args.seed)
+        bp = BlockADMM(copy.deepcopy(model), input_shape=splits.input_shape, optimizer=adam, sweeps=1, device=args.device, seed=args.seed)
         runs["backprop"] = bp.fit(splits.train, args.epochs, **fit_kw)
     metrics = {
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
@@ -113,7 +120,7 @@ def cmd_train(args) -> int:
         }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_curves(runs, os.path.join(args.out, "curves.png"), title=f"{args.data}, {trainer.n_blocks} blocks")
+    plot_curves(runs, os.path.join(args.out, "curves.png"), title=f"{args.data}, {trainer.n_blocks} blocks, batch {args.batch_size}")
     print_table(metrics)
     return 0
 

@@ -40,3 +40,35 @@ def print_table(metrics: dict) -> None:
     fmt = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     for name, tr, va, te, wall, ratio in rows:
         print(f"{name:<16} {fmt(tr):>9} {fmt(va):>8} {fmt(te):>9} {wall:>8.2f} {'—' if ratio is None else f'{ratio:.2f}':>10}")
+
+
+def render_train_results(metrics: dict, source: str) -> str:
+    """Markdown for a `blockadmm train --compare backprop` metrics.json."""
+    cfg = metrics["config"]
+    lines = [
+        f"**{cfg['data']}, MLP {'-'.join(map(str, cfg['hidden']))} {cfg['activation']}, batch {cfg['batch_size']}, "
+        f"{cfg['epochs']} epochs, seed {cfg['seed']}** — `{metrics['command']}` ({source})",
+        "",
+        "| run | train acc | test acc | best test acc | s / epoch | × backprop time |",
+        "|---|---|---|---|---|---|",
+    ]
+    ratios = metrics.get("wall_ratio_vs_backprop", {})
+    for name, hist in metrics["runs"].items():
+        final = hist[-1]
+        best = max(h["test_acc"] for h in hist)
+        ratio = ratios.get(name)
+        lines.append(
+            f"| {name} | {100 * final['train_acc']:.2f}% | {100 * final['test_acc']:.2f}% | {100 * best:.2f}% | "
+            f"{metrics['epoch_wall_s'][name]:.2f} | {'—' if ratio is None else f'{ratio:.2f}×'} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """Put `body` between `<!-- name:start -->` and `<!-- name:end -->` in `text`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"README has no {start} … {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"

@@ -74,7 +74,7 @@ class ADMMConfig:
 
     rho: object = 1.0
     lr_z: float = 0.5
-    sweeps: int = 3
+    sweeps: int = 2
     k_z: int = 1
     k_w: int = 1
     order: str = "top-down"

@@ -1,0 +1,40 @@
+"""The command line: train (with the backprop comparison), resume, info."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from blockadmm.cli import main
+
+
+def test_train_compare_writes_metrics_and_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--hidden", "32,24", "--epochs", "3", "--batch-size", "50",
+            "--mode", "online,batch", "--compare", "backprop", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["runs"]) == {"admm-online", "admm-batch", "backprop"}
+    for name, hist in metrics["runs"].items():
+        assert len(hist) == 3
+        assert {"loss", "train_acc", "test_acc", "primal_residual", "wall_s"} <= set(hist[-1])
+        assert hist[-1]["test_acc"] > 0.5, (name, hist[-1])
+    assert set(metrics["wall_ratio_vs_backprop"]) == {"admm-online", "admm-batch"}
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert "admm-online" in capsys.readouterr().out
+
+    # resume: two more epochs continue the checkpointed runs
+    assert main(args[:6] + ["4"] + args[7:] + ["--resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["runs"]["admm-batch"]] == [1, 2, 3, 4]
+
+
+def test_bad_mode_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--mode", "offline"])
+    assert "--mode takes online, batch" in capsys.readouterr().err
+
+
+def test_info_lists_backends():
+    out = subprocess.run([sys.executable, "-m", "blockadmm", "info"], capture_output=True, text=True, check=True).stdout
+    assert "torch" in out and "available" in out and "auto order" in out
