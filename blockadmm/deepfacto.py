@@ -60,12 +60,20 @@ def feature_mlp(in_features: int, hidden=(256, 256), *, normalize: bool = True) 
 class GroupEnergyHead(nn.Module):
     """The disentangling head: class score = a·log(group energy + eps) + b_c (energy summed over positions)."""
 
-    def __init__(self, group: torch.Tensor, n_classes: int, eps: float = 1e-4, init_scale: float = 1.0):
+    def __init__(self, group: torch.Tensor, n_classes: int, eps: float = 1e-4, init_scale: float = 1.0, learn: bool = False):
         super().__init__()
         self.register_buffer("group", group.clone())
-        self.n_classes, self.eps = n_classes, eps
-        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
-        self.bias = nn.Parameter(torch.zeros(n_classes))
+        self.n_classes, self.eps, self.learn = n_classes, eps, learn
+        # fixed (a = 1, b = 0, the default): softmax of the scores is each class group's share of the code
+        # energy, so cross-entropy is -log(the true group's share), the disentangling objective itself
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn)
+        self.bias = nn.Parameter(torch.zeros(n_classes), requires_grad=learn)
+        if not learn:
+            self.admm_local_step = self._no_weights  # no optimizer for a head without trainable weights
+
+    def _no_weights(self, inp, target, dual, *, rho, y, loss_fn):
+        with torch.no_grad():
+            return loss_fn(self(inp), y)
 
     def energies(self, H):
         E = group_energy(H, self.group, self.n_classes)
@@ -88,12 +96,12 @@ class LinearCodeHead(nn.Module):
 
 def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, head: str = "energy", per_class: int = 5,
                     n_shared: int = 0, n_iter: int = 10, update_epochs: Optional[int] = 3, eg_steps: int = 3,
-                    eg_lr: float = 1.0, backend: str = "auto"):
+                    eg_lr: float = 1.0, learn_head: bool = False, backend: str = "auto"):
     d = feat_shape[0]
     nmf = NMFBlock(d, n_classes=n_classes, per_class=per_class, n_shared=n_shared, n_iter=n_iter,
                    update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, backend=backend, name="NMF block (block 1)")
     if head == "energy":
-        h = GroupEnergyHead(nmf.group, n_classes)
+        h = GroupEnergyHead(nmf.group, n_classes, learn=learn_head)
     elif head == "linear":
         h = LinearCodeHead(nmf.n_components, n_classes)
     else:
@@ -117,11 +125,11 @@ def codes_of(blocks, X, bs=500):
 
 
 @torch.no_grad()
-def init_basis(blocks, train, n: int = 1000, seed: int = 0):
+def init_basis(blocks, train, n: int = 1000, seed: int = 0, contrast: float = 0.0):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(train), generator=g)[:n]
     F = _batched(blocks[0], train.X[idx])
-    blocks[1].init_basis_from(F, train.Y[idx], seed=seed)
+    blocks[1].init_basis_from(F, train.Y[idx], seed=seed, contrast=contrast)
 
 
 def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, tol: int = 2) -> Dict[str, float]:
@@ -196,8 +204,8 @@ def _acc(model_fn, ds, bs=500):
 
 def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = "energy", arch: str = "cnn",
                    per_class: int = 5, update_epochs: int = 3, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1,
-                   dual_step: float = 0.5, eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 1e-3,
-                   val_fraction: float = 0.1, use_test: bool = True, baselines: bool = True, progress: bool = True,
+                   dual_step: float = 0.5, eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3,
+                   contrast: float = 1.0, learn_head: bool = False, val_fraction: float = 0.1, use_test: bool = True, baselines: bool = True, progress: bool = True,
                    n_train: Optional[int] = None, backend: str = "auto", log=print) -> dict:
     from .data import load
     from .trainer import BlockADMM
@@ -212,8 +220,8 @@ def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = 
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
     blocks = build_deepfacto(feats, feat_shape, 10, head=head, per_class=per_class, n_iter=n_iter,
-                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, backend=backend)
-    init_basis(blocks, train, seed=seed)
+                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=learn_head, backend=backend)
+    init_basis(blocks, train, seed=seed, contrast=contrast)
     trainer = BlockADMM(blocks, input_shape=train.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
                         rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed, backend=backend,
                         optimizer=lambda p: torch.optim.Adam(p, lr=lr))
@@ -285,7 +293,7 @@ def most_ink_maps(x, window: int = 9):
 
 def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 4, n_shared: int = 4,
               update_epochs: int = 3, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1, dual_step: float = 0.5,
-              eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 1e-3, clutter: int = 0,
+              eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3, clutter: int = 0, contrast: float = 1.0,
               n_train: int = 4000, n_test: int = 1000, val_fraction: float = 0.1, use_test: bool = True,
               baselines: bool = True, progress: bool = True, backend: str = "auto", log=print) -> dict:
     from .pairs import load_pairs
@@ -299,8 +307,8 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
     blocks = build_deepfacto(feats, feat_shape, 10, head="energy", per_class=per_class, n_shared=n_shared, n_iter=n_iter,
-                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, backend=backend)
-    init_basis(blocks, train, seed=seed)
+                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=True, backend=backend)
+    init_basis(blocks, train, seed=seed, contrast=contrast)
     trainer = BlockADMM(blocks, input_shape=train.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
                         loss=nn.BCEWithLogitsLoss(), rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed,
                         backend=backend, optimizer=lambda p: torch.optim.Adam(p, lr=lr))
@@ -485,10 +493,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--select", action="store_true", help="report validation metrics only (hyperparameter selection; test untouched)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--update-epochs", type=int, default=3, help="epochs in which the NMF basis is updated before it is frozen")
+    p.add_argument("--update-epochs", type=int, default=0, help="epochs in which the NMF basis is updated by multiplicative updates before it is frozen (0: frozen at its class-specific init, best on validation)")
     p.add_argument("--per-class", type=int, default=None, help="components per class group (default 5 mnist5k, 4 pairs)")
     p.add_argument("--sweeps", type=int, default=1)
     p.add_argument("--clutter", type=int, default=0, help="pairs: 8×8 fragments of clutter per canvas")
+    p.add_argument("--n-train", type=int, default=None, help="pairs: training canvases (default 4000; --quick 1000)")
+    p.add_argument("--n-test", type=int, default=None, help="pairs: test canvases (default 1000; --quick 300)")
     p.add_argument("--backend", default="auto", help="backend of the NMF op")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
@@ -549,7 +559,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for seed in seeds:
             rs.append(run_pairs(seed, epochs=epochs, batch_size=a.batch_size, per_class=a.per_class or 4, update_epochs=a.update_epochs,
                                 sweeps=a.sweeps, clutter=a.clutter, use_test=use_test, baselines=not a.no_baselines, progress=prog,
-                                n_train=1000 if a.quick else 4000, n_test=300 if a.quick else 1000, backend=a.backend))
+                                n_train=a.n_train or (1000 if a.quick else 4000), n_test=a.n_test or (300 if a.quick else 1000),
+                                backend=a.backend))
         key = "test" if use_test else "val"
         for name in ("acc_both", "pointing", "disentangling", "cam_acc_both", "cam_pointing", "most_ink_pointing"):
             vals = [r[f"{key}_{name}"] for r in rs if f"{key}_{name}" in r]

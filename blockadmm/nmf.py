@@ -168,17 +168,21 @@ class NMFLayer(nn.Module):
         return group_energy(H, self.group, self.n_classes)
 
     @torch.no_grad()
-    def init_basis_from(self, features: torch.Tensor, labels: torch.Tensor, *, jitter: float = 0.05, seed: int = 0) -> None:
+    def init_basis_from(self, features: torch.Tensor, labels: torch.Tensor, *, jitter: float = 0.05, seed: int = 0,
+                        contrast: float = 0.0) -> None:
         """Class-specific init: each class's components are (jittered) feature vectors of samples of that class.
 
         features: (N, d) or (N, d, h, w) (then per sample the positions are pooled by their sum);
         labels: (N,) class ids or (N, C) multi-hot (a sample counts for every class it holds).
-        Shared components get the feature vectors of random samples of any class.
+        Shared components get the feature vectors of random samples of any class. contrast > 0 subtracts that
+        fraction of the mean (normalized) feature vector first (clamped at 0), so that groups start apart.
         """
         F = features.detach().float()
         if F.dim() == 4:
             F = F.sum((2, 3))
         F = F / F.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if contrast:  # what sets a class apart: the excess over the mean feature vector
+            F = (F - contrast * F.mean(0, keepdim=True)).clamp_min(0)
         g = torch.Generator().manual_seed(seed)
         L = labels if labels.dim() == 2 else nn.functional.one_hot(labels.long(), max(self.n_classes, 1)).float()
         Wn = self.W.data
