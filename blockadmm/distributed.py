@@ -332,7 +332,7 @@ class DistributedBlockADMM:
             self.tables = VariableTables(num_samples, [self.shapes[k] for k in self.owned], storage=table_storage,
                                          device=self.device, path=tdir)
         self.timeout = float(timeout)
-        self.grace = min(5.0, max(1.0, self.timeout / 2))
+        self.grace = min(3.0, max(0.5, self.timeout / 4))  # for the ranks of a chain of waits to publish
         # one group per direction: each (pair, group) carries messages one way only (NCCL needs this)
         self._up = dist.new_group(list(range(self.world)), timeout=datetime.timedelta(seconds=self.timeout))
         self._down = dist.new_group(list(range(self.world)), timeout=datetime.timedelta(seconds=self.timeout))
@@ -444,8 +444,9 @@ class DistributedBlockADMM:
         elif reason is not None:
             msg = f"rank {culprit} failed: {reason} (rank {me} stopped while waiting for {what})"
         else:
+            how = "got no answer within" if "imed out" in str(exc) or isinstance(exc, TimeoutError) else "lost the connection before"
             msg = (f"rank {culprit} died or hangs: rank {me} waited for {what} from rank {peer} at step {self.step_count} "
-                   f"and got no answer within the {self.timeout:.0f} s timeout ({type(exc).__name__}: {str(exc)[:200]})")
+                   f"and {how} the {self.timeout:.0f} s timeout ({type(exc).__name__}: {str(exc)[:200]})")
         raise RankFailure(msg, culprit) from exc
 
     def _diagnose(self, peer):

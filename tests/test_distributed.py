@@ -46,15 +46,15 @@ def _single(hidden, mode, order, epochs=EPOCHS):
 
 
 # ------------------------------------------------------------------------------------------ workers
-def _worker(rank, world, init, out, cases, fault):
+def _worker(rank, world, init, out, cases):
     torch.set_num_threads(1)
-    if fault:
-        os.environ[FAULT_ENV] = fault
     from blockadmm.distributed import DistributedBlockADMM, init_distributed
 
     init_distributed("gloo", init_method=init, rank=rank, world_size=world, timeout=60)
     try:
         for case in cases:
+            if case.get("fault"):
+                os.environ[FAULT_ENV] = case["fault"]
             model, cuts = _model(case["hidden"])
             tr = DistributedBlockADMM(model, blocks=cuts, schedule=case["schedule"], staleness=case.get("staleness"),
                                       timeout=case.get("timeout", 60), **case.get("kw", {}), **_common(case["mode"]))
@@ -75,16 +75,16 @@ def _worker(rank, world, init, out, cases, fault):
     finally:
         import torch.distributed as dist
 
-        if dist.is_initialized() and not fault:
+        if dist.is_initialized() and not any(c.get("fault") for c in cases):
             dist.destroy_process_group()
 
 
-def _spawn(world, tmp_path, cases, fault=None, tag="run", limit=60):
+def _spawn(world, tmp_path, cases, tag="run", limit=60):
     """Run the cases on `world` spawned ranks; waits for every rank (a failing one does not stop the others)."""
     out = tmp_path / tag
     out.mkdir()
     init = "file://" + str(tmp_path / f"rdzv-{tag}")
-    ctx = mp.start_processes(_worker, args=(world, init, str(out), cases, fault), nprocs=world, join=False, start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(world, init, str(out), cases), nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + limit
     for p in ctx.processes:
         p.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -94,7 +94,7 @@ def _spawn(world, tmp_path, cases, fault=None, tag="run", limit=60):
     codes = [p.exitcode for p in ctx.processes]
     if alive:
         raise TimeoutError(f"ranks {alive} still running after {limit} s (exit codes {codes})")
-    if fault is None and any(codes):
+    if not any(c.get("fault") for c in cases) and any(codes):
         raise RuntimeError(f"ranks exited with {codes}")
     return out, codes
 
@@ -167,20 +167,18 @@ def test_two_ranks_match_single_process(tmp_path):
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in h0) and 0.0 <= h0[-1]["train_acc"] <= 1.0
 
 
-def test_three_ranks_match_single_process(tmp_path):
+def test_three_ranks_match_single_process_and_a_killed_rank_is_named_then_resumed(tmp_path):
+    ck = str(tmp_path / "ckpt")
+    pipe = {"hidden": H2, "mode": "batch", "schedule": "pipeline", "staleness": 1, "checkpoint_every": 2}
+    timeout = 5
+    # one spawn: the 3-rank equality runs, then a pipelined run whose top rank 2 dies at global step 4
+    # (epoch 2): rank 1 sees it die, rank 0 only sees rank 1 stop, and both must name rank 2
     cases = [{"name": "jac3", "hidden": H2, "mode": "online", "schedule": "sync"},
-             {"name": "jac3b", "hidden": H2, "mode": "batch", "schedule": "sync"}]
-    out, _ = _spawn(3, tmp_path, cases)
+             {"name": "jac3b", "hidden": H2, "mode": "batch", "schedule": "sync"},
+             dict(pipe, name="killed", checkpoint=ck, timeout=timeout, fault="rank=2,step=4")]
+    out, codes = _spawn(3, tmp_path, cases, tag="killed")
     _assert_same(_gather_blocks(out, "jac3", 3), _single(H2, "online", "jacobi"))
     _assert_same(_gather_blocks(out, "jac3b", 3), _single(H2, "batch", "jacobi"))
-
-
-def test_killed_rank_is_named_and_resume_matches(tmp_path):
-    ck = str(tmp_path / "ckpt")
-    base = {"hidden": H2, "mode": "batch", "schedule": "pipeline", "staleness": 1, "checkpoint": ck, "checkpoint_every": 2}
-    # 3 ranks; rank 2 (the top) dies at global step 4 (epoch 2): rank 1 sees it die, rank 0 only sees rank 1 stop
-    timeout = 5
-    out, codes = _spawn(3, tmp_path, [dict(base, name="killed", timeout=timeout)], fault="rank=2,step=4", tag="killed")
     assert codes[2] == 17  # the injected death
     for r in (0, 1):
         err = json.loads((out / f"killed-err{r}.json").read_text())
@@ -190,7 +188,7 @@ def test_killed_rank_is_named_and_resume_matches(tmp_path):
     meta = json.loads((tmp_path / "ckpt" / "latest.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 3  # checkpoints at steps 2, 3 (epoch end), 4
     # resume with 3 ranks and finish; the uninterrupted run is done in the same spawn on a fresh folder
-    cases = [dict(base, name="resumed", resume=True),
-             dict(base, name="whole", checkpoint=str(tmp_path / "ckpt-whole"))]
+    cases = [dict(pipe, name="resumed", checkpoint=ck, resume=True),
+             dict(pipe, name="whole", checkpoint=str(tmp_path / "ckpt-whole"))]
     out2, _ = _spawn(3, tmp_path, cases, tag="resume")
     _assert_same(_gather_blocks(out2, "resumed", 3), _gather_blocks(out2, "whole", 3), tol=0)
