@@ -86,6 +86,21 @@ class BuildExt(build_ext):
         with open(os.path.join(out_dir, "_build_report.json"), "w") as f:
             json.dump(self._report, f, indent=1, sort_keys=True)
 
+    def copy_extensions_to_source(self):
+        # --inplace / editable installs copy from build_lib: copy only what was built
+        saved = self.extensions
+        self.extensions = [e for e in saved if self._report.get(e.name, {}).get("built")]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = saved
+
+    def get_outputs(self):
+        report = getattr(self, "_report", None)
+        if report is None:
+            return super().get_outputs()
+        return [self.get_ext_fullpath(e.name) for e in self.extensions if report.get(e.name, {}).get("built")]
+
     def build_extension(self, ext):
         t0 = time.time()
         try:
@@ -95,6 +110,8 @@ class BuildExt(build_ext):
                 info = self._build_cpu(ext)
         except Exception as e:  # keep the install working: the torch reference stays in charge
             reason = f"{type(e).__name__}: {e}"
+            if not isinstance(ext, NvccExtension):
+                reason += " (the compiler's messages are in the `pip install -v` log)"
             self._report[ext.name] = {"built": False, "reason": reason}
             if isinstance(ext, NvccExtension) and os.environ.get("BLOCKADMM_BUILD_CUDA") == "1":
                 raise RuntimeError(f"BLOCKADMM_BUILD_CUDA=1 but building {ext.name} failed: {reason}") from e
@@ -102,8 +119,9 @@ class BuildExt(build_ext):
             warnings.warn(msg)
             print("WARNING: " + msg, file=sys.stderr)
             return
-        info = dict(info or {}, built=info is not None, seconds=round(time.time() - t0, 1))
-        self._report[ext.name] = info
+        if info is None:  # skipped on purpose; the reason is already recorded
+            return
+        self._report[ext.name] = dict(info, built=True, seconds=round(time.time() - t0, 1))
 
     # -- C++ CPU module -------------------------------------------------------------------------
     def _build_cpu(self, ext):

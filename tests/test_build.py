@@ -89,3 +89,46 @@ def test_setup_arch_flags(monkeypatch):
     assert "arch=compute_80,code=sm_80" in flags and "arch=compute_90,code=[sm_90,compute_90]" in flags
     monkeypatch.setenv("BLOCKADMM_CUDA_ARCH", "sm_86,9.0")
     assert ns["cuda_arch_flags"]()[1] == ["86", "90"]
+
+
+def test_failing_compiler_leaves_a_warning_not_a_broken_build(tmp_path):
+    """setup.py with a compiler that always fails, and BLOCKADMM_BUILD_CUDA=0: the build succeeds, says why."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    for f in ("setup.py", "pyproject.toml"):
+        shutil.copy(os.path.join(root, f), tmp_path / f)
+    shutil.copytree(os.path.join(root, "csrc"), tmp_path / "csrc")
+    for pkg in ("blockadmm", "blockadmm/ref", "blockadmm/ops", "kernels"):
+        (tmp_path / pkg).mkdir(parents=True, exist_ok=True)
+        (tmp_path / pkg / "__init__.py").write_text("")
+    env = dict(os.environ, CC="false", CXX="false", LDSHARED="false", BLOCKADMM_BUILD_CUDA="0")
+    p = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-3000:]
+    assert "could not build blockadmm._cpu" in p.stdout
+    report = json.loads((tmp_path / "blockadmm" / "_build_report.json").read_text())
+    assert report["blockadmm._cpu"]["built"] is False and report["blockadmm._cpu"]["reason"]
+    assert report["blockadmm._cuda"] == {"built": False, "reason": "skipped: BLOCKADMM_BUILD_CUDA=0"}
+
+
+def test_gpu_check_fails_cleanly_without_gpu(capsys):
+    import importlib.util
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: bench/gpu_check.py would run for real")
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([]) == 2
+    assert "no GPU to check on" in capsys.readouterr().out
+
+
+def test_compiled_modules_describe_themselves():
+    desc = ops.compiled_modules()
+    assert set(desc) == {"blockadmm._cpu", "blockadmm._cuda"}
+    for name, line in desc.items():
+        assert line.startswith("loaded (") or line.startswith("not available: "), (name, line)

@@ -32,6 +32,7 @@ __all__ = [
     "register_backend",
     "backends",
     "status",
+    "compiled_modules",
     "AUTO_ORDER",
     "BACKEND_ENV",
 ]
@@ -63,6 +64,14 @@ def _register_compiled() -> None:
 
 
 _register_compiled()
+
+
+def compiled_modules() -> dict:
+    """Compiled module name -> one line: "loaded (...how it was built...)" or "not available: <why>"
+    (what setup.py recorded: skipped, compile failed, or built but not importable). For `blockadmm info`."""
+    from .. import _native
+
+    return {f"blockadmm.{name}": _native.describe(name) for name in ("_cpu", "_cuda")}
 
 
 def needs_torch_backend(op: str, device: str, kwargs: dict) -> Optional[str]:
