@@ -1,0 +1,171 @@
+"""The three ops on every backend that can run here, at small / medium / large sizes, in one run.
+
+    pytest bench/bench_ops.py --benchmark-columns=min,median,rounds     (or: python -m bench)
+
+Rows (op x size x implementation):
+  eager     the pure-torch reference through the public op (backend="torch")
+  compile   torch.compile of the reference (compiled once per shape, outside the timing)
+  cpu       the C++ CPU module (backend="cpu"; GEMMs stay with torch's BLAS)
+  triton    the Triton kernels (backend="triton"; CUDA tensors only: on a CPU there is no compiled Triton)
+  cuda      the CUDA C++ module (backend="cuda")
+Each row records the bytes (aux/dual: read z, u, a, g, write z, u) or FLOPs (NMF: 4ndk + 4k^2(n+d);
+linear block: 6mkn for forward, grad_weight and grad_input) it moves, so the report gives GB/s against
+the copy bandwidth and GFLOP/s against torch.mm, both measured in the same run (bench_limits.py).
+bench_ops_cpu.py (the kernel issue's file) holds the CPU acceptance checks of the aux/dual kernel,
+the indexed (batch-mode) variant among them; this file is the matrix the README table is made from.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from blockadmm import ops, ref
+from bench._common import MODE, compiled, pick, record, timed
+
+GPU = torch.cuda.is_available()
+DEV = "cuda" if GPU else "cpu"
+
+AUX_SIZES = pick(
+    {"small": 2**16, "medium": 2**20, "large": 8 * 2**20},
+    {"small": 2**16, "large": 8 * 2**20},
+    {"tiny": 2**10},
+)
+NMF_SIZES = pick(
+    {"small": (1024, 256, 16), "medium": (5000, 784, 64), "large": (16384, 1024, 128)},
+    {"medium": (5000, 784, 64)},
+    {"tiny": (32, 24, 4)},
+)
+LIN_SIZES = pick(
+    {"small": (100, 784, 256), "medium": (1024, 784, 512), "large": (4096, 1024, 1024)},
+    {"small": (100, 784, 256), "medium": (1024, 784, 512)},
+    {"tiny": (8, 16, 12)},
+)
+# torch.compile costs seconds per shape: every size in a full run, the largest one in a quick run
+COMPILE_AT = pick(None, {"aux_dual_update": "large", "nmf_mu_update": "medium", "linear_block_fwd_bwd": "medium"}, {})
+IMPLS = ["eager", "compile", "cpu", "triton", "cuda"]
+AUX_KW = dict(rho=1.0, lr=0.1, dual_step=1.0)
+
+
+def _rounds(nbytes_or_flops: float, eager: bool) -> int:
+    if MODE == "tiny":
+        return 1
+    base = pick(20, 8, 1)
+    if nbytes_or_flops > 1e8:  # the large sizes: fewer rounds, eager fewer still
+        base = max(3, base // 2)
+    return max(3, base // 3) if eager else base
+
+
+def _device_for(impl: str) -> str:
+    return "cpu" if impl == "cpu" else DEV
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _skip(op, impl, size, reason):
+    record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, skipped=reason)
+    pytest.skip(reason)
+
+
+def _impl_fn(op: str, impl: str, size: str):
+    """The callable for `impl`, or skip (recorded) with the reason it cannot run here."""
+    device = _device_for(impl)
+    if impl in ("eager", "cpu", "triton", "cuda"):
+        backend = "torch" if impl == "eager" else impl
+        if impl != "eager":
+            b = ops.backends().get(backend)
+            err = "not registered" if b is None else b.load_error()
+            if err:
+                _skip(op, impl, size, f"{backend} backend unavailable: {err}")
+            if impl == "triton" and device == "cpu":
+                _skip(op, impl, size, "no GPU: Triton runs on CPU tensors only under its interpreter, which is not a speed")
+            if impl == "cuda" and device == "cpu":
+                _skip(op, impl, size, "no GPU")
+        fn = getattr(ops, op)
+        return lambda *a, **k: fn(*a, backend=backend, **k), device
+    # compile
+    if COMPILE_AT is not None and COMPILE_AT.get(op) != size:
+        _skip(op, impl, size, f"torch.compile timed only at the {COMPILE_AT.get(op, 'none')} size in {MODE} mode")
+    fn, err = compiled(getattr(ref, op))
+    if fn is None:
+        _skip(op, impl, size, f"torch.compile unavailable: {err}")
+    return fn, device
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", list(AUX_SIZES))
+def test_aux_dual_update(benchmark, size, impl):
+    op = "aux_dual_update"
+    fn, device = _impl_fn(op, impl, size)
+    n = AUX_SIZES[size]
+    cols = 256 if n >= 256 * 4 else 32
+    g = torch.Generator().manual_seed(0)
+    z, u, a, gr = (torch.randn(n // cols, cols, generator=g).to(device) for _ in range(4))
+    u.mul_(0.1)
+    nbytes = 6 * n * 4
+
+    def run():
+        fn(z, u, a, gr, **AUX_KW)
+        _sync(device)
+
+    try:
+        run()  # compile / load outside the timing
+    except Exception as e:
+        _skip(op, impl, size, f"{type(e).__name__}: {e}")
+    t = timed(benchmark, run, rounds=_rounds(nbytes, impl == "eager"), warmup=1)
+    record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, device=device, shape=[n // cols, cols],
+           bytes=nbytes, bound="memory", **t)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", list(NMF_SIZES))
+def test_nmf_mu_update(benchmark, size, impl):
+    op = "nmf_mu_update"
+    fn, device = _impl_fn(op, impl, size)
+    n, d, k = NMF_SIZES[size]
+    g = torch.Generator().manual_seed(0)
+    V = torch.rand(n, d, generator=g).to(device)
+    H0, W0 = torch.rand(n, k, generator=g).to(device), torch.rand(k, d, generator=g).to(device)
+    H, W = H0.clone(), W0.clone()
+    flops = 4 * n * d * k + 4 * k * k * (n + d)
+
+    def run():
+        fn(V, H, W, which="both")
+        _sync(device)
+
+    try:
+        run()
+    except Exception as e:
+        _skip(op, impl, size, f"{type(e).__name__}: {e}")
+    t = timed(benchmark, run, rounds=_rounds(flops, impl == "eager"), warmup=1)
+    record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, device=device, shape=[n, d, k],
+           flops=flops, bound="gemm", **t)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("size", list(LIN_SIZES))
+def test_linear_block_fwd_bwd(benchmark, size, impl):
+    op = "linear_block_fwd_bwd"
+    fn, device = _impl_fn(op, impl, size)
+    m, kin, nout = LIN_SIZES[size]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(m, kin, generator=g).to(device)
+    w = (torch.randn(nout, kin, generator=g) / kin**0.5).to(device)
+    b = torch.randn(nout, generator=g).to(device)
+    z = torch.randn(m, nout, generator=g).to(device)
+    u = (torch.randn(m, nout, generator=g) * 0.1).to(device)
+    flops = 6 * m * kin * nout
+
+    def run():
+        fn(x, w, b, z, u, rho=1.0, activation="relu", need_input_grad=True)
+        _sync(device)
+
+    try:
+        run()
+    except Exception as e:
+        _skip(op, impl, size, f"{type(e).__name__}: {e}")
+    t = timed(benchmark, run, rounds=_rounds(flops, impl == "eager"), warmup=1)
+    record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, device=device, shape=[m, kin, nout],
+           flops=flops, bound="gemm", **t)

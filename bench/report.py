@@ -1,0 +1,317 @@
+"""From the suites' records to the results file, its markdown table, the PNG plots and the README block.
+
+    summarize(records, meta) -> results     (the dict written to bench/results/<machine>.json)
+    render(results) -> markdown             (bench/results/<machine>.md)
+    plots(results, folder) -> [png paths]
+    render_readme(all_results) -> markdown  (what goes between <!-- bench:start --> and <!-- bench:end -->)
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+TARGETS = {
+    "aux_copy_fraction": 0.85,
+    "aux_vs_compile": 1.0,
+    "aux_vs_eager": 5.0,
+    "nmf_mm_fraction": 0.8,
+    "nmf_vs_sklearn": 1.15,
+    "online_epoch_vs_backprop": 1.5,
+}
+EQUAL_ERR_RTOL = 1e-3  # "equal reconstruction error": relative difference at most this
+OP_ORDER = ["aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd"]
+SIZE_ORDER = ["tiny", "small", "medium", "large"]
+IMPL_ORDER = ["eager", "compile", "cpu", "triton", "cuda"]
+
+
+def _best(recs, name, key):
+    vals = [r[key] for r in recs if r["suite"] == "limits" and r["name"] == name and r.get(key)]
+    return max(vals) if vals else None
+
+
+def summarize(records: List[dict], meta: dict) -> dict:
+    limits = {
+        "copy_GBps": _best(records, "copy", "GBps"),
+        "mm_GFLOPs": _best(records, "mm", "GFLOPs"),
+        "mm_bf16_GFLOPs": _best(records, "mm bf16", "GFLOPs"),
+        "runs": [r for r in records if r["suite"] == "limits"],
+    }
+    copy_bw, mm = limits["copy_GBps"], limits["mm_GFLOPs"]
+
+    # ---- ops
+    ops_rows, skipped = [], []
+    timed_ops = {(r["op"], r["size"], r["impl"]): r for r in records if r["suite"] == "ops" and "skipped" not in r}
+    for r in records:
+        if r["suite"] in ("ops", "nmf") and "skipped" in r:
+            skipped.append({"name": r["name"], "reason": r["skipped"]})
+    for (op, size, impl), r in timed_ops.items():
+        row = {k: r[k] for k in ("op", "size", "impl", "device", "shape", "bound") if k in r}
+        s = r.get("s")
+        row["ms"] = None if s is None else s * 1e3
+        if s:
+            if r.get("bytes"):
+                row["GBps"] = r["bytes"] / s / 1e9
+                row["limit_fraction"] = row["GBps"] / copy_bw if copy_bw else None
+            else:
+                row["GFLOPs"] = r["flops"] / s / 1e9
+                row["limit_fraction"] = row["GFLOPs"] / mm if mm else None
+            for base in ("eager", "compile"):
+                b = timed_ops.get((op, size, base))
+                if b and b.get("s") and impl != base:
+                    row[f"vs_{base}"] = b["s"] / s
+        ops_rows.append(row)
+    ops_rows.sort(key=lambda r: (OP_ORDER.index(r["op"]), SIZE_ORDER.index(r["size"]), IMPL_ORDER.index(r["impl"])))
+
+    # ---- nmf
+    nmf_rows = []
+    nmf = [r for r in records if r["suite"] == "nmf" and "skipped" not in r]
+    for r in nmf:
+        row = {k: r[k] for k in ("dataset", "impl", "shape", "iters", "rel_err") if k in r}
+        spi = r.get("s_per_iter")
+        row["ms_per_iter"] = None if spi is None else spi * 1e3
+        if spi:
+            row["GFLOPs"] = r["flops_per_iter"] / spi / 1e9
+            row["mm_fraction"] = row["GFLOPs"] / mm if mm else None
+        sk = next((x for x in nmf if x["dataset"] == r["dataset"] and x["impl"] == "sklearn mu"), None)
+        if sk:
+            row["err_vs_sklearn"] = (r["rel_err"] - sk["rel_err"]) / sk["rel_err"]
+            if sk.get("s_per_iter") and spi and r["impl"] != "sklearn mu":
+                row["vs_sklearn"] = sk["s_per_iter"] / spi
+        nmf_rows.append(row)
+
+    # ---- end to end
+    e2e = {r["method"]: {k: v for k, v in r.items() if k not in ("suite", "name")}
+           for r in records if r["suite"] == "end_to_end"}
+    bp = e2e.get("backprop")
+    for m, r in e2e.items():
+        if bp and bp.get("epoch_s") and m != "backprop" and meta.get("timing", True):
+            r["epoch_vs_backprop"] = r["epoch_s"] / bp["epoch_s"]
+
+    results = dict(meta, limits=limits, ops=ops_rows, nmf=nmf_rows, end_to_end=e2e, skipped=skipped)
+    results["targets"] = targets(results)
+    return results
+
+
+def _find(rows, **kw):
+    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items())), None)
+
+
+def targets(res: dict) -> List[dict]:
+    """The issue's acceptance numbers, measured: value, target, reached (None: not measured)."""
+    out = []
+
+    def add(what, value, target, better="higher", note=""):
+        reached = None if value is None else (value >= target if better == "higher" else value <= target)
+        out.append({"what": what, "value": value, "target": target, "better": better, "reached": reached, "note": note})
+
+    aux = _find(res["ops"], op="aux_dual_update", size="large", impl="cpu")
+    add("aux/dual cpu, 8M float32: bandwidth / copy bandwidth", aux and aux.get("limit_fraction"), TARGETS["aux_copy_fraction"])
+    add("aux/dual cpu, 8M: speedup over torch.compile(reference)", aux and aux.get("vs_compile"), TARGETS["aux_vs_compile"])
+    add("aux/dual cpu, 8M: speedup over eager reference", aux and aux.get("vs_eager"), TARGETS["aux_vs_eager"])
+    nmf = _find(res["nmf"], dataset="mnist5k", impl="blockadmm cpu")
+    add("NMF MU cpu, MNIST-5k k=64: GFLOP/s / torch.mm GFLOP/s", nmf and nmf.get("mm_fraction"), TARGETS["nmf_mm_fraction"])
+    note = ""
+    if nmf and nmf.get("err_vs_sklearn") is not None:
+        note = f"error {nmf['rel_err']:.5f}, {100 * nmf['err_vs_sklearn']:+.3f}% vs scikit-learn"
+    add("NMF MU cpu, MNIST-5k k=64: speedup over scikit-learn mu (equal error)", nmf and nmf.get("vs_sklearn"),
+        TARGETS["nmf_vs_sklearn"], note=note)
+    on = res["end_to_end"].get("admm-online")
+    bp = res["end_to_end"].get("backprop")
+    note = ""
+    if on and bp:
+        note = f"final test acc {100 * on['final_test_acc']:.1f}% (backprop {100 * bp['final_test_acc']:.1f}%)"
+    add("Block-ADMM online epoch / backprop epoch", on and on.get("epoch_vs_backprop"), TARGETS["online_epoch_vs_backprop"],
+        better="lower", note=note)
+    return out
+
+
+# ------------------------------------------------------------------ markdown
+
+def _f(x, fmt="{:.2f}", none="—"):
+    return none if x is None else fmt.format(x)
+
+
+def _x(x):
+    return _f(x, "{:.2f}×")
+
+
+def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = None) -> str:
+    m, lim = res["machine"], res["limits"]
+    L = []
+    if heading:
+        L.append(f"### {m['cpu']} — {m['cores']} cores{', ' + m['gpu'] if m.get('gpu') else ''}")
+        L.append("")
+    v = res.get("versions", {})
+    L.append(f"Command: `{res['command']}` — {res.get('started', '?')}, {res.get('duration_s', 0):.0f} s; "
+             f"torch {v.get('torch')}, {m.get('torch_threads')} threads, scikit-learn {v.get('sklearn')}, "
+             f"torchnmf {v.get('torchnmf') or 'not installed'}, git {v.get('git')}.")
+    la = res.get("load_avg", {})
+    L.append(f"Load average (1/5/15 min) at start {la.get('start')}, at end {la.get('end')} "
+             f"(the machine has {m['cores']} cores; a load above that means other work shared it).")
+    if not res.get("timing", True):
+        L.append("")
+        L.append("**Timing disabled** (`--no-timing`): every path ran once on tiny sizes; no speed below is meaningful.")
+    L.append("")
+    L.append(f"Machine limits, measured in this run (best of start and end): copy **{_f(lim['copy_GBps'], '{:.1f}')} GB/s** "
+             f"(read + write), float32 `torch.mm` **{_f(lim['mm_GFLOPs'], '{:.0f}')} GFLOP/s**, "
+             f"bf16 `torch.mm` {_f(lim.get('mm_bf16_GFLOPs'), '{:.0f}')} GFLOP/s.")
+    L.append("")
+    L.append("**Targets (issue #8)**")
+    L.append("")
+    L.append("| what | measured | target | reached |")
+    L.append("|---|---|---|---|")
+    for t in res["targets"]:
+        mark = "—" if t["reached"] is None else ("yes" if t["reached"] else "**no**")
+        cmp_ = "≥" if t["better"] == "higher" else "≤"
+        L.append(f"| {t['what']} | {_f(t['value'])}{' (' + t['note'] + ')' if t['note'] else ''} | {cmp_} {t['target']} | {mark} |")
+    L.append("")
+    L.append("**Ops** (min of the rounds; fraction of the limit: GB/s ÷ copy GB/s for the memory-bound aux/dual update, "
+             "GFLOP/s ÷ `torch.mm` GFLOP/s for the GEMM-bound NMF update and linear block)")
+    L.append("")
+    L.append("| op | size | shape | impl | ms | GB/s or GFLOP/s | of limit | × eager | × compile |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for r in res["ops"]:
+        rate = _f(r.get("GBps"), "{:.1f} GB/s") if "GBps" in r else _f(r.get("GFLOPs"), "{:.1f} GFLOP/s")
+        L.append(f"| {r['op']} | {r['size']} | {'×'.join(map(str, r.get('shape', [])))} | {r['impl']} | {_f(r['ms'], '{:.3f}')} | "
+                 f"{rate} | {_f(r.get('limit_fraction'))} | {_x(r.get('vs_eager'))} | {_x(r.get('vs_compile'))} |")
+    skipped_impls = sorted({s["reason"] for s in res.get("skipped", []) if "triton" in s["name"] or "cuda" in s["name"]})
+    if skipped_impls:
+        L.append("")
+        L.append("Not run here: " + "; ".join(skipped_impls) + ".")
+    if res["nmf"]:
+        r0 = res["nmf"][0]
+        L.append("")
+        L.append(f"**NMF** (rank {r0['shape'][2]}, {r0['iters']} iterations from the same initial factors, float32; "
+                 "FLOPs per iteration counted as 4ndk + 4k²(n+d) for every implementation; error = ‖V − HW‖_F / ‖V‖_F)")
+        L.append("")
+        L.append("| data | impl | ms / iter | GFLOP/s | of torch.mm | error | error vs sklearn | × sklearn |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for r in res["nmf"]:
+            L.append(f"| {r['dataset']} {'×'.join(map(str, r['shape'][:2]))} | {r['impl']} | {_f(r['ms_per_iter'], '{:.2f}')} | "
+                     f"{_f(r.get('GFLOPs'), '{:.1f}')} | {_f(r.get('mm_fraction'))} | {r['rel_err']:.5f} | "
+                     f"{_f(r.get('err_vs_sklearn'), '{:+.2e}')} | {_x(r.get('vs_sklearn'))} |")
+    nmf_skips = [s for s in res.get("skipped", []) if s["name"].split(" ")[0] in ("mnist5k", "random8192x512", "digits")]
+    for s in {s["reason"]: s for s in nmf_skips}.values():
+        L.append("")
+        L.append(f"Not run: {s['name'].split(' ', 1)[1]} — {s['reason']}.")
+    e2e = res["end_to_end"]
+    if e2e:
+        any_ = next(iter(e2e.values()))
+        tgts = list(any_["tta"])
+        L.append("")
+        L.append(f"**End to end** ({any_['dataset']}, MLP {any_['hidden']}, {len(any_['hidden']) + 1} blocks for Block-ADMM, "
+                 f"batch {any_['batch_size']}, Adam 1e-3, {any_['epochs']} epochs, library defaults; epoch = median "
+                 "training-loop time over the epochs; time-to-accuracy = training time summed until the test accuracy "
+                 "first reaches the target, resolution one epoch)")
+        L.append("")
+        L.append("| method | epoch s | × backprop | final test acc | best test acc | " +
+                 " | ".join(f"time to {100 * float(t):.0f}%" for t in tgts) + " |")
+        L.append("|---|---|---|---|---|" + "---|" * len(tgts))
+        for name, r in e2e.items():
+            tta = " | ".join(_f(r["tta"][t], "{:.2f} s", "not reached") for t in tgts)
+            L.append(f"| {name} | {_f(r['epoch_s'], '{:.3f}')} | {_x(r.get('epoch_vs_backprop'))} | "
+                     f"{100 * r['final_test_acc']:.1f}% | {100 * r['best_test_acc']:.1f}% | {tta} |")
+    if plots_prefix is not None and res.get("plots"):
+        L.append("")
+        L.append(" ".join(f"![{os.path.basename(p)}]({plots_prefix}{os.path.basename(p)})" for p in res["plots"]))
+    return "\n".join(L)
+
+
+# ------------------------------------------------------------------ plots
+
+def plots(res: dict, folder: str) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = res["machine"]["name"]
+    paths = []
+
+    rows = [r for r in res["ops"] if r.get("limit_fraction") is not None]
+    if rows:
+        fig, ax = plt.subplots(figsize=(10, 4))
+        labels = [f"{r['op'].split('_')[0]} {r['size']}\n{r['impl']}" for r in rows]
+        colors = {"eager": "#999999", "compile": "#5b8ff9", "cpu": "#e8684a", "triton": "#5ad8a6", "cuda": "#f6bd16"}
+        ax.bar(range(len(rows)), [r["limit_fraction"] for r in rows], color=[colors.get(r["impl"], "k") for r in rows])
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, fontsize=6, rotation=90)
+        ax.set_ylabel("fraction of machine limit\n(copy GB/s or torch.mm GFLOP/s)")
+        ax.set_title(f"ops on {res['machine']['cpu']} ({res['machine']['cores']} cores)", fontsize=9)
+        fig.tight_layout()
+        p = os.path.join(folder, f"{name}-ops.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    rows = [r for r in res["nmf"] if r.get("GFLOPs")]
+    if rows:
+        sets = list(dict.fromkeys(r["dataset"] for r in rows))
+        fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
+        for ax, ds in zip(axes[0], sets):
+            rr = [r for r in rows if r["dataset"] == ds]
+            ax.barh([r["impl"] for r in rr], [r["GFLOPs"] for r in rr], color="#5b8ff9")
+            if res["limits"].get("mm_GFLOPs"):
+                ax.axvline(res["limits"]["mm_GFLOPs"], color="k", ls="--", lw=0.8, label="torch.mm ceiling")
+                ax.legend(fontsize=7, loc="lower right")
+            for i, r in enumerate(rr):
+                ax.text(r["GFLOPs"], i, f" err {r['rel_err']:.4f}", va="center", fontsize=7)
+            ax.set_xlabel("GFLOP/s (4ndk + 4k²(n+d) per iteration)")
+            ax.set_title(f"NMF MU, {ds}", fontsize=9)
+        fig.tight_layout()
+        p = os.path.join(folder, f"{name}-nmf.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    if res["end_to_end"]:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for m, r in res["end_to_end"].items():
+            t, acc = 0.0, []
+            xs = []
+            for w, a in zip(r["epoch_wall_s"], r["test_acc"]):
+                t += w
+                xs.append(t)
+                acc.append(100 * a)
+            ax.plot(xs, acc, marker="o", ms=3, label=f"{m} ({r['epoch_s']:.2f} s/epoch)")
+        for tgt in next(iter(res["end_to_end"].values()))["tta"]:
+            ax.axhline(100 * float(tgt), color="k", lw=0.5, ls=":")
+        ax.set_xlabel("training wall time, s")
+        ax.set_ylabel("test accuracy, %")
+        ax.set_title("time to accuracy (one point per epoch)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = os.path.join(folder, f"{name}-end_to_end.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+# ------------------------------------------------------------------ README
+
+def render_readme(all_results: Dict[str, dict], results_dir: str = "bench/results") -> str:
+    """The README block: the latest timed CPU results and, where measured, GPU results (never typed)."""
+    cpu = [r for r in all_results.values() if not r["machine"].get("gpu") and r.get("timing", True)]
+    gpu = [r for r in all_results.values() if r["machine"].get("gpu") and r.get("timing", True)]
+    L = ["### Benchmarks", "",
+         "Generated by `python -m bench --update-readme` from `bench/results/*.json` (not typed). "
+         "Reproduce with the command given for each machine, from the repository root (`bench/` is not "
+         "installed with the package). Each results file also records library versions and the raw records."]
+    for title, group in (("CPU", cpu), ("GPU", gpu)):
+        L.append("")
+        if not group:
+            if title == "CPU":
+                L.append("No timed CPU results yet: run `python -m bench`, then `python -m bench --update-readme`.")
+            if title == "GPU":
+                L.append("#### GPU")
+                L.append("")
+                L.append("No GPU was lent to the benchmark issue's session, so there is no GPU table yet; "
+                         "`python -m bench` on a CUDA machine adds the Triton and CUDA rows and a table here.")
+            continue
+        latest = max(group, key=lambda r: r.get("started", ""))
+        L.append(f"#### {title}: {latest['machine']['cpu'] if title == 'CPU' else latest['machine']['gpu']}")
+        L.append("")
+        L.append(render(latest, heading=False, plots_prefix=f"{results_dir}/"))
+    return "\n".join(L)
