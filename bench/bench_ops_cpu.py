@@ -3,7 +3,11 @@
     pytest bench/bench_ops_cpu.py --benchmark-columns=min,median,rounds -s
 
 Measured together, 8M float32 elements:
-  copy            dst.copy_(src): the bytes per second this machine copies (read + write)
+  copy            dst.copy_(src) of 8M elements: the bytes per second this machine copies (read + write)
+  copy 192MB      the same copy over 24M elements, so that it moves as many bytes (192 MB) as the aux
+                  update does: on machines whose last-level cache holds the 64 MB of the 8M copy (the
+                  2-core VM this was written on reports a 480 MB shared L3) the 8M copy measures cache,
+                  not memory, bandwidth, while the aux update's 192 MB streams from memory
   cpu             the C++ module's aux_dual_update, with g (reads z, u, a, g; writes z, u: 6 x 32 MB)
   eager           the torch reference, eager
   compiled        torch.compile of the reference
@@ -52,7 +56,9 @@ def summary():
             lines.append(f"  {label:<52} {r[b]['s'] / r[a]['s']:6.2f}x")
 
     if "aux cpu" in gbs and "copy" in gbs:
-        lines.append(f"  {'aux cpu bandwidth / copy bandwidth':<52} {gbs['aux cpu'] / gbs['copy']:6.2f}  (target >= 0.85)")
+        lines.append(f"  {'aux cpu bandwidth / copy bandwidth (8M copy)':<52} {gbs['aux cpu'] / gbs['copy']:6.2f}  (target >= 0.85)")
+    if "aux cpu" in gbs and "copy 192MB" in gbs:
+        lines.append(f"  {'aux cpu bandwidth / copy bandwidth (same 192 MB)':<52} {gbs['aux cpu'] / gbs['copy 192MB']:6.2f}  (target >= 0.85)")
     ratio("aux cpu", "aux torch.compile", "aux cpu speedup over torch.compile(reference)   ")
     ratio("aux cpu", "aux eager", "aux cpu speedup over eager reference  (target >= 5)")
     ratio("aux indexed cpu", "aux indexed eager", "indexed cpu over eager gather+update+scatter (>= 2)")
@@ -89,6 +95,13 @@ def test_copy_bandwidth(benchmark):
     dst = torch.empty_like(src)
     benchmark.pedantic(dst.copy_, args=(src,), rounds=ROUNDS, warmup_rounds=2)
     _record(benchmark, "copy", 2 * N_ELEMS * 4)
+
+
+def test_copy_bandwidth_same_bytes(benchmark):
+    src = torch.randn(3 * N_ELEMS)
+    dst = torch.empty_like(src)
+    benchmark.pedantic(dst.copy_, args=(src,), rounds=ROUNDS, warmup_rounds=2)
+    _record(benchmark, "copy 192MB", 2 * 3 * N_ELEMS * 4)
 
 
 def test_aux_cpu(benchmark):
