@@ -104,7 +104,7 @@ class ADMMConfig:
     def preset(cls, name: str, **overrides) -> "ADMMConfig":
         """A named recipe, with any field overridden.
 
-        "default": the ADMMConfig defaults (plain gradient step on z, top-down, 3 sweeps) — shallow nets
+        "default": the ADMMConfig defaults (plain gradient step on z, top-down, 2 sweeps) — shallow nets
         and ReLU MLPs. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
         block) where backprop stalls: sign step lr_z=0.3, k_z=1, top-down, 3 sweeps, rho=1, dual step 1;
         use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
