@@ -1003,28 +1003,33 @@ def _train_from_args(args, schedule, staleness):
     from . import data
     from .cli import build_network
 
-    torch.manual_seed(args.seed)
+    modes = args.mode if isinstance(args.mode, (list, tuple)) else [args.mode]
     splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
-    model, cuts = build_network(args, splits.input_shape, splits.num_classes)
-    adam = lambda params: torch.optim.Adam(params, lr=args.lr)  # noqa: E731
-    tr = DistributedBlockADMM(
-        model, blocks=cuts, input_shape=splits.input_shape, mode=args.mode, num_samples=len(splits.train),
-        optimizer=adam, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
-        order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
-        table_storage=args.table_storage, table_dir=os.path.join(args.out, "tables"), backend=args.backend,
-        seed=args.seed, schedule=schedule, staleness=staleness,
-    )
-    ckpt = os.path.join(args.out, "checkpoint-dist")
-    if getattr(args, "resume", False):
-        tr.load(ckpt)
-    hist = tr.fit(splits.train, args.epochs, batch_size=args.batch_size, test=splits.test, val=splits.val,
-                  checkpoint=ckpt, progress=not args.quiet)
+    runs, last = {}, None
+    for mode in modes:  # every mode from the same initial weights and batches
+        torch.manual_seed(args.seed)
+        model, cuts = build_network(args, splits.input_shape, splits.num_classes)
+        adam = lambda params: torch.optim.Adam(params, lr=args.lr)  # noqa: E731
+        tr = DistributedBlockADMM(
+            model, blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
+            optimizer=adam, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
+            order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
+            table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
+            seed=args.seed, schedule=schedule, staleness=staleness,
+        )
+        ckpt = os.path.join(args.out, f"checkpoint-dist-{mode}")
+        if getattr(args, "resume", False):
+            tr.load(ckpt)
+        runs[f"admm-{mode}-{schedule}-{dist.get_world_size()}ranks"] = tr.fit(
+            splits.train, args.epochs, batch_size=args.batch_size, test=splits.test, val=splits.val,
+            checkpoint=ckpt, progress=not args.quiet)
+        last = tr
     if dist.get_rank() == 0:
         os.makedirs(args.out, exist_ok=True)
         metrics = {"config": {k: v for k, v in vars(args).items() if k != "func"}, "world_size": dist.get_world_size(),
-                   "schedule": schedule, "staleness": tr.staleness, "partition": tr.partition, "runs": {"admm-distributed": hist},
-                   "final": {k: hist[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in hist[-1]},
-                   "epoch_wall_s": sum(h["wall_s"] for h in hist) / len(hist)}
+                   "schedule": schedule, "staleness": last.staleness, "partition": last.partition, "runs": runs,
+                   "final": {n: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for n, h in runs.items()},
+                   "epoch_wall_s": {n: sum(r["wall_s"] for r in h) / len(h) for n, h in runs.items()}}
         with open(os.path.join(args.out, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
 

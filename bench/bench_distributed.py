@@ -1,0 +1,149 @@
+"""Speed and accuracy of the distributed trainer (issue #6), measured in one run on this machine.
+
+    python bench/bench_distributed.py            # speed: 4-block MLP 784-1024-1024-1024-10, MNIST-5k
+    python bench/bench_distributed.py accuracy   # pipelined vs sync, MLP 784-256-256-10, 10 epochs
+
+Speed (online mode, batch 100, the trainer defaults otherwise; every rank one torch thread — a rank
+stands for a device). Rows, all measured in the same run:
+  single-1t    BlockADMM (top-down), one process, 1 thread
+  single-2t    BlockADMM (top-down), one process, 2 threads
+  dist-1r      DistributedBlockADMM, 1 rank (the same computation as single-1t, through the distributed code)
+  sync-2r      2 ranks, schedule="sync" (Jacobi)
+  pipe-2r      2 ranks, schedule="pipeline" (top-down within a batch, staleness 1)
+The reported epoch time is the median over the timed epochs (after one warm-up epoch); the speedup is
+single-1t / row. Numbers go to bench/results/distributed-<host>.json and are printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _setup(hidden):
+    from blockadmm import data
+    from blockadmm.models import mlp_blocks
+
+    splits = data.load("mnist5k")
+    torch.manual_seed(0)
+    model, cuts = mlp_blocks(784, hidden, 10, "relu")
+    return splits, model, cuts
+
+
+def _dist_worker(hidden, schedule, staleness, epochs, out_path, order):
+    from blockadmm.distributed import DistributedBlockADMM
+
+    splits, model, cuts = _setup(hidden)
+    kw = {} if order is None else {"order": order}
+    tr = DistributedBlockADMM(model, blocks=cuts, input_shape=splits.input_shape, schedule=schedule, staleness=staleness, **kw)
+    hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False, eval_train=False)
+    if torch.distributed.get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump({"hist": hist, "partition": tr.partition, "order": tr.config.order, "staleness": tr.staleness}, f)
+
+
+def run_dist(nproc, hidden, schedule, staleness, epochs, order=None):
+    from blockadmm.distributed import launch
+
+    out = tempfile.mktemp(suffix=".json")
+    launch(_dist_worker, nproc, hidden, schedule, staleness, epochs, out, order, backend="gloo", threads=1)
+    with open(out) as f:
+        res = json.load(f)
+    os.remove(out)
+    return res
+
+
+def run_single(hidden, threads, epochs, order="top-down"):
+    from blockadmm.trainer import BlockADMM
+
+    torch.set_num_threads(threads)
+    splits, model, cuts = _setup(hidden)
+    tr = BlockADMM(model, blocks=cuts, input_shape=splits.input_shape, order=order)
+    hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False)
+    return {"hist": hist, "order": order}
+
+
+def _summary(res, timed_from=1):
+    walls = [h["wall_s"] for h in res["hist"]][timed_from:] or [h["wall_s"] for h in res["hist"]]
+    return {"epoch_s": statistics.median(walls), "epoch_s_all": [round(h["wall_s"], 3) for h in res["hist"]],
+            "test_acc": res["hist"][-1].get("test_acc"), **{k: res[k] for k in ("partition", "order", "staleness") if k in res}}
+
+
+SPEED_RUNS = {
+    "single-1t": lambda h, e: run_single(h, 1, e),
+    "pipe-2r": lambda h, e: run_dist(2, h, "pipeline", 1, e),
+    "dist-1r": lambda h, e: run_dist(1, h, "pipeline", 0, e),
+    "sync-2r": lambda h, e: run_dist(2, h, "sync", 0, e),
+    "single-2t": lambda h, e: run_single(h, 2, e),
+}
+
+
+def speed(epochs=2, rounds=2):
+    """Each configuration `rounds` times, interleaved (the machine is shared: load changes during the run);
+    per configuration the best and the median of its timed epochs (all epochs but each run's first)."""
+    hidden = [1024, 1024, 1024]
+    t0 = time.time()
+    walls = {k: [] for k in SPEED_RUNS}
+    last = {}
+    for rnd in range(rounds):
+        names = list(SPEED_RUNS) if rnd % 2 == 0 else list(SPEED_RUNS)[::-1]
+        for name in names:
+            load = os.getloadavg()[0]
+            res = SPEED_RUNS[name](hidden, epochs)
+            walls[name] += [h["wall_s"] for h in res["hist"]][1:]
+            last[name] = dict(_summary(res), load_avg_at_start=round(load, 2))
+            print(f"round {rnd} {name}: {[round(h['wall_s'], 2) for h in res['hist']]} (load {load:.1f})", flush=True)
+    rows = {}
+    for name in SPEED_RUNS:
+        rows[name] = dict(last[name], epoch_s=statistics.median(walls[name]), epoch_s_best=min(walls[name]),
+                          timed_epochs=[round(w, 3) for w in walls[name]])
+        rows[name].pop("epoch_s_all", None)
+    b, m = rows["single-1t"]["epoch_s_best"], rows["single-1t"]["epoch_s"]
+    for r in rows.values():
+        r["speedup_best_vs_single_1t"] = round(b / r["epoch_s_best"], 3)
+        r["speedup_median_vs_single_1t"] = round(m / r["epoch_s"], 3)
+    d = rows["dist-1r"]
+    for name in ("pipe-2r", "sync-2r"):
+        rows[name]["speedup_best_vs_dist_1r"] = round(d["epoch_s_best"] / rows[name]["epoch_s_best"], 3)
+    return {"what": "epoch time, 4-block MLP 784-1024-1024-1024-10, MNIST-5k, online, batch 100, trainer defaults; "
+                    f"{rounds} interleaved rounds of {epochs} epochs per configuration, first epoch of each run untimed",
+            "load_avg_before_after": None, "bench_s": round(time.time() - t0, 1), "rows": rows}
+
+
+def accuracy(epochs=10):
+    hidden = [256, 256]
+    rows = {
+        "sync-jacobi-2r": _summary(run_dist(2, hidden, "sync", 0, epochs)),
+        "pipe-2r-staleness1": _summary(run_dist(2, hidden, "pipeline", 1, epochs)),
+        "pipe-2r-staleness0": _summary(run_dist(2, hidden, "pipeline", 0, epochs)),
+        "single-top-down": _summary(run_single(hidden, 1, epochs)),
+    }
+    for r in rows.values():
+        r.pop("epoch_s_all", None)
+    return {"what": f"test accuracy, MLP 784-256-256-10 (3 blocks), MNIST-5k, online, batch 100, {epochs} epochs", "rows": rows}
+
+
+def main(argv):
+    what = argv[1] if len(argv) > 1 else "speed"
+    load0 = os.getloadavg()
+    res = accuracy() if what == "accuracy" else speed()
+    res["load_avg_before_after"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
+    res["host"], res["cpus"], res["torch"] = socket.gethostname(), os.cpu_count(), torch.__version__
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", f"distributed-{what}-{socket.gethostname()}.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(res, indent=1))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
