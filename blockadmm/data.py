@@ -318,3 +318,10 @@ def make_loader(
         batches = BatchSampler(order, batch_size, drop_last)
         return DataLoader(dataset, batch_size=None, sampler=batches, **common)
     return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=drop_last, **common)
+
+
+# "MNIST-5k pairs" (two digits per 64×64 canvas, multi-hot labels, boxes for evaluation) lives in its own
+# module; it is re-exported here so that every dataset is found in blockadmm.data.
+from .pairs import PairsDataset, load_pairs, make_pairs  # noqa: E402
+
+__all__ += ["PairsDataset", "load_pairs", "make_pairs"]
