@@ -115,6 +115,17 @@ def targets(res: dict) -> List[dict]:
         note = f"error {nmf['rel_err']:.5f}, {100 * nmf['err_vs_sklearn']:+.3f}% vs scikit-learn"
     add("NMF MU cpu, MNIST-5k k=64: speedup over scikit-learn mu (equal error)", nmf and nmf.get("vs_sklearn"),
         TARGETS["nmf_vs_sklearn"], note=note)
+    if nmf and out[-1]["reached"] and abs(nmf.get("err_vs_sklearn") or 0.0) > EQUAL_ERR_RTOL:
+        out[-1]["reached"] = False
+        out[-1]["note"] += f" — not equal error (tolerance {EQUAL_ERR_RTOL:.0e} relative)"
+    bf = _find(res["nmf"], dataset="mnist5k", impl="blockadmm cpu bf16-gemm")
+    if bf:
+        note = f"optional; error {bf['rel_err']:.5f}, {100 * bf.get('err_vs_sklearn', 0.0):+.3f}% vs scikit-learn"
+        add("NMF bf16-GEMM variant, MNIST-5k: speedup over scikit-learn mu", bf.get("vs_sklearn"), TARGETS["nmf_vs_sklearn"],
+            note=note)
+        if out[-1]["reached"] and abs(bf.get("err_vs_sklearn") or 0.0) > EQUAL_ERR_RTOL:
+            out[-1]["reached"] = False
+            out[-1]["note"] += f" — not equal error (tolerance {EQUAL_ERR_RTOL:.0e} relative)"
     on = res["end_to_end"].get("admm-online")
     bp = res["end_to_end"].get("backprop")
     note = ""
@@ -122,6 +133,9 @@ def targets(res: dict) -> List[dict]:
         note = f"final test acc {100 * on['final_test_acc']:.1f}% (backprop {100 * bp['final_test_acc']:.1f}%)"
     add("Block-ADMM online epoch / backprop epoch", on and on.get("epoch_vs_backprop"), TARGETS["online_epoch_vs_backprop"],
         better="lower", note=note)
+    if not res.get("timing", True):
+        for t in out:
+            t["reached"] = None
     return out
 
 
@@ -235,6 +249,10 @@ def plots(res: dict, folder: str) -> List[str]:
         colors = {"eager": "#999999", "compile": "#5b8ff9", "cpu": "#e8684a", "triton": "#5ad8a6", "cuda": "#f6bd16"}
         ax.bar(range(len(rows)), [r["limit_fraction"] for r in rows], color=[colors.get(r["impl"], "k") for r in rows])
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=c, label=i) for i, c in colors.items() if any(r["impl"] == i for r in rows)],
+                  fontsize=7, loc="upper left")
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(labels, fontsize=6, rotation=90)
         ax.set_ylabel("fraction of machine limit\n(copy GB/s or torch.mm GFLOP/s)")
