@@ -321,7 +321,17 @@ def make_loader(
 
 
 # "MNIST-5k pairs" (two digits per 64×64 canvas, multi-hot labels, boxes for evaluation) lives in its own
-# module; it is re-exported here so that every dataset is found in blockadmm.data.
-from .pairs import PairsDataset, load_pairs, make_pairs  # noqa: E402
+# module; it is re-exported here so that every dataset is found in blockadmm.data. Lazily (PEP 562):
+# blockadmm.pairs builds on IndexedDataset, so an eager import here is circular when pairs is imported first.
+_PAIRS_NAMES = ("PairsDataset", "load_pairs", "make_pairs")
 
-__all__ += ["PairsDataset", "load_pairs", "make_pairs"]
+
+def __getattr__(name):
+    if name in _PAIRS_NAMES:
+        from . import pairs
+
+        return getattr(pairs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ += list(_PAIRS_NAMES)
