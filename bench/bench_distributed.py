@@ -67,7 +67,11 @@ def run_single(hidden, threads, epochs, order="top-down"):
     torch.set_num_threads(threads)
     splits, model, cuts = _setup(hidden)
     tr = BlockADMM(model, blocks=cuts, input_shape=splits.input_shape, order=order)
-    hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False)
+    hist = []
+    for e in range(epochs):
+        c0 = time.process_time()
+        h = tr.fit(splits.train, e + 1, batch_size=100, test=splits.test if e == epochs - 1 else None, progress=False)
+        hist.append(dict(h[-1], cpu_s=round(time.process_time() - c0, 3)))  # includes the train-accuracy pass
     return {"hist": hist, "order": order}
 
 
@@ -86,12 +90,14 @@ SPEED_RUNS = {
 }
 
 
-def speed(epochs=2, rounds=2):
+def speed(epochs=3, rounds=3):
     """Each configuration `rounds` times, interleaved (the machine is shared: load changes during the run);
     per configuration the best and the median of its timed epochs (all epochs but each run's first)."""
     hidden = [1024, 1024, 1024]
     t0 = time.time()
     walls = {k: [] for k in SPEED_RUNS}
+    cpu = {k: [] for k in SPEED_RUNS}  # per timed epoch: CPU seconds of each rank (process time)
+    waits = {k: [] for k in SPEED_RUNS}  # per timed epoch: seconds each rank was blocked on the others
     last = {}
     for rnd in range(rounds):
         names = list(SPEED_RUNS) if rnd % 2 == 0 else list(SPEED_RUNS)[::-1]
@@ -100,11 +106,13 @@ def speed(epochs=2, rounds=2):
             res = SPEED_RUNS[name](hidden, epochs)
             walls[name] += [h["wall_s"] for h in res["hist"]][1:]
             last[name] = dict(_summary(res), load_avg_at_start=round(load, 2))
+            cpu[name] += [h.get("rank_cpu_s", [h.get("cpu_s")]) for h in res["hist"]][1:]
+            waits[name] += [h.get("rank_wait_s") for h in res["hist"]][1:]
             print(f"round {rnd} {name}: {[round(h['wall_s'], 2) for h in res['hist']]} (load {load:.1f})", flush=True)
     rows = {}
     for name in SPEED_RUNS:
         rows[name] = dict(last[name], epoch_s=statistics.median(walls[name]), epoch_s_best=min(walls[name]),
-                          timed_epochs=[round(w, 3) for w in walls[name]])
+                          timed_epochs=[round(w, 3) for w in walls[name]], rank_cpu_s=cpu[name], rank_wait_s=waits[name])
         rows[name].pop("epoch_s_all", None)
     b, m = rows["single-1t"]["epoch_s_best"], rows["single-1t"]["epoch_s"]
     for r in rows.values():

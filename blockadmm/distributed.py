@@ -344,6 +344,7 @@ class DistributedBlockADMM:
         self.epoch_step = 0  # batches of the current epoch done
         self.history: List[dict] = []
         self._pending: List[Tuple[object, torch.Tensor, int]] = []
+        self._wait_s = 0.0  # time blocked on other ranks (reported per epoch)
         self._fault = _parse_fault(self.rank)
 
     # ------------------------------------------------------------------ helpers
@@ -402,6 +403,7 @@ class DistributedBlockADMM:
             self._wait(w, q, "a message to be taken")
 
     def _wait(self, work, peer, what):
+        t0 = time.perf_counter()
         try:
             if self.comm_backend == "nccl":
                 deadline = time.monotonic() + self.timeout
@@ -414,6 +416,7 @@ class DistributedBlockADMM:
                 work.wait(timeout=datetime.timedelta(seconds=self.timeout))
         except Exception as e:  # noqa: BLE001 - every communication failure becomes a RankFailure
             self._raise_failure(peer, what, e)
+        self._wait_s += time.perf_counter() - t0
 
     def _store_set(self, key, value):
         try:
@@ -515,6 +518,7 @@ class DistributedBlockADMM:
             above = _Inbox(self, r + 1, self._down, keys, lambda key: (sizes[key[0]], *shape))
         self._below, self._above = below, above
         states: Dict[int, dict] = {}
+        self._states = states  # batches in flight: a penalty change rescales their duals too
         stats: List[Optional[dict]] = [None] * n
         try:
             for t, kind, s in plans[r]:
@@ -546,8 +550,7 @@ class DistributedBlockADMM:
         x, y = batch[0].to(self.device), batch[1].to(self.device)
         index = batch[2] if len(batch) > 2 else None
         tr, B = self._t, self.B
-        if self.rank == 0:
-            tr._check_batch(x, y, None)
+        tr._check_batch(x, y, None)  # shapes and labels, on every rank (the last one computes the loss)
         if self.mode == "batch":
             if index is None:
                 raise ValueError("batch mode needs the sample index of every row: use a dataset that yields (x, y, index)")
@@ -718,6 +721,10 @@ class DistributedBlockADMM:
                 new = min(tr.rho[k] * cfg.rho_factor, cfg.rho_max)
                 if self.tables is not None:
                     self.tables.scale_duals(self.owned.index(k), tr.rho[k] / new)
+                for st in getattr(self, "_states", {}).values():  # scaled duals of batches still in flight
+                    for key in ("u", "u_src"):
+                        if key in st and k in st[key]:
+                            st[key][k].mul_(tr.rho[k] / new)
                 tr.rho[k] = new
 
     # ------------------------------------------------------------------ inference
@@ -777,9 +784,9 @@ class DistributedBlockADMM:
                 if hasattr(self._t.blocks[k], "admm_set_epoch"):
                     self._t.blocks[k].admm_set_epoch(epoch)
             loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
-            t0 = time.perf_counter()
+            t0, cpu0, wait0 = time.perf_counter(), time.process_time(), self._wait_s
             nb = self.B - 1
-            sums = torch.zeros(1 + 2 * nb + 1, dtype=torch.float64)  # loss, primal per boundary, dual per boundary, n
+            sums = torch.zeros(1 + 2 * nb + 1 + 2 * self.world, dtype=torch.float64)  # loss, primal per boundary, dual per boundary, n
             it = iter(loader)
             for _ in range(self.epoch_step):  # resumed mid-epoch: the batches done already
                 next(it)
@@ -797,17 +804,22 @@ class DistributedBlockADMM:
                         sums[1 + k] += v
                     for k, v in s["dual"].items():
                         sums[1 + nb + k] += v
-                sums[-1] += len(stats)
+                sums[1 + 2 * nb] += len(stats)
                 pos += seg
                 self.epoch_step += seg
                 if checkpoint and checkpoint_every and pos < len(batches) and self.step_count % checkpoint_every == 0:
                     self.save(checkpoint)
+            # this rank's CPU time and time blocked on others, for the record (rank_cpu_s, rank_wait_s)
+            sums[2 + 2 * nb + self.rank] = time.process_time() - cpu0
+            sums[2 + 2 * nb + self.world + self.rank] = self._wait_s - wait0
             tot = self._all_reduce(sums, "epoch statistics")
             wall = time.perf_counter() - t0
-            n = max(float(tot[-1]) / self.world, 1.0)
+            n = max(float(tot[1 + 2 * nb]) / self.world, 1.0)
             record = {"epoch": epoch + 1, "loss": float(tot[0]) / n, "primal_residual": [float(v) / n for v in tot[1:1 + nb]],
                       "dual_residual": [float(v) / n for v in tot[1 + nb:1 + 2 * nb]], "rho": self._gather_rho(),
-                      "wall_s": wall, "world_size": self.world, "schedule": self.schedule, "staleness": self.staleness}
+                      "wall_s": wall, "world_size": self.world, "schedule": self.schedule, "staleness": self.staleness,
+                      "rank_cpu_s": [round(float(v), 3) for v in tot[2 + 2 * nb:2 + 2 * nb + self.world]],
+                      "rank_wait_s": [round(float(v), 3) for v in tot[2 + 2 * nb + self.world:]]}
             if eval_train:
                 record["train_acc"] = self.evaluate(train)["acc"]
             for name, ds in (("val", val), ("test", test)):

@@ -192,3 +192,35 @@ def test_three_ranks_match_single_process_and_a_killed_rank_is_named_then_resume
              dict(pipe, name="whole", checkpoint=str(tmp_path / "ckpt-whole"))]
     out2, _ = _spawn(3, tmp_path, cases, tag="resume")
     _assert_same(_gather_blocks(out2, "resumed", 3), _gather_blocks(out2, "whole", 3), tol=0)
+
+
+def test_nccl_wait_path_times_out_with_the_rank_named():
+    """The NCCL branch of the watchdog (poll the work, deadline, name the rank) without a GPU: a fake work
+    that never completes, a store that shows no other rank blocked."""
+    from blockadmm.distributed import DistributedBlockADMM, RankFailure
+
+    class NeverDone:
+        def is_completed(self):
+            return False
+
+        def wait(self, timeout=None):
+            raise AssertionError("wait() must not be reached before completion")
+
+    class Store(dict):
+        def set(self, k, v):
+            self[k] = v
+
+        def check(self, keys):
+            return all(k in self for k in keys)
+
+        def get(self, k):
+            return self[k]
+
+    tr = object.__new__(DistributedBlockADMM)
+    tr.comm_backend, tr.timeout, tr.grace, tr.rank, tr.world, tr.step_count = "nccl", 0.2, 0.1, 0, 2, 7
+    tr._store = Store()
+    t0 = time.monotonic()
+    with pytest.raises(RankFailure, match="rank 1 died or hangs") as e:
+        tr._wait(NeverDone(), 1, "the gradient from above")
+    assert e.value.rank == 1 and time.monotonic() - t0 < 2
+    assert json.loads(tr._store["blockadmm/blocked/0"])["peer"] == 1
