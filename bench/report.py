@@ -32,6 +32,7 @@ def _best(recs, name, key):
 def summarize(records: List[dict], meta: dict) -> dict:
     limits = {
         "copy_GBps": _best(records, "copy", "GBps"),
+        "copy_8M_GBps": _best(records, "copy 8M", "GBps"),
         "mm_GFLOPs": _best(records, "mm", "GFLOPs"),
         "mm_bf16_GFLOPs": _best(records, "mm bf16", "GFLOPs"),
         "runs": [r for r in records if r["suite"] == "limits"],
@@ -87,7 +88,11 @@ def summarize(records: List[dict], meta: dict) -> dict:
         if bp and bp.get("epoch_s") and m != "backprop" and meta.get("timing", True):
             r["epoch_vs_backprop"] = r["epoch_s"] / bp["epoch_s"]
 
-    results = dict(meta, limits=limits, ops=ops_rows, nmf=nmf_rows, end_to_end=e2e, skipped=skipped)
+    kernel_rows = [{k: r.get(k) for k in ("name", "s", "median_s", "GBps")} for r in records if r["suite"] == "ops_cpu"]
+    for r in kernel_rows:
+        if r.get("GBps") and copy_bw:
+            r["limit_fraction"] = r["GBps"] / copy_bw
+    results = dict(meta, limits=limits, ops=ops_rows, nmf=nmf_rows, end_to_end=e2e, skipped=skipped, kernel_checks=kernel_rows)
     results["targets"] = targets(results)
     return results
 
@@ -167,7 +172,7 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
         L.append("**Timing disabled** (`--no-timing`): every path ran once on tiny sizes; no speed below is meaningful.")
     L.append("")
     L.append(f"Machine limits, measured in this run (best of start and end): copy **{_f(lim['copy_GBps'], '{:.1f}')} GB/s** "
-             f"(read + write), float32 `torch.mm` **{_f(lim['mm_GFLOPs'], '{:.0f}')} GFLOP/s**, "
+             f"(read + write, 192 MB moved, as the 8M aux/dual update moves; a 64 MB copy: {_f(lim.get('copy_8M_GBps'), '{:.1f}')} GB/s), float32 `torch.mm` **{_f(lim['mm_GFLOPs'], '{:.0f}')} GFLOP/s**, "
              f"bf16 `torch.mm` {_f(lim.get('mm_bf16_GFLOPs'), '{:.0f}')} GFLOP/s.")
     L.append("")
     L.append("**Targets (issue #8)**")
@@ -188,6 +193,16 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
         rate = _f(r.get("GBps"), "{:.1f} GB/s") if "GBps" in r else _f(r.get("GFLOPs"), "{:.1f} GFLOP/s")
         L.append(f"| {r['op']} | {r['size']} | {'×'.join(map(str, r.get('shape', [])))} | {r['impl']} | {_f(r['ms'], '{:.3f}')} | "
                  f"{rate} | {_f(r.get('limit_fraction'))} | {_x(r.get('vs_eager'))} | {_x(r.get('vs_compile'))} |")
+    if res.get("kernel_checks"):
+        L.append("")
+        L.append("From `bench/bench_ops_cpu.py` (the kernel issue's CPU checks, same run; 8M elements; indexed = batch "
+                 "mode through an index into tables twice the batch's size):")
+        L.append("")
+        L.append("| benchmark | ms (min) | GB/s | of copy |")
+        L.append("|---|---|---|---|")
+        for r in [r for r in res["kernel_checks"] if r.get("GBps")]:
+            L.append(f"| {r['name']} | {_f(r['s'] and r['s'] * 1e3, '{:.3f}')} | {_f(r.get('GBps'), '{:.1f}')} | "
+                     f"{_f(r.get('limit_fraction'))} |")
     skipped_impls = sorted({s["reason"] for s in res.get("skipped", []) if "triton" in s["name"] or "cuda" in s["name"]})
     if skipped_impls:
         L.append("")

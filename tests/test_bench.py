@@ -32,7 +32,7 @@ def test_bench_runs_without_timing(tmp_path):
     # same initial factors and iterations: our update and scikit-learn's reach the same error
     if "sklearn mu" in nmf and "blockadmm cpu" in nmf:
         assert abs(nmf["blockadmm cpu"]["err_vs_sklearn"]) < 1e-4
-    assert set(res["end_to_end"]) == {"backprop", "admm-online", "admm-batch"}
+    assert {"backprop", "admm-online", "admm-batch"} <= set(res["end_to_end"])
     assert (out / "ci.md").read_text().startswith("###")
     assert res["plots"] and all((out / p).exists() for p in res["plots"])
     # the README block is rendered from the results folder, between markers it adds when absent
