@@ -51,3 +51,37 @@ def test_mm_bf16_flops(benchmark):
     flops = 2 * MM_N**3
     record("limits", "mm bf16", phase=PHASE, n=MM_N, flops=flops, **t,
            GFLOPs=None if t["s"] is None else flops / t["s"] / 1e9)
+
+
+
+GPU = torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not GPU, reason="no GPU")
+def test_cuda_copy_bandwidth(benchmark):
+    """On a GPU machine, the same limits on the GPU: the GPU rows are reported against these."""
+    n = pick(64 * 2**20, 32 * 2**20, 2**16)
+    src = torch.randn(n, device="cuda")
+    dst = torch.empty_like(src)
+
+    def copy():
+        dst.copy_(src)
+        torch.cuda.synchronize()
+
+    t = timed(benchmark, copy, rounds=ROUNDS, warmup=3)
+    record("limits", "copy cuda", phase=PHASE, elems=n, bytes=2 * n * 4, **t,
+           GBps=None if t["s"] is None else 2 * n * 4 / t["s"] / 1e9)
+
+
+@pytest.mark.skipif(not GPU, reason="no GPU")
+def test_cuda_mm_flops(benchmark):
+    m = pick(8192, 4096, 64)
+    a, b = torch.randn(m, m, device="cuda"), torch.randn(m, m, device="cuda")
+
+    def mm():
+        torch.mm(a, b)
+        torch.cuda.synchronize()
+
+    t = timed(benchmark, mm, rounds=max(1, ROUNDS // 2), warmup=3)
+    record("limits", "mm cuda", phase=PHASE, n=m, flops=2 * m**3, **t,
+           GFLOPs=None if t["s"] is None else 2 * m**3 / t["s"] / 1e9)

@@ -8,6 +8,7 @@ Rows (op x size x implementation):
   cpu       the C++ CPU module (backend="cpu"; GEMMs stay with torch's BLAS)
   triton    the Triton kernels (backend="triton"; CUDA tensors only: on a CPU there is no compiled Triton)
   cuda      the CUDA C++ module (backend="cuda")
+  eager cuda, compile cuda   with a GPU: the reference and its torch.compile on CUDA tensors
 Each row records the bytes (aux/dual: read z, u, a, g, write z, u) or FLOPs (NMF: 4ndk + 4k^2(n+d);
 linear block: 6mkn for forward, grad_weight and grad_input) it moves, so the report gives GB/s against
 the copy bandwidth and GFLOP/s against torch.mm, both measured in the same run (bench_limits.py).
@@ -42,7 +43,9 @@ LIN_SIZES = pick(
 )
 # torch.compile costs seconds per shape: every size in a full run, the largest one in a quick run
 COMPILE_AT = pick(None, {"aux_dual_update": "large", "nmf_mu_update": "medium", "linear_block_fwd_bwd": "medium"}, {})
-IMPLS = ["eager", "compile", "cpu", "triton", "cuda"]
+# eager / compile / cpu run on CPU tensors; with a GPU, the torch reference and its torch.compile run
+# again on the GPU ("eager cuda", "compile cuda") beside the Triton and CUDA kernels
+IMPLS = ["eager", "compile", "cpu", "triton", "cuda"] + (["eager cuda", "compile cuda"] if GPU else [])
 AUX_KW = dict(rho=1.0, lr=0.1, dual_step=1.0)
 
 
@@ -56,7 +59,7 @@ def _rounds(nbytes_or_flops: float, eager: bool) -> int:
 
 
 def _device_for(impl: str) -> str:
-    return "cpu" if impl == "cpu" else DEV
+    return "cuda" if impl in ("triton", "cuda") or impl.endswith(" cuda") else "cpu"
 
 
 def _sync(device):
@@ -72,17 +75,15 @@ def _skip(op, impl, size, reason):
 def _impl_fn(op: str, impl: str, size: str):
     """The callable for `impl`, or skip (recorded) with the reason it cannot run here."""
     device = _device_for(impl)
-    if impl in ("eager", "cpu", "triton", "cuda"):
-        backend = "torch" if impl == "eager" else impl
-        if impl != "eager":
+    if impl in ("eager", "eager cuda", "cpu", "triton", "cuda"):
+        backend = "torch" if impl.startswith("eager") else impl
+        if backend != "torch":
             b = ops.backends().get(backend)
             err = "not registered" if b is None else b.load_error()
             if err:
                 _skip(op, impl, size, f"{backend} backend unavailable: {err}")
-            if impl == "triton" and device == "cpu":
+            if impl == "triton" and not GPU:
                 _skip(op, impl, size, "no GPU: Triton runs on CPU tensors only under its interpreter, which is not a speed")
-            if impl == "cuda" and device == "cpu":
-                _skip(op, impl, size, "no GPU")
         fn = getattr(ops, op)
         return lambda *a, **k: fn(*a, backend=backend, **k), device
     # compile
@@ -114,7 +115,7 @@ def test_aux_dual_update(benchmark, size, impl):
         run()  # compile / load outside the timing
     except Exception as e:
         _skip(op, impl, size, f"{type(e).__name__}: {e}")
-    t = timed(benchmark, run, rounds=_rounds(nbytes, impl == "eager"), warmup=1)
+    t = timed(benchmark, run, rounds=_rounds(nbytes, impl == "eager"), warmup=2 if device == "cuda" else 1)
     record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, device=device, shape=[n // cols, cols],
            bytes=nbytes, bound="memory", **t)
 

@@ -21,7 +21,7 @@ TARGETS = {
 EQUAL_ERR_RTOL = 1e-3  # "equal reconstruction error": relative difference at most this
 OP_ORDER = ["aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd"]
 SIZE_ORDER = ["tiny", "small", "medium", "large"]
-IMPL_ORDER = ["eager", "compile", "cpu", "triton", "cuda"]
+IMPL_ORDER = ["eager", "compile", "cpu", "eager cuda", "compile cuda", "triton", "cuda"]
 
 
 def _best(recs, name, key):
@@ -35,9 +35,12 @@ def summarize(records: List[dict], meta: dict) -> dict:
         "copy_8M_GBps": _best(records, "copy 8M", "GBps"),
         "mm_GFLOPs": _best(records, "mm", "GFLOPs"),
         "mm_bf16_GFLOPs": _best(records, "mm bf16", "GFLOPs"),
+        "copy_cuda_GBps": _best(records, "copy cuda", "GBps"),
+        "mm_cuda_GFLOPs": _best(records, "mm cuda", "GFLOPs"),
         "runs": [r for r in records if r["suite"] == "limits"],
     }
     copy_bw, mm = limits["copy_GBps"], limits["mm_GFLOPs"]
+    dev_limits = {"cpu": (copy_bw, mm), "cuda": (limits["copy_cuda_GBps"], limits["mm_cuda_GFLOPs"])}
 
     # ---- ops
     ops_rows, skipped = [], []
@@ -50,15 +53,21 @@ def summarize(records: List[dict], meta: dict) -> dict:
         s = r.get("s")
         row["ms"] = None if s is None else s * 1e3
         if s:
+            bw, fl = dev_limits.get(r.get("device", "cpu"), (None, None))
             if r.get("bytes"):
                 row["GBps"] = r["bytes"] / s / 1e9
-                row["limit_fraction"] = row["GBps"] / copy_bw if copy_bw else None
+                row["limit_fraction"] = row["GBps"] / bw if bw else None
             else:
                 row["GFLOPs"] = r["flops"] / s / 1e9
-                row["limit_fraction"] = row["GFLOPs"] / mm if mm else None
+                row["limit_fraction"] = row["GFLOPs"] / fl if fl else None
             for base in ("eager", "compile"):
-                b = timed_ops.get((op, size, base))
-                if b and b.get("s") and impl != base:
+                if r.get("device") == "cuda":
+                    b = timed_ops.get((op, size, base + " cuda"))
+                else:
+                    b = timed_ops.get((op, size, base))
+                if b is not None and impl == b["impl"]:
+                    continue
+                if b and b.get("s"):
                     row[f"vs_{base}"] = b["s"] / s
         ops_rows.append(row)
     ops_rows.sort(key=lambda r: (OP_ORDER.index(r["op"]), SIZE_ORDER.index(r["size"]), IMPL_ORDER.index(r["impl"])))
@@ -174,6 +183,9 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
     L.append(f"Machine limits, measured in this run (best of start and end): copy **{_f(lim['copy_GBps'], '{:.1f}')} GB/s** "
              f"(read + write, 192 MB moved, as the 8M aux/dual update moves; a 64 MB copy: {_f(lim.get('copy_8M_GBps'), '{:.1f}')} GB/s), float32 `torch.mm` **{_f(lim['mm_GFLOPs'], '{:.0f}')} GFLOP/s**, "
              f"bf16 `torch.mm` {_f(lim.get('mm_bf16_GFLOPs'), '{:.0f}')} GFLOP/s.")
+    if lim.get("copy_cuda_GBps") or lim.get("mm_cuda_GFLOPs"):
+        L.append(f"GPU limits: copy {_f(lim.get('copy_cuda_GBps'), '{:.0f}')} GB/s, float32 `torch.mm` "
+                 f"{_f(lim.get('mm_cuda_GFLOPs'), '{:.0f}')} GFLOP/s; GPU rows (device cuda) are reported against these.")
     L.append("")
     L.append("**Targets (issue #8)**")
     L.append("")
@@ -187,11 +199,11 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
     L.append("**Ops** (min of the rounds; fraction of the limit: GB/s ÷ copy GB/s for the memory-bound aux/dual update, "
              "GFLOP/s ÷ `torch.mm` GFLOP/s for the GEMM-bound NMF update and linear block)")
     L.append("")
-    L.append("| op | size | shape | impl | ms | GB/s or GFLOP/s | of limit | × eager | × compile |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
+    L.append("| op | size | shape | impl | device | ms | GB/s or GFLOP/s | of limit | × eager | × compile |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in res["ops"]:
         rate = _f(r.get("GBps"), "{:.1f} GB/s") if "GBps" in r else _f(r.get("GFLOPs"), "{:.1f} GFLOP/s")
-        L.append(f"| {r['op']} | {r['size']} | {'×'.join(map(str, r.get('shape', [])))} | {r['impl']} | {_f(r['ms'], '{:.3f}')} | "
+        L.append(f"| {r['op']} | {r['size']} | {'×'.join(map(str, r.get('shape', [])))} | {r['impl']} | {r.get('device', '')} | {_f(r['ms'], '{:.3f}')} | "
                  f"{rate} | {_f(r.get('limit_fraction'))} | {_x(r.get('vs_eager'))} | {_x(r.get('vs_compile'))} |")
     if res.get("kernel_checks"):
         L.append("")
@@ -261,7 +273,8 @@ def plots(res: dict, folder: str) -> List[str]:
     if rows:
         fig, ax = plt.subplots(figsize=(10, 4))
         labels = [f"{r['op'].split('_')[0]} {r['size']}\n{r['impl']}" for r in rows]
-        colors = {"eager": "#999999", "compile": "#5b8ff9", "cpu": "#e8684a", "triton": "#5ad8a6", "cuda": "#f6bd16"}
+        colors = {"eager": "#999999", "compile": "#5b8ff9", "cpu": "#e8684a", "eager cuda": "#666666",
+                  "compile cuda": "#2a5bd7", "triton": "#5ad8a6", "cuda": "#f6bd16"}
         ax.bar(range(len(rows)), [r["limit_fraction"] for r in rows], color=[colors.get(r["impl"], "k") for r in rows])
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         from matplotlib.patches import Patch
