@@ -146,4 +146,4 @@ def test_nmf(benchmark, dataset, impl):
     err = _rel_err(V, out["H"], out["W"])
     assert math.isfinite(err)
     record("nmf", f"{dataset} {impl}", dataset=dataset, impl=impl, shape=[n, d, k], iters=ITERS,
-           flops_per_iter=flops, rel_err=err, s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)
+           flops_per_iter=flops, rel_err=err, dtype=out.get("dtype", str(out["H"].dtype)), s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)
