@@ -41,8 +41,8 @@ LIN_SIZES = pick(
     {"small": (100, 784, 256), "medium": (1024, 784, 512)},
     {"tiny": (8, 16, 12)},
 )
-# torch.compile costs seconds per shape: every size in a full run, the largest one in a quick run
-COMPILE_AT = pick(None, {"aux_dual_update": "large", "nmf_mu_update": "medium", "linear_block_fwd_bwd": "medium"}, {})
+# torch.compile costs seconds per shape: every size in a full run; in a quick run only the aux/dual target size
+COMPILE_AT = pick(None, {"aux_dual_update": "large"}, {})
 # eager / compile / cpu run on CPU tensors; with a GPU, the torch reference and its torch.compile run
 # again on the GPU ("eager cuda", "compile cuda") beside the Triton and CUDA kernels
 IMPLS = ["eager", "compile", "cpu", "triton", "cuda"] + (["eager cuda", "compile cuda"] if GPU else [])
