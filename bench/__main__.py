@@ -64,8 +64,9 @@ def run(args) -> int:
     work = tempfile.mkdtemp(prefix="bench-")
     records, log = os.path.join(work, "records.jsonl"), os.path.join(work, "pytest.log")
     env = dict(os.environ, BENCH_MODE=mode, BENCH_RECORDS=records, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    if args.threads:  # torch (intra-op), MKL and OpenBLAS (scikit-learn's numpy) alike
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(args.threads)
     extra = ["--benchmark-disable"] if args.no_timing else ["--benchmark-json", os.path.join(work, "benchmark.json")]
     suites = [SUITES[s] for s in (args.suites.split(",") if args.suites else SUITES)]
 
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--suites", default="", help=f"comma-separated subset of {','.join(SUITES)} (limits always run)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder (default bench/results)")
     p.add_argument("--name", default="", help="results file stem (default: the machine's name)")
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (default: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads for torch, MKL and OpenBLAS (default: their defaults, one per core)")
     p.add_argument("--update-readme", action="store_true",
                    help="re-render README.md's bench block from the results folder; alone, it runs nothing")
     p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
