@@ -7,7 +7,7 @@ Block-ADMM (online): the auxiliary variables carry the binary constraint, applie
 largest the trainer allows: z ← proj(f(z_prev) − u − g/ρ)). A step unit has no useful derivative, so
 each binary block is fitted through a surrogate of its own: the **hinge surrogate** — the block's
 pre-activations a = W z_prev + b are scored against its target t = clip(z + u, 0, 1) by
-Σ max(0, γ − (2t − 1)·a) with margin γ = 0.1, one Adam step (lr 1e-3) per sweep; the gradient that
+Σ max(0, γ − (2t − 1)·a) with margin γ = 0.1, one Adam step (lr 1e-3) per sweep, 2 sweeps; the gradient that
 the auxiliary step of the block's input needs is that of the same surrogate, times ρ. It vanishes where
 a block already agrees with its target by the margin, so the lower codes move only where the upper
 ones asked for a change. (A logistic surrogate, BCE on the pre-activations, was tried first: its input
@@ -122,6 +122,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 3)")
     p.add_argument("--lr-z", type=float, default=20.0, help="auxiliary step size of Block-ADMM (capped at 1/rho by the trainer)")
     p.add_argument("--rho", type=float, default=0.05)
+    p.add_argument("--sweeps", type=int, default=2, help="sweeps per mini-batch")
     p.add_argument("--margin", type=float, default=0.1, help="hinge-surrogate margin")
     p.add_argument("--surrogate", default="hinge", choices=SURROGATES)
     p.add_argument("--block-lr", type=float, default=1e-3, help="Adam lr of each block's surrogate fit")
@@ -147,7 +148,7 @@ def main(args) -> int:
     cells = [(m, d, s) for d in depths for s in seeds for m in methods]
     records = []
     meta = {"dataset": "mnist5k", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-            "epochs": epochs, "batch_size": 100, "width": 256, "lr_z": args.lr_z, "rho": args.rho,
+            "epochs": epochs, "batch_size": 100, "width": 256, "lr_z": args.lr_z, "rho": args.rho, "sweeps": args.sweeps,
             "block_lr": args.block_lr, "ste_lr": args.ste_lr, "surrogate": args.surrogate, "margin": args.margin,
             "projection": "z <- 1[z > 1/2]", "quick": bool(args.quick),
             "command": "blockadmm experiment binary" + (" --quick" if args.quick else "")}
@@ -156,7 +157,7 @@ def main(args) -> int:
         run = C.Run(method=m, depth=d, activation="step", seed=s, epochs=epochs, splits=splits,
                     extra={"block_lr": args.block_lr, "surrogate": args.surrogate, "margin": args.margin})
         if m == "admm-online":
-            run.overrides = {"preset": "default", "lr_z": args.lr_z, "rho": args.rho, "weight_lr": args.block_lr}
+            run.overrides = {"preset": "default", "lr_z": args.lr_z, "rho": args.rho, "sweeps": args.sweeps, "weight_lr": args.block_lr}
             rec = C.run_admm(run, "online", blocks_factory=binary_mlp,
                              constraints={k: binary_projection() for k in range(d)}, progress=bar)
             rec.pop("config", None)

@@ -63,9 +63,12 @@ def admm_recipe(activation: str, depth: int) -> dict:
     sigmoid: the "deep" preset (sign step on z, top-down); it is what carries the label signal down
     a net whose forward signal collapses. relu / tanh: the defaults (plain gradient step, top-down),
     which match backprop on ReLU MLPs; the sign step is unstable there.
+    The plain-gradient recipe pins sweeps=3 (what every committed result used), so that tuning the
+    library's shallow-net defaults does not silently change these experiments.
     """
-    name = "deep" if activation == "sigmoid" else "default"
-    return {"preset": name, "weight_lr": PRESETS[name]["weight_lr"]}
+    if activation == "sigmoid":
+        return {"preset": "deep", "weight_lr": PRESETS["deep"]["weight_lr"], "config": {}}
+    return {"preset": "default", "weight_lr": PRESETS["default"]["weight_lr"], "config": {"sweeps": 3}}
 
 
 @dataclass
@@ -194,6 +197,8 @@ def run_backprop(run: Run, optimizer: str = "sgd", lr: Optional[float] = None, b
 def make_admm(run: Run, blocks: List[nn.Module], mode: str, constraints=None, weight_lr: Optional[float] = None) -> BlockADMM:
     recipe = admm_recipe(run.activation, run.depth)
     overrides = dict(run.overrides)
+    if "preset" not in overrides:  # the activation's recipe; a run naming its preset sets every field itself
+        overrides = {**recipe["config"], **overrides}
     preset = overrides.pop("preset", recipe["preset"])
     lr = weight_lr if weight_lr is not None else overrides.pop("weight_lr", PRESETS[preset]["weight_lr"])
     overrides.pop("weight_lr", None)
