@@ -141,6 +141,7 @@ def plot(records, out):
             axes[1].semilogy(it, [e["primal"][b] for e in ep], color=f"C{i}", ls=["-", ":", "-."][b % 3], label=f"{lab}, boundary {b}")
             axes[2].semilogy(it[1:], [e["dual"][b] for e in ep[1:]], color=f"C{i}", ls=["-", ":", "-."][b % 3])
             axes[3].semilogy(it, [e["rho"][b] for e in ep], color=f"C{i}", ls=["-", ":", "-."][b % 3])
+    axes[0].set_yscale("symlog", linthresh=0.01)
     axes[0].set_title("augmented Lagrangian (solid), forward loss (dashed)")
     axes[1].set_title("primal residual ‖z−f(z_prev)‖/‖z‖ (all samples)")
     axes[2].set_title("dual residual ρ‖Δz‖/‖z‖ per epoch")

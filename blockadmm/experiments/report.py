@@ -108,7 +108,16 @@ def render_depth(res, rel) -> List[str]:
                 if best_bp > am + 0.005:
                     wins.append(f"{act} L={d} ({pct(best_bp)} vs {pct(am)})")
     if wins:
-        claims.append("- Backprop (best of SGD/Adam) beats Block-ADMM online at: " + "; ".join(wins) + ".")
+        claims.append("- Backprop (best of SGD/Adam) beats Block-ADMM online by more than half a point at: " + "; ".join(wins) + ".")
+    best = []
+    for act in acts:
+        for d in depths:
+            scored = [(C.mean(r["test_acc"] for r in t[(act, x, d)]), x) for x in methods if t.get((act, x, d))]
+            if scored:
+                v, x = max(scored)
+                best.append(f"{act} L={d}: {x} ({pct(v)})")
+    if best:
+        claims.append("- Best method per net: " + "; ".join(best) + ".")
     out += claims + ["", f"![heatmap]({rel}/heatmap.png) ![curves]({rel}/curves.png)", "",
                      f"Per-layer diagnostics (output spread across samples per block, primal residual per boundary): "
                      f"[{rel}/diagnostics.png]({rel}/diagnostics.png).", ""]
