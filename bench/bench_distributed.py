@@ -2,6 +2,7 @@
 
     python bench/bench_distributed.py            # speed: 4-block MLP 784-1024-1024-1024-10, MNIST-5k
     python bench/bench_distributed.py accuracy   # pipelined vs sync, MLP 784-256-256-10, 10 epochs
+    python bench/bench_distributed.py nccl       # GPU machines: the NCCL path, one rank per GPU, vs single-process
 
 Speed (online mode, batch 100, the trainer defaults otherwise; every rank one torch thread — a rank
 stands for a device). Rows, all measured in the same run:
@@ -139,10 +140,50 @@ def accuracy(epochs=10):
     return {"what": f"test accuracy, MLP 784-256-256-10 (3 blocks), MNIST-5k, online, batch 100, {epochs} epochs", "rows": rows}
 
 
+def _nccl_worker(hidden, epochs, out_path):
+    from blockadmm.distributed import DistributedBlockADMM
+
+    splits, model, cuts = _setup(hidden)
+    tr = DistributedBlockADMM(model, blocks=cuts, input_shape=splits.input_shape, schedule="sync")
+    assert torch.distributed.get_backend() == "nccl" and tr.device.type == "cuda"
+    hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False, eval_train=False)
+    blocks = {k: {n: t.cpu() for n, t in b.state_dict().items()} for k, b in tr.owned_blocks().items()}
+    torch.save({"blocks": blocks, "hist": hist}, f"{out_path}.{torch.distributed.get_rank()}")
+
+
+def nccl(epochs=1):
+    """GPU check: the NCCL path (one rank per GPU: init, directional p2p groups when there are 2+ GPUs,
+    collectives, CUDA tensors), compared with the single-process Jacobi trainer on cuda:0."""
+    from blockadmm.distributed import launch
+    from blockadmm.trainer import BlockADMM
+
+    n = torch.cuda.device_count()
+    if n == 0:
+        raise SystemExit("no CUDA device: the NCCL check needs at least one GPU")
+    nproc = min(n, 4)
+    hidden = [1024, 1024, 1024]
+    out = tempfile.mktemp()
+    t0 = time.time()
+    launch(_nccl_worker, nproc, hidden, epochs, out, backend="nccl", threads=1)
+    wall = time.time() - t0
+    got = {}
+    for r in range(nproc):
+        d = torch.load(f"{out}.{r}", weights_only=False)
+        got.update(d["blocks"])
+        hist = d["hist"] if r == 0 else hist
+    splits, model, cuts = _setup(hidden)
+    ref = BlockADMM(model, blocks=cuts, input_shape=splits.input_shape, order="jacobi", device="cuda")
+    ref_hist = ref.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False)
+    err = max(float((got[k][n] - t.cpu()).abs().max()) for k, b in enumerate(ref.blocks) for n, t in b.state_dict().items())
+    return {"what": f"NCCL, {nproc} rank(s) on {n} GPU(s), sync Jacobi vs single-process Jacobi on cuda:0, {epochs} epoch(s)",
+            "max_abs_weight_diff": err, "dist_epoch_s": hist[-1]["wall_s"], "single_epoch_s": ref_hist[-1]["wall_s"],
+            "dist_test_acc": hist[-1]["test_acc"], "single_test_acc": ref_hist[-1]["test_acc"], "launch_s": round(wall, 1)}
+
+
 def main(argv):
     what = argv[1] if len(argv) > 1 else "speed"
     load0 = os.getloadavg()
-    res = accuracy() if what == "accuracy" else speed()
+    res = {"accuracy": accuracy, "nccl": nccl}.get(what, speed)()
     res["load_avg_before_after"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
     res["host"], res["cpus"], res["torch"] = socket.gethostname(), os.cpu_count(), torch.__version__
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
