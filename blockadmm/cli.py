@@ -52,8 +52,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backend", default="auto")
     p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
-    p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png, checkpoint.pt")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png and checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT")
+    p.add_argument("--nproc", type=int, default=1, help="run the blocks on N local processes (blockadmm.distributed)")
+    p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
+                   help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
+    p.add_argument("--staleness", type=int, default=None, help="with --schedule pipeline: bound on in-flight batches")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -77,10 +81,22 @@ def build_network(args, input_shape, num_classes):
 
 
 def cmd_train(args) -> int:
-    from . import data
     from .report import plot_curves, print_table
+
+    from . import data
     from .trainer import BlockADMM
 
+    if args.nproc > 1:
+        from .distributed import launch_train
+
+        if args.schedule == "sync" and args.order != "jacobi":
+            # sync is the Jacobi order; a sequential order across ranks would run as a wave with no parallelism
+            print(f"--schedule sync runs the Jacobi order (not {args.order})", file=sys.stderr)
+            args.order = "jacobi"
+        launch_train(args, args.nproc, schedule=args.schedule, staleness=args.staleness)
+        with open(os.path.join(args.out, "metrics.json")) as f:
+            print_table(json.load(f))
+        return 0
     torch.manual_seed(args.seed)
     splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)

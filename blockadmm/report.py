@@ -36,10 +36,10 @@ def print_table(metrics: dict) -> None:
         wall = metrics["epoch_wall_s"][name]
         ratio = metrics.get("wall_ratio_vs_backprop", {}).get(name)
         rows.append((name, final.get("train_acc"), final.get("val_acc"), final.get("test_acc"), wall, ratio))
-    print(f"{'run':<16} {'train acc':>9} {'val acc':>8} {'test acc':>9} {'s/epoch':>8} {'× backprop':>10}")
+    print(f"{'run':<28} {'train acc':>9} {'val acc':>8} {'test acc':>9} {'s/epoch':>8} {'× backprop':>10}")
     fmt = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     for name, tr, va, te, wall, ratio in rows:
-        print(f"{name:<16} {fmt(tr):>9} {fmt(va):>8} {fmt(te):>9} {wall:>8.2f} {'—' if ratio is None else f'{ratio:.2f}':>10}")
+        print(f"{name:<28} {fmt(tr):>9} {fmt(va):>8} {fmt(te):>9} {wall:>8.2f} {'—' if ratio is None else f'{ratio:.2f}':>10}")
 
 
 def render_train_results(metrics: dict, source: str) -> str:

@@ -38,3 +38,15 @@ def test_bad_mode_is_a_usage_error(capsys):
 def test_info_lists_backends():
     out = subprocess.run([sys.executable, "-m", "blockadmm", "info"], capture_output=True, text=True, check=True).stdout
     assert "torch" in out and "available" in out and "auto order" in out
+
+
+def test_train_nproc_runs_the_blocks_on_local_processes(tmp_path, capsys):
+    out = tmp_path / "dist"
+    assert main(["train", "--data", "digits", "--hidden", "32,24", "--epochs", "3", "--nproc", "2",
+                 "--schedule", "sync", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["schedule"] == "sync"
+    assert metrics["config"]["order"] == "jacobi", "sync is the Jacobi order"
+    (name,) = metrics["runs"]
+    assert metrics["runs"][name][-1]["test_acc"] > 0.5
+    assert name in capsys.readouterr().out
