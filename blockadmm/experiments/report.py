@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import List, Optional
 
 from . import common as C
+from ..report import replace_section
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ORDER = ("depth", "binary", "blocks", "convergence")
@@ -221,9 +222,7 @@ def rewrite(readme: str, body: str) -> str:
     """README text with the block between the markers replaced by `body` (markers appended if missing)."""
     if START not in readme or END not in readme:
         readme = readme.rstrip("\n") + f"\n\n## Experiments\n\n{START}\n{END}\n"
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{body}{END}{tail}"
+    return replace_section(readme, "results", body.rstrip("\n"))
 
 
 def main(args) -> int:
