@@ -32,6 +32,43 @@ class PerSampleNorm(nn.Module):
         return x / n.view(-1, *([1] * (x.dim() - 1)))
 
 
+class ReuseForward(nn.Module):
+    """Wraps the feature block so that a Block-ADMM step runs its forward once where the trainer asks twice.
+
+    The trainer runs a block's forward without autograd to get z = f(x), then, for the block's weight step,
+    again with autograd on the same input and the same weights. In training mode the first call (a new
+    input tensor) records the graph and keeps it; the second call, on the same input object with unchanged
+    weights and autograd on, gets that output, graph included (used once, then dropped). Any other call (new
+    weights, eval mode, a different input) runs the forward as usual, so results are those of the plain module.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self._saved = None  # (input, parameter versions, output with graph)
+        self._last_in = None  # the input of the last recorded forward
+
+    def _versions(self):
+        return tuple(p._version for p in self.module.parameters())
+
+    def forward(self, x):
+        saved, self._saved = self._saved, None
+        if not self.training:
+            self._last_in = None
+            return self.module(x)
+        if saved is not None and saved[0] is x and saved[1] == self._versions():
+            if torch.is_grad_enabled():
+                return saved[2]  # the weight step: the recorded graph
+            self._saved = saved
+            return saved[2].detach()
+        if torch.is_grad_enabled() or self._last_in is x:
+            return self.module(x)  # a weight step without a recorded forward, or the same input with new weights
+        with torch.enable_grad():
+            out = self.module(x)
+        self._saved, self._last_in = (x, self._versions(), out), x
+        return out.detach()
+
+
 def feature_cnn(in_channels: int = 1, widths=(16, 32, 64), *, flatten: bool = True, normalize: bool = True) -> nn.Sequential:
     """conv-relu-pool, conv-relu-pool, conv-relu (no conv bias); 28×28 -> (64, 7, 7), 64×64 -> (64, 16, 16)."""
     layers, prev = [], in_channels
@@ -58,12 +95,19 @@ def feature_mlp(in_features: int, hidden=(256, 256), *, normalize: bool = True) 
 
 
 class GroupEnergyHead(nn.Module):
-    """The disentangling head: class score = a·log(group energy + eps) + b_c (energy summed over positions)."""
+    """The disentangling head: class score = a·log(group energy + eps) + b_c.
 
-    def __init__(self, group: torch.Tensor, n_classes: int, eps: float = 1e-4, init_scale: float = 1.0, learn: bool = False):
+    Conv codes: the per-position group energies E_c(p) are pooled over positions, by their sum
+    (pool_r = None) or by a smooth max, the power mean (mean_p E_c(p)^r)^(1/r) computed as a log-sum-exp of
+    r·log E_c(p) (pool_r = r; r = 1 is the mean, r -> inf the max): the multiple-instance pooling of weak
+    supervision, whose gradient goes to the positions that hold a class's evidence.
+    """
+
+    def __init__(self, group: torch.Tensor, n_classes: int, eps: float = 1e-4, init_scale: float = 1.0, learn: bool = False,
+                 pool_r: Optional[float] = None):
         super().__init__()
         self.register_buffer("group", group.clone())
-        self.n_classes, self.eps, self.learn = n_classes, eps, learn
+        self.n_classes, self.eps, self.learn, self.pool_r = n_classes, eps, learn, pool_r
         # fixed (a = 1, b = 0, the default): softmax of the scores is each class group's share of the code
         # energy, so cross-entropy is -log(the true group's share), the disentangling objective itself
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn)
@@ -79,31 +123,76 @@ class GroupEnergyHead(nn.Module):
         E = group_energy(H, self.group, self.n_classes)
         return E.sum((2, 3)) if E.dim() == 4 else E
 
+    def log_evidence(self, H):
+        """log of the pooled group energy, (n, n_classes)."""
+        if H.dim() == 4 and self.pool_r is not None:
+            r = float(self.pool_r)
+            L = torch.log(group_energy(H, self.group, self.n_classes) + self.eps).flatten(2)  # n×C×P
+            return (torch.logsumexp(r * L, 2) - math.log(L.shape[2])) / r
+        return torch.log(self.energies(H) + self.eps)
+
     def forward(self, H):
-        return self.log_scale.exp() * torch.log(self.energies(H) + self.eps) + self.bias
+        return self.log_scale.exp() * self.log_evidence(H) + self.bias
+
+
+def multilabel_softmax_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of softmax(logits) against the multi-hot labels normalized to sum 1 (mean over the batch).
+    With the fixed-scale group-energy head it is -mean over present classes of log(their group's share)."""
+    t = y / y.sum(1, keepdim=True).clamp_min(1e-12)
+    return -(t * torch.log_softmax(logits, 1)).sum(1).mean()
 
 
 class LinearCodeHead(nn.Module):
-    """A linear layer on the codes (conv codes are sum-pooled over positions first)."""
+    """A linear layer on the codes (conv codes are sum-pooled over positions first), times a fixed scale.
 
-    def __init__(self, k: int, n_classes: int):
+    Codes of unit-norm features are small (~0.1) and the plain linear layer on them learned very slowly (74%
+    after 12 epochs); `scale` (a buffer, 1 by default; `set_scale` fits it) brings them to mean 1.
+    normalize="sample" instead divides each sample's codes by their mean.
+    """
+
+    def __init__(self, k: int, n_classes: int, normalize: Optional[str] = "sample"):
         super().__init__()
+        if normalize not in (None, "fixed", "sample"):
+            raise ValueError(f"normalize must be None, 'fixed' or 'sample', got {normalize!r}")
         self.linear = nn.Linear(k, n_classes)
+        self.normalize = normalize
+        self.register_buffer("scale", torch.ones(()))
+
+    @torch.no_grad()
+    def set_scale(self, H):
+        """Fit the fixed scale so that codes H (a sample of them) have mean 1."""
+        h = H.sum((2, 3)) if H.dim() == 4 else H
+        self.scale.fill_(1.0 / float(h.mean().clamp_min(1e-12)))
 
     def forward(self, H):
-        return self.linear(H.sum((2, 3)) if H.dim() == 4 else H)
+        h = H.sum((2, 3)) if H.dim() == 4 else H
+        if self.normalize == "sample":
+            h = h / h.mean(1, keepdim=True).clamp_min(1e-6)
+        elif self.normalize == "fixed":
+            h = h * self.scale
+        return self.linear(h)
 
 
 def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, head: str = "energy", per_class: int = 5,
                     n_shared: int = 0, n_iter: int = 10, update_epochs: Optional[int] = 3, eg_steps: int = 3,
-                    eg_lr: float = 1.0, learn_head: bool = False, backend: str = "auto"):
+                    eg_lr: float = 1.0, learn_head: bool = False, pool_r: Optional[float] = None, l1: float = 0.0,
+                    backend: str = "auto", reuse_forward: bool = True, solver: str = "op", eg_clip: float = 2.0):
+    """[features, NMF block, head]; reuse_forward wraps the features in ReuseForward (same results, one
+    forward fewer per step)."""
+    if reuse_forward and not isinstance(features, ReuseForward):
+        features = ReuseForward(features)
     d = feat_shape[0]
     nmf = NMFBlock(d, n_classes=n_classes, per_class=per_class, n_shared=n_shared, n_iter=n_iter,
-                   update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, backend=backend, name="NMF block (block 1)")
+                   update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, eg_clip=eg_clip, l1=l1, backend=backend,
+                   solver=solver, name="NMF block (block 1)")
     if head == "energy":
-        h = GroupEnergyHead(nmf.group, n_classes, learn=learn_head)
+        h = GroupEnergyHead(nmf.group, n_classes, learn=learn_head, pool_r=pool_r)
     elif head == "linear":
         h = LinearCodeHead(nmf.n_components, n_classes)
+        with torch.no_grad():  # start at the group sums (the group-energy evidence, linear): consistent code targets
+            onehot = (nmf.group.view(1, -1) == torch.arange(n_classes).view(-1, 1)).float()
+            h.linear.weight.copy_(onehot)
+            h.linear.bias.zero_()
     else:
         raise ValueError(f"head must be 'energy' or 'linear', got {head!r}")
     return [features, nmf, h]
@@ -128,7 +217,10 @@ def codes_of(blocks, X, bs=500):
 def init_basis(blocks, train, n: int = 1000, seed: int = 0, contrast: float = 0.0):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(train), generator=g)[:n]
+    was = blocks[0].training
+    blocks[0].eval()
     F = _batched(blocks[0], train.X[idx])
+    blocks[0].train(was)
     blocks[1].init_basis_from(F, train.Y[idx], seed=seed, contrast=contrast)
 
 
@@ -203,10 +295,12 @@ def _acc(model_fn, ds, bs=500):
 
 
 def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = "energy", arch: str = "cnn",
-                   per_class: int = 5, update_epochs: int = 3, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1,
+                   per_class: int = 5, update_epochs: int = 0, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1,
                    dual_step: float = 0.5, eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3,
-                   contrast: float = 1.0, learn_head: bool = False, val_fraction: float = 0.1, use_test: bool = True, baselines: bool = True, progress: bool = True,
-                   n_train: Optional[int] = None, backend: str = "auto", log=print) -> dict:
+                   contrast: float = 2.0, learn_head: bool = False, val_fraction: float = 0.1, use_test: bool = True, baselines: bool = True, progress: bool = True,
+                   n_train: Optional[int] = None, l1: float = 0.1, solver: str = "op", eg_clip: Optional[float] = None,
+                   backend: str = "auto",
+                   log=print) -> dict:
     from .data import load
     from .trainer import BlockADMM
 
@@ -220,8 +314,11 @@ def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = 
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
     blocks = build_deepfacto(feats, feat_shape, 10, head=head, per_class=per_class, n_iter=n_iter,
-                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=learn_head, backend=backend)
+                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=learn_head, l1=l1, solver=solver,
+                             eg_clip=eg_clip if eg_clip is not None else (2.0 if head == "energy" else 0.25), backend=backend)
     init_basis(blocks, train, seed=seed, contrast=contrast)
+    if isinstance(blocks[2], LinearCodeHead):
+        blocks[2].set_scale(codes_of(blocks, train.X[:1000]))
     trainer = BlockADMM(blocks, input_shape=train.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
                         rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed, backend=backend,
                         optimizer=lambda p: torch.optim.Adam(p, lr=lr))
@@ -292,9 +389,11 @@ def most_ink_maps(x, window: int = 9):
 
 
 def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 4, n_shared: int = 4,
-              update_epochs: int = 3, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1, dual_step: float = 0.5,
+              update_epochs: int = 0, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1, dual_step: float = 0.5,
               eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3, clutter: int = 0, contrast: float = 1.0,
               n_train: int = 4000, n_test: int = 1000, val_fraction: float = 0.1, use_test: bool = True,
+              pool_r: Optional[float] = 4.0, loss: str = "softmax", learn_head: bool = False, l1: float = 0.0,
+              cam_epochs: Optional[int] = None, cam_lr: float = 3e-3, curriculum_epochs: int = 0,
               baselines: bool = True, progress: bool = True, backend: str = "auto", log=print) -> dict:
     from .pairs import load_pairs
     from .trainer import BlockADMM
@@ -307,10 +406,29 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
     blocks = build_deepfacto(feats, feat_shape, 10, head="energy", per_class=per_class, n_shared=n_shared, n_iter=n_iter,
-                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=True, backend=backend)
-    init_basis(blocks, train, seed=seed, contrast=contrast)
+                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=learn_head, pool_r=pool_r,
+                             l1=l1, backend=backend)
+    if loss not in ("softmax", "bce"):
+        raise ValueError(f"loss must be 'softmax' or 'bce', got {loss!r}")
+    loss_fn = multilabel_softmax_loss if loss == "softmax" else nn.BCEWithLogitsLoss()
+    if curriculum_epochs:
+        # stage 1 of a curriculum: single MNIST-5k training digits (28×28, the digits the training canvases are
+        # made of), image-level labels only (as multi-hot rows), the same fully convolutional blocks
+        from .data import IndexedDataset, load
+
+        single = load("mnist5k", image=True).train
+        single = IndexedDataset(single.X, Fn.one_hot(single.Y, 10).float(), 10)
+        init_basis(blocks, single, seed=seed, contrast=contrast)
+        stage1 = BlockADMM(blocks, input_shape=single.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
+                           loss=loss_fn, rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed,
+                           backend=backend, optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+        stage1.fit(single, curriculum_epochs, batch_size=batch_size, progress=progress,
+                   on_epoch=lambda rec: log(f"[deepfacto pairs seed {seed}] curriculum (single digits) epoch {rec['epoch']}: "
+                                            f"loss={rec['loss']:.4f} wall_s={rec['wall_s']:.1f}"))
+    else:
+        init_basis(blocks, train, seed=seed, contrast=contrast)
     trainer = BlockADMM(blocks, input_shape=train.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
-                        loss=nn.BCEWithLogitsLoss(), rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed,
+                        loss=loss_fn, rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed,
                         backend=backend, optimizer=lambda p: torch.optim.Adam(p, lr=lr))
 
     def df_logits(x):
@@ -343,11 +461,17 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
         cam = nn.Sequential(feature_cnn(1, flatten=False, normalize=False), GAPLinear(64, 10))
 
         def cam_maps(x):
+            # class activation map: the class's linear weights over the last conv features, per position. (The
+            # 0% pointing of the first runs was this map on a net still at chance: every class weight had gone
+            # negative, so the zero background was the maximum and argmax fell on its first pixel, (0, 0).)
             F = cam[0](x)
             return torch.einsum("nchw,kc->nkhw", F, cam[1].linear.weight) + cam[1].linear.bias.view(1, -1, 1, 1)
 
-        h = train_backprop(cam, train, epochs, batch_size=batch_size, seed=seed, loss_fn=nn.BCEWithLogitsLoss(),
-                           progress=progress, desc="backprop CAM")
+        if curriculum_epochs:  # the same curriculum as DeepFacto: single digits first
+            train_backprop(cam, single, curriculum_epochs, batch_size=batch_size, seed=seed, loss_fn=nn.BCEWithLogitsLoss(),
+                           lr=cam_lr, progress=progress, desc="backprop CAM (single digits)")
+        h = train_backprop(cam, train, cam_epochs or epochs, batch_size=batch_size, seed=seed, loss_fn=nn.BCEWithLogitsLoss(),
+                           lr=cam_lr, progress=progress, desc="backprop CAM")
         cam.eval()
         out["cam_epoch_s"] = float(np.median([e["wall_s"] for e in h]))
         for name, ds in evals:
@@ -500,6 +624,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--n-train", type=int, default=None, help="pairs: training canvases (default 4000; --quick 1000)")
     p.add_argument("--n-test", type=int, default=None, help="pairs: test canvases (default 1000; --quick 300)")
     p.add_argument("--backend", default="auto", help="backend of the NMF op")
+    p.add_argument("--nmf-solver", choices=["op", "gram"], default="op",
+                   help="codes by blockadmm.ops.nmf_mu_update (op) or by the same updates on V Wᵀ, W Wᵀ computed once per solve (gram)")
+    p.add_argument("--contrast", type=float, default=None, help="basis init: excess over this multiple of the mean feature (default 2 mnist5k, 1 pairs)")
+    p.add_argument("--l1", type=float, default=None, help="l1 penalty on the codes in the NMF solve (default 0.1 mnist5k, 0 pairs)")
+    p.add_argument("--pool-r", type=float, default=4.0, help="pairs: smooth-max (power mean) exponent pooling group energy over positions")
+    p.add_argument("--curriculum-epochs", type=int, default=0, help="pairs: epochs on single MNIST-5k digits (image-level labels) first, for DeepFacto and CAM")
+    p.add_argument("--cam-epochs", type=int, default=None, help="pairs: epochs of the CAM baseline on the canvases (default: --epochs)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -521,7 +652,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             for i, h in enumerate(heads):
                 r = run_supervised(seed, epochs=epochs, batch_size=a.batch_size, head=h, arch=a.arch, update_epochs=a.update_epochs,
                                    per_class=a.per_class or 5, sweeps=a.sweeps, use_test=use_test, baselines=(i == 0 and not a.no_baselines),
-                                   progress=prog, n_train=1000 if a.quick else None, backend=a.backend)
+                                   progress=prog, n_train=1000 if a.quick else None, backend=a.backend,
+                                   contrast=a.contrast if a.contrast is not None else 2.0, l1=a.l1 if a.l1 is not None else 0.1,
+                                   solver=a.nmf_solver)
                 runs[h].append(r)
         key = "test" if use_test else "val"
         for h, rs in runs.items():
@@ -560,7 +693,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             rs.append(run_pairs(seed, epochs=epochs, batch_size=a.batch_size, per_class=a.per_class or 4, update_epochs=a.update_epochs,
                                 sweeps=a.sweeps, clutter=a.clutter, use_test=use_test, baselines=not a.no_baselines, progress=prog,
                                 n_train=a.n_train or (1000 if a.quick else 4000), n_test=a.n_test or (300 if a.quick else 1000),
-                                backend=a.backend))
+                                backend=a.backend, contrast=a.contrast if a.contrast is not None else 1.0,
+                                l1=a.l1 if a.l1 is not None else 0.0, solver=a.nmf_solver, pool_r=a.pool_r,
+                                curriculum_epochs=a.curriculum_epochs, cam_epochs=a.cam_epochs))
         key = "test" if use_test else "val"
         for name in ("acc_both", "pointing", "disentangling", "cam_acc_both", "cam_pointing", "most_ink_pointing"):
             vals = [r[f"{key}_{name}"] for r in rs if f"{key}_{name}" in r]

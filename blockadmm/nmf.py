@@ -73,6 +73,7 @@ class NMFLayer(nn.Module):
         eps: float = 1e-8,
         l1: float = 0.0,
         backend: str = "auto",
+        solver: str = "op",
         name: str = "NMFLayer",
     ):
         super().__init__()
@@ -91,7 +92,10 @@ class NMFLayer(nn.Module):
         if n_iter < 1:
             raise ValueError(f"n_iter must be >= 1, got {n_iter}")
         self.in_features, self.n_components, self.n_classes = int(in_features), k, int(n_classes)
+        if solver not in ("op", "gram"):
+            raise ValueError(f"solver must be 'op' or 'gram', got {solver!r}")
         self.n_iter, self.eps, self.l1, self.backend, self.name = int(n_iter), float(eps), float(l1), backend, name
+        self.solver = solver
         g = torch.Generator().manual_seed(0)
         # a parameter (state_dict, .to(), parameters()) that autograd and optimizers leave alone
         self.W = nn.Parameter(torch.rand(k, self.in_features, generator=g) + 0.1, requires_grad=False)
@@ -108,9 +112,11 @@ class NMFLayer(nn.Module):
             raise ValueError(f"{self.name}: expected {self.in_features} features (dim 1), got shape {tuple(V.shape)}")
         if V.numel() == 0:
             return
-        if not bool(torch.isfinite(V).all()):
-            raise ValueError(f"{self.name}: input holds NaN/inf; the block before the NMF layer produced it")
+        # two reductions instead of an element-wise isfinite: the sum of a non-negative array is finite iff every
+        # entry is (NaN and inf propagate; finite float32 features do not overflow it)
         m = V.amin()
+        if not bool(torch.isfinite(V.sum(dtype=torch.float64))):
+            raise ValueError(f"{self.name}: input holds NaN/inf; the block before the NMF layer produced it")
         if float(m) < 0:
             flat = int(V.argmin())
             sample = flat // (V.numel() // V.shape[0])
@@ -139,7 +145,15 @@ class NMFLayer(nn.Module):
         V2 = V2.detach().float().contiguous()
         H = self.warm_start(V2) if H is None else H.detach().float().clone().contiguous()
         W = self.W.data if self.W.dtype == torch.float32 else self.W.data.float()
-        for _ in range(self.n_iter if n_iter is None else n_iter):
+        n_iter = self.n_iter if n_iter is None else n_iter
+        if self.solver == "gram":
+            # the same multiplicative updates, H <- H * (V Wᵀ) / (H (W Wᵀ) + l1 + eps), with V Wᵀ and W Wᵀ computed
+            # once per solve instead of once per update (each update is then an m×k×k product)
+            num, G = V2 @ W.T, W @ W.T
+            for _ in range(n_iter):
+                H.mul_(num / (H @ G + (self.l1 + self.eps)))
+            return H
+        for _ in range(n_iter):
             ops.nmf_mu_update(V2, H, W, which="H", eps=self.eps, l1=self.l1, backend=self.backend)
         return H
 
@@ -214,6 +228,28 @@ class NMFBlock(NMFLayer):
         self.eg_steps, self.eg_lr, self.eg_clip = int(eg_steps), float(eg_lr), float(eg_clip)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))  # saved with checkpoints
         self.register_buffer("w_updates", torch.zeros((), dtype=torch.long))
+        self._solve_cache = None  # (V, V's version, H(V)): the last solve in training mode
+
+    @torch.no_grad()
+    def forward(self, V: torch.Tensor) -> torch.Tensor:
+        """The solve, memoized in training mode: a Block-ADMM step asks for the codes of the same features
+        (the forward pass, then the feature boundary's gradient at that point) before anything changes them,
+        so the second solve is replaced by a comparison. The memo is dropped whenever W may change."""
+        c = self._solve_cache
+        if (self.training and c is not None and c[0].shape == V.shape and c[0].dtype == V.dtype and c[0]._version == c[1]
+                and (c[0] is V or torch.equal(c[0], V))):
+            return c[2]
+        H = super().forward(V)
+        self._solve_cache = (V, V._version, H) if self.training else None
+        return H
+
+    def train(self, mode: bool = True):
+        self._solve_cache = None
+        return super().train(mode)
+
+    def init_basis_from(self, *args, **kw):
+        self._solve_cache = None
+        return super().init_basis_from(*args, **kw)
 
     @property
     def frozen(self) -> bool:
@@ -232,6 +268,7 @@ class NMFBlock(NMFLayer):
         Ht, _ = _to_rows((target + dual).detach().float().clamp_min(0.0))
         Ht = Ht.contiguous()
         if not self.frozen:
+            self._solve_cache = None
             for _ in range(self.w_iter):
                 ops.nmf_mu_update(V2, Ht, self.W.data, which="W", eps=self.eps, backend=self.backend)
             self.w_updates += 1
@@ -247,9 +284,12 @@ class NMFBlock(NMFLayer):
 
     @torch.no_grad()
     def admm_aux_update(self, z, u, a, grad_fn, *, rho, lr, prox=None):
-        """Mirror steps on the code boundary, in place on z: each sample keeps its total code energy."""
+        """Mirror steps on the code boundary, in place on z: each code vector keeps its total energy (per sample;
+        per sample and position for conv codes), so a step only moves energy between components. (Keeping only
+        each sample's total lets a step that grows the codes at a few positions shrink them everywhere else, and
+        the difference target then drives the features to zero.)"""
         dims = tuple(range(1, z.dim()))
-        energy = z.sum(dims, keepdim=True)
+        energy = z.sum(1, keepdim=True)
         for _ in range(self.eg_steps):
             g = grad_fn(z)
             grad = rho * (z - a + u) + (0 if g is None else g)
@@ -257,8 +297,8 @@ class NMFBlock(NMFLayer):
             norm = grad.abs().mean(dims, keepdim=True).clamp_min(1e-12)
             step = (-self.eg_lr * grad / norm).clamp(-self.eg_clip, self.eg_clip)
             zn = z.clamp_min(0) * step.exp()
-            zn = zn + 1e-6 * energy / zn[0].numel()  # keeps every component reachable
-            zn = zn * (energy / zn.sum(dims, keepdim=True).clamp_min(1e-30))
+            zn = zn + 1e-6 * energy / zn.shape[1]  # keeps every component reachable
+            zn = zn * (energy / zn.sum(1, keepdim=True).clamp_min(1e-30))
             z.copy_(zn)
 
 

@@ -71,3 +71,72 @@ def test_short_training_far_above_chance():
     assert disentangling_score(H, data.test.Y, blocks[1].group, 10) > 0.3
     M = class_group_matrix(H, data.test.Y, blocks[1].group, 10)
     assert M.shape == (10, 11) and np.allclose(M.sum(1), 1, atol=1e-4)
+
+
+def _tiny_blocks(reuse, solver="op", seed=0):
+    torch.manual_seed(seed)
+    feats = feature_mlp(64, (32,))
+    blocks = build_deepfacto(feats, (32,), 10, head="energy", per_class=2, n_iter=5, update_epochs=0,
+                             reuse_forward=reuse, solver=solver)
+    return blocks
+
+
+def test_reuse_forward_and_solve_memo_change_nothing():
+    """ReuseForward (one feature forward fewer) and the NMF solve memo give the same training as without them."""
+    from blockadmm.data import load, make_loader
+
+    data = load("digits", val_fraction=0.0)
+    runs = []
+    for reuse in (False, True):
+        blocks = _tiny_blocks(reuse)
+        init_basis(blocks, data.train)
+        if not reuse:  # no memo either
+            blocks[1].forward = lambda V, b=blocks[1]: super(type(b), b).forward(V)
+        t = BlockADMM(blocks, input_shape=(64,), constraints={0: "nonneg", 1: "nonneg"}, sweeps=1, dual_step=0.5,
+                      optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+        for j, (x, y, i) in enumerate(make_loader(data.train, 64, shuffle=True, seed=0, epoch=0)):
+            t.step(x, y, i)
+            if j == 5:
+                break
+        runs.append([p.detach().clone() for p in blocks[0].parameters()])
+    for a, b in zip(*runs):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gram_solver_matches_op():
+    from blockadmm.nmf import NMFLayer
+
+    torch.manual_seed(0)
+    V = torch.rand(40, 70)
+    a = NMFLayer(70, n_classes=5, per_class=2, l1=0.05)
+    b = NMFLayer(70, n_classes=5, per_class=2, l1=0.05, solver="gram")
+    assert torch.allclose(a(V), b(V), atol=1e-5)
+
+
+def test_mirror_step_keeps_energy_per_position():
+    from blockadmm.nmf import NMFBlock
+
+    nmf = NMFBlock(8, n_classes=2, per_class=2)
+    z = torch.rand(3, 4, 5, 5)
+    e0 = z.sum(1)
+    g = torch.zeros_like(z)
+    g[:, 0, 0, 0] = -10.0  # a strong push at one position only
+    nmf.admm_aux_update(z, torch.zeros_like(z), z.clone(), lambda zz: g, rho=1.0, lr=0.5)
+    assert torch.allclose(z.sum(1), e0, rtol=1e-4)
+
+
+def test_pooled_head_and_multilabel_loss():
+    from blockadmm.deepfacto import GroupEnergyHead, multilabel_softmax_loss
+
+    group = torch.tensor([0, 0, 1, 1])
+    H = torch.zeros(1, 4, 3, 3)
+    H[0, 0, 1, 1] = 5.0  # class 0: all its energy at one position
+    H[0, 2] = 5.0 / 9  # class 1: the same energy spread out
+    mean_head = GroupEnergyHead(group, 2, pool_r=1.0)
+    max_head = GroupEnergyHead(group, 2, pool_r=50.0)
+    lm, lx = mean_head(H)[0], max_head(H)[0]
+    assert abs(float(lm[0] - lm[1])) < 1e-3  # mean pooling: equal evidence
+    assert float(lx[0] - lx[1]) > 1.5  # smooth max: the concentrated class wins
+    y = torch.tensor([[1.0, 1.0, 0.0]])
+    logits = torch.tensor([[2.0, 2.0, -10.0]])
+    assert float(multilabel_softmax_loss(logits, y)) == pytest.approx(np.log(2), abs=1e-3)
