@@ -173,6 +173,8 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
     L.append(f"Command: `{res['command']}` — {res.get('started', '?')}, {res.get('duration_s', 0):.0f} s; "
              f"torch {v.get('torch')}, {m.get('torch_threads')} threads, scikit-learn {v.get('sklearn')}, "
              f"torchnmf {v.get('torchnmf') or 'not installed'}, git {v.get('git')}.")
+    L.append(f"Machine: {m['cpu']}, {m['cores']} cores{' (' + ', '.join(m['isa']) + ')' if m.get('isa') else ''}, "
+             f"{m.get('memory_gb')} GB, GPU: {m.get('gpu') or 'none'}; {m.get('platform')}.")
     la = res.get("load_avg", {})
     L.append(f"Load average (1/5/15 min) at start {la.get('start')}, at end {la.get('end')} "
              f"(the machine has {m['cores']} cores; a load above that means other work shared it).")
