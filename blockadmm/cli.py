@@ -84,7 +84,7 @@ def cmd_train(args) -> int:
     from .report import plot_curves, print_table
 
     from . import data
-    from .trainer import BlockADMM
+    from .trainer import BlockADMM, adam
 
     if args.nproc > 1:
         from .distributed import launch_train
@@ -101,13 +101,13 @@ def cmd_train(args) -> int:
     splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
     os.makedirs(args.out, exist_ok=True)
-    adam = lambda params: torch.optim.Adam(params, lr=args.lr)  # noqa: E731
+    optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
     fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
     runs = {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
             copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
-            optimizer=adam, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
+            optimizer=optimizer, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
             order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
             table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
             device=args.device, seed=args.seed,
@@ -121,7 +121,7 @@ def cmd_train(args) -> int:
         runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
     if args.compare == "backprop":
         print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
-        bp = BlockADMM(copy.deepcopy(model), input_shape=splits.input_shape, optimizer=adam, sweeps=1, device=args.device, seed=args.seed)
+        bp = BlockADMM(copy.deepcopy(model), input_shape=splits.input_shape, optimizer=optimizer, sweeps=1, device=args.device, seed=args.seed)
         runs["backprop"] = bp.fit(splits.train, args.epochs, **fit_kw)
     metrics = {
         "command": " ".join(["blockadmm"] + sys.argv[1:]),

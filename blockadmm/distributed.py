@@ -49,7 +49,7 @@ from torch import nn
 
 from . import ops
 from .tables import TableMismatch, VariableTables
-from .trainer import ADMMConfig, BlockADMM, NonFiniteError, default_optimizer
+from .trainer import ADMMConfig, BlockADMM, NonFiniteError, adam, default_optimizer
 
 __all__ = [
     "DistributedBlockADMM", "RankFailure", "CheckpointMismatch", "init_distributed", "launch", "launch_train",
@@ -1021,10 +1021,9 @@ def _train_from_args(args, schedule, staleness):
     for mode in modes:  # every mode from the same initial weights and batches
         torch.manual_seed(args.seed)
         model, cuts = build_network(args, splits.input_shape, splits.num_classes)
-        adam = lambda params: torch.optim.Adam(params, lr=args.lr)  # noqa: E731
         tr = DistributedBlockADMM(
             model, blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
-            optimizer=adam, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
+            optimizer=adam(args.lr), rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
             order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
             table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
             seed=args.seed, schedule=schedule, staleness=staleness,

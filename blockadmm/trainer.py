@@ -73,8 +73,8 @@ class ADMMConfig:
     """
 
     rho: object = 1.0
-    lr_z: float = 0.5
-    sweeps: int = 2
+    lr_z: float = 0.3
+    sweeps: int = 3
     k_z: int = 1
     k_w: int = 1
     order: str = "top-down"
@@ -104,7 +104,7 @@ class ADMMConfig:
     def preset(cls, name: str, **overrides) -> "ADMMConfig":
         """A named recipe, with any field overridden.
 
-        "default": the ADMMConfig defaults (plain gradient step on z, top-down, 2 sweeps) — shallow nets
+        "default": the ADMMConfig defaults (plain gradient step on z, lr_z 0.3, top-down, 3 sweeps) — shallow nets
         and ReLU MLPs. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
         block) where backprop stalls: sign step lr_z=0.3, k_z=1, top-down, 3 sweeps, rho=1, dual step 1;
         use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
@@ -127,8 +127,19 @@ class StepStats:
     rho: List[float]
 
 
-def default_optimizer(params):
-    return torch.optim.Adam(params, lr=1e-3)
+def adam(lr: float = 1e-3) -> Callable:
+    """A factory of per-block Adam optimizers; fused (one pass over all of a block's tensors) on CPU and
+    CUDA, which on this package's small blocks halves the step time of the per-tensor loop."""
+
+    def make(params):
+        params = list(params)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+    return make
+
+
+default_optimizer = adam(1e-3)
 
 
 class BlockADMM:
@@ -184,7 +195,7 @@ class BlockADMM:
             config = ADMMConfig.preset(preset)
             if optimizer is default_optimizer:
                 lr = PRESETS[preset]["weight_lr"]
-                optimizer = lambda params: torch.optim.Adam(params, lr=lr)  # noqa: E731
+                optimizer = adam(lr)
         config = copy.deepcopy(config) if config is not None else ADMMConfig()
         for k, v in config_overrides.items():
             if k not in {f.name for f in fields(ADMMConfig)}:
@@ -211,7 +222,10 @@ class BlockADMM:
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self._default_loss = loss is None
         # blocks with their own update rule (`admm_local_step`) get no optimizer
-        self.optimizers = [None if hasattr(b, "admm_local_step") else optimizer(list(b.parameters())) for b in self.blocks]
+        self.optimizers = [
+            None if hasattr(b, "admm_local_step") or not any(p.requires_grad for p in b.parameters()) else optimizer(list(b.parameters()))
+            for b in self.blocks
+        ]
         self._fused = [fusable_linear(b) if fused_linear else None for b in self.blocks]
         self.tables = None
         if mode == "batch":

@@ -16,7 +16,7 @@ def _data(n=64, d=20, c=3, seed=0):
 
 def test_defaults_unchanged():
     c = ADMMConfig()
-    assert (c.rho, c.lr_z, c.sweeps, c.k_z, c.order, c.aux_step, c.dual_step) == (1.0, 0.5, 2, 1, "top-down", "grad", 1.0)
+    assert (c.rho, c.lr_z, c.sweeps, c.k_z, c.order, c.aux_step, c.dual_step) == (1.0, 0.3, 3, 1, "top-down", "grad", 1.0)
     assert ADMMConfig.preset("default") == ADMMConfig()
 
 
