@@ -91,7 +91,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = _common.machine_info()
-    name = args.name or machine["name"] + ("-notiming" if args.no_timing else "")
+    name = args.name or machine["name"] + (f"-{args.threads}t" if args.threads else "") + ("-notiming" if args.no_timing else "")
     meta = {
         "machine": dict(machine, name=name),
         "versions": _common.versions(),
