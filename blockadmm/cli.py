@@ -97,6 +97,7 @@ def cmd_train(args) -> int:
         with open(os.path.join(args.out, "metrics.json")) as f:
             print_table(json.load(f))
         return 0
+    load_start = os.getloadavg()[0]
     torch.manual_seed(args.seed)
     splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
@@ -127,6 +128,8 @@ def cmd_train(args) -> int:
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "runs": runs,
+        "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
+                    "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
         "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for name, h in runs.items()},
         "epoch_wall_s": {name: sum(r["wall_s"] for r in h) / len(h) for name, h in runs.items()},
     }
@@ -147,6 +150,14 @@ def cmd_info(args) -> int:
     return info_main()
 
 
+def cmd_report(args) -> int:
+    from .report import update_readme
+
+    for source in update_readme(args.readme, args.results):
+        print(f"{args.readme}: regenerated from {source}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # subcommands owned by their modules take their own flags
@@ -162,6 +173,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub).set_defaults(func=cmd_train)
     sub.add_parser("info", help="versions and which backends are available, and why not").set_defaults(func=cmd_info)
+    rep = sub.add_parser("report", help="regenerate README.md's result blocks from the results/ files")
+    rep.add_argument("--readme", default="README.md")
+    rep.add_argument("--results", default="results")
+    rep.set_defaults(func=cmd_report)
     sub.add_parser("experiment", help="the method's claims as experiments (blockadmm experiment --help)")
     sub.add_parser("deepfacto", help="DeepFacto NMF-layer training (blockadmm deepfacto --help)")
     args = parser.parse_args(argv)

@@ -12,14 +12,16 @@ def plot_curves(runs: Dict[str, List[dict]], path: str, title: str = "") -> None
     import matplotlib.pyplot as plt
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, hist in runs.items():
+    for i, (name, hist) in enumerate(runs.items()):
+        color = f"C{i}"  # one colour per run, one line style per split
         epochs = [r["epoch"] for r in hist]
         for key, style in (("test_acc", "-"), ("val_acc", "--"), ("train_acc", ":")):
             if key in hist[0]:
-                ax_acc.plot(epochs, [100 * r[key] for r in hist], style, label=f"{name} {key.split('_')[0]}")
-        ax_loss.plot(epochs, [r["loss"] for r in hist], label=name)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="task loss (train, per step)", yscale="log", title="loss")
+                ax_acc.plot(epochs, [100 * r[key] for r in hist], style, color=color, label=f"{name} {key.split('_')[0]}")
+        ax_loss.plot(epochs, [r["loss"] for r in hist], color=color, label=name)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (solid: test, dotted: train)")
+    # for Block-ADMM this is the last block's loss on its auxiliary input, as seen during training
+    ax_loss.set(xlabel="epoch", ylabel="last block's task loss (training steps)", yscale="log", title="loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -48,6 +50,16 @@ def render_train_results(metrics: dict, source: str) -> str:
     lines = [
         f"**{cfg['data']}, MLP {'-'.join(map(str, cfg['hidden']))} {cfg['activation']}, batch {cfg['batch_size']}, "
         f"{cfg['epochs']} epochs, seed {cfg['seed']}** — `{metrics['command']}` ({source})",
+    ]
+    machine = metrics.get("machine")
+    if machine:
+        lines += [
+            "",
+            f"Timed on {machine['device']} with {machine['torch_threads']} torch threads, {machine['cores']} cores; "
+            f"load average {machine['load_average_start']:.1f} at the start, {machine['load_average_end']:.1f} at the end "
+            f"(a load above the core count means other work shared the machine and inflated the times).",
+        ]
+    lines += [
         "",
         "| run | train acc | test acc | best test acc | s / epoch | × backprop time |",
         "|---|---|---|---|---|---|",
@@ -72,3 +84,28 @@ def replace_section(text: str, name: str, body: str) -> str:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def update_readme(readme: str = "README.md", results: str = "results") -> List[str]:
+    """Regenerate the README's result blocks from the committed results files; returns what it rewrote."""
+    import json
+    import os
+
+    from .experiments import report as experiments_report
+
+    with open(readme) as f:
+        text = f.read()
+    done = []
+    train = os.path.join(results, "train-mnist5k", "metrics.json")
+    if os.path.exists(train):
+        with open(train) as f:
+            body = render_train_results(json.load(f), train)
+        text = replace_section(text, "train-results", body + f"\n\n![curves]({os.path.dirname(train)}/curves.png)")
+        done.append(train)
+    experiments = os.path.join(results, "experiments")
+    if os.path.isdir(experiments):
+        text = experiments_report.rewrite(text, experiments_report.render(experiments))
+        done.append(experiments)
+    with open(readme, "w") as f:
+        f.write(text)
+    return done

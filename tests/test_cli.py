@@ -50,3 +50,15 @@ def test_train_nproc_runs_the_blocks_on_local_processes(tmp_path, capsys):
     (name,) = metrics["runs"]
     assert metrics["runs"][name][-1]["test_acc"] > 0.5
     assert name in capsys.readouterr().out
+
+
+def test_report_regenerates_the_readme_blocks(tmp_path):
+    out = tmp_path / "results" / "train-mnist5k"
+    assert main(["train", "--data", "digits", "--hidden", "16", "--epochs", "1", "--compare", "backprop",
+                 "--out", str(out), "--quiet"]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- train-results:start -->\nstale\n<!-- train-results:end -->\ntail\n")
+    assert main(["report", "--readme", str(readme), "--results", str(tmp_path / "results")]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and text.endswith("tail\n")
+    assert "| admm-online |" in text and "| backprop |" in text and "load average" in text
