@@ -84,6 +84,44 @@ def feature_cnn(in_channels: int = 1, widths=(16, 32, 64), *, flatten: bool = Tr
     return nn.Sequential(*layers)
 
 
+class WindowFeatures(nn.Module):
+    """Conv features read as overlapping digit-sized windows: (n, c, h, w) -> (n, c·k², gh, gw).
+
+    The conv net's feature map is cut into k×k windows (stride `stride` cells) and each window's features,
+    flattened and scaled to unit norm, become one "position" of the NMF layer: the per-window codes are those
+    of the flat supervised DeepFacto (a digit-sized template per component), and a window grid replaces the
+    per-cell grid. With the default CNN (two 2×2 pools) k=7, stride=3 are 28×28-pixel windows every 12
+    pixels: one window on a single 28×28 digit, a 4×4 grid on a 64×64 canvas.
+    """
+
+    def __init__(self, cnn: nn.Module, window: int = 7, stride: int = 3):
+        super().__init__()
+        self.cnn, self.window, self.stride = cnn, int(window), int(stride)
+
+    def forward(self, x):
+        F = self.cnn(x)
+        n, c, h, w = F.shape
+        gh, gw = (h - self.window) // self.stride + 1, (w - self.window) // self.stride + 1
+        U = Fn.unfold(F, self.window, stride=self.stride)  # n × (c·k²) × (gh·gw)
+        U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        return U.reshape(n, c * self.window ** 2, gh, gw)
+
+
+def window_maps(E: torch.Tensor, size, *, pixel_stride: int = 12, window_px: int = 28, sigma: float = 6.0) -> torch.Tensor:
+    """Per-window evidence (n, C, gh, gw) -> maps (n, C, H, W) at image resolution: each window's evidence is a
+    Gaussian bump at its centre, the map is their maximum (so its argmax is the centre of the best window)."""
+    n, C, gh, gw = E.shape
+    H, W = size
+    cy = torch.arange(gh, dtype=torch.float32) * pixel_stride + (window_px - 1) / 2
+    cx = torch.arange(gw, dtype=torch.float32) * pixel_stride + (window_px - 1) / 2
+    yy, xx = torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32)
+    by = torch.exp(-(yy.view(1, H) - cy.view(gh, 1)) ** 2 / (2 * sigma ** 2))  # gh × H
+    bx = torch.exp(-(xx.view(1, W) - cx.view(gw, 1)) ** 2 / (2 * sigma ** 2))  # gw × W
+    bump = by.view(gh, 1, H, 1) * bx.view(1, gw, 1, W)  # gh × gw × H × W
+    out = (E.reshape(n, C, gh, gw, 1, 1) * bump).amax((2, 3))
+    return out
+
+
 def feature_mlp(in_features: int, hidden=(256, 256), *, normalize: bool = True) -> nn.Sequential:
     layers, prev = [], in_features
     for h in hidden:
@@ -388,12 +426,13 @@ def most_ink_maps(x, window: int = 9):
     return m.expand(-1, 10, -1, -1)
 
 
-def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 4, n_shared: int = 4,
+def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 5, n_shared: int = 0,
               update_epochs: int = 0, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1, dual_step: float = 0.5,
-              eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3, clutter: int = 0, contrast: float = 1.0,
+              eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3, clutter: int = 0, contrast: float = 2.0,
               n_train: int = 4000, n_test: int = 1000, val_fraction: float = 0.1, use_test: bool = True,
-              pool_r: Optional[float] = 4.0, loss: str = "softmax", learn_head: bool = False, l1: float = 0.0,
-              cam_epochs: Optional[int] = None, cam_lr: float = 3e-3, curriculum_epochs: int = 0,
+              pool_r: Optional[float] = 4.0, loss: str = "softmax", learn_head: bool = False, l1: float = 0.1,
+              cam_epochs: Optional[int] = None, cam_lr: float = 3e-3, curriculum_epochs: int = 3,
+              windows: bool = True, window_stride: int = 2, solver: str = "gram",
               baselines: bool = True, progress: bool = True, backend: str = "auto", log=print) -> dict:
     from .pairs import load_pairs
     from .trainer import BlockADMM
@@ -402,12 +441,15 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
     train, val, test = data.train, data.val, data.test
     evals = [("val", val)] + ([("test", test)] if use_test else [])
     torch.manual_seed(seed)
-    feats = feature_cnn(1, flatten=False)
+    if windows:
+        feats = WindowFeatures(feature_cnn(1, flatten=False, normalize=False), stride=window_stride)
+    else:
+        feats = feature_cnn(1, flatten=False)
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
     blocks = build_deepfacto(feats, feat_shape, 10, head="energy", per_class=per_class, n_shared=n_shared, n_iter=n_iter,
                              update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=learn_head, pool_r=pool_r,
-                             l1=l1, backend=backend)
+                             l1=l1, solver=solver, backend=backend)
     if loss not in ("softmax", "bce"):
         raise ValueError(f"loss must be 'softmax' or 'bce', got {loss!r}")
     loss_fn = multilabel_softmax_loss if loss == "softmax" else nn.BCEWithLogitsLoss()
@@ -435,7 +477,8 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
         return blocks[2](blocks[1](blocks[0](x)))
 
     def df_maps(x):
-        return blocks[1].group_energy(blocks[1](blocks[0](x)))
+        E = blocks[1].group_energy(blocks[1](blocks[0](x)))
+        return window_maps(E, x.shape[-2:], pixel_stride=4 * window_stride) if windows else E
 
     per_epoch = []
 
@@ -480,6 +523,53 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
         out["cam_maps"] = cam_maps
         log(f"[CAM seed {seed}] " + " ".join(f"{k}={v:.4f}" for k, v in out.items() if "cam_" in k and isinstance(v, float)))
     log(f"[most ink] " + " ".join(f"{k}={v:.4f}" for k, v in out.items() if "most_ink" in k))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ speed
+
+
+def speed_benchmark(*, steps: int = 40, rounds: int = 3, batch_size: int = 64, log=print) -> dict:
+    """Seconds per `steps` training steps on MNIST-5k of backprop (feature CNN + linear, Adam) and of DeepFacto
+    (the supervised recipe) with each NMF solver, in interleaved rounds on the same batches (the machine's load
+    then hits all of them alike); the ratio uses each one's fastest round."""
+    from .data import load, make_loader
+    from .trainer import BlockADMM
+
+    train = load("mnist5k", image=True).train
+    batches = [b for _, b in zip(range(steps), make_loader(train, batch_size, shuffle=True, seed=0, epoch=0))]
+    torch.manual_seed(0)
+    bp = nn.Sequential(feature_cnn(1, normalize=False), nn.LazyLinear(10))
+    bp(train.X[:2])
+    opt = torch.optim.Adam(bp.parameters(), lr=1e-3)
+
+    def bp_steps():
+        for x, y, _ in batches:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(bp(x), y).backward()
+            opt.step()
+
+    def df(solver, reuse=True):
+        torch.manual_seed(0)
+        blocks = build_deepfacto(feature_cnn(1), (3136,), 10, head="energy", per_class=5, update_epochs=0, l1=0.1,
+                                 solver=solver, reuse_forward=reuse)
+        init_basis(blocks, train, contrast=2.0)
+        t = BlockADMM(blocks, input_shape=(1, 28, 28), mode="online", constraints={0: "nonneg", 1: "nonneg"}, rho=1.0,
+                      lr_z=0.5, sweeps=1, dual_step=0.5, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+        return lambda: [t.step(x, y, i) for x, y, i in batches]
+
+    runs = {"backprop": bp_steps, "deepfacto_op": df("op"), "deepfacto_gram": df("gram"),
+            "deepfacto_op_no_reuse": df("op", reuse=False)}
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    out = {"steps": steps, "rounds": rounds, "seconds": times,
+           "ratio_to_backprop": {k: best[k] / best["backprop"] for k in runs if k != "backprop"}}
+    log(f"[speed] {out['ratio_to_backprop']}")
     return out
 
 
@@ -607,7 +697,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="blockadmm deepfacto", description="DeepFacto: NMF-layer networks trained by Block-ADMM "
                                 "(supervised disentangling on MNIST-5k, weakly supervised localization on MNIST-5k pairs).")
     p.add_argument("--data", choices=["mnist5k", "pairs"], default="mnist5k")
-    p.add_argument("--epochs", type=int, default=None, help="default 12 (mnist5k) / 15 (pairs); --quick: 2")
+    p.add_argument("--epochs", type=int, default=None, help="default 12 (mnist5k) / 5 (pairs, after the curriculum); --quick: 2")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (mnist5k), 0 (pairs)")
     p.add_argument("--head", choices=["energy", "linear", "both"], default="both", help="mnist5k: DeepFacto head(s) to train")
     p.add_argument("--arch", choices=["cnn", "mlp"], default="cnn", help="mnist5k feature block")
@@ -624,14 +714,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--n-train", type=int, default=None, help="pairs: training canvases (default 4000; --quick 1000)")
     p.add_argument("--n-test", type=int, default=None, help="pairs: test canvases (default 1000; --quick 300)")
     p.add_argument("--backend", default="auto", help="backend of the NMF op")
-    p.add_argument("--nmf-solver", choices=["op", "gram"], default="op",
-                   help="codes by blockadmm.ops.nmf_mu_update (op) or by the same updates on V Wᵀ, W Wᵀ computed once per solve (gram)")
-    p.add_argument("--contrast", type=float, default=None, help="basis init: excess over this multiple of the mean feature (default 2 mnist5k, 1 pairs)")
-    p.add_argument("--l1", type=float, default=None, help="l1 penalty on the codes in the NMF solve (default 0.1 mnist5k, 0 pairs)")
+    p.add_argument("--nmf-solver", choices=["op", "gram"], default=None,
+                   help="codes by blockadmm.ops.nmf_mu_update (op; default mnist5k) or by the same updates on V Wᵀ, W Wᵀ computed "
+                        "once per solve (gram; default pairs)")
+    p.add_argument("--contrast", type=float, default=None, help="basis init: excess over this multiple of the mean feature (default 2)")
+    p.add_argument("--l1", type=float, default=None, help="l1 penalty on the codes in the NMF solve (default 0.1)")
+    p.add_argument("--window-stride", type=int, default=2, help="pairs: stride (feature cells; 4 px each) of the 28×28-pixel windows")
     p.add_argument("--pool-r", type=float, default=4.0, help="pairs: smooth-max (power mean) exponent pooling group energy over positions")
-    p.add_argument("--curriculum-epochs", type=int, default=0, help="pairs: epochs on single MNIST-5k digits (image-level labels) first, for DeepFacto and CAM")
+    p.add_argument("--curriculum-epochs", type=int, default=3, help="pairs: epochs on single MNIST-5k digits (image-level labels) first, for DeepFacto and CAM")
     p.add_argument("--cam-epochs", type=int, default=None, help="pairs: epochs of the CAM baseline on the canvases (default: --epochs)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--speed", action="store_true", help="also time backprop vs DeepFacto steps in interleaved rounds (metrics 'speed')")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.device != "cpu":
@@ -639,7 +732,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     out = a.out or os.path.join("runs", "deepfacto", a.data)
     os.makedirs(out, exist_ok=True)
-    epochs = a.epochs or (2 if a.quick else (12 if a.data == "mnist5k" else 15))
+    epochs = a.epochs or (2 if a.quick else (12 if a.data == "mnist5k" else 5))
     seeds = a.seeds or ([0] if (a.quick or a.data == "pairs") else [0, 1, 2])
     use_test = not a.select
     prog = not a.no_progress
@@ -654,7 +747,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    per_class=a.per_class or 5, sweeps=a.sweeps, use_test=use_test, baselines=(i == 0 and not a.no_baselines),
                                    progress=prog, n_train=1000 if a.quick else None, backend=a.backend,
                                    contrast=a.contrast if a.contrast is not None else 2.0, l1=a.l1 if a.l1 is not None else 0.1,
-                                   solver=a.nmf_solver)
+                                   solver=a.nmf_solver or "op")
                 runs[h].append(r)
         key = "test" if use_test else "val"
         for h, rs in runs.items():
@@ -690,12 +783,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         rs = []
         for seed in seeds:
-            rs.append(run_pairs(seed, epochs=epochs, batch_size=a.batch_size, per_class=a.per_class or 4, update_epochs=a.update_epochs,
+            rs.append(run_pairs(seed, epochs=epochs, batch_size=a.batch_size, per_class=a.per_class or 5, update_epochs=a.update_epochs,
                                 sweeps=a.sweeps, clutter=a.clutter, use_test=use_test, baselines=not a.no_baselines, progress=prog,
                                 n_train=a.n_train or (1000 if a.quick else 4000), n_test=a.n_test or (300 if a.quick else 1000),
-                                backend=a.backend, contrast=a.contrast if a.contrast is not None else 1.0,
-                                l1=a.l1 if a.l1 is not None else 0.0, solver=a.nmf_solver, pool_r=a.pool_r,
-                                curriculum_epochs=a.curriculum_epochs, cam_epochs=a.cam_epochs))
+                                backend=a.backend, contrast=a.contrast if a.contrast is not None else 2.0,
+                                l1=a.l1 if a.l1 is not None else 0.1, solver=a.nmf_solver or "gram", pool_r=a.pool_r,
+                                curriculum_epochs=a.curriculum_epochs, cam_epochs=a.cam_epochs, window_stride=a.window_stride))
         key = "test" if use_test else "val"
         for name in ("acc_both", "pointing", "disentangling", "cam_acc_both", "cam_pointing", "most_ink_pointing"):
             vals = [r[f"{key}_{name}"] for r in rs if f"{key}_{name}" in r]
@@ -708,8 +801,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         metrics["per_seed"] = [_clean({k: v for k, v in r.items() if k not in ("blocks", "df_maps", "cam_maps")}) for r in rs]
         r0 = rs[0]
         ds = r0["data"].test if use_test else r0["data"].val
-        fig_basis(r0["blocks"][1], os.path.join(out, "basis.png"), (64, 1, 1), feature_to_image=lambda w: w.view(8, 8).numpy(),
-                  title="NMF basis (channels as 8×8 grid)")
+        fig_basis(r0["blocks"][1], os.path.join(out, "basis.png"), (64, 7, 7),
+                  title="NMF basis (per-window components): energy over the 7×7 feature cells of a 28×28 window")
         H = codes_of(r0["blocks"], ds.X[:500])
         M = class_group_matrix(H, ds.Y[:500], r0["blocks"][1].group, 10)
         fig_matrix(M, os.path.join(out, "class_group_energy.png"), "share of code energy over canvases holding the class")
@@ -718,6 +811,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if "cam_maps" in r0:
             fns["CAM"] = r0["cam_maps"]
         fig_pairs(ds, fns, os.path.join(out, "pairs_maps.png"))
+    if a.speed:
+        metrics["speed"] = speed_benchmark()
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1, default=float)
     summary = {k: (v["mean"] if isinstance(v, dict) and "mean" in v else v) for k, v in metrics.items()
