@@ -362,4 +362,10 @@ def render_readme(all_results: Dict[str, dict], results_dir: str = "bench/result
         L.append(f"#### {title}: {latest['machine']['cpu'] if title == 'CPU' else latest['machine']['gpu']}")
         L.append("")
         L.append(render(latest, heading=False, plots_prefix=f"{results_dir}/"))
+        others = sorted((r for r in group if r is not latest), key=lambda r: r.get("started", ""), reverse=True)
+        if others:
+            L.append("")
+            L.append("Other runs: " + "; ".join(
+                f"[{r['machine']['name']}]({results_dir}/{r['machine']['name']}.md) (`{r['command']}`, {r.get('started')}, "
+                f"{r['machine'].get('torch_threads')} threads, load {r.get('load_avg', {}).get('start')})" for r in others) + ".")
     return "\n".join(L)
