@@ -14,6 +14,33 @@ def _n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def min_max_partition(costs: Sequence[float], parts: int) -> List[Tuple[int, int]]:
+    """Cut a sequence of costs into `parts` contiguous groups [lo, hi) minimising the largest group's sum
+    (dynamic programming; sequences here are a few dozen long)."""
+    n = len(costs)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot cut {n} items into {parts} non-empty contiguous groups")
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    arg = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for j in range(k, n + 1):
+            for i in range(k - 1, j):
+                cost = max(best[k - 1][i], prefix[j] - prefix[i])
+                if cost < best[k][j]:
+                    best[k][j], arg[k][j] = cost, i
+    groups, j = [], n
+    for k in range(parts, 0, -1):
+        i = arg[k][j]
+        groups.append((i, j))
+        j = i
+    return groups[::-1]
+
+
 def split_sequential(model: nn.Sequential, at: Sequence[int]) -> List[nn.Sequential]:
     """Cut `model` before each index in `at`: at=[2, 4] gives model[:2], model[2:4], model[4:]."""
     if not isinstance(model, nn.Sequential):
@@ -41,26 +68,8 @@ def split_balanced(model: nn.Sequential, n_blocks: int) -> List[nn.Sequential]:
         raise ValueError(f"cannot cut a model with {len(starts)} parametric layers into {n_blocks} blocks")
     bounds = starts + [len(model)]
     sizes = [sum(_n_params(model[j]) for j in range(a, b)) for a, b in zip(bounds, bounds[1:])]
-    # minimise the largest block by dynamic programming over unit boundaries (few units: cheap)
-    n = len(sizes)
-    prefix = [0]
-    for s in sizes:
-        prefix.append(prefix[-1] + s)
-    INF = float("inf")
-    best = [[INF] * (n + 1) for _ in range(n_blocks + 1)]
-    choice = [[0] * (n + 1) for _ in range(n_blocks + 1)]
-    best[0][0] = 0
-    for k in range(1, n_blocks + 1):
-        for j in range(k, n + 1):
-            for i in range(k - 1, j):
-                cost = max(best[k - 1][i], prefix[j] - prefix[i])
-                if cost < best[k][j]:
-                    best[k][j], choice[k][j] = cost, i
-    cut_units, j = [], n
-    for k in range(n_blocks, 0, -1):
-        j = choice[k][j]
-        cut_units.append(j)
-    cuts = [bounds[i] for i in sorted(cut_units)[1:]]
+    groups = min_max_partition(sizes, n_blocks)
+    cuts = [bounds[lo] for lo, _ in groups[1:]]
     return split_sequential(model, cuts)
 
 

@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import ops
+from .blocks import min_max_partition
 from .tables import TableMismatch, VariableTables
 from .trainer import ADMMConfig, BlockADMM, NonFiniteError, adam, default_optimizer
 
@@ -112,25 +113,7 @@ def partition_blocks(costs: Sequence[float], world: int) -> List[Tuple[int, int]
     if not 1 <= world <= n:
         raise ValueError(f"{n} blocks cannot be shared by {world} ranks: every rank needs at least one block "
                          f"(use at most {n} processes, or cut the model into more blocks)")
-    pre = [0.0]
-    for c in costs:
-        pre.append(pre[-1] + c)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(world + 1)]
-    arg = [[0] * (n + 1) for _ in range(world + 1)]
-    best[0][0] = 0.0
-    for r in range(1, world + 1):
-        for j in range(r, n + 1):
-            for i in range(r - 1, j):
-                v = max(best[r - 1][i], pre[j] - pre[i])
-                if v < best[r][j]:
-                    best[r][j], arg[r][j] = v, i
-    cuts, j = [], n
-    for r in range(world, 0, -1):
-        i = arg[r][j]
-        cuts.append((i, j))
-        j = i
-    return cuts[::-1]
+    return min_max_partition(costs, world)
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -707,18 +690,10 @@ class DistributedBlockADMM:
 
     def _update_rho(self, primal):
         """BlockADMM's adaptive penalty, per owned boundary (each rank decides for its own boundaries)."""
-        tr, cfg = self._t, self.config
-        if cfg.rho_schedule != "adaptive":
-            return
+        tr = self._t
         for k, r in zip(self.owned, primal):
-            tr._rho_window[k].append(r)
-            if len(tr._rho_window[k]) < cfg.rho_check_every:
-                continue
-            mean = sum(tr._rho_window[k]) / len(tr._rho_window[k])
-            tr._rho_window[k] = []
-            prev, tr._rho_prev[k] = tr._rho_prev[k], mean
-            if prev is not None and mean > cfg.rho_stall * prev and tr.rho[k] < cfg.rho_max:
-                new = min(tr.rho[k] * cfg.rho_factor, cfg.rho_max)
+            new = tr._rho_growth(k, r)
+            if new is not None:
                 if self.tables is not None:
                     self.tables.scale_duals(self.owned.index(k), tr.rho[k] / new)
                 for st in getattr(self, "_states", {}).values():  # scaled duals of batches still in flight

@@ -461,19 +461,26 @@ class BlockADMM:
             f"resume from the last checkpoint with a smaller learning rate, lr_z or rho."
         )
 
-    def _update_rho(self, primal: List[float]) -> None:
+    def _rho_growth(self, k: int, primal: float) -> Optional[float]:
+        """The adaptive schedule's decision for boundary k after a step: the new rho, or None to keep it."""
         cfg = self.config
         if cfg.rho_schedule != "adaptive":
-            return
+            return None
+        window = self._rho_window[k]
+        window.append(primal)
+        if len(window) < cfg.rho_check_every:
+            return None
+        mean = sum(window) / len(window)
+        self._rho_window[k] = []
+        prev, self._rho_prev[k] = self._rho_prev[k], mean
+        if prev is not None and mean > cfg.rho_stall * prev and self.rho[k] < cfg.rho_max:
+            return min(self.rho[k] * cfg.rho_factor, cfg.rho_max)
+        return None
+
+    def _update_rho(self, primal: List[float]) -> None:
         for k, r in enumerate(primal):
-            self._rho_window[k].append(r)
-            if len(self._rho_window[k]) < cfg.rho_check_every:
-                continue
-            mean = sum(self._rho_window[k]) / len(self._rho_window[k])
-            self._rho_window[k] = []
-            prev, self._rho_prev[k] = self._rho_prev[k], mean
-            if prev is not None and mean > cfg.rho_stall * prev and self.rho[k] < cfg.rho_max:
-                new = min(self.rho[k] * cfg.rho_factor, cfg.rho_max)
+            new = self._rho_growth(k, r)
+            if new is not None:
                 if self.tables is not None:
                     self.tables.scale_duals(k, self.rho[k] / new)  # scaled duals: u = y / rho
                 self.rho[k] = new
