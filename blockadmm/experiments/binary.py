@@ -137,10 +137,7 @@ def main(args) -> int:
     from tqdm.auto import tqdm
 
     C.setup_threads()
-    splits = C.load_data()
-    if args.train_size:
-        splits = C.bdata.DataSplits(C.subset(splits.train, args.train_size), splits.val, splits.test,
-                                    splits.input_shape, splits.num_classes, splits.name, splits.stats)
+    splits = C.load_data(train_size=args.train_size)
     depths = C.parse_list(args.depths, int) or ([2] if args.quick else [2, 4])
     methods = C.parse_list(args.methods) or list(METHODS)
     seeds = C.parse_list(args.seeds, int) or ([0] if args.quick else [0, 1, 2])

@@ -34,10 +34,7 @@ def main(args) -> int:
     from tqdm.auto import tqdm
 
     C.setup_threads()
-    splits = C.load_data()
-    if args.train_size:
-        splits = C.bdata.DataSplits(C.subset(splits.train, args.train_size), splits.val, splits.test,
-                                    splits.input_shape, splits.num_classes, splits.name, splits.stats)
+    splits = C.load_data(train_size=args.train_size)
     n_layers = args.depth + 1
     counts = C.parse_list(args.blocks, int) or ([1, 4, n_layers] if args.quick else [1, 2, 4, 8, n_layers])
     counts = [c for c in counts if 1 <= c <= n_layers]

@@ -41,12 +41,17 @@ def setup_threads() -> None:
 _DATA_CACHE: Dict[tuple, bdata.DataSplits] = {}
 
 
-def load_data(name: str = "mnist5k", val_fraction: float = 0.2) -> bdata.DataSplits:
-    """Train / val / test splits; val is carved from training data (hyperparameters are chosen on it)."""
+def load_data(name: str = "mnist5k", val_fraction: float = 0.2, train_size: Optional[int] = None) -> bdata.DataSplits:
+    """Train / val / test splits; val is carved from training data (hyperparameters are chosen on it).
+    `train_size` keeps the first n training samples, for quick runs."""
     key = (name, val_fraction)
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = bdata.load(name, val_fraction=val_fraction)
-    return _DATA_CACHE[key]
+    splits = _DATA_CACHE[key]
+    if train_size:
+        splits = bdata.DataSplits(subset(splits.train, train_size), splits.val, splits.test,
+                                  splits.input_shape, splits.num_classes, splits.name, splits.stats)
+    return splits
 
 
 def subset(ds: bdata.IndexedDataset, n: Optional[int]) -> bdata.IndexedDataset:

@@ -51,11 +51,7 @@ def main(args) -> int:
     from tqdm.auto import tqdm
 
     C.setup_threads()
-    splits = C.load_data()
-    train_size = args.train_size
-    if train_size:
-        splits = C.bdata.DataSplits(C.subset(splits.train, train_size), splits.val, splits.test,
-                                    splits.input_shape, splits.num_classes, splits.name, splits.stats)
+    splits = C.load_data(train_size=args.train_size)
     epochs = args.epochs or (3 if args.quick else 10)
     cells = grid(args)
     records = []
@@ -65,8 +61,8 @@ def main(args) -> int:
         rec = C.run_method(run, progress=bar)
         rec["recipe"] = C.admm_recipe(act, d)["preset"] if m.startswith("admm") else None
         records.append(rec)
-        C.write_results(args.out, "depth", records, meta(args, epochs, train_size, splits))  # partial results survive
-    C.write_results(args.out, "depth", records, meta(args, epochs, train_size, splits))
+        C.write_results(args.out, "depth", records, meta(args, epochs, args.train_size, splits))  # partial results survive
+    C.write_results(args.out, "depth", records, meta(args, epochs, args.train_size, splits))
     plot(records, args.out)
     print(summary(records))
     return 0
