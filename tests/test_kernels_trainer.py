@@ -38,7 +38,9 @@ def test_one_epoch_matches_torch_backend(small_digits, backend, device, mode, mo
     w, tr = _train(small_digits, backend, mode, device)
     assert calls.get("aux_dual_update", 0) > 0 and calls.get("linear_block_fwd_bwd", 0) > 0, calls
     assert torch.isfinite(w).all()
-    torch.testing.assert_close(w, w_ref, rtol=1e-4, atol=1e-5)
+    # Adam divides by sqrt(v): on a gradient component near zero, float32 rounding differences between
+    # kernels become a visible fraction of one step (lr 1e-3), hence atol 1e-4 over an epoch of steps
+    torch.testing.assert_close(w, w_ref, rtol=1e-4, atol=1e-4)
     if mode == "batch":  # the batch-mode tables went through the indexed kernel
         for k in range(len(tr.blocks) - 1):
             zt, zt_ref = tr.tables.z[k], tr_ref.tables.z[k]
