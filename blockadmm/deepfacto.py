@@ -2,6 +2,15 @@
 Block-ADMM (the NMF layer is never crossed by backprop). Supervised disentangling on MNIST-5k and weakly
 supervised localization on MNIST-5k pairs, with backprop baselines in the same run, metrics and figures.
 
+Recipes (chosen on validation splits):
+- supervised: flat conv features (unit norm) -> NMF (10 groups of 5, basis = each class's excess over twice the
+  mean feature vector, frozen; l1 = 0.1 on the codes) -> group-energy head (CE = -log true group share) or a
+  linear head on per-sample-normalized codes (started at the group sums, mirror steps clipped at 0.25);
+- weakly supervised pairs: the same flat recipe applied to 28×28-pixel windows of the canvas's conv features
+  (`WindowFeatures`), group energies pooled over windows by a smooth max (power mean, r = 4), multi-label
+  softmax loss on image-level labels; a 3-epoch curriculum on single MNIST-5k digits (image-level labels)
+  first. From scratch on the canvases alone, no variant tried separated the groups.
+
 `main(argv)` is the `blockadmm deepfacto` command.
 """
 from __future__ import annotations
@@ -708,7 +717,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--select", action="store_true", help="report validation metrics only (hyperparameter selection; test untouched)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--update-epochs", type=int, default=0, help="epochs in which the NMF basis is updated by multiplicative updates before it is frozen (0: frozen at its class-specific init, best on validation)")
-    p.add_argument("--per-class", type=int, default=None, help="components per class group (default 5 mnist5k, 4 pairs)")
+    p.add_argument("--per-class", type=int, default=None, help="components per class group (default 5)")
     p.add_argument("--sweeps", type=int, default=1)
     p.add_argument("--clutter", type=int, default=0, help="pairs: 8×8 fragments of clutter per canvas")
     p.add_argument("--n-train", type=int, default=None, help="pairs: training canvases (default 4000; --quick 1000)")

@@ -20,8 +20,14 @@ The k components are split into groups: `per_class` components for each of `n_cl
   target asks for, mapped through the basis (targeting the plain reconstruction (z + u) W instead
   collapses features and basis onto one direction);
 - `admm_aux_update`: the auxiliary step of the code boundary is a few exponentiated-gradient (mirror)
-  steps, z ← z ⊙ exp(-lr·∇), then each sample's codes are rescaled to keep its total code energy;
+  steps, z ← z ⊙ exp(-lr·∇), then each code vector (a sample's, or a sample's at one position for conv codes)
+  is rescaled to keep its total energy, so the steps move energy between components only;
 - `admm_set_epoch`: the trainer tells the block the epoch, which drives the freezing schedule.
+
+In training mode the block memoizes its last solve: a step asks for the codes of the same features twice (the
+forward pass, then the feature boundary's gradient at that point), and the second solve becomes a comparison.
+`solver="gram"` runs the same multiplicative updates of H with V Wᵀ and W Wᵀ computed once per solve instead
+of once per update (equal to the op's result up to rounding); the default goes through `ops.nmf_mu_update`.
 """
 from __future__ import annotations
 

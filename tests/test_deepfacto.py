@@ -140,3 +140,22 @@ def test_pooled_head_and_multilabel_loss():
     y = torch.tensor([[1.0, 1.0, 0.0]])
     logits = torch.tensor([[2.0, 2.0, -10.0]])
     assert float(multilabel_softmax_loss(logits, y)) == pytest.approx(np.log(2), abs=1e-3)
+
+
+def test_window_features_and_maps():
+    from blockadmm.deepfacto import WindowFeatures, feature_cnn, window_maps
+
+    torch.manual_seed(0)
+    wf = WindowFeatures(feature_cnn(1, flatten=False, normalize=False), stride=2)
+    with torch.no_grad():
+        single, canvas = wf(torch.rand(2, 1, 28, 28)), wf(torch.rand(2, 1, 64, 64))
+    assert single.shape == (2, 64 * 49, 1, 1) and canvas.shape == (2, 64 * 49, 5, 5)
+    assert torch.allclose(canvas.norm(dim=1), torch.ones(2, 5, 5), atol=1e-4)  # each window: unit norm
+    E = torch.zeros(1, 2, 5, 5)
+    E[0, 0, 1, 3] = 2.0  # class 0: window (row 1, col 3), centre (13.5 + 8, 13.5 + 24)
+    E[0, 1, 4, 0] = 1.0
+    m = window_maps(E, (64, 64), pixel_stride=8)
+    am = int(m[0, 0].argmax())
+    assert abs(am // 64 - 21.5) <= 1 and abs(am % 64 - 37.5) <= 1
+    am = int(m[0, 1].argmax())
+    assert abs(am // 64 - 45.5) <= 1 and abs(am % 64 - 13.5) <= 1
