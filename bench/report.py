@@ -178,6 +178,10 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
     la = res.get("load_avg", {})
     L.append(f"Load average (1/5/15 min) at start {la.get('start')}, at end {la.get('end')} "
              f"(the machine has {m['cores']} cores; a load above that means other work shared it).")
+    if m.get("torch_threads") and m.get("cores") and m["torch_threads"] < m["cores"]:
+        L.append(f"Run with {m['torch_threads']} thread(s) on {m['cores']} cores (`--threads`): with other work on the "
+                 "machine, multi-threaded BLAS and OpenMP regions stall whenever one of their threads is descheduled, "
+                 "so single-thread numbers are the stable ones; limits and rows use the same thread count.")
     if not res.get("timing", True):
         L.append("")
         L.append("**Timing disabled** (`--no-timing`): every path ran once on tiny sizes; no speed below is meaningful.")
@@ -200,6 +204,9 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
     L.append("")
     L.append("**Ops** (min of the rounds; fraction of the limit: GB/s ÷ copy GB/s for the memory-bound aux/dual update, "
              "GFLOP/s ÷ `torch.mm` GFLOP/s for the GEMM-bound NMF update and linear block)")
+    L.append("")
+    L.append("A fraction above 1 means the row beat the reference: cache-resident sizes, or (aux/dual) more "
+             "concurrent memory streams than one copy keeps in flight.")
     L.append("")
     L.append("| op | size | shape | impl | device | ms | GB/s or GFLOP/s | of limit | × eager | × compile |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")
