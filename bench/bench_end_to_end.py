@@ -3,8 +3,8 @@
     pytest bench/bench_end_to_end.py -s     (or: python -m bench)
 
 The foundation issue's default run: MLP 784-256-256-10 cut into 3 blocks, MNIST-5k (4000 train /
-1000 test), batch 100, Adam 1e-3 per block, 10 epochs, the trainer's defaults otherwise (sweeps=2,
-lr_z=0.5, top-down). Backprop is the same trainer with no blocks and sweeps=1, which is exactly plain
+1000 test), batch 100, Adam 1e-3 per block, 10 epochs, the trainer's defaults otherwise, whatever they
+are when the bench runs (the sweeps are recorded per method). Backprop is the same trainer with no blocks and sweeps=1, which is exactly plain
 training with the same optimizer. All three start from the same initial weights and see the same
 batches (as `blockadmm train` does).
 

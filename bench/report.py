@@ -257,12 +257,12 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
                  "training-loop time over the epochs; time-to-accuracy = training seconds until the test accuracy "
                  f"(taken every {any_.get('eval_every', '?')} mini-batches, outside the timing) first reaches the target)")
         L.append("")
-        L.append("| method | epoch s | × backprop | final test acc | best test acc | " +
+        L.append("| method | sweeps | epoch s | × backprop | final test acc | best test acc | " +
                  " | ".join(f"time to {100 * float(t):.0f}%" for t in tgts) + " |")
-        L.append("|---|---|---|---|---|" + "---|" * len(tgts))
+        L.append("|---|---|---|---|---|---|" + "---|" * len(tgts))
         for name, r in e2e.items():
             tta = " | ".join(_f(r["tta"][t], "{:.2f} s", "not reached") for t in tgts)
-            L.append(f"| {name} | {_f(r['epoch_s'], '{:.3f}')} | {_x(r.get('epoch_vs_backprop'))} | "
+            L.append(f"| {name} | {r.get('sweeps', '')} | {_f(r['epoch_s'], '{:.3f}')} | {_x(r.get('epoch_vs_backprop'))} | "
                      f"{100 * r['final_test_acc']:.1f}% | {100 * r['best_test_acc']:.1f}% | {tta} |")
     if plots_prefix is not None and res.get("plots"):
         L.append("")
