@@ -51,6 +51,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: a Block-ADMM step is many small ops; on a 2-core machine "
+                        "shared with one other process, 2 threads ran 40x slower per step than 1)")
     p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
     p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png and checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT")
@@ -98,6 +101,7 @@ def cmd_train(args) -> int:
             print_table(json.load(f))
         return 0
     load_start = os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
