@@ -953,6 +953,9 @@ def _worker(rank, fn, nproc, init_method, backend, threads, timeout, args, kwarg
     init_distributed(backend, init_method=init_method, rank=rank, world_size=nproc, timeout=timeout)
     try:
         fn(*args, **kwargs)
+        # every rank done before any tears the group down: a rank destroying it while a peer still has
+        # messages in flight aborts that peer ("terminate called without an active exception")
+        dist.barrier()
     finally:
         if dist.is_initialized():
             try:
