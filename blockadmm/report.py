@@ -102,6 +102,9 @@ def update_readme(readme: str = "README.md", results: str = "results") -> List[s
             body = render_train_results(json.load(f), train)
         text = replace_section(text, "train-results", body + f"\n\n![curves]({os.path.dirname(train)}/curves.png)")
         done.append(train)
+    if "<!-- deepfacto:start -->" in text:
+        text = replace_section(text, "deepfacto", render_deepfacto(results))
+        done.append(os.path.join(results, "deepfacto"))
     experiments = os.path.join(results, "experiments")
     if os.path.isdir(experiments):
         text = experiments_report.rewrite(text, experiments_report.render(experiments))
@@ -109,3 +112,59 @@ def update_readme(readme: str = "README.md", results: str = "results") -> List[s
     with open(readme, "w") as f:
         f.write(text)
     return done
+
+
+def _pct(stat: dict) -> str:
+    """'mean% (worst w%; per seed a/b/c)' from a {mean, min, per_seed} record."""
+    seeds = "/".join(f"{100 * v:.1f}" for v in stat["per_seed"])
+    return f"{100 * stat['mean']:.1f}% (worst {100 * stat['min']:.1f}; seeds {seeds})"
+
+
+def render_deepfacto(results: str) -> str:
+    """Markdown for the DeepFacto runs under results/deepfacto/<data>/metrics.json."""
+    import json
+    import os
+
+    lines = []
+    sup = os.path.join(results, "deepfacto", "mnist5k", "metrics.json")
+    if os.path.exists(sup):
+        with open(sup) as f:
+            m = json.load(f)
+        folder = os.path.dirname(sup)
+        lines += [
+            f"**Supervised disentangling, MNIST-5k** ({m['epochs']} epochs, seeds {m['seeds']}; "
+            f"`python -m blockadmm.deepfacto --data mnist5k --epochs {m['epochs']} --seeds {' '.join(map(str, m['seeds']))} "
+            f"--head both --out {folder}`; {sup})",
+            "",
+            "| model | test acc | disentangling |",
+            "|---|---|---|",
+            f"| DeepFacto, group-energy head | {_pct(m['deepfacto_energy']['test_acc'])} | {_pct(m['deepfacto_energy']['test_disentangling'])} |",
+            f"| DeepFacto, linear head on pooled codes | {_pct(m['deepfacto_linear']['test_acc'])} | {_pct(m['deepfacto_linear']['test_disentangling'])} |",
+            f"| backprop: same features + linear head | {_pct(m['backprop_linear']['test_acc'])} | — |",
+            f"| backprop: features + GAP + linear (CAM net) | {_pct(m['backprop_gap_cam']['test_acc'])} | — |",
+            "",
+            f"Epoch time of DeepFacto / backprop of the same feature network: "
+            + ", ".join(f"{k} head {v:.2f}×" for k, v in m["epoch_time_ratio"].items()) + ".",
+            "",
+            f"![basis]({folder}/basis.png) ![class × group energy]({folder}/class_group_energy.png)",
+            "",
+        ]
+    pairs = os.path.join(results, "deepfacto", "pairs", "metrics.json")
+    if os.path.exists(pairs):
+        with open(pairs) as f:
+            m = json.load(f)
+        folder = os.path.dirname(pairs)
+        lines += [
+            f"**Weak supervision, MNIST-5k pairs** (64×64 canvases with two digits of different classes, image-level "
+            f"labels only; {m['epochs']} epochs, seeds {m['seeds']}; `python -m blockadmm.deepfacto --data pairs "
+            f"--epochs {m['epochs']} --seeds {' '.join(map(str, m['seeds']))} --out {folder}`; {pairs})",
+            "",
+            "| method | pointing game | both labels right |",
+            "|---|---|---|",
+            f"| DeepFacto (class group code maps) | {_pct(m['test_pointing'])} | {_pct(m['test_acc_both'])} |",
+            f"| CAM of a multi-label CNN (backprop) | {_pct(m['test_cam_pointing'])} | {_pct(m['test_cam_acc_both'])} |",
+            f"| most ink | {_pct(m['test_most_ink_pointing'])} | — |",
+            "",
+            f"![code maps]({folder}/pairs_maps.png)",
+        ]
+    return "\n".join(lines).rstrip() if lines else "(no DeepFacto results yet)"
