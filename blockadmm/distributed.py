@@ -340,7 +340,7 @@ class DistributedBlockADMM:
                              f"group of the {self.B} blocks, in order")
 
     def _make_task_costs(self, counts):
-        R, B, parts = self.world, self.B, self.partition
+        B, parts = self.B, self.partition
 
         def cost(r, kind):
             lo, hi = parts[r]
@@ -532,7 +532,7 @@ class DistributedBlockADMM:
     def _task_forward(self, t, batch):
         x, y = batch[0].to(self.device), batch[1].to(self.device)
         index = batch[2] if len(batch) > 2 else None
-        tr, B = self._t, self.B
+        tr = self._t
         tr._check_batch(x, y, None)  # shapes and labels, on every rank (the last one computes the loss)
         if self.mode == "batch":
             if index is None:

@@ -143,7 +143,7 @@ def render_deepfacto(results: str) -> str:
             f"| backprop: same features + linear head | {_pct(m['backprop_linear']['test_acc'])} | — |",
             f"| backprop: features + GAP + linear (CAM net) | {_pct(m['backprop_gap_cam']['test_acc'])} | — |",
             "",
-            f"Epoch time of DeepFacto / backprop of the same feature network: "
+            "Epoch time of DeepFacto / backprop of the same feature network: "
             + ", ".join(f"{k} head {v:.2f}×" for k, v in m["epoch_time_ratio"].items()) + ".",
             "",
             f"![basis]({folder}/basis.png) ![class × group energy]({folder}/class_group_energy.png)",
