@@ -156,8 +156,10 @@ def render_deepfacto(results: str) -> str:
         folder = os.path.dirname(pairs)
         lines += [
             f"**Weak supervision, MNIST-5k pairs** (64×64 canvases with two digits of different classes, image-level "
-            f"labels only; {m['epochs']} epochs, seeds {m['seeds']}; `python -m blockadmm.deepfacto --data pairs "
-            f"--epochs {m['epochs']} --seeds {' '.join(map(str, m['seeds']))} --out {folder}`; {pairs})",
+            f"labels only; {m['args'].get('curriculum_epochs') or 0} epochs on single MNIST-5k digits first (image-level "
+            f"labels, no boxes), then {m['epochs']} epochs on canvases; seeds {m['seeds']}; "
+            f"`python -m blockadmm.deepfacto --data pairs --epochs {m['epochs']} --seeds {' '.join(map(str, m['seeds']))} "
+            f"--cam-epochs {m['args'].get('cam_epochs')} --out {folder}`; {pairs})",
             "",
             "| method | pointing game | both labels right |",
             "|---|---|---|",
