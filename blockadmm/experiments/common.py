@@ -178,13 +178,16 @@ def epoch_loop(run: Run, blocks: List[nn.Module], step: Callable, forward: Calla
 
 
 # ------------------------------------------------------------------------------------------ runners
+def model_and_blocks(run: Run, blocks_factory=None):
+    """(model, blocks) for a run: the experiment's own factory, or the MLP of the run, one layer per block."""
+    if blocks_factory is not None:
+        return blocks_factory(run)
+    model, cuts = build_mlp(run, run.splits.train.input_shape[0], run.splits.num_classes)
+    return model, block_list(model, cuts)
+
+
 def run_backprop(run: Run, optimizer: str = "sgd", lr: Optional[float] = None, blocks_factory=None, progress=None) -> dict:
-    sp = run.splits
-    if blocks_factory is None:
-        model, cuts = build_mlp(run, sp.train.input_shape[0], sp.num_classes)
-        blocks = block_list(model, cuts)
-    else:
-        model, blocks = blocks_factory(run)
+    model, blocks = model_and_blocks(run, blocks_factory)
     lr = lr if lr is not None else (0.1 if optimizer == "sgd" else 1e-3)
     opt = torch.optim.SGD(model.parameters(), lr=lr) if optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -220,12 +223,7 @@ def make_admm(run: Run, blocks: List[nn.Module], mode: str, constraints=None, we
 
 
 def run_admm(run: Run, mode: str = "online", blocks_factory=None, constraints=None, progress=None) -> dict:
-    sp = run.splits
-    if blocks_factory is None:
-        model, cuts = build_mlp(run, sp.train.input_shape[0], sp.num_classes)
-        blocks = block_list(model, cuts)
-    else:
-        _, blocks = blocks_factory(run)
+    _, blocks = model_and_blocks(run, blocks_factory)
     trainer = make_admm(run, blocks, mode, constraints)
 
     def step(x, y, index):
@@ -251,11 +249,7 @@ class _Head(nn.Module):
 def run_local_greedy(run: Run, lr: float = 1e-3, blocks_factory=None, progress=None) -> dict:
     """Every block trained on its own linear head's cross-entropy; inputs detached between blocks."""
     sp = run.splits
-    if blocks_factory is None:
-        model, cuts = build_mlp(run, sp.train.input_shape[0], sp.num_classes)
-        blocks = block_list(model, cuts)
-    else:
-        model, blocks = blocks_factory(run)
+    model, blocks = model_and_blocks(run, blocks_factory)
     shapes, h = [], torch.zeros(1, *sp.train.input_shape)
     with torch.no_grad():
         for b in blocks:
