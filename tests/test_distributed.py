@@ -48,7 +48,7 @@ def _single(hidden, mode, order, epochs=EPOCHS):
 # ------------------------------------------------------------------------------------------ workers
 def _worker(rank, world, init, out, cases):
     torch.set_num_threads(1)
-    from blockadmm.distributed import DistributedBlockADMM, init_distributed
+    from blockadmm.distributed import DistributedBlockADMM, exit_worker, init_distributed
 
     init_distributed("gloo", init_method=init, rank=rank, world_size=world, timeout=60)
     try:
@@ -72,6 +72,8 @@ def _worker(rank, world, init, out, cases):
                 return
             torch.save({"blocks": {k: b.state_dict() for k, b in tr.owned_blocks().items()}, "hist": hist},
                        os.path.join(out, f"{case['name']}-rank{rank}.pt"))
+        if not any(c.get("fault") for c in cases):
+            exit_worker()
     finally:
         import torch.distributed as dist
 
