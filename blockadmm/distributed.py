@@ -102,10 +102,19 @@ def _param_count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters()) or 1
 
 
-def block_costs(blocks: Sequence[nn.Module]) -> List[float]:
-    """Relative work per block and sweep: weight step (2), dual step (1), gradient for the input (2)."""
-    p = [float(_param_count(b)) for b in blocks]
-    return [3 * p[k] + (2 * p[k] if k > 0 else 0.0) for k in range(len(p))]
+def step_costs(blocks: Sequence[nn.Module], fused: Sequence) -> List[Dict[str, float]]:
+    """Relative work of each block per sweep, in units of one forward through it: its weight step ("w"),
+    its dual step's forward ("d") and the gradient for its input ("g"). A fused linear block takes its
+    first weight step on block 0 (whose input never moves) and the gradient for its input from the kept
+    forward, so each is one GEMM fewer; the last block's input gradient is that of the task loss."""
+    B = len(blocks)
+    out = []
+    for k, b in enumerate(blocks):
+        p = float(_param_count(b))
+        kept = fused[k] is not None and k < B - 1
+        out.append({"w": p * (1 if kept and k == 0 else 2), "d": p if k < B - 1 else 0.0,
+                    "g": 0.0 if k == 0 else p * (1 if kept else 2)})
+    return out
 
 
 def partition_blocks(costs: Sequence[float], world: int) -> List[Tuple[int, int]]:
@@ -296,9 +305,8 @@ class DistributedBlockADMM:
         if self.staleness < 0:
             raise ValueError(f"staleness must be >= 0, got {staleness}")
         self.B = t.n_blocks
-        costs = block_costs(t.blocks)
-        counts = [float(_param_count(b)) for b in t.blocks]
-        self.partition = [tuple(p) for p in (partition or partition_blocks(costs, self.world))]
+        costs = step_costs(t.blocks, t._fused)
+        self.partition = [tuple(p) for p in (partition or partition_blocks([sum(c.values()) for c in costs], self.world))]
         self._check_partition()
         self.lo, self.hi = self.partition[self.rank]
         for k in range(self.B):  # drop the blocks other ranks own
@@ -322,7 +330,7 @@ class DistributedBlockADMM:
         self._down = dist.new_group(list(range(self.world)), timeout=datetime.timedelta(seconds=self.timeout))
         self._store = _default_store()
         # task costs for the list schedule, from this model (identical on every rank)
-        self._task_costs = self._make_task_costs(counts)
+        self._task_costs = self._make_task_costs(costs)
         self.step_count = 0
         self.epoch = 0
         self.epoch_step = 0  # batches of the current epoch done
@@ -340,22 +348,22 @@ class DistributedBlockADMM:
             raise ValueError(f"partition {parts} must give each of the {self.world} ranks a non-empty contiguous "
                              f"group of the {self.B} blocks, in order")
 
-    def _make_task_costs(self, counts):
+    def _make_task_costs(self, costs):
         B, parts = self.B, self.partition
 
         def cost(r, kind):
             lo, hi = parts[r]
             bnd = [k for k in range(lo, hi) if k < B - 1]
-            p = counts
-            g_internal = sum(2 * p[k + 1] for k in bnd if k + 1 < hi)
-            g_down = 2 * p[lo] if r > 0 else 0.0
+            fwd = sum(costs[k]["d"] for k in bnd)  # a forward through each block with an output boundary
+            g_internal = sum(costs[k + 1]["g"] for k in bnd if k + 1 < hi)
+            g_down = costs[lo]["g"] if r > 0 else 0.0
             if kind == "F":
-                return sum(p[k] for k in bnd) + 1.0
+                return fwd + 1.0
             if kind in ("D", "A"):
-                extra = sum(3 * p[k] for k in range(lo, hi)) if kind == "A" else 0.0
+                extra = sum(costs[k]["w"] + costs[k]["d"] for k in range(lo, hi)) if kind == "A" else 0.0
                 return g_internal + (g_down if kind == "D" else 0.0) + extra + 1.0
             if kind == "U":
-                return sum(2 * p[k] for k in range(lo, hi)) + sum(p[k] for k in bnd) + 1.0
+                return sum(costs[k]["w"] for k in range(lo, hi)) + fwd + 1.0
             if kind == "G":
                 return g_down + 1.0
             raise ValueError(kind)
@@ -580,23 +588,23 @@ class DistributedBlockADMM:
         return st
 
     def _grad_from(self, st, k, zsrc, usrc):
-        return self._t._consumer_grad_fn(k, zsrc, usrc, st["y"], self.config.order == "jacobi")
+        return self._t._consumer_grad_fn(k, zsrc, usrc, st["y"], self.config.order == "jacobi", st["a"].get(k + 1))
 
     def _cut_grad(self, st, z_lo_minus_1, zsrc, usrc):
         """Gradient of this rank's bottom block's term in its input (for the rank below)."""
         B, lo = self.B, self.lo
         z_next = zsrc[lo] if lo < B - 1 else None
         u_next = usrc[lo] if lo < B - 1 else None
-        return self._t._next_term_grad(lo - 1, z_lo_minus_1, z_next, u_next, st["y"])
+        return self._t._next_term_grad(lo - 1, z_lo_minus_1, z_next, u_next, st["y"], out=st["a"].get(lo))
 
     # Gauss-Seidel top-down: the gradient wave down, then the weight and dual steps once z_{lo-1} is new
     def _task_D(self, st, s):
         tr, B = self._t, self.B
         z, u, a_cache = st["z"], st["u"], st["a"]
         for k in reversed(self.owned):
-            a = a_cache.get(k)
-            if a is None:
-                a = tr._forward(k, self._inputs(st, k))
+            if a_cache.get(k) is None:
+                a_cache[k] = tr._forward(k, self._inputs(st, k))
+            a = a_cache[k]
             if k == self.hi - 1 and self.rank < self.world - 1:
                 g_top = self._above.get((st["t"], "D", s), "the gradient from above")
                 grad_fn = lambda zk, g=g_top: g  # noqa: E731 - fixed for the k_z steps of this sweep
@@ -632,9 +640,9 @@ class DistributedBlockADMM:
         top_remote = self.rank < self.world - 1
         local = [k for k in reversed(self.owned) if not (top_remote and k == self.hi - 1)]
         for k in local + ([self.hi - 1] if top_remote else []):
-            a = a_cache.get(k)
-            if a is None:
-                a = tr._forward(k, self._inputs(st, k, src=True))
+            if a_cache.get(k) is None:
+                a_cache[k] = tr._forward(k, self._inputs(st, k, src=True))
+            a = a_cache[k]
             if top_remote and k == self.hi - 1:
                 g_top = self._above.get((st["t"], "G", s), "the gradient from above")
                 grad_fn = lambda zk, g=g_top: g  # noqa: E731
@@ -648,9 +656,10 @@ class DistributedBlockADMM:
     def _weight_and_dual(self, st, src):
         tr, cfg, B = self._t, self.config, self.B
         z, u = st["z"], st["u"]
-        for _ in range(cfg.k_w):
+        for it in range(cfg.k_w):  # a kept forward (st["a"]) serves the first of the k_w steps
             losses = [tr._local_loss_and_grads(k, self._inputs(st, k, src), z[k] if k < B - 1 else None,
-                                               u[k] if k < B - 1 else None, st["y"]) for k in range(self.lo, self.hi)]
+                                               u[k] if k < B - 1 else None, st["y"],
+                                               out=st["a"].get(k) if it == 0 else None) for k in range(self.lo, self.hi)]
             self._check_finite(losses, "loss", st)
             for k in range(self.lo, self.hi):
                 if tr.optimizers[k] is not None:

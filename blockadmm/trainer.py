@@ -29,6 +29,7 @@ from torch import nn
 from . import ops
 from .blocks import check_chain, fusable_linear, make_blocks
 from .prox import as_prox
+from .ref.linear_block import derivative_from_output
 from .tables import TableMismatch, VariableTables
 
 ORDERS = ("top-down", "bottom-up", "jacobi")
@@ -267,11 +268,23 @@ class BlockADMM:
         with torch.no_grad():
             return self.blocks[k](inp)
 
-    def _next_term_grad(self, k, zk, z_next, u_next, y):
-        """Per-sample gradient in z_k of the term that consumes it: block k+1's ADMM term or the task loss."""
+    def _cached_term(self, k, out, z, u):
+        """(r, r * act'(pre)) of fused linear block k from its kept output out = f_k(input), r = out - z - u:
+        what its ADMM term's gradients need, without the forward GEMM."""
+        _, act = self._fused[k]
+        r = out - z - u
+        return r, r * derivative_from_output(out, act)
+
+    def _next_term_grad(self, k, zk, z_next, u_next, y, out=None):
+        """Per-sample gradient in z_k of the term that consumes it: block k+1's ADMM term or the task loss.
+        out: block k+1's output at this z_k with its current weights, when the caller kept it (a fused
+        linear block then needs one GEMM instead of a forward and a backward)."""
         consumer = self.blocks[k + 1]
         if hasattr(consumer, "admm_input_grad"):  # a block that is not differentiated through (e.g. NMF)
             return consumer.admm_input_grad(zk, z_next, u_next, rho=self.rho[k + 1] if k + 1 < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn)
+        if out is not None and self._fused[k + 1] is not None and k + 1 < self.n_blocks - 1:
+            _, gpre = self._cached_term(k + 1, out, z_next, u_next)
+            return (self.rho[k + 1] * gpre) @ self._fused[k + 1][0].weight.detach()
         zk = zk.detach().requires_grad_(True)
         with torch.enable_grad():
             out = self.blocks[k + 1](zk)
@@ -282,13 +295,24 @@ class BlockADMM:
         (g,) = torch.autograd.grad(obj, zk)
         return g
 
-    def _local_loss_and_grads(self, k, inp, target, dual, y):
-        """Block k's own term; leaves gradients in its parameters and returns the loss."""
+    def _local_loss_and_grads(self, k, inp, target, dual, y, out=None):
+        """Block k's own term; leaves gradients in its parameters and returns the loss.
+        out: f_k(inp) with the current weights when the caller kept it (a fused linear block then skips
+        its forward)."""
         block = self.blocks[k]
         if hasattr(block, "admm_local_step"):  # a block with its own update rule (e.g. NMF multiplicative updates)
             return block.admm_local_step(inp, target, dual, rho=self.rho[k] if k < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn).detach()
         self.optimizers[k].zero_grad(set_to_none=True)
         fused = self._fused[k]
+        if k < self.n_blocks - 1 and fused is not None and out is not None:
+            lin = fused[0]
+            m = inp.shape[0]
+            r, gpre = self._cached_term(k, out, target, dual)
+            gp = (self.rho[k] / m) * gpre
+            lin.weight.grad = gp.T @ inp
+            if lin.bias is not None:
+                lin.bias.grad = gp.sum(0)
+            return (self.rho[k] / (2 * m)) * r.float().square().sum()
         if k < self.n_blocks - 1 and fused is not None:
             lin, act = fused
             # the op's residual is out - z + u; ours is out - z - u (DESIGN §1's sign of u), hence -u
@@ -308,17 +332,24 @@ class BlockADMM:
             loss.backward()
         return loss.detach()
 
-    def _consumer_grad_fn(self, k, z_src, u_src, y, jacobi):
+    def _consumer_grad_fn(self, k, z_src, u_src, y, jacobi, out=None):
         """grad_fn(z_k): the gradient in z_k of the term that consumes boundary k (block k+1's term or the
         task loss), reading z_{k+1}, u_{k+1} from z_src, u_src; under jacobi it is evaluated once, at the
-        sweep-start z_src[k], and that value is returned for every call."""
+        sweep-start z_src[k], and that value is returned for every call. out: block k+1's output at the
+        z_k of the first call, when kept (later calls see a moved z_k and run the block)."""
         B = self.n_blocks
         z_next = z_src[k + 1] if k + 1 < B - 1 else None
         u_next = u_src[k + 1] if k + 1 < B - 1 else None
         if jacobi:
-            g0 = self._next_term_grad(k, z_src[k], z_next, u_next, y)
+            g0 = self._next_term_grad(k, z_src[k], z_next, u_next, y, out=out)
             return lambda zk: g0
-        return lambda zk: self._next_term_grad(k, zk, z_next, u_next, y)
+        first = [out]
+
+        def grad_fn(zk):
+            o, first[0] = first[0], None
+            return self._next_term_grad(k, zk, z_next, u_next, y, out=o)
+
+        return grad_fn
 
     def _boundary_aux_step(self, k, zk, uk, a, grad_fn, adam_state):
         """Boundary k's auxiliary step (`k_z` steps), in place on zk, with a = f_k(its input) and grad_fn(zk)
@@ -379,16 +410,20 @@ class BlockADMM:
             # 1. auxiliary step, boundary by boundary
             boundaries = range(B - 2, -1, -1) if cfg.order != "bottom-up" else range(B - 1)
             for k in boundaries:
-                a = a_cache[k] if a_cache[k] is not None else self._forward(k, inputs(k))
+                if a_cache[k] is None:
+                    a_cache[k] = self._forward(k, inputs(k))
+                a = a_cache[k]
                 # jacobi: the gradient from above is that of the sweep start; Gauss-Seidel: at the current z_k
-                self._boundary_aux_step(k, z[k], u[k], a, self._consumer_grad_fn(k, z_src, u_src, y, jacobi), adam_state)
+                out_next = a_cache[k + 1] if k + 1 < B - 1 else None
+                self._boundary_aux_step(k, z[k], u[k], a, self._consumer_grad_fn(k, z_src, u_src, y, jacobi, out_next), adam_state)
                 if not jacobi and k + 1 < B - 1:
                     a_cache[k + 1] = None
 
-            # 2. weight step, every block on its own term
-            for _ in range(cfg.k_w):
+            # 2. weight step, every block on its own term (a kept forward serves the first of the k_w steps)
+            for it in range(cfg.k_w):
                 sweep_losses = [
-                    self._local_loss_and_grads(k, inputs(k), z[k] if k < B - 1 else None, u[k] if k < B - 1 else None, y)
+                    self._local_loss_and_grads(k, inputs(k), z[k] if k < B - 1 else None, u[k] if k < B - 1 else None, y,
+                                               out=a_cache[k] if it == 0 and k < B - 1 else None)
                     for k in range(B)
                 ]
                 self._raise_if_nonfinite(sweep_losses, "loss", x)

@@ -138,3 +138,13 @@ def test_op_argument_errors():
         ops.aux_dual_update(zt, zt.clone(), zt.contiguous(), rho=1, lr=1)
     with pytest.raises(ValueError, match="H \\(n×k\\)"):
         ops.nmf_mu_update(torch.rand(5, 4), torch.rand(5, 2), torch.rand(3, 4))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_derivative_from_output_matches_derivative_of_pre(activation):
+    from blockadmm.ref.linear_block import activation_and_derivative, derivative_from_output
+
+    pre = torch.randn(37, 19) * 3
+    pre[0, :5] = 0.0  # the kink of relu / leaky relu: both sides take derivative 0 / slope there
+    out, dact = activation_and_derivative(pre, activation)
+    torch.testing.assert_close(derivative_from_output(out, activation), dact, rtol=1e-5, atol=1e-6)

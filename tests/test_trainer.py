@@ -66,15 +66,29 @@ def test_hidden_blocks_learn_in_online_mode_with_one_sweep(digits):
         assert moved > 1e-5, f"block {k} did not move in its first step"
 
 
-def test_fused_linear_path_matches_autograd(digits):
-    model, cuts = small_mlp(activation="tanh")
-    a = BlockADMM(copy.deepcopy(model), blocks=cuts, input_shape=(64,), fused_linear=True)
-    b = BlockADMM(copy.deepcopy(model), blocks=cuts, input_shape=(64,), fused_linear=False)
-    assert a._fused[0] == (a.blocks[0][0], "tanh") and b._fused[0] is None
-    for x, y, _ in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:5]:
-        sa, sb = a.step(x, y), b.step(x, y)
+@pytest.mark.parametrize("activation,order,mode,k_z,k_w", [
+    ("tanh", "top-down", "online", 1, 1), ("relu", "top-down", "batch", 1, 1), ("sigmoid", "bottom-up", "online", 2, 1),
+    ("leaky_relu", "jacobi", "online", 1, 2), ("relu", "jacobi", "batch", 2, 2), ("tanh", "bottom-up", "batch", 1, 2),
+])
+def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, order, mode, k_z, k_w):
+    """The fused path, including the gradients it takes from kept forwards (the weight step of block 0, the
+    first gradient through each hidden block), against plain autograd on every block."""
+    model, cuts = small_mlp(activation=activation, hidden=(32, 24, 16))
+    # SGD: Adam would amplify the last-bit differences of near-zero gradients into visible ones
+    kw = dict(blocks=cuts, input_shape=(64,), mode=mode, num_samples=len(digits.train), order=order, k_z=k_z, k_w=k_w, sweeps=3,
+              optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
+    b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
+    assert a._fused[0] == (a.blocks[0][0], activation) and b._fused[0] is None
+    op_rows = []  # rows of x passed to the fused op: block 0's (64 columns) come only from forwards not kept
+    real_op = ops.linear_block_fwd_bwd
+    monkeypatch.setattr(ops, "linear_block_fwd_bwd", lambda x, *args, **kws: (op_rows.append(x.shape[1]), real_op(x, *args, **kws))[1])
+    for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:5]:
+        sa, sb = a.step(x, y, i), b.step(x, y, i)
         assert sa.loss == pytest.approx(sb.loss, rel=1e-4)
     torch.testing.assert_close(weights(a), weights(b), rtol=1e-4, atol=1e-5)
+    # block 0's input never changes within a step: its first weight step per sweep reuses the kept forward
+    assert op_rows.count(64) == 5 * 3 * (k_w - 1)
 
 
 @pytest.mark.parametrize("storage", ["device", "memmap"])

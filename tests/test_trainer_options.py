@@ -62,10 +62,10 @@ def _one_aux_move(aux_step, lr_z=0.1):
     seen = {}
     orig = tr._local_loss_and_grads
 
-    def spy(k, inp, target, dual, y_):
+    def spy(k, inp, target, dual, y_, **kw):
         if k == 0:
             seen["z"] = target.clone()
-        return orig(k, inp, target, dual, y_)
+        return orig(k, inp, target, dual, y_, **kw)
 
     tr._local_loss_and_grads = spy
     tr.step(x, y)
@@ -102,6 +102,6 @@ def test_adam_aux_step_applies_prox():
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), aux_step="adam", constraints={0: "nonneg"}, sweeps=1, dual_step=0.0)
     seen = {}
     orig = tr._local_loss_and_grads
-    tr._local_loss_and_grads = lambda k, i, t, d, yy: (seen.setdefault(k, t), orig(k, i, t, d, yy))[1]
+    tr._local_loss_and_grads = lambda k, i, t, d, yy, **kw: (seen.setdefault(k, t), orig(k, i, t, d, yy, **kw))[1]
     tr.step(x, y)
     assert float(seen[0].min()) >= 0.0

@@ -31,6 +31,22 @@ def activation_and_derivative(pre: torch.Tensor, activation: str):
     raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
 
 
+def derivative_from_output(out: torch.Tensor, activation: str) -> torch.Tensor:
+    """act'(pre) from out = act(pre) alone, for the activations above (each is monotone, so the output
+    determines the derivative): lets a caller that kept a block's output skip the forward GEMM."""
+    if activation == "identity":
+        return torch.ones_like(out)
+    if activation == "relu":
+        return (out > 0).to(out.dtype)
+    if activation == "leaky_relu":
+        return torch.where(out > 0, 1.0, LEAKY_SLOPE).to(out.dtype)
+    if activation == "sigmoid":
+        return out * (1 - out)
+    if activation == "tanh":
+        return 1 - out * out
+    raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+
+
 def linear_block_fwd_bwd(
     x: torch.Tensor,
     weight: torch.Tensor,
