@@ -611,6 +611,7 @@ class DistributedBlockADMM:
             else:
                 grad_fn = self._grad_from(st, k, z, u)
             tr._boundary_aux_step(k, z[k], u[k], a, grad_fn, st["adam"])
+            self._aux_primal(st, s, k, a)
             if k + 1 < self.hi and k + 1 < B - 1:
                 a_cache[k + 1] = None
             if k == self.hi - 1 and self.rank < self.world - 1:
@@ -623,7 +624,7 @@ class DistributedBlockADMM:
             st["z_below"] = self._below.get((st["t"], "D", s), "the new auxiliary variables from below")
             if self.lo < self.B - 1:
                 st["a"][self.lo] = None
-        self._weight_and_dual(st, src=False)
+        self._weight_and_dual(st, s, src=False)
 
     # Jacobi: G sends the sweep-start gradient down, A does the rest from sweep-start values
     def _task_G(self, st, s):
@@ -649,11 +650,20 @@ class DistributedBlockADMM:
             else:
                 grad_fn = self._grad_from(st, k, st["z_src"], st["u_src"])
             tr._boundary_aux_step(k, z[k], u[k], a, grad_fn, st["adam"])
-        self._weight_and_dual(st, src=True)
+            self._aux_primal(st, s, k, a)
+        self._weight_and_dual(st, s, src=True)
         if top_remote and s < self.config.sweeps:
             self._isend(z[self.hi - 1].clone(), self.rank + 1, self._up)
 
-    def _weight_and_dual(self, st, src):
+    def _skips_dual(self, s):
+        """Online, the last sweep's dual update would leave with the mini-batch (BlockADMM.step skips it too)."""
+        return self.mode == "online" and s == self.config.sweeps
+
+    def _aux_primal(self, st, s, k, a):
+        if self._skips_dual(s):  # the residual reported is then that of the last auxiliary step
+            st.setdefault("primal_sq", {})[k] = (st["z"][k] - a).float().square().sum()
+
+    def _weight_and_dual(self, st, s, src):
         tr, cfg, B = self._t, self.config, self.B
         z, u = st["z"], st["u"]
         for it in range(cfg.k_w):  # a kept forward (st["a"]) serves the first of the k_w steps
@@ -666,6 +676,8 @@ class DistributedBlockADMM:
                     tr.optimizers[k].step()
         if self.hi == B:
             st["losses"].append(losses[-1])
+        if self._skips_dual(s):
+            return
         st["primal_sq"] = {}
         for k in self.owned:
             a = tr._forward(k, self._inputs(st, k, src))

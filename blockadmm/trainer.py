@@ -6,7 +6,8 @@ the input of block k+1) and the scaled dual u_k. One sweep on a mini-batch:
 1. auxiliary step, boundary by boundary (top-down: the last boundary first), `k_z` prox-gradient steps
    on  (rho_k/2)|z_k - f_k(z_{k-1}) + u_k|^2 + [block k+1's term in z_k, or the task loss];
 2. weight step, every block on its own term only (`k_w` optimizer steps); backprop never leaves a block;
-3. dual step  u_k += dual_step * (z_k - f_k(z_{k-1})).
+3. dual step  u_k += dual_step * (z_k - f_k(z_{k-1})) — except in the last sweep of online mode, whose
+   u would be dropped with the mini-batch.
 
 Under order="jacobi" every block reads its neighbours' values from the start of the sweep (the
 previous iterate), which is what lets blocks run on different devices at the same time: block k gets
@@ -123,7 +124,9 @@ class ADMMConfig:
 @dataclass
 class StepStats:
     loss: float
-    primal: List[float]  # per boundary: |z_k - f_k(z_{k-1})| / |z_k| after the step
+    # per boundary: |z_k - f_k(z_{k-1})| / |z_k| after the last dual step (batch mode); online, where the last
+    # sweep has no dual step, after the last auxiliary step, with the f_k(z_{k-1}) that step used
+    primal: List[float]
     dual: List[float]  # per boundary: rho_k |z_k(end) - z_k(start)| / |z_k|
     rho: List[float]
 
@@ -402,10 +405,14 @@ class BlockADMM:
         losses = []
         adam_state: Dict[int, list] = {}  # aux_step="adam": boundary -> [t, m, v], this call only
 
-        for _ in range(cfg.sweeps):
+        for sweep in range(cfg.sweeps):
             z_src = [t.clone() for t in z] if jacobi else z  # what neighbours read this sweep
             u_src = [t.clone() for t in u] if jacobi else u
             inputs = lambda k: x if k == 0 else z_src[k - 1]  # noqa: E731
+            # online, the last sweep's dual update would leave with the mini-batch: it is skipped, and the
+            # primal residual reported is that of the last auxiliary step, |z_k - a_k| with the a_k it used
+            skip_dual = self.mode == "online" and sweep == cfg.sweeps - 1
+            primal_sq = [None] * (B - 1)
 
             # 1. auxiliary step, boundary by boundary
             boundaries = range(B - 2, -1, -1) if cfg.order != "bottom-up" else range(B - 1)
@@ -416,6 +423,8 @@ class BlockADMM:
                 # jacobi: the gradient from above is that of the sweep start; Gauss-Seidel: at the current z_k
                 out_next = a_cache[k + 1] if k + 1 < B - 1 else None
                 self._boundary_aux_step(k, z[k], u[k], a, self._consumer_grad_fn(k, z_src, u_src, y, jacobi, out_next), adam_state)
+                if skip_dual:
+                    primal_sq[k] = (z[k] - a).float().square().sum()
                 if not jacobi and k + 1 < B - 1:
                     a_cache[k + 1] = None
 
@@ -433,14 +442,11 @@ class BlockADMM:
             losses.append(sweep_losses[-1])
 
             # 3. dual step, with the new weights; its primal residual is the one reported
-            primal_sq = []
-            for k in range(B - 1):
+            for k in range(B - 1 if not skip_dual else 0):
                 a = self._forward(k, inputs(k))
-                primal_sq.append(
-                    ops.aux_dual_update(
-                        z[k], u[k], a, None, rho=self.rho[k], lr=0.0, dual_step=cfg.dual_step,
-                        prox=self.constraints[k], backend=self.backend,
-                    )
+                primal_sq[k] = ops.aux_dual_update(
+                    z[k], u[k], a, None, rho=self.rho[k], lr=0.0, dual_step=cfg.dual_step,
+                    prox=self.constraints[k], backend=self.backend,
                 )
                 a_cache[k] = None if jacobi else a
 

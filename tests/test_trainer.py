@@ -91,6 +91,28 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     assert op_rows.count(64) == 5 * 3 * (k_w - 1)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_online_skips_the_last_dual_update_without_changing_training(digits, monkeypatch, fused):
+    """Online, the last sweep's dual update would be dropped with the mini-batch, so the step skips it (and
+    its forwards); batch mode on first visits (z from the forward, u from zero, as online) keeps it. The two
+    must train identically."""
+    model, cuts = small_mlp(hidden=(32, 24, 16))
+    kw = dict(blocks=cuts, input_shape=(64,), num_samples=len(digits.train), fused_linear=fused,
+              optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    online, batch = BlockADMM(copy.deepcopy(model), mode="online", **kw), BlockADMM(copy.deepcopy(model), mode="batch", **kw)
+    calls = {}
+    for name, tr in (("online", online), ("batch", batch)):
+        real = tr._forward
+        monkeypatch.setattr(tr, "_forward", lambda k, inp, real=real, name=name: (calls.update({name: calls.get(name, 0) + 1}), real(k, inp))[1])
+    for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:4]:  # every row a first visit
+        so, sb = online.step(x, y, i), batch.step(x, y, i)
+        assert so.loss == pytest.approx(sb.loss, rel=1e-6)
+        assert all(0 <= p < 10 for p in so.primal)  # the residual of the last auxiliary step
+    torch.testing.assert_close(weights(online), weights(batch), rtol=1e-6, atol=1e-7)
+    # per step: the initial forward of the 3 hidden blocks, then their dual forwards in sweeps 1 and 2 only
+    assert calls["online"] == 4 * (3 + 2 * 3)
+
+
 @pytest.mark.parametrize("storage", ["device", "memmap"])
 @pytest.mark.parametrize("mode", ["online", "batch"])
 def test_resume_is_bit_identical(digits, tmp_path, mode, storage):
