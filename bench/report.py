@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 from typing import Dict, List, Optional
 
@@ -375,4 +377,52 @@ def render_readme(all_results: Dict[str, dict], results_dir: str = "bench/result
             L.append("Other runs: " + "; ".join(
                 f"[{r['machine']['name']}]({results_dir}/{r['machine']['name']}.md) (`{r['command']}`, {r.get('started')}, "
                 f"{r['machine'].get('torch_threads')} threads, load {r.get('load_avg', {}).get('start')})" for r in others) + ".")
+    dist = render_distributed(results_dir)
+    if dist:
+        L += ["", dist]
     return "\n".join(L)
+
+
+DIST_ROWS = {
+    "single-1t": "BlockADMM, one process, 1 thread (the baseline)",
+    "single-2t": "BlockADMM, one process, 2 threads",
+    "dist-1r": "DistributedBlockADMM, 1 rank",
+    "sync-2r": "2 ranks, sync (Jacobi)",
+    "pipe-2r": "2 ranks, pipelined (staleness 1)",
+}
+
+
+def render_distributed(results_dir: str = "bench/results") -> str:
+    """The distributed trainer's speed and accuracy (bench/bench_distributed.py), from its results files."""
+    L = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "distributed-speed-*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        L += [f"#### Distributed trainer, speed ({r['host']}, {r['cpus']} cores, torch {r['torch']})", "",
+              f"`python bench/bench_distributed.py` → `{path}`: {r['what']}; every rank one torch thread (a rank stands "
+              f"for a device); load average {r['load_avg_before_after'][0]} at the start, {r['load_avg_before_after'][1]} "
+              f"at the end; {r['bench_s']:.0f} s.", "",
+              "| run | s / epoch (median) | best | speedup over 1 process, 1 thread (median / best) | CPU s per rank and epoch | waiting s per rank | test acc |",
+              "|---|---|---|---|---|---|---|"]
+        for name, label in DIST_ROWS.items():
+            row = r["rows"].get(name)
+            if row is None:
+                continue
+            cpu = [c for c in row.get("rank_cpu_s", []) if c and None not in c]
+            per_rank = lambda xs: " / ".join(f"{sum(v) / len(v):.2f}" for v in zip(*xs)) if xs else "—"  # noqa: E731
+            waits = [w for w in row.get("rank_wait_s", []) if w and None not in w]
+            part = f" {row['partition']}" if "partition" in row else ""
+            L.append(f"| {label}{part} | {row['epoch_s']:.2f} | {row['epoch_s_best']:.2f} | "
+                     f"{row['speedup_median_vs_single_1t']:.2f}× / {row['speedup_best_vs_single_1t']:.2f}× | {per_rank(cpu)} | "
+                     f"{per_rank(waits)} | {100 * row['test_acc']:.1f}% |")
+        L.append("")
+    for path in sorted(glob.glob(os.path.join(results_dir, "distributed-accuracy-*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        L += ["#### Distributed trainer, accuracy", "",
+              f"`python bench/bench_distributed.py accuracy` → `{path}`: {r['what']}.", "",
+              "| run | test acc (last epoch) | mean of the last 3 epochs | s / epoch |", "|---|---|---|---|"]
+        for name, row in r["rows"].items():
+            L.append(f"| {name} | {100 * row['test_acc']:.1f}% | {100 * row['test_acc_mean_last3']:.1f}% | {row['epoch_s']:.2f} |")
+        L.append("")
+    return "\n".join(L).rstrip()
