@@ -149,17 +149,24 @@ def render_deepfacto(results: str) -> str:
             f"![basis]({folder}/basis.png) ![class × group energy]({folder}/class_group_energy.png)",
             "",
         ]
-    pairs = os.path.join(results, "deepfacto", "pairs", "metrics.json")
-    if os.path.exists(pairs):
+    for sub in ("pairs", "pairs-digits"):
+        pairs = os.path.join(results, "deepfacto", sub, "metrics.json")
+        if not os.path.exists(pairs):
+            continue
         with open(pairs) as f:
             m = json.load(f)
-        folder = os.path.dirname(pairs)
+        folder, args = os.path.dirname(pairs), m["args"]
+        curriculum = args.get("curriculum", "digits")  # runs before the option existed used single digits
+        first = (f"{args.get('curriculum_epochs') or 0} epochs on single MNIST-5k digits with their labels first"
+                 if curriculum == "digits" else
+                 f"from scratch on the canvases alone: {args.get('curriculum_epochs') or 0} epochs on ink proposals first "
+                 f"(each training canvas's densest 28×28 crop, then the densest with that one blanked, each with the "
+                 f"canvas's two labels)")
         lines += [
             f"**Weak supervision, MNIST-5k pairs** (64×64 canvases with two digits of different classes, image-level "
-            f"labels only; {m['args'].get('curriculum_epochs') or 0} epochs on single MNIST-5k digits first (image-level "
-            f"labels, no boxes), then {m['epochs']} epochs on canvases; seeds {m['seeds']}; "
-            f"`python -m blockadmm.deepfacto --data pairs --epochs {m['epochs']} --seeds {' '.join(map(str, m['seeds']))} "
-            f"--cam-epochs {m['args'].get('cam_epochs')} --out {folder}`; {pairs})",
+            f"labels only; {first}, then {m['epochs']} epochs on the canvases; CAM gets the same curriculum; seeds {m['seeds']}; "
+            f"`python -m blockadmm.deepfacto --data pairs --curriculum {curriculum} --curriculum-epochs {args.get('curriculum_epochs')} "
+            f"--epochs {m['epochs']} --seeds {' '.join(map(str, m['seeds']))} --cam-epochs {args.get('cam_epochs')} --out {folder}`; {pairs})",
             "",
             "| method | pointing game | both labels right |",
             "|---|---|---|",
@@ -168,5 +175,6 @@ def render_deepfacto(results: str) -> str:
             f"| most ink | {_pct(m['test_most_ink_pointing'])} | — |",
             "",
             f"![code maps]({folder}/pairs_maps.png)",
+            "",
         ]
     return "\n".join(lines).rstrip() if lines else "(no DeepFacto results yet)"

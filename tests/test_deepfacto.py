@@ -7,6 +7,7 @@ from blockadmm.deepfacto import (
     class_group_matrix,
     feature_mlp,
     init_basis,
+    ink_proposals,
     pointing_game,
 )
 from blockadmm.nmf import disentangling_score
@@ -40,6 +41,21 @@ def test_pairs_generator_classes_boxes_determinism():
     # the dataset yields (x, y, index) and never the boxes
     x, y, i = a[7]
     assert x.shape == (1, 64, 64) and y.shape == (10,) and int(i) == 7
+
+
+def test_ink_proposals_crop_each_digit_with_the_canvas_labels():
+    """On canvases of two solid digits the two densest non-overlapping crops are the two digits (whose boxes
+    are not shown to the rule), each crop labelled with both of its canvas's classes."""
+    imgs, labels = _digits_like()
+    pairs = make_pairs(imgs, labels, 30, seed=1)
+    crops = ink_proposals(pairs.X, pairs.Y)
+    assert crops.X.shape == (60, 1, 28, 28) and torch.equal(crops.Y, pairs.Y.repeat_interleave(2, 0))
+    ink = pairs.X.sum((1, 2, 3))
+    # each digit's ink (a 12×8 px block) lies in one of its canvas's two crops: together they hold it all (up to
+    # an edge of one digit that the other's crop may also cover)
+    got = crops.X.sum((1, 2, 3)).view(30, 2).sum(1)
+    torch.testing.assert_close(got, ink, rtol=0.02, atol=0.0)
+    assert bool((crops.X.sum((1, 2, 3)) > 0.3 * ink.repeat_interleave(2, 0)).all())  # no crop is background
 
 
 def test_pointing_game_hits_and_misses():
@@ -159,3 +175,22 @@ def test_window_features_and_maps():
     assert abs(am // 64 - 21.5) <= 1 and abs(am % 64 - 37.5) <= 1
     am = int(m[0, 1].argmax())
     assert abs(am // 64 - 45.5) <= 1 and abs(am % 64 - 13.5) <= 1
+
+
+def test_pairs_command_writes_metrics_and_figures(tmp_path):
+    """`blockadmm deepfacto --data pairs` end to end on a few canvases: the from-scratch curriculum, baselines,
+    metrics.json with the pointing and accuracy keys, the figures."""
+    import json
+
+    from blockadmm.deepfacto import main
+
+    out = tmp_path / "pairs"
+    assert main(["--data", "pairs", "--quick", "--n-train", "120", "--n-test", "40", "--epochs", "1", "--curriculum-epochs", "1",
+                 "--cam-epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["args"]["curriculum"] == "proposals"
+    for key in ("test_pointing", "test_acc_both", "test_cam_pointing", "test_most_ink_pointing"):
+        assert 0.0 <= m[key]["mean"] <= 1.0, key
+    assert m["test_most_ink_pointing"]["mean"] == pytest.approx(0.5)  # one map for both classes: one digit of two
+    for fig in ("basis.png", "class_group_energy.png", "pairs_maps.png"):
+        assert (out / fig).stat().st_size > 1000
