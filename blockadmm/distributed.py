@@ -166,7 +166,7 @@ def _sends(kind: str, s: int, r: int, R: int, sweeps: int) -> List[str]:
 
 
 def build_schedule(n_batches: int, world: int, *, order: str, sweeps: int, staleness: int,
-                   task_cost: Callable[[int, str], float]) -> List[List[Tuple[int, str, int]]]:
+                   task_cost: Callable[[int, str, int], float]) -> List[List[Tuple[int, str, int]]]:
     """Per rank, the list of tasks (batch, kind, sweep) in execution order.
 
     A list schedule of the task graph: each rank runs, among its ready tasks, the one that can start first
@@ -203,7 +203,7 @@ def build_schedule(n_batches: int, world: int, *, order: str, sweeps: int, stale
         if best is None:  # cannot happen for a well-formed graph
             raise RuntimeError("pipeline schedule deadlocked; this is a bug")
         (start, _, _), r, t, kind, s = best
-        end = start + max(task_cost(r, kind), 1e-9)
+        end = start + max(task_cost(r, kind, s), 1e-9)
         finish[(r, t, kind, s)] = end
         free[r] = end
         nxt[r][t] += 1
@@ -351,19 +351,20 @@ class DistributedBlockADMM:
     def _make_task_costs(self, costs):
         B, parts = self.B, self.partition
 
-        def cost(r, kind):
+        def cost(r, kind, s):
             lo, hi = parts[r]
             bnd = [k for k in range(lo, hi) if k < B - 1]
             fwd = sum(costs[k]["d"] for k in bnd)  # a forward through each block with an output boundary
+            dual = 0.0 if self._skips_dual(s) else fwd
             g_internal = sum(costs[k + 1]["g"] for k in bnd if k + 1 < hi)
             g_down = costs[lo]["g"] if r > 0 else 0.0
             if kind == "F":
                 return fwd + 1.0
             if kind in ("D", "A"):
-                extra = sum(costs[k]["w"] + costs[k]["d"] for k in range(lo, hi)) if kind == "A" else 0.0
+                extra = sum(costs[k]["w"] for k in range(lo, hi)) + dual if kind == "A" else 0.0
                 return g_internal + (g_down if kind == "D" else 0.0) + extra + 1.0
             if kind == "U":
-                return sum(costs[k]["w"] for k in range(lo, hi)) + fwd + 1.0
+                return sum(costs[k]["w"] for k in range(lo, hi)) + dual + 1.0
             if kind == "G":
                 return g_down + 1.0
             raise ValueError(kind)

@@ -123,7 +123,7 @@ def test_partition_and_schedule_are_consistent():
         partition_blocks([1, 1], 3)
     for order in ("jacobi", "top-down"):
         for st in (0, 1, 3):
-            plans = build_schedule(5, 3, order=order, sweeps=2, staleness=st, task_cost=lambda r, k: 1.0 + r)
+            plans = build_schedule(5, 3, order=order, sweeps=2, staleness=st, task_cost=lambda r, k, s: 1.0 + r)
             for r, plan in enumerate(plans):
                 assert len(plan) == 5 * 5
                 started = []
@@ -133,7 +133,7 @@ def test_partition_and_schedule_are_consistent():
                         assert all(b in done for b in range(t - st)), (order, st, r, t)
                         started.append(t)
                 assert started == sorted(started)
-    seq = build_schedule(3, 2, order="top-down", sweeps=2, staleness=0, task_cost=lambda r, k: 1.0)
+    seq = build_schedule(3, 2, order="top-down", sweeps=2, staleness=0, task_cost=lambda r, k, s: 1.0)
     assert [t for t, _, _ in seq[0]] == sorted(t for t, _, _ in seq[0])  # staleness 0: one batch at a time
 
 
