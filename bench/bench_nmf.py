@@ -10,9 +10,10 @@ FLOPs per iteration are counted as 4ndk + 4k^2(n+d) for every implementation (th
 algorithm, not of a particular way to do it), and reported as GFLOP/s next to the torch.mm ceiling.
 
   blockadmm cpu     blockadmm.ops.nmf_mu_update(backend="cpu"), which="both", iterated; its epilogue flushes
-                    subnormal factor entries to zero: on MNIST-5k multiplicative updates drive thousands
-                    of entries below 1.2e-38 within ~100 iterations, and every GEMM reading them then
-                    takes the CPU's slow path (the reference, scikit-learn and torchnmf keep them)
+                    factor entries below sqrt(FLT_MIN) ~ 1.08e-19 to zero: on MNIST-5k multiplicative updates
+                    drive tens of thousands of entries that low, and a GEMM whose products of two of them are
+                    subnormal takes the CPU's slow path (the reference, scikit-learn and torchnmf keep them);
+                    its big GEMMs run one per thread on row blocks (see blockadmm/ops/_cpu.py)
   blockadmm eager   the same through the pure-torch reference (backend="torch")
   blockadmm cpu bf16-gemm   a variant measured here only, not a library option: the two big GEMMs
                     (V Wᵀ, Hᵀ V) on bfloat16 inputs (V converted once per run, inside the timing), float32

@@ -235,8 +235,8 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
         L.append("")
         L.append(f"**NMF** (rank {r0['shape'][2]}, {r0['iters']} iterations from the same initial factors, float32; "
                  "FLOPs per iteration counted as 4ndk + 4k²(n+d) for every implementation; error = ‖V − HW‖_F / ‖V‖_F; "
-                 "`blockadmm cpu` flushes subnormal factor entries to zero, which multiplicative updates on MNIST "
-                 "otherwise accumulate by the thousands, slowing every GEMM that reads them; time per iteration is the "
+                 "`blockadmm cpu` flushes factor entries below sqrt(FLT_MIN) ≈ 1.1e-19 to zero: multiplicative updates on MNIST "
+                 "drive tens of thousands that low, and their subnormal products slow every GEMM that reads them; time per iteration is the "
                  "whole run's time divided by the iterations)")
         L.append("")
         L.append("| data | impl | ms / iter | GFLOP/s | of torch.mm | error | error vs sklearn | × sklearn |")

@@ -76,3 +76,67 @@ def test_nmf_auto_on_cpu_is_the_cpu_module():
     assert fn is ops.backends()["torch"].ops()["nmf_mu_update"]
     with pytest.raises(ops.BackendUnavailable, match="float32 only"):
         ops.nmf_mu_update(V.half(), H.half(), W.half(), backend="cpu")
+
+
+def _cpu_module():
+    cpu = ops.backends()["cpu"]
+    if cpu.load_error() is not None:
+        pytest.skip(cpu.load_error())
+    from blockadmm.ops import _cpu
+
+    return _cpu
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("which", ["H", "W", "both"])
+def test_nmf_cpu_split_gemms_match_reference(threads, which, monkeypatch, nan_empty):
+    """The GEMMs split over threads (forced here on small shapes) give the reference's update; n = 47
+    leaves a remainder row block for every thread count."""
+    _cpu = _cpu_module()
+    monkeypatch.setattr(_cpu, "_SPLIT_MIN_MACS", 0)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        V, H, W = _factors(47, 9, 31, "cpu")
+        Hr, Wr = H.clone(), W.clone()
+        for _ in range(3):
+            ops.nmf_mu_update(V, Hr, Wr, which=which, l1=0.01, backend="torch")
+            ops.nmf_mu_update(V, H, W, which=which, l1=0.01, backend="cpu")
+    finally:
+        torch.set_num_threads(saved)
+    torch.testing.assert_close(H, Hr, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(W, Wr, rtol=1e-4, atol=1e-6)
+
+
+def test_nmf_cpu_split_helpers_exact_shapes(monkeypatch):
+    _cpu = _cpu_module()
+    monkeypatch.setattr(_cpu, "_SPLIT_MIN_MACS", 0)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        A, B = torch.rand(11, 5), torch.rand(5, 3)
+        out = torch.full((11, 3), float("nan"))
+        _cpu._mm_rows(A, B, out)
+        torch.testing.assert_close(out, A @ B)
+        C = torch.rand(11, 4)
+        out = torch.full((5, 4), float("nan"))
+        _cpu._mm_inner(A, C, out, "test_partial")
+        torch.testing.assert_close(out, A.T @ C)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_nmf_cpu_flushes_entries_below_sqrt_float_min():
+    """Entries that fall below sqrt(FLT_MIN) become 0, so no product of two factor entries inside a GEMM is
+    subnormal (the slow path); entries above it are the reference's."""
+    _cpu_module()
+    V = torch.ones(2, 3)
+    H = torch.tensor([[1e-19], [1.0]])  # with W = 1e-19: row 0 becomes ~3e-26 (flushed), row 1 ~3e-7 (kept)
+    W = torch.full((1, 3), 1e-19)
+    Hr, Wr = H.clone(), W.clone()
+    ops.nmf_mu_update(V, Hr, Wr, which="H", backend="torch")
+    ops.nmf_mu_update(V, H, W, which="H", backend="cpu")
+    small = Hr.abs() < 1.0842022e-19
+    assert small.any() and (~small).any()
+    assert (H[small] == 0).all()
+    torch.testing.assert_close(H[~small], Hr[~small])
