@@ -389,6 +389,7 @@ DIST_ROWS = {
     "dist-1r": "DistributedBlockADMM, 1 rank",
     "sync-2r": "2 ranks, sync (Jacobi)",
     "pipe-2r": "2 ranks, pipelined (staleness 1)",
+    "pipe-2r-s2": "2 ranks, pipelined (staleness 2)",
 }
 
 
