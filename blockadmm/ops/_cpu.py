@@ -42,6 +42,10 @@ def _scratch(name: str, shape) -> torch.Tensor:
 # Below this many multiply-adds one threaded GEMM is as fast as the split (measured, 2 threads: 1024x256x16
 # loses 25% split, 500x784x64 gains 15%, 5000x784x64 gains 13-18%).
 _SPLIT_MIN_MACS = 2**24
+# Aᵀ B split over its rows only while the k x d output is this small: the partial products of a wider one
+# cost more than the split saves (measured, 2 threads: Hᵀ V with a 64 x 784 output 8-15% faster split,
+# 128 x 1024 (16384 rows) 30% slower, whatever the number of row blocks).
+_INNER_SPLIT_MAX_OUT = 2**16
 
 
 def _split(rows: int, macs: int) -> int:
@@ -68,7 +72,7 @@ def _mm_rows(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor) -> None:
 def _mm_inner(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor, scratch: str) -> None:
     """out = Aᵀ @ B (A, B with the same rows), the rows split over the threads and the partial products (kept
     in the scratch buffer of that name) summed."""
-    t = _split(A.shape[0], A.shape[0] * A.shape[1] * B.shape[1])
+    t = _split(A.shape[0], A.shape[0] * A.shape[1] * B.shape[1]) if out.numel() <= _INNER_SPLIT_MAX_OUT else 1
     if t == 1:
         torch.mm(A.T, B, out=out)
         return
