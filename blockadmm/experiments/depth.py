@@ -73,8 +73,15 @@ def meta(args, epochs, train_size, splits):
         "dataset": "mnist5k",
         "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
         "epochs": epochs, "batch_size": 100, "width": 256, "quick": bool(args.quick),
-        "command": "blockadmm experiment depth" + (" --quick" if args.quick else ""),
+        "command": command(args),
     }
+
+
+def command(args) -> str:
+    """The command line that reproduces this run (the grid flags given, the output folder)."""
+    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("depths", "activations", "methods", "seeds", "epochs", "train_size")
+             if getattr(args, name, None) is not None]
+    return " ".join(["blockadmm experiment depth"] + (["--quick"] if args.quick else []) + flags)
 
 
 def table(records):
