@@ -110,7 +110,9 @@ class ADMMConfig:
         and ReLU MLPs. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
         block) where backprop stalls: sign step lr_z=0.3, k_z=1, top-down, 3 sweeps, rho=1, dual step 1;
         use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
-        and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail).
+        and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail); online it
+        collapses late at 8 sigmoid layers (stop on validation, 10-20 epochs), and 16 sigmoid layers train
+        only in batch mode, in about 60 epochs (results/experiments/depth-long-80ep-16).
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
