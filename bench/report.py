@@ -367,7 +367,8 @@ def render_readme(all_results: Dict[str, dict], results_dir: str = "bench/result
                 L.append("No GPU was lent to the benchmark issue's session, so there is no GPU table yet; "
                          "`python -m bench` on a CUDA machine adds the Triton and CUDA rows and a table here.")
             continue
-        latest = max(group, key=lambda r: r.get("started", ""))
+        # the table: the newest run at the default threads (one per core); other thread counts are linked
+        latest = max(group, key=lambda r: ("--threads" not in r.get("command", ""), r.get("started", "")))
         L.append(f"#### {title}: {latest['machine']['cpu'] if title == 'CPU' else latest['machine']['gpu']}")
         L.append("")
         L.append(render(latest, heading=False, plots_prefix=f"{results_dir}/"))
