@@ -1,4 +1,5 @@
 """The experiment commands on tiny sub-grids: files, keys, plots, the report (fast; the full --quick runs are CI's)."""
+import glob
 import json
 import os
 
@@ -57,7 +58,7 @@ def test_binary_tiny(tmp_path):
     out = str(tmp_path / "binary")
     assert run(["binary", "--depths", "1", "--seeds", "0", "--out", out] + TINY) == 0
     recs = _records(out)
-    assert {r["method"] for r in recs} == {"admm-online", "backprop-ste"}
+    assert {r["method"] for r in recs} == {"admm-online", "admm-relaxed", "backprop-ste"}
     assert os.path.getsize(os.path.join(out, "binary.png")) > 1000
 
 
@@ -77,6 +78,25 @@ def test_binary_block_outputs_are_binary_and_projection():
     blk.margin = 0.0
     g = blk.admm_input_grad(x, target, torch.zeros_like(target), rho=1.0, y=None, loss_fn=None)
     assert torch.count_nonzero(g) == 0
+
+
+def test_binary_ste_surrogate_is_the_admm_term_through_the_straight_through_step():
+    from blockadmm.experiments.binary import BinaryBlock
+
+    torch.manual_seed(1)
+    blk = BinaryBlock(5, 4, surrogate="ste")
+    x, z, u = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    blk = blk.double()
+    a = blk.linear(x).detach()
+    r = z + u - (a > 0).double()
+    rho = 0.7
+    # d/dx of (rho/2)|z + u - step(Wx + b)|^2 with step' := 1[|a| <= 1]
+    want = -rho * (r * (a.abs() <= 1).double()) @ blk.linear.weight.detach()
+    got = blk.admm_input_grad(x, z, u, rho=rho, y=None, loss_fn=None)
+    torch.testing.assert_close(got, want)
+    assert torch.count_nonzero(got) > 0
+    loss = blk.admm_local_step(x, z, u, rho=rho, y=None, loss_fn=None)
+    torch.testing.assert_close(loss, rho * 0.5 * r.square().sum() / 6)
 
 
 def test_blocks_tiny(tmp_path):
@@ -138,3 +158,40 @@ def test_long_depth_runs_choose_epochs_on_validation():
     claims = [line for line in md.splitlines() if line.startswith("- Depth 16")]
     assert claims == ["- Depth 16 sigmoid, Block-ADMM in batch mode (per-sample tables), E = 20 of 40 epochs chosen on "
                       "validation: test mean 82.0%, worst seed 81.0% (depth-16 target ≥ 80%: **reached**)."], claims
+
+
+def test_depth_update_replaces_only_the_rerun_cells(tmp_path):
+    out = str(tmp_path / "depth")
+    base = ["depth", "--depths", "2", "--activations", "sigmoid", "--seeds", "0", "--out", out] + TINY
+    assert run(base + ["--methods", "backprop-adam,admm-batch"]) == 0
+    first = {r["method"]: r for r in _records(out)}
+    assert first["admm-batch"]["recipe"] == "deep-batch" and first["admm-batch"]["config"]["rho"] == 0.25
+    assert run(base + ["--methods", "admm-batch", "--rho", "0.5", "--update"]) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    after = {r["method"]: r for r in res["records"]}
+    assert set(after) == {"backprop-adam", "admm-batch"} and len(res["records"]) == 2
+    assert after["backprop-adam"] == first["backprop-adam"] and after["admm-batch"]["config"]["rho"] == 0.5
+    assert "--rho" not in res["meta"]["command"]  # the grid's command is kept
+    with pytest.raises(SystemExit, match="--epochs 1"):
+        run(base[:-len(TINY)] + ["--epochs", "2", "--train-size", "200", "--no-progress", "--methods", "admm-batch", "--update"])
+
+
+def test_rho_tuning_picks_the_best_validation_and_the_preset_follows_it():
+    from blockadmm.trainer import PRESETS
+
+    def res(rho, val_last, test_last):
+        hist = [{"val_acc": 0.1, "test_acc": 0.1}] * 9 + [{"val_acc": val_last, "test_acc": test_last}]
+        return {"records": [{"activation": "sigmoid", "depth": 8, "seed": 0, "history": hist, "config": {"rho": rho}}],
+                "meta": {"command": f"cmd --rho {rho}"}}
+
+    runs = [res(1.0, 0.7, 0.99), res(0.25, 0.9, 0.5)]  # the test set would pick rho 1
+    assert report.chosen_rho(runs) == 0.25
+    md = "\n".join(report.render_rho_tuning([(r, None) for r in runs]))
+    assert "**rho = 0.25**" in md and "| 0.25 | sigmoid L=8 | 1 | 90.0 |" in md and "| 1 | sigmoid L=8 | 1 | 70.0 |" in md
+    # the shipped preset is the committed tuning's choice
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "results", "experiments", "tune-deep-batch", "rho-*", "results.json")))
+    if not paths:
+        pytest.skip("no committed tuning results")
+    committed = [C.read_results(p) for p in paths]
+    assert report.chosen_rho(committed) == PRESETS["deep-batch"]["config"]["rho"]

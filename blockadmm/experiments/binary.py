@@ -15,6 +15,14 @@ gradient is never zero and drove every hidden unit to a constant.) Defaults ρ =
 γ = 0.1 were chosen on the validation split (3 epochs, depth 2). Inference is the hard binary
 forward network.
 
+Block-ADMM relaxed (`admm-relaxed`): the same trainer with the auxiliary variables left unconstrained
+(no projection: z is real, only the forward network is binary) and each binary block fitted through its
+plain ADMM term (ρ/2)|z + u − step(W z_prev + b)|² differentiated with the straight-through step of the
+block itself (the **ste surrogate**; no gradient crosses a block); ρ = 2, lr_z = 1/ρ, 2 sweeps, chosen
+on the validation split (ρ ∈ {0.5, 1, 2}, depths 2 and 4, seeds 0 and 1, 10 epochs, mean final
+validation accuracy: 92.1 / 91.6 / 92.2%; one sweep fails: 30% / 10%). With the projection the ste
+surrogate trains to 72% / 37% (depth 2 / 4, 5 epochs), projecting onto the box [0, 1] instead to 48% / 10%.
+
 Baseline: backprop with the straight-through estimator on the same net (forward 1[a > 0], backward
 the clipped identity 1[|a| ≤ 1]), Adam 1e-3, same batches, same initial weights.
 """
@@ -30,8 +38,8 @@ from torch import nn
 from ..prox import Prox
 from . import common as C
 
-METHODS = ("admm-online", "backprop-ste")
-SURROGATES = ("hinge", "logistic")
+METHODS = ("admm-online", "admm-relaxed", "backprop-ste")
+SURROGATES = ("hinge", "logistic", "ste")
 
 
 class _StepSTE(torch.autograd.Function):
@@ -51,7 +59,7 @@ class BinaryBlock(nn.Module):
 
     Under autograd the step passes gradients straight through (clipped identity): that is the STE
     baseline. For Block-ADMM the block brings its own rule (`admm_local_step`, `admm_input_grad`):
-    the surrogate described in the module docstring (hinge by default).
+    one of the surrogates described in the module docstring (hinge by default).
     """
 
     def __init__(self, in_features: int, out_features: int, lr: float = 1e-3, surrogate: str = "hinge", margin: float = 0.1):
@@ -63,8 +71,11 @@ class BinaryBlock(nn.Module):
         self._opt = None
 
     def surrogate_loss(self, inp, z, u):
-        """Sum over the batch of the surrogate of |z + u - step(W inp + b)|: logistic or hinge."""
-        a, t = self.linear(inp), self._target(z, u)
+        """Sum over the batch of the surrogate of |z + u - step(W inp + b)|: logistic, hinge or ste."""
+        a = self.linear(inp)
+        if self.surrogate == "ste":  # the ADMM term itself, through the block's own straight-through step
+            return 0.5 * (z + u - _StepSTE.apply(a)).square().sum()
+        t = self._target(z, u)
         if self.surrogate == "logistic":
             return nn.functional.binary_cross_entropy_with_logits(a, t, reduction="sum")
         return torch.relu(self.margin - (2 * t - 1) * a).sum()
@@ -126,6 +137,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin", type=float, default=0.1, help="hinge-surrogate margin")
     p.add_argument("--surrogate", default="hinge", choices=SURROGATES)
     p.add_argument("--block-lr", type=float, default=1e-3, help="Adam lr of each block's surrogate fit")
+    p.add_argument("--relaxed-rho", type=float, default=2.0, help="rho of admm-relaxed (its lr_z is 1/rho)")
     p.add_argument("--ste-lr", type=float, default=1e-3, help="Adam lr of the STE baseline")
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="depth 2, seed 0, 3 epochs")
@@ -147,16 +159,20 @@ def main(args) -> int:
     meta = {"dataset": "mnist5k", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
             "epochs": epochs, "batch_size": 100, "width": 256, "lr_z": args.lr_z, "rho": args.rho, "sweeps": args.sweeps,
             "block_lr": args.block_lr, "ste_lr": args.ste_lr, "surrogate": args.surrogate, "margin": args.margin,
+            "relaxed_rho": args.relaxed_rho,
             "projection": "z <- 1[z > 1/2]", "quick": bool(args.quick),
             "command": "blockadmm experiment binary" + (" --quick" if args.quick else "")}
     bar = tqdm(cells, desc="binary", disable=args.no_progress)
     for m, d, s in bar:
+        relaxed = m == "admm-relaxed"
         run = C.Run(method=m, depth=d, activation="step", seed=s, epochs=epochs, splits=splits,
-                    extra={"block_lr": args.block_lr, "surrogate": args.surrogate, "margin": args.margin})
-        if m == "admm-online":
-            run.overrides = {"preset": "default", "lr_z": args.lr_z, "rho": args.rho, "sweeps": args.sweeps, "weight_lr": args.block_lr}
-            rec = C.run_admm(run, "online", blocks_factory=binary_mlp,
-                             constraints={k: binary_projection() for k in range(d)}, progress=bar)
+                    extra={"block_lr": args.block_lr, "surrogate": "ste" if relaxed else args.surrogate, "margin": args.margin})
+        if m in ("admm-online", "admm-relaxed"):
+            rho = args.relaxed_rho if relaxed else args.rho
+            run.overrides = {"preset": "default", "lr_z": 1.0 / rho if relaxed else args.lr_z, "rho": rho,
+                             "sweeps": args.sweeps, "weight_lr": args.block_lr}
+            rec = C.run_admm(run, "online", blocks_factory=binary_mlp, progress=bar,
+                             constraints=None if relaxed else {k: binary_projection() for k in range(d)})
             rec.pop("config", None)
         elif m == "backprop-ste":
             rec = C.run_backprop(run, "adam", args.ste_lr, blocks_factory=binary_mlp, progress=bar)
