@@ -42,16 +42,18 @@ AUX_ADAM_EPS = 1e-8
 
 # Named recipes (ADMMConfig.preset / BlockADMM(preset=...)). "weight_lr" is the Adam learning rate of
 # the per-block optimizers that BlockADMM uses when no optimizer is passed.
+_DEEP = {"rho": 1.0, "lr_z": 0.3, "sweeps": 3, "k_z": 1, "k_w": 1, "order": "top-down", "dual_step": 1.0, "aux_step": "sign"}
 PRESETS = {
     # the defaults: shallow nets (a few blocks) and ReLU MLPs of any depth tried (2-8 hidden layers)
     "default": {"config": {}, "weight_lr": 1e-3},
     # deep narrow saturating nets (8+ sigmoid layers of 256, one layer per block) where backprop stalls
     # from forward-signal collapse: fixed-size sign step on z, top-down, 3 sweeps, Adam 3e-3 per block
-    "deep": {
-        "config": {"rho": 1.0, "lr_z": 0.3, "sweeps": 3, "k_z": 1, "k_w": 1, "order": "top-down", "dual_step": 1.0, "aux_step": "sign"},
-        "weight_lr": 3e-3,
-    },
+    "deep": {"config": _DEEP, "weight_lr": 3e-3},
+    # the same nets in batch mode (per-sample tables): a softer penalty, chosen on validation
+    # (results/experiments/tune-deep-batch); online, rho 0.25 fails. "mode": BlockADMM refuses the other one
+    "deep-batch": {"config": {**_DEEP, "rho": 0.25}, "weight_lr": 3e-3, "mode": "batch"},
 }
+
 
 
 class NonFiniteError(FloatingPointError):
@@ -112,7 +114,9 @@ class ADMMConfig:
         use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
         and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail); online it
         collapses late at 8 sigmoid layers (stop on validation, 10-20 epochs), and 16 sigmoid layers train
-        only in batch mode, in about 60 epochs (results/experiments/depth-long-80ep-16).
+        only in batch mode. "deep-batch": "deep" with rho=0.25, for mode="batch" (per-sample tables), where
+        rho=1 trains slowly and leaves seeds stuck (depth 8 sigmoid, 40 epochs: validation 92.0% mean with
+        0.25 against 74.1% with 1; results/experiments/tune-deep-batch).
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -159,7 +163,7 @@ class BlockADMM:
     loss: task loss on the last block's output, averaged over the batch (default cross-entropy).
     constraints: {boundary: Prox | "nonneg" | callable} applied to the auxiliary variables.
     Remaining keywords are ADMMConfig fields (rho, lr_z, sweeps, order, ...), or pass config=.
-    preset: a named recipe (ADMMConfig.preset: "default", "deep"); keywords override its fields, and
+    preset: a named recipe (ADMMConfig.preset: "default", "deep", "deep-batch"); keywords override its fields, and
     without an explicit optimizer the blocks get Adam with the preset's learning rate.
 
     Block hooks, for blocks that are not trained by gradient descent (DeepFacto's NMF layer):
@@ -199,6 +203,10 @@ class BlockADMM:
             if config is not None:
                 raise ValueError("pass either preset= or config=, not both (override preset fields as keywords)")
             config = ADMMConfig.preset(preset)
+            wants = PRESETS[preset].get("mode")
+            if wants is not None and wants != mode:
+                raise ValueError(f"preset {preset!r} is the recipe for mode={wants!r}, got mode={mode!r}: "
+                                 f"pass mode={wants!r} or the preset of the other mode")
             if optimizer is default_optimizer:
                 lr = PRESETS[preset]["weight_lr"]
                 optimizer = adam(lr)

@@ -105,3 +105,15 @@ def test_adam_aux_step_applies_prox():
     tr._local_loss_and_grads = lambda k, i, t, d, yy, **kw: (seen.setdefault(k, t), orig(k, i, t, d, yy, **kw))[1]
     tr.step(x, y)
     assert float(seen[0].min()) >= 0.0
+
+
+def test_deep_batch_preset_is_deep_with_its_own_rho_and_refuses_online():
+    c, deep = ADMMConfig.preset("deep-batch"), ADMMConfig.preset("deep")
+    assert c.rho == PRESETS["deep-batch"]["config"]["rho"] != deep.rho
+    assert ADMMConfig(**{**vars(c), "rho": deep.rho}) == deep  # nothing else differs
+    torch.manual_seed(0)
+    model, cuts = mlp_blocks(20, [16, 16], 3, "sigmoid")
+    tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep-batch", mode="batch", num_samples=8)
+    assert tr.rho == [c.rho, c.rho]
+    with pytest.raises(ValueError, match="mode='batch'"):
+        BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep-batch")

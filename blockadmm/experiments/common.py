@@ -8,7 +8,7 @@ Methods (names are the ones the experiments and results files use):
   backprop-sgd   plain backprop, SGD lr 0.1
   backprop-adam  plain backprop, Adam lr 1e-3
   admm-online    Block-ADMM, online mode, with the preset that suits the activation (`admm_recipe`)
-  admm-batch     the same recipe in batch mode (per-sample z/u tables)
+  admm-batch     the recipe for batch mode (per-sample z/u tables)
   admm-nodual    the online recipe with dual step 0 (alternating minimization with a quadratic penalty)
   local-greedy   each block with its own linear classifier head trained on its own output, the input
                  of every block detached (no gradient between blocks), all blocks on every batch;
@@ -62,17 +62,19 @@ def subset(ds: bdata.IndexedDataset, n: Optional[int]) -> bdata.IndexedDataset:
 
 
 # ------------------------------------------------------------------------------------------ recipes
-def admm_recipe(activation: str, depth: int) -> dict:
-    """The Block-ADMM preset that suits an MLP of `depth` hidden layers of this activation.
+def admm_recipe(activation: str, depth: int, mode: str = "online") -> dict:
+    """The Block-ADMM preset that suits an MLP of `depth` hidden layers of this activation, in this mode.
 
     sigmoid: the "deep" preset (sign step on z, top-down); it is what carries the label signal down
-    a net whose forward signal collapses. relu / tanh: the defaults (plain gradient step, top-down),
-    which match backprop on ReLU MLPs; the sign step is unstable there.
+    a net whose forward signal collapses; in batch mode "deep-batch" (the same with rho 0.25).
+    relu / tanh: the defaults (plain gradient step, top-down), which match backprop on ReLU MLPs; the
+    sign step is unstable there.
     The plain-gradient recipe pins sweeps=3 (what every committed result used), so that tuning the
     library's shallow-net defaults does not silently change these experiments.
     """
     if activation == "sigmoid":
-        return {"preset": "deep", "weight_lr": PRESETS["deep"]["weight_lr"], "config": {}}
+        preset = "deep-batch" if mode == "batch" else "deep"
+        return {"preset": preset, "weight_lr": PRESETS[preset]["weight_lr"], "config": {}}
     return {"preset": "default", "weight_lr": PRESETS["default"]["weight_lr"], "config": {"sweeps": 3}}
 
 
@@ -203,7 +205,7 @@ def run_backprop(run: Run, optimizer: str = "sgd", lr: Optional[float] = None, b
 
 
 def make_admm(run: Run, blocks: List[nn.Module], mode: str, constraints=None, weight_lr: Optional[float] = None) -> BlockADMM:
-    recipe = admm_recipe(run.activation, run.depth)
+    recipe = admm_recipe(run.activation, run.depth, mode)
     overrides = dict(run.overrides)
     if "preset" not in overrides:  # the activation's recipe; a run naming its preset sets every field itself
         overrides = {**recipe["config"], **overrides}

@@ -24,7 +24,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="comma list; default: 0,1,2 at depth 8 sigmoid, 0 elsewhere")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10; --quick 3)")
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--rho", type=float, default=None, help="override the recipe's rho in every Block-ADMM run (for tuning)")
     p.add_argument("--quick", action="store_true", help="reduced grid (depths 2,8; sigmoid; 3 epochs; under 2 minutes)")
+    p.add_argument("--update", action="store_true",
+                   help="run only the selected cells and replace their records in the --out results, keeping the others "
+                        "and the command that made them (runs are deterministic: a cell rerun alone gives what the full grid gives)")
     p.add_argument("--out", default="runs/experiments/depth")
     p.add_argument("--no-progress", action="store_true")
 
@@ -54,15 +58,25 @@ def main(args) -> int:
     splits = C.load_data(train_size=args.train_size)
     epochs = args.epochs or (3 if args.quick else 10)
     cells = grid(args)
+    info, kept = meta(args, epochs, args.train_size, splits), []
+    if args.update:
+        old = C.read_results(os.path.join(args.out, "results.json"))
+        if old["meta"]["epochs"] != epochs:
+            raise SystemExit(f"--update: {args.out} holds {old['meta']['epochs']}-epoch runs, this is {epochs}: pass --epochs {old['meta']['epochs']}")
+        info = old["meta"]
+        rerun = {(m, d, act, s) for m, d, act, s in cells}
+        kept = [r for r in old["records"] if (r["method"], r["depth"], r["activation"], r["seed"]) not in rerun]
     records = []
     bar = tqdm(cells, desc="depth", disable=args.no_progress)
     for m, d, act, s in bar:
-        run = C.Run(method=m, depth=d, activation=act, seed=s, epochs=epochs, splits=splits)
+        overrides = {"rho": args.rho} if args.rho is not None and m.startswith("admm") else {}
+        run = C.Run(method=m, depth=d, activation=act, seed=s, epochs=epochs, splits=splits, overrides=overrides)
         rec = C.run_method(run, progress=bar)
-        rec["recipe"] = C.admm_recipe(act, d)["preset"] if m.startswith("admm") else None
+        rec["recipe"] = C.admm_recipe(act, d, "batch" if m == "admm-batch" else "online")["preset"] if m.startswith("admm") else None
         records.append(rec)
-        C.write_results(args.out, "depth", records, meta(args, epochs, args.train_size, splits))  # partial results survive
-    C.write_results(args.out, "depth", records, meta(args, epochs, args.train_size, splits))
+        C.write_results(args.out, "depth", kept + records, info)  # partial results survive
+    records = kept + records
+    C.write_results(args.out, "depth", records, info)
     plot(records, args.out)
     print(summary(records))
     return 0
@@ -79,7 +93,7 @@ def meta(args, epochs, train_size, splits):
 
 def command(args) -> str:
     """The command line that reproduces this run (the grid flags given, the output folder)."""
-    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("depths", "activations", "methods", "seeds", "epochs", "train_size")
+    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("depths", "activations", "methods", "seeds", "epochs", "train_size", "rho")
              if getattr(args, name, None) is not None]
     return " ".join(["blockadmm experiment depth"] + (["--quick"] if args.quick else []) + flags)
 
