@@ -23,7 +23,7 @@ def _modes(text: str) -> List[str]:
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
-    from .trainer import ADMMConfig
+    from .trainer import AUX_STEPS, ORDERS, PRESETS, ADMMConfig
 
     d = ADMMConfig()
     p = sub.add_parser("train", help="train a network with Block-ADMM (default: MLP 784-256-256-10 on MNIST-5k)")
@@ -35,16 +35,19 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: one layer per block)")
     p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
-    p.add_argument("--rho", type=float, default=d.rho)
-    p.add_argument("--lr-z", type=float, default=d.lr_z)
-    p.add_argument("--sweeps", type=int, default=d.sweeps)
-    p.add_argument("--k-z", type=int, default=d.k_z)
-    p.add_argument("--k-w", type=int, default=d.k_w)
-    p.add_argument("--order", default=d.order, choices=["top-down", "bottom-up", "jacobi"])
-    p.add_argument("--aux-step", default=d.aux_step, choices=["grad", "sign"])
-    p.add_argument("--dual-step", type=float, default=d.dual_step)
-    p.add_argument("--rho-schedule", default=d.rho_schedule, choices=["constant", "adaptive"])
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of every block")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="a named recipe (ADMMConfig.preset: deep = deep sigmoid nets online, deep-batch = the same in batch "
+                        "mode); the flags below override its fields, and --lr its Adam rate")
+    p.add_argument("--rho", type=float, default=None, help=f"(default {d.rho})")
+    p.add_argument("--lr-z", type=float, default=None, help=f"(default {d.lr_z})")
+    p.add_argument("--sweeps", type=int, default=None, help=f"(default {d.sweeps})")
+    p.add_argument("--k-z", type=int, default=None, help=f"(default {d.k_z})")
+    p.add_argument("--k-w", type=int, default=None, help=f"(default {d.k_w})")
+    p.add_argument("--order", default=None, choices=list(ORDERS), help=f"(default {d.order})")
+    p.add_argument("--aux-step", default=None, choices=list(AUX_STEPS), help=f"(default {d.aux_step})")
+    p.add_argument("--dual-step", type=float, default=None, help=f"(default {d.dual_step})")
+    p.add_argument("--rho-schedule", default=None, choices=["constant", "adaptive"], help=f"(default {d.rho_schedule})")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate of every block (default 1e-3, or the preset's)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--val-fraction", type=float, default=0.0, help="carve a validation split from the training data")
@@ -63,6 +66,27 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--staleness", type=int, default=None, help="with --schedule pipeline: bound on in-flight batches")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+_CONFIG_FLAGS = ("rho", "lr_z", "sweeps", "k_z", "k_w", "order", "aux_step", "dual_step", "rho_schedule")
+
+
+def resolve_preset(args) -> None:
+    """Fill the config flags that were not given from --preset (or the ADMMConfig defaults), and --lr from the
+    preset's Adam rate, so that args holds every value the run uses (and metrics.json records them)."""
+    from .trainer import PRESETS, ADMMConfig
+
+    name = args.preset or "default"
+    wants = PRESETS[name].get("mode")
+    if wants is not None and any(m != wants for m in args.mode):
+        raise SystemExit(f"--preset {name} is the recipe for --mode {wants}, got --mode {','.join(args.mode)}: "
+                         f"pass --mode {wants} or the preset of the other mode")
+    base = ADMMConfig.preset(name)
+    for f in _CONFIG_FLAGS:
+        if getattr(args, f) is None:
+            setattr(args, f, getattr(base, f))
+    if args.lr is None:
+        args.lr = PRESETS[name]["weight_lr"]
 
 
 def build_network(args, input_shape, num_classes):
@@ -89,6 +113,7 @@ def cmd_train(args) -> int:
     from . import data
     from .trainer import BlockADMM, adam
 
+    resolve_preset(args)
     if args.nproc > 1:
         from .distributed import launch_train
 

@@ -115,8 +115,8 @@ class ADMMConfig:
         and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail); online it
         collapses late at 8 sigmoid layers (stop on validation, 10-20 epochs), and 16 sigmoid layers train
         only in batch mode. "deep-batch": "deep" with rho=0.25, for mode="batch" (per-sample tables), where
-        rho=1 trains slowly and leaves seeds stuck (depth 8 sigmoid, 40 epochs: validation 92.0% mean with
-        0.25 against 74.1% with 1; results/experiments/tune-deep-batch).
+        rho=1 trains slowly and leaves seeds stuck (40 epochs, mean validation over 3 seeds, rho 0.25 vs 1:
+        92.0% vs 74.1% at 8 sigmoid layers, 89.7% vs 61.5% at 16; results/experiments/tune-deep-batch).
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")

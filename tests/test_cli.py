@@ -35,6 +35,23 @@ def test_bad_mode_is_a_usage_error(capsys):
     assert "--mode takes online, batch" in capsys.readouterr().err
 
 
+def test_train_preset_fills_the_flags_not_given(tmp_path, capsys):
+    from blockadmm.trainer import PRESETS
+
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--hidden", "16", "--activation", "sigmoid", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main(args + ["--preset", "deep-batch", "--mode", "batch", "--sweeps", "2"]) == 0
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    deep = PRESETS["deep-batch"]
+    assert config["aux_step"] == "sign" and config["rho"] == deep["config"]["rho"] and config["lr"] == deep["weight_lr"]
+    assert config["sweeps"] == 2  # an explicit flag wins
+    with pytest.raises(SystemExit, match="--mode batch"):
+        main(args + ["--preset", "deep-batch"])
+    assert main(args) == 0  # no preset: the ADMMConfig defaults and Adam 1e-3
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["aux_step"], config["rho"], config["sweeps"], config["lr"]) == ("grad", 1.0, 3, 1e-3)
+
+
 def test_info_lists_backends():
     out = subprocess.run([sys.executable, "-m", "blockadmm", "info"], capture_output=True, text=True, check=True).stdout
     assert "torch" in out and "available" in out and "auto order" in out

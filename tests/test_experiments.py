@@ -187,8 +187,9 @@ def test_rho_tuning_picks_the_best_validation_and_the_preset_follows_it():
 
     runs = [res(1.0, 0.7, 0.99), res(0.25, 0.9, 0.5)]  # the test set would pick rho 1
     assert report.chosen_rho(runs) == 0.25
-    md = "\n".join(report.render_rho_tuning([(r, None) for r in runs]))
+    md = "\n".join(report.render_rho_tuning([(r, f"out-{i}") for i, r in enumerate(runs)]))
     assert "**rho = 0.25**" in md and "| 0.25 | sigmoid L=8 | 1 | 90.0 |" in md and "| 1 | sigmoid L=8 | 1 | 70.0 |" in md
+    assert "--rho 0.25 --out out-1`" in md  # each command with its output folder
     # the shipped preset is the committed tuning's choice
     paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "results", "experiments", "tune-deep-batch", "rho-*", "results.json")))
     if not paths:

@@ -96,7 +96,7 @@ def render_depth(res, rel) -> List[str]:
     sb = t.get(("sigmoid", "admm-batch", 8), [])
     if sb:
         v = C.mean(r["test_acc"] for r in sb)
-        claims.append(f"- Depth 8 sigmoid in batch mode (per-sample tables): mean {pct(v)}%, worst {pct(min(r['test_acc'] for r in sb))}% "
+        claims.append(f"- Depth 8 sigmoid in batch mode (per-sample tables, preset `{sb[0].get('recipe')}`): mean {pct(v)}%, worst {pct(min(r['test_acc'] for r in sb))}% "
                       f"(target ≥ 80%: {_verdict(v >= 0.80)}).")
     # where backprop wins
     wins = []
@@ -256,14 +256,15 @@ def chosen_rho(runs) -> float:
 def render_rho_tuning(runs) -> List[str]:
     """`results/experiments/tune-deep-batch/rho-*`: batch mode with the deep recipe at several rho; mean
     validation accuracy only (the choice never reads the test set)."""
-    runs = sorted((res for res, _ in runs), key=_rho)
+    runs = sorted(runs, key=lambda rr: _rho(rr[0]))
+    commands = "; ".join(f"`{_cmd(res, 'depth')} --out {rel}`" for res, rel in runs)
+    runs = [res for res, _ in runs]
     pick = chosen_rho(runs)
     marks = [e for e in CHECKPOINTS if e <= min(len(x["history"]) for r in runs for x in r["records"])]
     out = ["### The batch-mode penalty of the deep preset", "",
            f"Block-ADMM in batch mode, the `deep` recipe with rho overridden, mean **validation** accuracy over seeds "
            f"(the test set is not read); rho chosen: the best mean validation accuracy at epoch {marks[-1]} over every "
-           f"net and seed: **rho = {pick:g}**, the preset `deep-batch`. Commands: "
-           + "; ".join(f"`{_cmd(r, 'depth')}`" for r in runs) + ".", "",
+           f"net and seed: **rho = {pick:g}**, the preset `deep-batch`. Commands: {commands}.", "",
            "| rho | net | seeds | " + " | ".join(f"val @{e}" for e in marks) + " |",
            "|---:|---|---|" + "---:|" * len(marks)]
     for r in runs:
@@ -302,7 +303,8 @@ def render(root: str = "results/experiments", link_root: Optional[str] = None) -
                                             for p_ in long_runs])
             tuning = sorted(glob.glob(os.path.join(root, "tune-deep-batch", "rho-*", "results.json")))
             if tuning:
-                parts += render_rho_tuning([(C.read_results(p_), None) for p_ in tuning])
+                parts += render_rho_tuning([(C.read_results(p_), f"{link_root}/tune-deep-batch/{os.path.basename(os.path.dirname(p_))}")
+                                            for p_ in tuning])
     if not found:
         parts.append(f"(no results under {root} yet)")
     return "\n".join(parts).rstrip() + "\n"
