@@ -159,8 +159,9 @@ def plot(records, out):
         if j == 0:
             ax_s.set_ylabel("output spread across samples")
             ax_p.set_ylabel("primal residual (admm-online)")
-            ax_s.legend(fontsize=6)
-            ax_p.legend(fontsize=6)
+            for ax in (ax_s, ax_p):
+                if ax.get_legend_handles_labels()[0]:  # the residual panel is empty without admm-online
+                    ax.legend(fontsize=6)
     fig.suptitle("faint: after epoch 1, solid: last epoch", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "diagnostics.png"), dpi=110)
