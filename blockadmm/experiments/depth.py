@@ -28,7 +28,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="reduced grid (depths 2,8; sigmoid; 3 epochs; under 2 minutes)")
     p.add_argument("--update", action="store_true",
                    help="run only the selected cells and replace their records in the --out results, keeping the others "
-                        "and the command that made them (runs are deterministic: a cell rerun alone gives what the full grid gives)")
+                        "and the command that made them (a cell's run depends only on its method, net and seed: with the same code it "
+                        "gives what the full grid gives)")
     p.add_argument("--out", default="runs/experiments/depth")
     p.add_argument("--no-progress", action="store_true")
 
