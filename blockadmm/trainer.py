@@ -30,7 +30,7 @@ from torch import nn
 from . import ops
 from .blocks import check_chain, fusable_linear, make_blocks
 from .prox import as_prox
-from .ref.linear_block import derivative_from_output
+from .ref.linear_block import derivative_from_output, linear_cross_entropy
 from .tables import TableMismatch, VariableTables
 
 ORDERS = ("top-down", "bottom-up", "jacobi")
@@ -241,6 +241,10 @@ class BlockADMM:
             for b in self.blocks
         ]
         self._fused = [fusable_linear(b) if fused_linear else None for b in self.blocks]
+        # the last block as one nn.Linear under the default cross-entropy: its gradients in closed form, without
+        # an autograd graph (on small heads the graph costs several times the GEMMs)
+        last = self._fused[-1]
+        self._head = last[0] if self._default_loss and last is not None and last[1] == "identity" else None
         self.tables = None
         if mode == "batch":
             if num_samples is None:
@@ -295,6 +299,9 @@ class BlockADMM:
         consumer = self.blocks[k + 1]
         if hasattr(consumer, "admm_input_grad"):  # a block that is not differentiated through (e.g. NMF)
             return consumer.admm_input_grad(zk, z_next, u_next, rho=self.rho[k + 1] if k + 1 < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn)
+        if self._head is not None and k + 1 == self.n_blocks - 1:
+            _, _, _, g = linear_cross_entropy(zk, self._head.weight, self._head.bias, y, need_weight_grad=False)
+            return g * zk.shape[0]  # the gradient of the per-sample losses summed
         if out is not None and self._fused[k + 1] is not None and k + 1 < self.n_blocks - 1:
             _, gpre = self._cached_term(k + 1, out, z_next, u_next)
             return (self.rho[k + 1] * gpre) @ self._fused[k + 1][0].weight.detach()
@@ -315,27 +322,24 @@ class BlockADMM:
         block = self.blocks[k]
         if hasattr(block, "admm_local_step"):  # a block with its own update rule (e.g. NMF multiplicative updates)
             return block.admm_local_step(inp, target, dual, rho=self.rho[k] if k < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn).detach()
-        self.optimizers[k].zero_grad(set_to_none=True)
+        # the closed-form paths below set the gradients of the block's only parameters (weight, bias)
         fused = self._fused[k]
+        if k == self.n_blocks - 1 and self._head is not None:
+            loss, gw, gb, _ = linear_cross_entropy(inp, self._head.weight, self._head.bias, y, need_input_grad=False)
+            return _set_grads(self._head, gw, gb, loss)
         if k < self.n_blocks - 1 and fused is not None and out is not None:
-            lin = fused[0]
             m = inp.shape[0]
             r, gpre = self._cached_term(k, out, target, dual)
             gp = (self.rho[k] / m) * gpre
-            lin.weight.grad = gp.T @ inp
-            if lin.bias is not None:
-                lin.bias.grad = gp.sum(0)
-            return (self.rho[k] / (2 * m)) * r.float().square().sum()
+            return _set_grads(fused[0], gp.T @ inp, gp.sum(0), (self.rho[k] / (2 * m)) * r.float().square().sum())
         if k < self.n_blocks - 1 and fused is not None:
             lin, act = fused
             # the op's residual is out - z + u; ours is out - z - u (DESIGN §1's sign of u), hence -u
             loss, gw, gb, _, _ = ops.linear_block_fwd_bwd(
                 inp, lin.weight, lin.bias, target, dual.neg(), rho=self.rho[k], activation=act, need_input_grad=False, backend=self.backend
             )
-            lin.weight.grad = gw
-            if lin.bias is not None:
-                lin.bias.grad = gb
-            return loss.detach()
+            return _set_grads(lin, gw, gb, loss.detach())
+        self.optimizers[k].zero_grad(set_to_none=True)
         with torch.enable_grad():
             out = self.blocks[k](inp)
             if k == self.n_blocks - 1:
@@ -364,26 +368,28 @@ class BlockADMM:
 
         return grad_fn
 
-    def _boundary_aux_step(self, k, zk, uk, a, grad_fn, adam_state):
+    def _boundary_aux_step(self, k, zk, uk, a, grad_fn, adam_state) -> Optional[torch.Tensor]:
         """Boundary k's auxiliary step (`k_z` steps), in place on zk, with a = f_k(its input) and grad_fn(zk)
-        the consuming term's gradient. The producer's `admm_aux_update` hook replaces it when present.
+        the consuming term's gradient; returns |z_k - a|^2 after it (the op's result), or None when the
+        producer's `admm_aux_update` hook replaced the step.
         Shared by BlockADMM.step and the distributed trainer (which passes a gradient received from the
         rank that owns block k+1)."""
         cfg = self.config
         if hasattr(self.blocks[k], "admm_aux_update"):  # the producer's own aux step (NMF: mirror steps)
             self.blocks[k].admm_aux_update(zk, uk, a, grad_fn, rho=self.rho[k], lr=cfg.lr_z, prox=self.constraints[k])
-            return
+            return None
         for _ in range(cfg.k_z):
             g = grad_fn(zk)
             if cfg.aux_step == "adam":
-                self._adam_aux_step(k, zk, uk, a, g, adam_state)
+                res_sq = self._adam_aux_step(k, zk, uk, a, g, adam_state)
                 continue
             # a gradient step never takes rho_k*lr above 1, so a growing rho cannot make it overshoot
             lr = cfg.lr_z if cfg.aux_step == "sign" else min(cfg.lr_z, 1.0 / self.rho[k])
-            ops.aux_dual_update(
+            res_sq = ops.aux_dual_update(
                 zk, uk, a, g, rho=self.rho[k], lr=lr, dual_step=0.0,
                 prox=self.constraints[k], step=cfg.aux_step, backend=self.backend,
             )
+        return res_sq
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor] = None) -> StepStats:
         """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
@@ -403,6 +409,7 @@ class BlockADMM:
             z = [t.clone() for t in fwd]
             u = [torch.zeros_like(t) for t in fwd]
             a_cache = list(fwd)
+            z_start = fwd  # never written in place
         else:
             seen, z, u = self.tables.gather(index)
             for k in range(B - 1):
@@ -410,7 +417,7 @@ class BlockADMM:
                 z[k] = torch.where(fresh, fwd[k], z[k]).contiguous()
                 u[k] = u[k].contiguous()
             a_cache = [fwd[0]] + [None] * (B - 2)
-        z_start = [t.clone() for t in z]
+            z_start = [t.clone() for t in z]
         jacobi = cfg.order == "jacobi"
         losses = []
         adam_state: Dict[int, list] = {}  # aux_step="adam": boundary -> [t, m, v], this call only
@@ -432,9 +439,9 @@ class BlockADMM:
                 a = a_cache[k]
                 # jacobi: the gradient from above is that of the sweep start; Gauss-Seidel: at the current z_k
                 out_next = a_cache[k + 1] if k + 1 < B - 1 else None
-                self._boundary_aux_step(k, z[k], u[k], a, self._consumer_grad_fn(k, z_src, u_src, y, jacobi, out_next), adam_state)
+                res_sq = self._boundary_aux_step(k, z[k], u[k], a, self._consumer_grad_fn(k, z_src, u_src, y, jacobi, out_next), adam_state)
                 if skip_dual:
-                    primal_sq[k] = (z[k] - a).float().square().sum()
+                    primal_sq[k] = res_sq if res_sq is not None else (z[k] - a).float().square().sum()
                 if not jacobi and k + 1 < B - 1:
                     a_cache[k + 1] = None
 
@@ -466,7 +473,7 @@ class BlockADMM:
             + [zk.float().square().sum() for zk in z]
             + [(zk - z0).float().square().sum() for zk, z0 in zip(z, z_start)]
         ).cpu()
-        self._raise_if_nonfinite(list(stats_t[1:B]), "primal residual", x)
+        self._raise_if_nonfinite(stats_t[1:B], "primal residual", x)
         if self.tables is not None:
             self.tables.scatter(index, z, u)
         self.step_count += 1
@@ -492,11 +499,12 @@ class BlockADMM:
         st[2].mul_(b2).addcmul_(d, d, value=1 - b2)
         direction = (st[1] / (1 - b1 ** st[0])) / ((st[2] / (1 - b2 ** st[0])).sqrt() + AUX_ADAM_EPS)
         # rho=0: the op's step is then lr * direction, with the prox applied by the op
-        ops.aux_dual_update(zk, uk, a, direction, rho=0.0, lr=self.config.lr_z, dual_step=0.0,
+        return ops.aux_dual_update(zk, uk, a, direction, rho=0.0, lr=self.config.lr_z, dual_step=0.0,
                             prox=self.constraints[k], backend=self.backend)
 
     def _raise_if_nonfinite(self, values, what, x):
-        if not values or bool(torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()):
+        """values: one 0-d tensor per block (a list) or a 1-D tensor of them."""
+        if not len(values) or bool(torch.isfinite(values if isinstance(values, torch.Tensor) else torch.stack(values)).all()):
             return
         # name the source, not where it surfaced: non-finite weights of one block spread to its neighbours
         bad_weights = [k for k, b in enumerate(self.blocks) if any(not bool(torch.isfinite(p).all()) for p in b.parameters())]
@@ -691,6 +699,13 @@ class BlockADMM:
 
     def load(self, path: str) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def _set_grads(lin: nn.Linear, grad_weight, grad_bias, loss):
+    lin.weight.grad = grad_weight
+    if lin.bias is not None:
+        lin.bias.grad = grad_bias
+    return loss
 
 
 def _float_tensors(obj, prefix="state"):

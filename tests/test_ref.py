@@ -148,3 +148,30 @@ def test_derivative_from_output_matches_derivative_of_pre(activation):
     pre[0, :5] = 0.0  # the kink of relu / leaky relu: both sides take derivative 0 / slope there
     out, dact = activation_and_derivative(pre, activation)
     torch.testing.assert_close(derivative_from_output(out, activation), dact, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_cross_entropy_matches_autograd(with_bias):
+    from blockadmm.ref.linear_block import linear_cross_entropy
+
+    m, k, c = 29, 13, 7
+    x = torch.randn(m, k, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c, dtype=torch.float64, requires_grad=True) if with_bias else None
+    y = torch.randint(0, c, (m,))
+    loss64 = torch.nn.functional.cross_entropy(torch.nn.functional.linear(x, w, b), y)
+    grads = torch.autograd.grad(loss64, [x, w] + ([b] if with_bias else []))
+
+    xf, wf, bf = x.detach().float(), w.detach().float(), None if b is None else b.detach().float()
+    loss, gw, gb, gx = linear_cross_entropy(xf, wf, bf, y)
+    torch.testing.assert_close(loss.double(), loss64.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx.double(), grads[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw.double(), grads[1], rtol=1e-4, atol=1e-6)
+    if with_bias:
+        torch.testing.assert_close(gb.double(), grads[2], rtol=1e-4, atol=1e-6)
+    else:
+        assert gb is None
+    _, gw_none, gb_none, gx_only = linear_cross_entropy(xf, wf, bf, y, need_weight_grad=False)
+    assert gw_none is None and gb_none is None
+    torch.testing.assert_close(gx_only, gx)
+    assert linear_cross_entropy(xf, wf, bf, y, need_input_grad=False)[3] is None

@@ -80,6 +80,7 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
     b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
     assert a._fused[0] == (a.blocks[0][0], activation) and b._fused[0] is None
+    assert isinstance(a._head, torch.nn.Linear) and b._head is None  # the closed-form linear + cross-entropy head
     op_rows = []  # rows of x passed to the fused op: block 0's (64 columns) come only from forwards not kept
     real_op = ops.linear_block_fwd_bwd
     monkeypatch.setattr(ops, "linear_block_fwd_bwd", lambda x, *args, **kws: (op_rows.append(x.shape[1]), real_op(x, *args, **kws))[1])

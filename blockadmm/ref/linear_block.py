@@ -71,3 +71,32 @@ def linear_block_fwd_bwd(
     grad_bias = gp.sum(0).to(bias.dtype) if bias is not None else None
     grad_input = (gp @ wf).to(x.dtype) if need_input_grad else None
     return loss, grad_weight, grad_bias, grad_input, out.to(x.dtype)
+
+
+@torch.no_grad()
+def linear_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    y: torch.Tensor,
+    *,
+    need_weight_grad: bool = True,
+    need_input_grad: bool = True,
+):
+    """Mean cross-entropy of the logits x W^T + b against class labels y, with its gradients in closed form
+    (d loss / d logits = (softmax - onehot(y)) / m), so a linear head needs no autograd graph.
+
+    Returns (loss, grad_weight, grad_bias, grad_input); the gradients not asked for are None."""
+    m = x.shape[0]
+    logp = torch.log_softmax(torch.nn.functional.linear(x, weight, bias).float(), 1)
+    loss = torch.nn.functional.nll_loss(logp, y)
+    d = logp.exp_()  # softmax; logp is not needed after the loss
+    d[torch.arange(m, device=d.device), y] -= 1.0
+    d = d.div_(m).to(x.dtype)
+    grad_weight = grad_bias = grad_input = None
+    if need_weight_grad:
+        grad_weight = d.T @ x
+        grad_bias = d.sum(0) if bias is not None else None
+    if need_input_grad:
+        grad_input = d @ weight
+    return loss, grad_weight, grad_bias, grad_input
