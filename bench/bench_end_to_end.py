@@ -3,10 +3,14 @@
     pytest bench/bench_end_to_end.py -s     (or: python -m bench)
 
 The foundation issue's default run: MLP 784-256-256-10 cut into 3 blocks, MNIST-5k (4000 train /
-1000 test), batch 100, Adam 1e-3 per block, 10 epochs, the trainer's defaults otherwise, whatever they
-are when the bench runs (the sweeps are recorded per method). Backprop is the same trainer with no blocks and sweeps=1, which is exactly plain
-training with the same optimizer. All three start from the same initial weights and see the same
-batches (as `blockadmm train` does).
+1000 test), batch 100, the library's Adam 1e-3 per block (trainer.adam), 10 epochs, the trainer's
+defaults otherwise, whatever they are when the bench runs (the sweeps are recorded per method).
+Backprop is the same trainer with no blocks and sweeps=1, which is exactly plain training with the
+same optimizer. Beside them (full runs): `admm-online-fast`, the "fast" preset (one sweep, its own
+rho, lr_z and Adam rate, one shared optimizer; chosen on validation, results/tune-fast.json), and
+`backprop-fast`, backprop at the Adam rate that scored best for it in the same tuning, so that neither
+side's time-to-accuracy gains from a learning rate the other was denied. All start from the same
+initial weights and see the same batches (as `blockadmm train` does).
 
 Training runs `BlockADMM.step` over the loader that `fit` uses (same order, same steps), timed as `fit`
 times an epoch (batch fetch + step), with the test accuracy taken every EVAL_EVERY mini-batches outside
@@ -31,8 +35,9 @@ HIDDEN = pick([256, 256], [256, 256], [32, 32])
 EPOCHS = pick(10, 4, 1)
 TARGETS = [0.85, 0.90, 0.92]
 EVAL_EVERY = pick(8, 10, 5)  # mini-batches between test evaluations (an epoch of MNIST-5k is 40)
-# admm-online-1sweep (full runs only): the same with sweeps=1, to show what the default second sweep costs
-METHODS = ["backprop", "admm-online", "admm-batch"] + pick(["admm-online-1sweep"], [], [])
+METHODS = ["backprop", "admm-online", "admm-batch"] + pick(["admm-online-fast", "backprop-fast"], [], [])
+# backprop's best Adam rate on the validation split of results/tune-fast.json (1e-3 / 2e-3 / 3e-3 / 5e-3 tried)
+BACKPROP_FAST_LR = 3e-3
 _CACHE: dict = {}
 
 
@@ -88,19 +93,19 @@ def time_to_accuracy(curve, target):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_end_to_end(benchmark, method):
-    from blockadmm.trainer import BlockADMM
+    from blockadmm.trainer import PRESETS, BlockADMM, adam
 
     splits, model, cuts = _setup()
-    adam = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
+    lr = {"backprop-fast": BACKPROP_FAST_LR, "admm-online-fast": PRESETS["fast"]["weight_lr"]}.get(method, 1e-3)
     out = {}
 
     def make():
         m = copy.deepcopy(model)
-        if method == "backprop":
-            return BlockADMM(m, input_shape=splits.input_shape, optimizer=adam, sweeps=1, seed=0)
-        extra = {"sweeps": 1} if method.endswith("1sweep") else {}
+        if method.startswith("backprop"):
+            return BlockADMM(m, input_shape=splits.input_shape, optimizer=adam(lr), sweeps=1, seed=0)
+        preset = "fast" if method.endswith("-fast") else None
         return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, mode=method.split("-")[1],
-                         num_samples=len(splits.train), optimizer=adam, seed=0, **extra)
+                         num_samples=len(splits.train), preset=preset, seed=0)
 
     warm = make()  # first-call costs (backend loading, allocator, BLAS set-up) stay out of the timing
     x, y, idx = splits.train[list(range(100))]
@@ -117,7 +122,7 @@ def test_end_to_end(benchmark, method):
     hist = out["history"]
     walls = [h["wall_s"] for h in hist]
     record("end_to_end", method, method=method, dataset=DATASET, hidden=HIDDEN, epochs=EPOCHS, batch_size=100,
-           sweeps=out["sweeps"], threads=torch.get_num_threads(),
+           sweeps=out["sweeps"], adam_lr=lr, threads=torch.get_num_threads(),
            epoch_wall_s=walls, epoch_s=statistics.median(walls), epoch_min_s=min(walls),
            test_acc=[h["test_acc"] for h in hist], final_test_acc=hist[-1]["test_acc"],
            best_test_acc=max(h["test_acc"] for h in hist),

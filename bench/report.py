@@ -21,6 +21,8 @@ TARGETS = {
     "online_epoch_vs_backprop": 1.5,
 }
 EQUAL_ERR_RTOL = 1e-3  # "equal reconstruction error": relative difference at most this
+# "at the accuracy of the default run": a faster recipe's final test accuracy at most this many points below it
+SAME_ACC_POINTS = 0.5
 OP_ORDER = ["aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd"]
 SIZE_ORDER = ["tiny", "small", "medium", "large"]
 IMPL_ORDER = ["eager", "compile", "cpu", "eager cuda", "compile cuda", "triton", "cuda"]
@@ -149,6 +151,15 @@ def targets(res: dict) -> List[dict]:
         note = f"final test acc {100 * on['final_test_acc']:.1f}% (backprop {100 * bp['final_test_acc']:.1f}%)"
     add("Block-ADMM online epoch / backprop epoch", on and on.get("epoch_vs_backprop"), TARGETS["online_epoch_vs_backprop"],
         better="lower", note=note)
+    fast = res["end_to_end"].get("admm-online-fast")
+    if fast and on:
+        gap = fast["final_test_acc"] - on["final_test_acc"]
+        add("Block-ADMM online epoch, preset fast / backprop epoch", fast.get("epoch_vs_backprop"),
+            TARGETS["online_epoch_vs_backprop"], better="lower",
+            note=f"final test acc {100 * fast['final_test_acc']:.1f}% (defaults {100 * on['final_test_acc']:.1f}%)")
+        if out[-1]["reached"] and gap < -SAME_ACC_POINTS / 100:
+            out[-1]["reached"] = False
+            out[-1]["note"] += f" — not the defaults' accuracy (tolerance {SAME_ACC_POINTS} points)"
     if not res.get("timing", True):
         for t in out:
             t["reached"] = None
@@ -255,16 +266,18 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
         tgts = list(any_["tta"])
         L.append("")
         L.append(f"**End to end** ({any_['dataset']}, MLP {any_['hidden']}, {len(any_['hidden']) + 1} blocks for Block-ADMM, "
-                 f"batch {any_['batch_size']}, Adam 1e-3, {any_['epochs']} epochs, library defaults; epoch = median "
+                 f"batch {any_['batch_size']}, {any_['epochs']} epochs, library defaults unless the name says a preset "
+                 "(`-fast`: the fast preset; backprop-fast: backprop at its best validation Adam rate); epoch = median "
                  "training-loop time over the epochs; time-to-accuracy = training seconds until the test accuracy "
                  f"(taken every {any_.get('eval_every', '?')} mini-batches, outside the timing) first reaches the target)")
         L.append("")
-        L.append("| method | sweeps | epoch s | × backprop | final test acc | best test acc | " +
+        L.append("| method | sweeps | Adam lr | epoch s | × backprop | final test acc | best test acc | " +
                  " | ".join(f"time to {100 * float(t):.0f}%" for t in tgts) + " |")
-        L.append("|---|---|---|---|---|---|" + "---|" * len(tgts))
+        L.append("|---|---|---|---|---|---|---|" + "---|" * len(tgts))
         for name, r in e2e.items():
             tta = " | ".join(_f(r["tta"][t], "{:.2f} s", "not reached") for t in tgts)
-            L.append(f"| {name} | {r.get('sweeps', '')} | {_f(r['epoch_s'], '{:.3f}')} | {_x(r.get('epoch_vs_backprop'))} | "
+            L.append(f"| {name} | {r.get('sweeps', '')} | {_f(r.get('adam_lr'), '{:g}')} | {_f(r['epoch_s'], '{:.3f}')} | "
+                     f"{_x(r.get('epoch_vs_backprop'))} | "
                      f"{100 * r['final_test_acc']:.1f}% | {100 * r['best_test_acc']:.1f}% | {tta} |")
     if plots_prefix is not None and res.get("plots"):
         L.append("")

@@ -36,8 +36,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="a named recipe (ADMMConfig.preset: deep = deep sigmoid nets online, deep-batch = the same in batch "
-                        "mode); the flags below override its fields, and --lr its Adam rate")
+                   help="a named recipe (ADMMConfig.preset: fast = one sweep per mini-batch, online; deep = deep sigmoid "
+                        "nets online, deep-batch = the same in batch mode); the flags below override its fields, --lr its "
+                        "Adam rate and --shared-optimizer its optimizer layout")
     p.add_argument("--rho", type=float, default=None, help=f"(default {d.rho})")
     p.add_argument("--lr-z", type=float, default=None, help=f"(default {d.lr_z})")
     p.add_argument("--sweeps", type=int, default=None, help=f"(default {d.sweeps})")
@@ -48,6 +49,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dual-step", type=float, default=None, help=f"(default {d.dual_step})")
     p.add_argument("--rho-schedule", default=None, choices=["constant", "adaptive"], help=f"(default {d.rho_schedule})")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate of every block (default 1e-3, or the preset's)")
+    p.add_argument("--shared-optimizer", action=argparse.BooleanOptionalAction, default=None,
+                   help="one Adam over every block instead of one per block: the same updates in one call per step "
+                        "(default off, or the preset's)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--val-fraction", type=float, default=0.0, help="carve a validation split from the training data")
@@ -87,6 +91,8 @@ def resolve_preset(args) -> None:
             setattr(args, f, getattr(base, f))
     if args.lr is None:
         args.lr = PRESETS[name]["weight_lr"]
+    if args.shared_optimizer is None:
+        args.shared_optimizer = PRESETS[name].get("shared_optimizer", False)
 
 
 def build_network(args, input_shape, num_classes):
@@ -117,6 +123,8 @@ def cmd_train(args) -> int:
     if args.nproc > 1:
         from .distributed import launch_train
 
+        if args.shared_optimizer:
+            print("--nproc: every rank keeps one optimizer per block (--shared-optimizer applies to one process)", file=sys.stderr)
         if args.schedule == "sync" and args.order != "jacobi":
             # sync is the Jacobi order; a sequential order across ranks would run as a wave with no parallelism
             print(f"--schedule sync runs the Jacobi order (not {args.order})", file=sys.stderr)
@@ -140,7 +148,7 @@ def cmd_train(args) -> int:
             optimizer=optimizer, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
             order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
             table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
-            device=args.device, seed=args.seed,
+            shared_optimizer=args.shared_optimizer, device=args.device, seed=args.seed,
         )
         ckpt = os.path.join(args.out, f"checkpoint-{mode}.pt")
         if args.resume:

@@ -1,4 +1,6 @@
 """Trainer options for deep nets: auxiliary-step rules and named presets."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +119,52 @@ def test_deep_batch_preset_is_deep_with_its_own_rho_and_refuses_online():
     assert tr.rho == [c.rho, c.rho]
     with pytest.raises(ValueError, match="mode='batch'"):
         BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep-batch")
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_shared_optimizer_trains_like_one_per_block_and_checkpoints(tmp_path, mode):
+    """Adam is per element, so one optimizer over every block gives the per-block updates, in one call."""
+    from blockadmm.trainer import adam
+
+    x, y = _data()
+    torch.manual_seed(0)
+    model, cuts = mlp_blocks(20, [16, 12], 3)
+    kw = dict(blocks=cuts, input_shape=(20,), mode=mode, num_samples=len(x), optimizer=adam(3e-3), sweeps=2)
+    per_block = BlockADMM(copy.deepcopy(model), **kw)
+    shared = BlockADMM(copy.deepcopy(model), shared_optimizer=True, **kw)
+    assert len({id(o) for o in shared.optimizers}) == 1 and len({id(o) for o in per_block.optimizers}) == 3
+    index = torch.arange(len(x))
+    for _ in range(4):
+        per_block.step(x, y, index), shared.step(x, y, index)
+    flat = lambda tr: torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])  # noqa: E731
+    torch.testing.assert_close(flat(shared), flat(per_block), rtol=1e-6, atol=1e-7)
+    untrained = BlockADMM(copy.deepcopy(model), **kw)
+    assert float((flat(shared) - flat(untrained)).abs().max()) > 1e-3  # they moved
+    path = str(tmp_path / "ckpt.pt")
+    shared.save(path)
+    resumed = BlockADMM(copy.deepcopy(model), shared_optimizer=True, **kw)
+    resumed.load(path)
+    shared.step(x, y, index), resumed.step(x, y, index)
+    torch.testing.assert_close(flat(resumed), flat(shared), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shared_optimizer=True"):
+        untrained.load(path)
+
+
+def test_fast_preset_is_the_committed_tuning_choice_and_online_only():
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "results", "tune-fast.json")
+    with open(path) as f:
+        scores = json.load(f)["scores"]  # best first (bench/tune_defaults.py --grid fast)
+    best = next(s for s in scores if s["sweeps"] == 1)
+    fast = PRESETS["fast"]
+    assert {k: fast["config"][k] for k in ("sweeps", "rho", "lr_z")} == {k: best[k] for k in ("sweeps", "rho", "lr_z")}
+    assert fast["weight_lr"] == best["weight_lr"]
+    torch.manual_seed(0)
+    model, cuts = mlp_blocks(20, [16, 16], 3)
+    tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="fast")
+    assert tr.shared_optimizer and tr.config.sweeps == 1 and tr.optimizers[0].param_groups[0]["lr"] == best["weight_lr"]
+    assert not BlockADMM(model, blocks=cuts, input_shape=(20,), preset="fast", shared_optimizer=False).shared_optimizer
+    with pytest.raises(ValueError, match="mode='online'"):
+        BlockADMM(model, blocks=cuts, input_shape=(20,), preset="fast", mode="batch", num_samples=8)
