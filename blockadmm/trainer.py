@@ -304,12 +304,16 @@ class BlockADMM:
         with torch.no_grad():
             return self.blocks[k](inp)
 
-    def _cached_term(self, k, out, z, u):
-        """(r, r * act'(pre)) of fused linear block k from its kept output out = f_k(input), r = out - z - u:
-        what its ADMM term's gradients need, without the forward GEMM."""
-        _, act = self._fused[k]
-        r = out - z - u
-        return r, r * derivative_from_output(out, act)
+    def _cached_term(self, k, out, z, u, scale, need_ssq=False):
+        """(scale * r * act'(pre), sum r^2 or None) of fused linear block k from its kept output out = f_k(input),
+        r = out - z - u: what its ADMM term's gradients need, without the forward GEMM (in place on one buffer:
+        on small blocks each pass costs about as much as its arithmetic)."""
+        r = torch.sub(out, z).sub_(u)
+        ssq = None
+        if need_ssq:
+            flat = r.reshape(-1) if r.dtype == torch.float32 else r.reshape(-1).float()
+            ssq = torch.dot(flat, flat)
+        return r.mul_(derivative_from_output(out, self._fused[k][1])).mul_(scale), ssq
 
     def _next_term_grad(self, k, zk, z_next, u_next, y, out=None):
         """Per-sample gradient in z_k of the term that consumes it: block k+1's ADMM term or the task loss.
@@ -322,8 +326,8 @@ class BlockADMM:
             _, _, _, g = linear_cross_entropy(zk, self._head.weight, self._head.bias, y, need_weight_grad=False)
             return g * zk.shape[0]  # the gradient of the per-sample losses summed
         if out is not None and self._fused[k + 1] is not None and k + 1 < self.n_blocks - 1:
-            _, gpre = self._cached_term(k + 1, out, z_next, u_next)
-            return (self.rho[k + 1] * gpre) @ self._fused[k + 1][0].weight.detach()
+            g, _ = self._cached_term(k + 1, out, z_next, u_next, self.rho[k + 1])
+            return g @ self._fused[k + 1][0].weight.detach()
         zk = zk.detach().requires_grad_(True)
         with torch.enable_grad():
             out = self.blocks[k + 1](zk)
@@ -348,9 +352,8 @@ class BlockADMM:
             return _set_grads(self._head, gw, gb, loss)
         if k < self.n_blocks - 1 and fused is not None and out is not None:
             m = inp.shape[0]
-            r, gpre = self._cached_term(k, out, target, dual)
-            gp = (self.rho[k] / m) * gpre
-            return _set_grads(fused[0], gp.T @ inp, gp.sum(0), (self.rho[k] / (2 * m)) * r.float().square().sum())
+            gp, ssq = self._cached_term(k, out, target, dual, self.rho[k] / m, need_ssq=True)
+            return _set_grads(fused[0], gp.T @ inp, gp.sum(0), (self.rho[k] / (2 * m)) * ssq)
         if k < self.n_blocks - 1 and fused is not None:
             lin, act = fused
             # the op's residual is out - z + u; ours is out - z - u (DESIGN §1's sign of u), hence -u
@@ -487,8 +490,8 @@ class BlockADMM:
 
         norm = lambda t: torch.linalg.vector_norm(t, dtype=torch.float32)  # noqa: E731
         stats_t = torch.stack(  # one transfer: loss, |z - a|^2, |z|, |z - z_start| per boundary
-            [losses[-1].float()] + [p.float() for p in primal_sq] + [norm(zk) for zk in z] + [norm(zk - z0) for zk, z0 in zip(z, z_start)]
-        ).cpu()
+            [losses[-1]] + primal_sq + [norm(zk) for zk in z] + [norm(zk - z0) for zk, z0 in zip(z, z_start)]
+        ).cpu()  # (stack promotes a low-precision loss to float32)
         self._raise_if_nonfinite(stats_t[1:B], "primal residual", x)
         if self.tables is not None:
             self.tables.scatter(index, z, u)

@@ -122,7 +122,7 @@ def load():
             0 if index is None else index.data_ptr(), rows, cols, float(rho), float(lr), float(dual_step),
             kind, lo, hi, thr, step == "sign", torch.get_num_threads(),
         )
-        return torch.tensor(total, dtype=torch.float32)
+        return torch.scalar_tensor(total, dtype=torch.float32)
 
     def _mu(X, num, den, l1, l2, eps):
         mod.nmf_mu_epilogue(X.data_ptr(), num.data_ptr(), den.data_ptr(), X.numel(), float(l1), float(l2), float(eps),
@@ -164,7 +164,7 @@ def load():
         ssq = mod.linear_epilogue(pre.data_ptr(), out.data_ptr(), z.data_ptr(), u.data_ptr(), pre.numel(),
                                   float(rho) / m, ACT_CODES[activation], torch.get_num_threads())
         gp = pre  # the epilogue overwrote pre with gp = (rho/m) r act'(pre)
-        loss = torch.tensor((float(rho) / (2 * m)) * ssq, dtype=torch.float32)
+        loss = torch.scalar_tensor((float(rho) / (2 * m)) * ssq, dtype=torch.float32)
         grad_weight = gp.T @ x
         grad_bias = gp.sum(0) if bias is not None else None
         grad_input = gp @ weight if need_input_grad else None

@@ -91,7 +91,7 @@ def linear_cross_entropy(
     logp = torch.log_softmax(torch.nn.functional.linear(x, weight, bias).float(), 1)
     loss = torch.nn.functional.nll_loss(logp, y)
     d = logp.exp_()  # softmax; logp is not needed after the loss
-    d[torch.arange(m, device=d.device), y] -= 1.0
+    d.scatter_add_(1, y.unsqueeze(1), d.new_full((m, 1), -1.0))  # - onehot(y)
     d = d.div_(m).to(x.dtype)
     grad_weight = grad_bias = grad_input = None
     if need_weight_grad:
