@@ -6,18 +6,20 @@ The foundation issue's default run: MLP 784-256-256-10 cut into 3 blocks, MNIST-
 1000 test), batch 100, the library's Adam 1e-3 per block (trainer.adam), 10 epochs, the trainer's
 defaults otherwise, whatever they are when the bench runs (the sweeps are recorded per method).
 Backprop is the same trainer with no blocks and sweeps=1, which is exactly plain training with the
-same optimizer. Beside them (full runs): `admm-online-fast`, the "fast" preset (one sweep, its own
-rho, lr_z and Adam rate, one shared optimizer; chosen on validation, results/tune-fast.json), and
+same optimizer. Beside them: `admm-online-fast`, the "fast" preset (one sweep, its own rho, lr_z and
+Adam rate, one shared optimizer; chosen on validation, results/tune-fast.json), and (full runs)
 `backprop-fast`, backprop at the Adam rate that scored best for it in the same tuning, so that neither
 side's time-to-accuracy gains from a learning rate the other was denied. All start from the same
 initial weights and see the same batches (as `blockadmm train` does).
 
 Training runs `BlockADMM.step` over the loader that `fit` uses (same order, same steps), timed as `fit`
 times an epoch (batch fetch + step), with the test accuracy taken every EVAL_EVERY mini-batches outside
-the timing. Recorded per method: every epoch's training-loop wall time and test accuracy, and the
-curve (training seconds, test accuracy), so the report gives the epoch time (median over epochs), its
-ratio to backprop, and the time-to-accuracy: training seconds until the test accuracy first reaches
-each target (resolution: EVAL_EVERY mini-batches).
+the timing. The methods train in lockstep: epoch e of every method, in an order rotated each epoch, so
+that the machine's drift over the run (other load, clock changes) reaches all of them alike and the
+epoch-time ratios compare epochs run side by side. Recorded per method: every epoch's training-loop wall
+time and test accuracy, and the curve (training seconds, test accuracy), so the report gives the epoch
+time (median over epochs), its ratio to backprop, and the time-to-accuracy: training seconds until the
+test accuracy first reaches each target (resolution: EVAL_EVERY mini-batches).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import copy
 import statistics
 import time
 
-import pytest
 import torch
 
 from bench._common import pick, record, timed
@@ -35,7 +36,7 @@ HIDDEN = pick([256, 256], [256, 256], [32, 32])
 EPOCHS = pick(10, 4, 1)
 TARGETS = [0.85, 0.90, 0.92]
 EVAL_EVERY = pick(8, 10, 5)  # mini-batches between test evaluations (an epoch of MNIST-5k is 40)
-METHODS = ["backprop", "admm-online", "admm-batch"] + pick(["admm-online-fast", "backprop-fast"], [], [])
+METHODS = ["backprop", "admm-online", "admm-batch", "admm-online-fast"] + pick(["backprop-fast"], [], [])
 # backprop's best Adam rate on the validation split of results/tune-fast.json (1e-3 / 2e-3 / 3e-3 / 5e-3 tried)
 BACKPROP_FAST_LR = 3e-3
 _CACHE: dict = {}
@@ -53,18 +54,42 @@ def _setup():
     return _CACHE["splits"], _CACHE["model"], _CACHE["cuts"]
 
 
-def train_curve(tr, splits, epochs, eval_every):
-    """What `BlockADMM.fit` does (same loader order, same steps), with the test accuracy also taken every
-    `eval_every` mini-batches, outside the timing. Returns per-epoch records (wall_s = training-loop
-    time: fetching the batch and the step, as fit measures it) and the curve [(train seconds, test acc)]."""
-    from blockadmm.data import make_loader
+def make_trainer(method, splits, model, cuts):
+    """The trainer of one method, from a copy of the shared initial weights."""
+    from blockadmm.trainer import BlockADMM, adam
 
-    total, curve, history = 0.0, [(0.0, tr.evaluate(splits.test)["acc"])], []
-    for epoch in range(tr.epoch, epochs):
+    m = copy.deepcopy(model)
+    if method.startswith("backprop"):
+        return BlockADMM(m, input_shape=splits.input_shape, optimizer=adam(adam_lr(method)), sweeps=1, seed=0)
+    preset = "fast" if method.endswith("-fast") else None
+    return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, mode=method.split("-")[1],
+                     num_samples=len(splits.train), preset=preset, seed=0)
+
+
+def adam_lr(method):
+    from blockadmm.trainer import PRESETS
+
+    return {"backprop-fast": BACKPROP_FAST_LR, "admm-online-fast": PRESETS["fast"]["weight_lr"]}.get(method, 1e-3)
+
+
+class Run:
+    """One method's training as `BlockADMM.fit` does it (same loader order, same steps), an epoch at a time,
+    with the test accuracy also taken every `eval_every` mini-batches outside the timing: per-epoch records
+    (wall_s = training-loop time, batch fetch and step, as fit measures it) and the curve [(train s, test acc)]."""
+
+    def __init__(self, trainer, splits, eval_every):
+        self.tr, self.splits, self.eval_every = trainer, splits, eval_every
+        self.total, self.history = 0.0, []
+        self.curve = [(0.0, trainer.evaluate(splits.test)["acc"])]
+
+    def epoch(self):
+        from blockadmm.data import make_loader
+
+        tr, epoch = self.tr, self.tr.epoch
         for b in tr.blocks:
             if hasattr(b, "admm_set_epoch"):
                 b.admm_set_epoch(epoch)
-        it = iter(make_loader(splits.train, 100, shuffle=True, seed=tr.seed, epoch=epoch))
+        it = iter(make_loader(self.splits.train, 100, shuffle=True, seed=tr.seed, epoch=epoch))
         wall, i = 0.0, 0
         while True:
             t0 = time.perf_counter()
@@ -72,18 +97,17 @@ def train_curve(tr, splits, epochs, eval_every):
             if batch is not None:
                 tr.step(batch[0], batch[1], batch[2])
             dt = time.perf_counter() - t0
-            wall, total = wall + dt, total + dt
+            wall, self.total = wall + dt, self.total + dt
             if batch is None:
                 break
             i += 1
-            if i % eval_every == 0:
-                curve.append((total, tr.evaluate(splits.test)["acc"]))
+            if i % self.eval_every == 0:
+                self.curve.append((self.total, tr.evaluate(self.splits.test)["acc"]))
         tr.epoch = epoch + 1
-        acc = tr.evaluate(splits.test)["acc"]
-        if curve[-1][0] != total:
-            curve.append((total, acc))
-        history.append({"epoch": epoch + 1, "wall_s": wall, "test_acc": acc})
-    return history, curve
+        acc = tr.evaluate(self.splits.test)["acc"]
+        if self.curve[-1][0] != self.total:
+            self.curve.append((self.total, acc))
+        self.history.append({"epoch": epoch + 1, "wall_s": wall, "test_acc": acc})
 
 
 def time_to_accuracy(curve, target):
@@ -91,40 +115,30 @@ def time_to_accuracy(curve, target):
     return next((t for t, a in curve if a >= target), None)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_end_to_end(benchmark, method):
-    from blockadmm.trainer import PRESETS, BlockADMM, adam
-
+def test_end_to_end(benchmark):
     splits, model, cuts = _setup()
-    lr = {"backprop-fast": BACKPROP_FAST_LR, "admm-online-fast": PRESETS["fast"]["weight_lr"]}.get(method, 1e-3)
+    x, y, idx = splits.train[list(range(100))]
+    for method in METHODS:  # first-call costs (backend loading, allocator, BLAS set-up) stay out of the timing
+        warm = make_trainer(method, splits, model, cuts)
+        for _ in range(3):
+            warm.step(x, y, idx)
     out = {}
 
-    def make():
-        m = copy.deepcopy(model)
-        if method.startswith("backprop"):
-            return BlockADMM(m, input_shape=splits.input_shape, optimizer=adam(lr), sweeps=1, seed=0)
-        preset = "fast" if method.endswith("-fast") else None
-        return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, mode=method.split("-")[1],
-                         num_samples=len(splits.train), preset=preset, seed=0)
-
-    warm = make()  # first-call costs (backend loading, allocator, BLAS set-up) stay out of the timing
-    x, y, idx = splits.train[list(range(100))]
-    for _ in range(3):
-        warm.step(x, y, idx)
-    del warm
-
     def run():
-        tr = make()
-        out["history"], out["curve"] = train_curve(tr, splits, EPOCHS, EVAL_EVERY)
-        out["sweeps"] = getattr(tr.config, "sweeps", 1)
+        runs = {m: Run(make_trainer(m, splits, model, cuts), splits, EVAL_EVERY) for m in METHODS}
+        for epoch in range(EPOCHS):
+            shift = epoch % len(METHODS)
+            for m in METHODS[shift:] + METHODS[:shift]:
+                runs[m].epoch()
+        out.update(runs)
 
     t = timed(benchmark, run, rounds=1, warmup=0)
-    hist = out["history"]
-    walls = [h["wall_s"] for h in hist]
-    record("end_to_end", method, method=method, dataset=DATASET, hidden=HIDDEN, epochs=EPOCHS, batch_size=100,
-           sweeps=out["sweeps"], adam_lr=lr, threads=torch.get_num_threads(),
-           epoch_wall_s=walls, epoch_s=statistics.median(walls), epoch_min_s=min(walls),
-           test_acc=[h["test_acc"] for h in hist], final_test_acc=hist[-1]["test_acc"],
-           best_test_acc=max(h["test_acc"] for h in hist),
-           curve=out["curve"], eval_every=EVAL_EVERY,
-           tta={str(a): time_to_accuracy(out["curve"], a) for a in TARGETS}, fit_s=t["s"], timing=t["s"] is not None)
+    for method, r in out.items():
+        walls = [h["wall_s"] for h in r.history]
+        record("end_to_end", method, method=method, dataset=DATASET, hidden=HIDDEN, epochs=EPOCHS, batch_size=100,
+               sweeps=getattr(r.tr.config, "sweeps", 1), adam_lr=adam_lr(method), threads=torch.get_num_threads(),
+               epoch_wall_s=walls, epoch_s=statistics.median(walls), epoch_min_s=min(walls),
+               test_acc=[h["test_acc"] for h in r.history], final_test_acc=r.history[-1]["test_acc"],
+               best_test_acc=max(h["test_acc"] for h in r.history),
+               curve=r.curve, eval_every=EVAL_EVERY, lockstep=True,
+               tta={str(a): time_to_accuracy(r.curve, a) for a in TARGETS}, train_s=r.total, timing=t["s"] is not None)
