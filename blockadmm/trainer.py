@@ -47,7 +47,7 @@ PRESETS = {
     # the defaults: shallow nets (a few blocks) and ReLU MLPs of any depth tried (2-8 hidden layers)
     "default": {"config": {}, "weight_lr": 1e-3},
     # one sweep per mini-batch with a softer penalty and a faster Adam, online: about a third of the default's
-    # work per step at its validation accuracy on the shipped MLPs (results/tune-fast.json, chosen on
+    # work per step at its validation accuracy on shallow MLPs (results/tune-fast.json, chosen on
     # validation among rho x lr_z x Adam rate); one optimizer over all blocks (shared_optimizer)
     "fast": {"config": {"sweeps": 1, "rho": 0.125, "lr_z": 0.3}, "weight_lr": 5e-3, "mode": "online", "shared_optimizer": True},
     # deep narrow saturating nets (8+ sigmoid layers of 256, one layer per block) where backprop stalls
@@ -115,7 +115,9 @@ class ADMMConfig:
         "default": the ADMMConfig defaults (plain gradient step on z, lr_z 0.3, top-down, 3 sweeps) — shallow nets
         and ReLU MLPs. "fast": one sweep, rho=0.125, with Adam 5e-3 and one shared optimizer (BlockADMM), online
         only: on MNIST-5k's 3-block MLP it matched the defaults' validation accuracy (10 epochs, 3 seeds, worst of
-        the last 5 epochs: 93.8% vs 93.5%) at a third of the GEMMs per step; not tried on deep nets. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
+        the last 5 epochs: 93.8% vs 93.5%) at a third of the GEMMs per step. Shallow nets only: in the depth
+        grid (results/experiments/depth, 10 epochs) it trains 2-4 ReLU/tanh layers and 2 sigmoid layers, trails
+        at 8 tanh layers (83% vs 88%) and fails (at most 32%) from 8 ReLU, 16 tanh and 4 sigmoid layers on. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
         block) where backprop stalls: sign step lr_z=0.3, k_z=1, top-down, 3 sweeps, rho=1, dual step 1;
         use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
         and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail); online it

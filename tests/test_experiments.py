@@ -34,14 +34,14 @@ def test_depth_tiny(tmp_path):
         assert os.path.getsize(os.path.join(out, png)) > 1000
 
 
-def test_depth_default_grid_has_three_seeds_at_depth8_sigmoid():
+def test_depth_default_grid_has_three_seeds_at_depth8_sigmoid_and_depth2_relu():
     from blockadmm.experiments import depth, parser
 
     args = parser().parse_args(["depth"])
     cells = depth.grid(args)
-    seeds = {s for m, d, a, s in cells if d == 8 and a == "sigmoid"}
-    assert seeds == {0, 1, 2}
-    assert {s for m, d, a, s in cells if (d, a) != (8, "sigmoid")} == {0}
+    for net in ((8, "sigmoid"), (2, "relu")):
+        assert {s for m, d, a, s in cells if (d, a) == net} == {0, 1, 2}
+    assert {s for m, d, a, s in cells if (d, a) not in ((8, "sigmoid"), (2, "relu"))} == {0}
     assert {m for m, *_ in cells} == set(C.METHODS)
 
 

@@ -9,6 +9,7 @@ Methods (names are the ones the experiments and results files use):
   backprop-adam  plain backprop, Adam lr 1e-3
   admm-online    Block-ADMM, online mode, with the preset that suits the activation (`admm_recipe`)
   admm-batch     the recipe for batch mode (per-sample z/u tables)
+  admm-fast      Block-ADMM online with the "fast" preset (one sweep, rho 0.125, Adam 5e-3), whatever the activation
   admm-nodual    the online recipe with dual step 0 (alternating minimization with a quadratic penalty)
   local-greedy   each block with its own linear classifier head trained on its own output, the input
                  of every block detached (no gradient between blocks), all blocks on every batch;
@@ -29,7 +30,7 @@ from .. import data as bdata
 from ..models import mlp_blocks
 from ..trainer import PRESETS, ADMMConfig, BlockADMM
 
-METHODS = ("backprop-sgd", "backprop-adam", "admm-online", "admm-batch", "admm-nodual", "local-greedy")
+METHODS = ("backprop-sgd", "backprop-adam", "admm-online", "admm-batch", "admm-fast", "admm-nodual", "local-greedy")
 RECORD_KEYS = ("method", "depth", "activation", "seed", "test_acc", "train_acc", "best_test_acc", "wall_s")
 
 
@@ -293,6 +294,9 @@ def run_method(run: Run, progress=None, blocks_factory=None) -> dict:
         return run_admm(run, "online", blocks_factory, progress=progress)
     if m == "admm-batch":
         return run_admm(run, "batch", blocks_factory, progress=progress)
+    if m == "admm-fast":
+        run.overrides = {**run.overrides, "preset": "fast"}
+        return run_admm(run, "online", blocks_factory, progress=progress)
     if m == "admm-nodual":
         run.overrides = {**run.overrides, "dual_step": 0.0}
         return run_admm(run, "online", blocks_factory, progress=progress)

@@ -98,6 +98,20 @@ def render_depth(res, rel) -> List[str]:
         v = C.mean(r["test_acc"] for r in sb)
         claims.append(f"- Depth 8 sigmoid in batch mode (per-sample tables, preset `{sb[0].get('recipe')}`): mean {pct(v)}%, worst {pct(min(r['test_acc'] for r in sb))}% "
                       f"(target ≥ 80%: {_verdict(v >= 0.80)}).")
+    fr, dr = t.get(("relu", "admm-fast", 2), []), t.get(("relu", "admm-online", 2), [])
+    if fr and dr:
+        def summary(rs):
+            return f"{pct(C.mean(r['test_acc'] for r in rs))}% (worst {pct(min(r['test_acc'] for r in rs))}%)"
+        bp = t.get(("relu", "backprop-adam", 2), [])
+        claims.append(f"- Depth 2 relu (the foundation issue's net), seeds {sorted(r['seed'] for r in fr)}: preset `fast` (one sweep) "
+                      f"{summary(fr)}, the defaults (3 sweeps) {summary(dr)}" + (f", backprop Adam 1e-3 {summary(bp)}." if bp else "."))
+        worse = [f"{act} L={d} ({pct(C.mean(r['test_acc'] for r in t[(act, 'admm-fast', d)]))} vs "
+                 f"{pct(C.mean(r['test_acc'] for r in t[(act, 'admm-online', d)]))})"
+                 for act in acts for d in depths if t.get((act, "admm-fast", d)) and t.get((act, "admm-online", d))
+                 and C.mean(r["test_acc"] for r in t[(act, "admm-fast", d)]) < C.mean(r["test_acc"] for r in t[(act, "admm-online", d)]) - 0.02]
+        if worse:
+            claims.append("- Preset `fast` (tuned on depth 2 relu) falls more than 2 points below Block-ADMM online's recipe at: "
+                          + "; ".join(worse) + ".")
     # where backprop wins
     wins = []
     for act in acts:
