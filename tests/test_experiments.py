@@ -196,3 +196,19 @@ def test_rho_tuning_picks_the_best_validation_and_the_preset_follows_it():
         pytest.skip("no committed tuning results")
     committed = [C.read_results(p) for p in paths]
     assert report.chosen_rho(committed) == PRESETS["deep-batch"]["config"]["rho"]
+
+
+def test_depth_report_states_fast_against_the_defaults_and_where_it_falls_behind():
+    def rec(method, depth, act, seed, acc):
+        return {"method": method, "depth": depth, "activation": act, "seed": seed, "test_acc": acc}
+
+    recs = [rec("admm-fast", 2, "relu", s, a) for s, a in enumerate((0.94, 0.93, 0.95))]
+    recs += [rec("admm-online", 2, "relu", s, a) for s, a in enumerate((0.92, 0.93, 0.94))]
+    recs += [rec("admm-fast", 8, "relu", 0, 0.30), rec("admm-online", 8, "relu", 0, 0.93),
+             rec("admm-fast", 4, "relu", 0, 0.935), rec("admm-online", 4, "relu", 0, 0.94)]
+    res = {"records": recs, "meta": {"train": 3200, "val": 800, "test": 1000, "width": 256, "batch_size": 100, "epochs": 10}}
+    md = "\n".join(report.render_depth(res, "r"))
+    assert ("- Depth 2 relu (the foundation issue's net), seeds [0, 1, 2]: preset `fast` (one sweep) 94.0% (worst 93.0%), "
+            "the defaults (3 sweeps) 93.0% (worst 92.0%).") in md
+    # 4 layers is within 2 points, 8 is not
+    assert "falls more than 2 points below Block-ADMM online's recipe at: relu L=8 (30.0 vs 93.0)." in md
