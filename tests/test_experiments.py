@@ -34,14 +34,15 @@ def test_depth_tiny(tmp_path):
         assert os.path.getsize(os.path.join(out, png)) > 1000
 
 
-def test_depth_default_grid_has_three_seeds_at_depth8_sigmoid_and_depth2_relu():
+def test_depth_default_grid_has_three_seeds_at_the_claimed_nets():
     from blockadmm.experiments import depth, parser
 
     args = parser().parse_args(["depth"])
     cells = depth.grid(args)
-    for net in ((8, "sigmoid"), (2, "relu")):
+    seeded = ((8, "sigmoid"), (8, "tanh"), (2, "relu"))
+    for net in seeded:
         assert {s for m, d, a, s in cells if (d, a) == net} == {0, 1, 2}
-    assert {s for m, d, a, s in cells if (d, a) not in ((8, "sigmoid"), (2, "relu"))} == {0}
+    assert {s for m, d, a, s in cells if (d, a) not in seeded} == {0}
     assert {m for m, *_ in cells} == set(C.METHODS)
 
 

@@ -91,7 +91,9 @@ def render_depth(res, rel) -> List[str]:
     th, tb = t.get(("tanh", "admm-online", 8), []), t.get(("tanh", "backprop-adam", 8), [])
     if th and tb:
         a, b = C.mean(r["test_acc"] for r in th), C.mean(r["test_acc"] for r in tb)
-        claims.append(f"- Depth 8 tanh: Block-ADMM online {pct(a)}% vs backprop Adam {pct(b)}% "
+        seeds = f", seeds {sorted(r['seed'] for r in th)}" if len(th) > 1 else ""
+        worst = lambda rs: f" (worst {pct(min(r['test_acc'] for r in rs))}%)" if len(rs) > 1 else ""  # noqa: E731
+        claims.append(f"- Depth 8 tanh{seeds}: Block-ADMM online {pct(a)}%{worst(th)} vs backprop Adam {pct(b)}%{worst(tb)} "
                       f"(target within 3 points: {_verdict(a >= b - 0.03)}).")
     sb = t.get(("sigmoid", "admm-batch", 8), [])
     if sb:
