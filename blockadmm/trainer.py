@@ -116,8 +116,8 @@ class ADMMConfig:
         and ReLU MLPs. "fast": one sweep, rho=0.125, with Adam 5e-3 and one shared optimizer (BlockADMM), online
         only: on MNIST-5k's 3-block MLP it matched the defaults' validation accuracy (10 epochs, 3 seeds, worst of
         the last 5 epochs: 93.8% vs 93.5%) at a third of the GEMMs per step. Shallow nets only: in the depth
-        grid (results/experiments/depth, 10 epochs) it trains 2-4 ReLU/tanh layers and 2 sigmoid layers, trails
-        at 8 tanh layers (83% vs 88%) and fails (at most 32%) from 8 ReLU, 16 tanh and 4 sigmoid layers on. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
+        grid (results/experiments/depth, 10 epochs) it trains 2-8 tanh, 2-4 ReLU and 2 sigmoid layers as well as
+        the defaults, and fails (at most 32%) from 8 ReLU, 16 tanh and 4 sigmoid layers on. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
         block) where backprop stalls: sign step lr_z=0.3, k_z=1, top-down, 3 sweeps, rho=1, dual step 1;
         use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
         and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail); online it
