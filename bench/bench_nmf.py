@@ -151,3 +151,23 @@ def test_nmf(benchmark, dataset, impl):
     assert math.isfinite(err)
     record("nmf", f"{dataset} {impl}", dataset=dataset, impl=impl, shape=[n, d, k], iters=ITERS,
            flops_per_iter=flops, rel_err=err, dtype=out.get("dtype", str(out["H"].dtype)), s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_nmf_gemm_floor(benchmark, dataset):
+    """What the update's shapes allow: the two n x d x k GEMMs of an iteration (V Wᵀ and Hᵀ V, 4ndk of its
+    4ndk + 4k²(n+d) FLOPs) alone, as plain torch.mm into kept outputs, nothing else. Their rate as a fraction
+    of the square torch.mm ceiling bounds what an MU iteration can reach on this machine."""
+    V, H0, W0 = _data(dataset)
+    n, d = V.shape
+    H, W = H0.clone(), W0.clone()
+    num_h, num_w = torch.empty(n, RANK), torch.empty(RANK, d)
+
+    def run():
+        for _ in range(ITERS):
+            torch.mm(V, W.T, out=num_h)
+            torch.mm(H.T, V, out=num_w)
+
+    t = timed(benchmark, run, rounds=ROUNDS, warmup=0)
+    record("nmf_floor", f"{dataset} gemm floor", dataset=dataset, shape=[n, d, RANK], iters=ITERS, flops_per_iter=4 * n * d * RANK,
+           s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)
