@@ -76,6 +76,17 @@ def test_nmf_loss_does_not_rise():
     assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:]))
 
 
+def _assert_loss_and_grads(got, loss64, grads, atol):
+    """float32 (loss, grad_input, grad_weight, grad_bias or None) against float64 autograd: loss64 and the
+    gradients in [input, weight(, bias)]."""
+    loss, gx, gw, gb = got
+    torch.testing.assert_close(loss.double(), loss64.detach(), rtol=1e-5, atol=atol)
+    for name, g, want in zip(("input", "weight", "bias"), (gx, gw, gb), grads):
+        torch.testing.assert_close(g.double(), want, rtol=1e-4, atol=atol, msg=lambda m: f"grad_{name}: {m}")
+    if len(grads) == 2:
+        assert gb is None
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_linear_block_fwd_bwd_matches_autograd(activation, with_bias):
@@ -100,14 +111,8 @@ def test_linear_block_fwd_bwd_matches_autograd(activation, with_bias):
         x.detach().float(), w.detach().float(), None if b is None else b.detach().float(), z.float(), u.float(),
         rho=rho, activation=activation, backend="torch",
     )
-    torch.testing.assert_close(loss.double(), loss64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.double(), out64.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gx.double(), grads[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(gw.double(), grads[1], rtol=1e-4, atol=1e-5)
-    if with_bias:
-        torch.testing.assert_close(gb.double(), grads[2], rtol=1e-4, atol=1e-5)
-    else:
-        assert gb is None
+    _assert_loss_and_grads((loss, gx, gw, gb), loss64, grads, atol=1e-5)
     *_, gx_none, _ = ops.linear_block_fwd_bwd(x.detach().float(), w.detach().float(), None, z.float(), u.float(), rho=rho, activation=activation, need_input_grad=False)
     assert gx_none is None
 
@@ -164,13 +169,7 @@ def test_linear_cross_entropy_matches_autograd(with_bias):
 
     xf, wf, bf = x.detach().float(), w.detach().float(), None if b is None else b.detach().float()
     loss, gw, gb, gx = linear_cross_entropy(xf, wf, bf, y)
-    torch.testing.assert_close(loss.double(), loss64.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx.double(), grads[0], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(gw.double(), grads[1], rtol=1e-4, atol=1e-6)
-    if with_bias:
-        torch.testing.assert_close(gb.double(), grads[2], rtol=1e-4, atol=1e-6)
-    else:
-        assert gb is None
+    _assert_loss_and_grads((loss, gx, gw, gb), loss64, grads, atol=1e-6)
     _, gw_none, gb_none, gx_only = linear_cross_entropy(xf, wf, bf, y, need_weight_grad=False)
     assert gw_none is None and gb_none is None
     torch.testing.assert_close(gx_only, gx)
