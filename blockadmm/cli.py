@@ -63,7 +63,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                         "shared with one other process, 2 threads ran 40x slower per step than 1)")
     p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
     p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png and checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
+                        "the checkpoint's values, the others are the checkpoint's")
+    p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
     p.add_argument("--nproc", type=int, default=1, help="run the blocks on N local processes (blockadmm.distributed)")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
                    help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
@@ -119,7 +122,12 @@ def cmd_train(args) -> int:
     from . import data
     from .trainer import BlockADMM, adam
 
+    explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
     resolve_preset(args)
+    earlier = os.path.exists(os.path.join(args.out, "metrics.json")) or any(
+        n.startswith("checkpoint") for n in (os.listdir(args.out) if os.path.isdir(args.out) else []))
+    if earlier and not (args.resume or args.overwrite):
+        raise SystemExit(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
     if args.nproc > 1:
         from .distributed import launch_train
 
@@ -141,7 +149,7 @@ def cmd_train(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
     fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
-    runs = {}
+    runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
             copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
@@ -154,7 +162,18 @@ def cmd_train(args) -> int:
         if args.resume:
             if not os.path.exists(ckpt):
                 raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-            trainer.load(ckpt)
+            try:
+                changed = trainer.load(ckpt, override=explicit)
+            except (ValueError, OSError) as e:  # a damaged or foreign file, a mismatched model, a bad flag value
+                raise SystemExit(f"--resume: {e}") from None
+            if changed:
+                print(f"resuming {ckpt} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+                      file=sys.stderr)
+            for f in _CONFIG_FLAGS:  # metrics.json records the values the run uses
+                setattr(args, f, getattr(trainer.config, f))
+            lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
+            args.lr = lrs.pop() if len(lrs) == 1 else args.lr
+            resumes["admm-" + mode] = trainer.resumes
         print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
         runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
     if args.compare == "backprop":
@@ -165,6 +184,7 @@ def cmd_train(args) -> int:
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "runs": runs,
+        "resumes": resumes,
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
                     "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
         "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for name, h in runs.items()},
