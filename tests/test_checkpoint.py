@@ -371,6 +371,7 @@ def test_resume_after_nan_with_a_smaller_rate_trains_on(tmp_path):
     tr.fit(ds, 4, batch_size=20, progress=False, checkpoint=path)
     assert tr.epoch == 4 and all(np.isfinite(h["loss"]) for h in tr.history)
     assert (tr.config.lr_z, tr.config.sweeps) == (0.2, 2)
+    assert [rule.lr_z for rule in tr.engine.rules] == [0.2, 0.2]  # the auxiliary steps use the new rate
     assert tr.resumes == [{"epoch": 1, "step": 3, "changed": changed}]
     again = _loaded(tmp_path, path)  # the values used and the resume record travel with the checkpoint
     assert again.resumes == tr.resumes and again.config.lr_z == 0.2
