@@ -30,6 +30,7 @@ from .engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .engine.divergence import DivergenceError, DivergenceGuard
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -180,6 +181,8 @@ class BlockADMM:
         self.epoch = 0
         self.history: list[dict] = []
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
+        n_out = self.shapes[-1][-1]
+        self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
 
     @property
     def config(self) -> ADMMConfig:
@@ -236,6 +239,13 @@ class BlockADMM:
                     "batch mode needs the sample index of every row: use a dataset that yields (x, y, index) "
                     "(every blockadmm.data dataset does) and call step(x, y, index), or use mode='online'"
                 )
+            if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+                raise TypeError(f"sample indices must be integers, got {index.dtype}: pass the dataset's index column")
+            if index.shape != (x.shape[0],):
+                raise ValueError(f"the sample index has shape {tuple(index.shape)}, the batch {x.shape[0]} rows")
+            if torch.unique(index).numel() != index.numel():
+                raise ValueError("a sample index appears twice in one batch: batch mode keeps one z and u per sample, "
+                                 "so each sample may appear at most once per mini-batch")
             n = self.tables.num_samples
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
                 raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{n - 1}: "
@@ -244,8 +254,9 @@ class BlockADMM:
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
         """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
         x, y = x.to(self.device), y.to(self.device)
-        index = None if index is None else torch.as_tensor(index, dtype=torch.long)
+        index = None if index is None else torch.as_tensor(index)
         self._check_batch(x, y, index)
+        index = None if index is None else index.long()
         for b in self.blocks:
             b.train()
         engine, blocks, boundaries = self.engine, range(self.n_blocks), range(self.n_blocks - 1)
@@ -352,12 +363,15 @@ class BlockADMM:
         checkpoint: str | None = None,
         progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
+        stop_on_divergence: bool = False,
     ) -> list[dict]:
         """Train until `epochs` epochs are done (continuing from self.epoch after a resume).
 
         Data order is a function of (seed, epoch), so a run resumed from a checkpoint repeats exactly
         what the uninterrupted run would have done. With `checkpoint`, the state is saved atomically
         after every epoch; a non-finite value stops training and leaves the last good checkpoint.
+        Divergence without NaN (self.divergence: the loss at chance level or growing) is a warning in the log
+        and the epoch's record ("divergence"), or, with stop_on_divergence, a DivergenceError.
         """
         from tqdm.auto import tqdm
 
@@ -366,7 +380,12 @@ class BlockADMM:
         if self.tables is not None and len(train) != self.tables.num_samples:
             raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
                              f"{self.tables.num_samples}: pass num_samples=len(train)")
+        def last_good() -> str:
+            exists = checkpoint and os.path.exists(checkpoint)
+            return f" The last good checkpoint is {checkpoint} (epoch {self.epoch})." if exists else ""
+
         for epoch in range(self.epoch, epochs):
+            diverging = None
             for b in self._scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
                 b.admm_set_epoch(epoch)
             loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
@@ -379,10 +398,14 @@ class BlockADMM:
                 try:
                     s = self.step(x, y, index)
                 except NonFiniteError as e:
-                    where = ""
-                    if checkpoint and os.path.exists(checkpoint):
-                        where = f" The last good checkpoint is {checkpoint} (epoch {self.epoch})."
-                    raise NonFiniteError(f"{e}{where}") from e
+                    raise NonFiniteError(f"{e}{last_good()}") from e
+                reason = self.divergence.update(s.loss)
+                if reason and diverging is None:
+                    diverging = f"training diverges at step {self.step_count} (epoch {epoch + 1}): {reason}"
+                    if stop_on_divergence:
+                        raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
+                                              f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
+                    logging.getLogger(__name__).warning("%s", diverging)
                 vec = [s.loss] + s.primal + s.dual
                 sums = vec if sums is None else [a + b for a, b in zip(sums, vec)]
                 n += 1
@@ -402,6 +425,8 @@ class BlockADMM:
                 if ds is not None:
                     ev = self.evaluate(ds)
                     record[f"{name}_acc"], record[f"{name}_loss"] = ev["acc"], ev["loss"]
+            if diverging:
+                record["divergence"] = diverging
             self.epoch = epoch + 1
             self.history.append(record)
             if checkpoint:
@@ -427,6 +452,7 @@ class BlockADMM:
             "epoch": self.epoch,
             "history": copy.deepcopy(self.history),
             "resumes": copy.deepcopy(self.resumes),
+            "divergence": self.divergence.state_dict(),
             "rng": torch.get_rng_state(),
             "tables": None if self.tables is None else self.tables.state_dict(),
         }
@@ -460,6 +486,7 @@ class BlockADMM:
         self.step_count, self.epoch = state["step_count"], state["epoch"]
         self.history = copy.deepcopy(state["history"])
         self.resumes = copy.deepcopy(state["resumes"])
+        self.divergence.load_state_dict(state["divergence"])
         if changed:
             self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
             logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,
