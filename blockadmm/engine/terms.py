@@ -59,7 +59,7 @@ class AutogradTerm:
         base = torch.sub(target, out.detach()).add_(dual)
         if not mean:
             return None, base.mul_(-rho)
-        flat = base.reshape(-1)
+        flat = base.reshape(-1) if base.dtype == torch.float32 else base.reshape(-1).float()
         return (0.5 * rho / m) * torch.dot(flat, flat), base.mul_(-(rho / m))
 
     def loss_and_grads(self, inp, target, dual, y, *, rho, kept: Kept | None = None) -> torch.Tensor:
