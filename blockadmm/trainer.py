@@ -219,6 +219,8 @@ class BlockADMM:
 
     # ---------------------------------------------------------------- one mini-batch
     def _check_batch(self, x, y, index):
+        if x.shape[0] == 0:
+            raise ValueError("the mini-batch is empty (0 rows)")
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input batch has per-sample shape {tuple(x.shape[1:])}, "
                              f"the model was built for {self.input_shape}")
@@ -253,7 +255,7 @@ class BlockADMM:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
         """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = self._on_device(x, y)
         index = None if index is None else torch.as_tensor(index)
         self._check_batch(x, y, index)
         index = None if index is None else index.long()
@@ -341,7 +343,7 @@ class BlockADMM:
             b.eval()
         total, loss_sum, correct = 0, 0.0, 0
         for batch in loader:
-            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            x, y = self._on_device(batch[0], batch[1])
             out = self.forward(x)
             loss_sum += float(self.loss_fn(out, y)) * x.shape[0]
             if y.dim() == 1:
@@ -349,7 +351,16 @@ class BlockADMM:
             total += x.shape[0]
         for b, t in zip(self.blocks, was):
             b.train(t)
+        if not math.isfinite(loss_sum):
+            raise NonFiniteError("evaluation gave a non-finite loss: the data hold NaN/inf, or the weights do; "
+                                 "check the data (an accuracy from it would mean nothing)")
         return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
+
+    def _on_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the training device: x in float32 (the blocks' dtype), integer labels as int64."""
+        y = y.to(self.device)
+        integer = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+        return x.to(self.device, torch.float32), y.long() if integer else y
 
     # ---------------------------------------------------------------- epochs
     def fit(
@@ -377,6 +388,8 @@ class BlockADMM:
 
         from .data import make_loader
 
+        if len(train) == 0:
+            raise ValueError("the training set is empty")
         if self.tables is not None and len(train) != self.tables.num_samples:
             raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
                              f"{self.tables.num_samples}: pass num_samples=len(train)")
