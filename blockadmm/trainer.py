@@ -357,10 +357,12 @@ class BlockADMM:
         return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
 
     def _on_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch on the training device: x in float32 (the blocks' dtype), integer labels as int64."""
+        """A batch on the training device: x in the blocks' dtype (float32 unless they are another), integer
+        labels as int64."""
+        dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         y = y.to(self.device)
         integer = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
-        return x.to(self.device, torch.float32), y.long() if integer else y
+        return x.to(self.device, dtype), y.long() if integer else y
 
     # ---------------------------------------------------------------- epochs
     def fit(
