@@ -120,9 +120,8 @@ def build_network(args, input_shape, num_classes):
 
 
 def cmd_train(args) -> int:
-    from .report import plot_curves, print_table
-
     from . import data
+    from .report import plot_curves, print_table
     from .trainer import BlockADMM, DivergenceError, NonFiniteError, adam
 
     explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
@@ -151,7 +150,7 @@ def cmd_train(args) -> int:
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
-    fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
+    fit_kw = {"batch_size": args.batch_size, "test": splits.test, "val": splits.val, "progress": not args.quiet}
     runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
