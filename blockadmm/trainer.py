@@ -21,6 +21,7 @@ from torch import nn
 
 from .blocks import check_chain, fusable_linear, make_blocks
 from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, Kept, get_preset
+from .engine.batch import check_batch, on_device
 from .engine.checkpoint import (
     TABLE_FILES,
     CheckpointError,
@@ -219,46 +220,15 @@ class BlockADMM:
 
     # ---------------------------------------------------------------- one mini-batch
     def _check_batch(self, x, y, index):
-        if x.shape[0] == 0:
-            raise ValueError("the mini-batch is empty (0 rows)")
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input batch has per-sample shape {tuple(x.shape[1:])}, "
-                             f"the model was built for {self.input_shape}")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        if self._default_loss:
-            n_classes = self.shapes[-1][-1]
-            if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
-                raise ValueError(f"cross-entropy needs 1-D integer class labels, "
-                                 f"got {y.dtype} of shape {tuple(y.shape)}")
-            lo, hi = torch.stack(torch.aminmax(y)).tolist() if y.numel() else (0, 0)
-            if lo < 0 or hi >= n_classes:
-                raise ValueError(f"labels must lie in 0..{n_classes - 1} (the last block has {n_classes} outputs), "
-                                 f"got {lo}..{hi}")
-        if self.mode == "batch":
-            if index is None:
-                raise ValueError(
-                    "batch mode needs the sample index of every row: use a dataset that yields (x, y, index) "
-                    "(every blockadmm.data dataset does) and call step(x, y, index), or use mode='online'"
-                )
-            if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-                raise TypeError(f"sample indices must be integers, got {index.dtype}: pass the dataset's index column")
-            if index.shape != (x.shape[0],):
-                raise ValueError(f"the sample index has shape {tuple(index.shape)}, the batch {x.shape[0]} rows")
-            if torch.unique(index).numel() != index.numel():
-                raise ValueError("a sample index appears twice in one batch: batch mode keeps one z and u per sample, "
-                                 "so each sample may appear at most once per mini-batch")
-            n = self.tables.num_samples
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-                raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{n - 1}: "
-                                 f"num_samples must be the length of the training set")
+        """The batch checks (engine.batch), with this trainer's shapes; the index as int64."""
+        return check_batch(x, y, index, input_shape=self.input_shape,
+                           n_classes=self.shapes[-1][-1] if self._default_loss else None,
+                           num_samples=None if self.tables is None else self.tables.num_samples)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
         """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
         x, y = self._on_device(x, y)
-        index = None if index is None else torch.as_tensor(index)
-        self._check_batch(x, y, index)
-        index = None if index is None else index.long()
+        index = self._check_batch(x, y, index)
         for b in self.blocks:
             b.train()
         engine, blocks, boundaries = self.engine, range(self.n_blocks), range(self.n_blocks - 1)
@@ -357,12 +327,8 @@ class BlockADMM:
         return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
 
     def _on_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch on the training device: x in the blocks' dtype (float32 unless they are another), integer
-        labels as int64."""
         dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
-        y = y.to(self.device)
-        integer = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
-        return x.to(self.device, dtype), y.long() if integer else y
+        return on_device(x, y, self.device, dtype)
 
     # ---------------------------------------------------------------- epochs
     def fit(
@@ -515,11 +481,13 @@ class BlockADMM:
             raise CheckpointError(f"the checkpoint is for blocks with output shapes {state['shapes']}, "
                                   f"this model has {self.shapes}")
         if state["mode"] != self.mode:
-            raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, this trainer is in {self.mode} mode")
+            raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, "
+                                  f"this trainer is in {self.mode} mode")
         shared, optimizer_states = state["shared_optimizer"], state["optimizers"]
         if shared != self.shared_optimizer or len(optimizer_states) != len(self._optimizer_list):
-            raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) (shared_optimizer={shared}), "
-                                  f"this trainer {len(self._optimizer_list)} (shared_optimizer={self.shared_optimizer}): "
+            raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) "
+                                  f"(shared_optimizer={shared}), this trainer {len(self._optimizer_list)} "
+                                  f"(shared_optimizer={self.shared_optimizer}): "
                                   f"build the trainer with shared_optimizer={shared}")
         for k, (b, sd) in enumerate(zip(self.blocks, state["blocks"])):
             check_module_state(b, sd, f"block {k}'s state")

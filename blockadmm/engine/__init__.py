@@ -31,7 +31,8 @@ and state.kept[lo] = None whenever that input changes; engine.consumer_grad(stat
 is the gradient it sends down (block lo's term in its input, from the kept forward while the input has not
 moved), engine.consumer_grad_fn(state, k) the one a local boundary uses. The engine may be built over the whole
 chain on every rank: terms of blocks a rank does not own are never called. engine.set_config(config) takes new
-hyperparameters. Presets: PRESETS / get_preset (presets.py); checkpoints: checkpoint.py.
+hyperparameters. Presets: PRESETS / get_preset (presets.py); a batch's placement and checks, the same for
+every trainer: batch.on_device, batch.check_batch; checkpoints: checkpoint.py.
 """
 from .config import AUX_STEPS, ORDERS, ADMMConfig
 from .core import Engine, RhoSchedule
