@@ -64,7 +64,13 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                         "shared with one other process, 2 threads ran 40x slower per step than 1)")
     p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
     p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png and checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
+                        "the checkpoint's values, the others are the checkpoint's")
+    p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
+    p.add_argument("--stop-on-divergence", action="store_true",
+                   help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
+                        "without it that is a warning in the log and in metrics.json")
     p.add_argument("--nproc", type=int, default=1, help="run the blocks on N local processes (blockadmm.distributed)")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
                    help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
@@ -115,12 +121,16 @@ def build_network(args, input_shape, num_classes):
 
 
 def cmd_train(args) -> int:
-    from .report import plot_curves, print_table
-
     from . import data
-    from .trainer import BlockADMM, adam
+    from .report import plot_curves, print_table
+    from .trainer import BlockADMM, DivergenceError, NonFiniteError, adam
 
+    explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
     resolve_preset(args)
+    earlier = os.path.exists(os.path.join(args.out, "metrics.json")) or any(
+        n.startswith("checkpoint") for n in (os.listdir(args.out) if os.path.isdir(args.out) else []))
+    if earlier and not (args.resume or args.overwrite):
+        raise SystemExit(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
     if args.nproc > 1:
         from .distributed import launch_train
 
@@ -141,8 +151,8 @@ def cmd_train(args) -> int:
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
-    fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
-    runs = {}
+    fit_kw = {"batch_size": args.batch_size, "test": splits.test, "val": splits.val, "progress": not args.quiet}
+    runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
             copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
@@ -155,9 +165,24 @@ def cmd_train(args) -> int:
         if args.resume:
             if not os.path.exists(ckpt):
                 raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-            trainer.load(ckpt)
+            try:
+                changed = trainer.load(ckpt, override=explicit)
+            except (ValueError, OSError) as e:  # a damaged or foreign file, a mismatched model, a bad flag value
+                raise SystemExit(f"--resume: {e}") from None
+            if changed:
+                print(f"resuming {ckpt} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+                      file=sys.stderr)
+            for f in _CONFIG_FLAGS:  # metrics.json records the values the run uses
+                setattr(args, f, getattr(trainer.config, f))
+            lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
+            args.lr = lrs.pop() if len(lrs) == 1 else args.lr
+            resumes["admm-" + mode] = trainer.resumes
         print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
-        runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
+        try:
+            runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt,
+                                               stop_on_divergence=args.stop_on_divergence, **fit_kw)
+        except (NonFiniteError, DivergenceError) as e:
+            raise SystemExit(f"admm-{mode}: {e}") from None
     if args.compare == "backprop":
         print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
         bp = BlockADMM(copy.deepcopy(model), input_shape=splits.input_shape, optimizer=optimizer, sweeps=1, device=args.device, seed=args.seed)
@@ -166,6 +191,7 @@ def cmd_train(args) -> int:
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "runs": runs,
+        "resumes": resumes,
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
                     "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
         "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for name, h in runs.items()},

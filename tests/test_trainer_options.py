@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from blockadmm.models import mlp_blocks
-from blockadmm.trainer import ADMMConfig, BlockADMM, PRESETS
+from blockadmm.trainer import PRESETS, ADMMConfig, BlockADMM
 
 
 def _data(n=64, d=20, c=3, seed=0):
@@ -37,7 +37,7 @@ def test_trainer_preset_sets_config_and_weight_lr():
     model, cuts = mlp_blocks(20, [16, 16], 3, "sigmoid")
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep", sweeps=2)
     assert tr.config.aux_step == "sign" and tr.config.sweeps == 2
-    assert all(o.param_groups[0]["lr"] == PRESETS["deep"]["weight_lr"] for o in tr.optimizers)
+    assert all(o.param_groups[0]["lr"] == PRESETS["deep"].weight_lr for o in tr.optimizers)
     # an explicit optimizer wins
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep", optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
     assert all(isinstance(o, torch.optim.SGD) for o in tr.optimizers)
@@ -62,14 +62,14 @@ def _one_aux_move(aux_step, lr_z=0.1):
     g = torch.autograd.grad(nn.functional.cross_entropy(tr.blocks[1](zk), y) * x.shape[0], zk)[0]
     # capture z after the step through the dual variable: with dual_step=0 u stays 0, so read z via a hook
     seen = {}
-    orig = tr._local_loss_and_grads
+    term = tr.engine.terms[0]
+    orig = term.loss_and_grads
 
-    def spy(k, inp, target, dual, y_, **kw):
-        if k == 0:
-            seen["z"] = target.clone()
-        return orig(k, inp, target, dual, y_, **kw)
+    def spy(inp, target, dual, y_, **kw):
+        seen["z"] = target.clone()
+        return orig(inp, target, dual, y_, **kw)
 
-    tr._local_loss_and_grads = spy
+    term.loss_and_grads = spy
     tr.step(x, y)
     return z0, g, seen["z"]
 
@@ -103,15 +103,16 @@ def test_adam_aux_step_applies_prox():
     x, y = _data(16)
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), aux_step="adam", constraints={0: "nonneg"}, sweeps=1, dual_step=0.0)
     seen = {}
-    orig = tr._local_loss_and_grads
-    tr._local_loss_and_grads = lambda k, i, t, d, yy, **kw: (seen.setdefault(k, t), orig(k, i, t, d, yy, **kw))[1]
+    term = tr.engine.terms[0]
+    orig = term.loss_and_grads
+    term.loss_and_grads = lambda i, t, d, yy, **kw: (seen.setdefault(0, t), orig(i, t, d, yy, **kw))[1]
     tr.step(x, y)
     assert float(seen[0].min()) >= 0.0
 
 
 def test_deep_batch_preset_is_deep_with_its_own_rho_and_refuses_online():
     c, deep = ADMMConfig.preset("deep-batch"), ADMMConfig.preset("deep")
-    assert c.rho == PRESETS["deep-batch"]["config"]["rho"] != deep.rho
+    assert c.rho == PRESETS["deep-batch"].config["rho"] != deep.rho
     assert ADMMConfig(**{**vars(c), "rho": deep.rho}) == deep  # nothing else differs
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 16], 3, "sigmoid")
@@ -129,14 +130,14 @@ def test_shared_optimizer_trains_like_one_per_block_and_checkpoints(tmp_path, mo
     x, y = _data()
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 12], 3)
-    kw = dict(blocks=cuts, input_shape=(20,), mode=mode, num_samples=len(x), optimizer=adam(3e-3), sweeps=2)
+    kw = {"blocks": cuts, "input_shape": (20,), "mode": mode, "num_samples": len(x), "optimizer": adam(3e-3), "sweeps": 2}
     per_block = BlockADMM(copy.deepcopy(model), **kw)
     shared = BlockADMM(copy.deepcopy(model), shared_optimizer=True, **kw)
     assert len({id(o) for o in shared.optimizers}) == 1 and len({id(o) for o in per_block.optimizers}) == 3
     index = torch.arange(len(x))
     for _ in range(4):
         per_block.step(x, y, index), shared.step(x, y, index)
-    flat = lambda tr: torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])  # noqa: E731
+    flat = lambda tr: torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])
     torch.testing.assert_close(flat(shared), flat(per_block), rtol=1e-6, atol=1e-7)
     untrained = BlockADMM(copy.deepcopy(model), **kw)
     assert float((flat(shared) - flat(untrained)).abs().max()) > 1e-3  # they moved
@@ -159,8 +160,8 @@ def test_fast_preset_is_the_committed_tuning_choice_and_online_only():
         scores = json.load(f)["scores"]  # best first (bench/tune_defaults.py --grid fast)
     best = next(s for s in scores if s["sweeps"] == 1)
     fast = PRESETS["fast"]
-    assert {k: fast["config"][k] for k in ("sweeps", "rho", "lr_z")} == {k: best[k] for k in ("sweeps", "rho", "lr_z")}
-    assert fast["weight_lr"] == best["weight_lr"]
+    assert {k: fast.config[k] for k in ("sweeps", "rho", "lr_z")} == {k: best[k] for k in ("sweeps", "rho", "lr_z")}
+    assert fast.weight_lr == best["weight_lr"] and fast.mode == "online" and fast.shared_optimizer
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 16], 3)
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="fast")
