@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -710,20 +712,27 @@ class BlockADMM:
         torch.set_rng_state(state["rng"])
 
     def save(self, path: str) -> None:
-        """Write a checkpoint atomically (temp file, then rename); refuses to write non-finite state."""
+        """Write a checkpoint atomically (temp file, then rename; memmap tables into a new folder beside it, the
+        previous one removed only once the new checkpoint is in place); refuses to write non-finite state."""
         state = self.state_dict()
         bad = [name for name, t in _float_tensors(state) if not bool(torch.isfinite(t).all())]
         if self.tables is not None and self.tables.storage == "memmap" and not self.tables.all_finite():
             bad.append("tables")
         if bad:
             raise NonFiniteError(f"refusing to overwrite {path} with non-finite state ({', '.join(bad[:5])})")
-        if self.tables is not None and self.tables.storage == "memmap":
-            table_copy = path + ".tables"
+        memmap = self.tables is not None and self.tables.storage == "memmap"
+        if memmap:  # a new folder per save: the previous checkpoint keeps its own until this one is in place
+            table_copy = f"{path}.tables-{self.step_count}-{uuid.uuid4().hex[:8]}"
             self.tables.copy_files(table_copy)
             state["tables"]["path"] = table_copy
         tmp = f"{path}.tmp.{os.getpid()}"
         torch.save(state, tmp)
         os.replace(tmp, path)
+        if memmap:  # the table folders of earlier checkpoints at this path
+            folder, prefix = os.path.split(os.path.abspath(path))
+            for name in os.listdir(folder):
+                if name.startswith(prefix + ".tables") and os.path.join(folder, name) != os.path.abspath(table_copy):
+                    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
     def load(self, path: str) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))

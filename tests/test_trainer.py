@@ -146,7 +146,8 @@ def test_resume_is_bit_identical(digits, tmp_path, mode, storage):
             assert torch.equal(tw, tr_)
 
 
-def test_checkpoint_is_atomic_and_never_overwritten_with_nan(digits, tmp_path):
+def test_checkpoint_is_never_overwritten_with_nan(digits, tmp_path):
+    """(Atomicity against a save that dies part-way: tests/test_checkpoint.py.)"""
     model, cuts = small_mlp()
     tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
     ckpt = str(tmp_path / "c.pt")
@@ -287,7 +288,8 @@ def test_resume_with_mismatched_tables_is_an_error(digits, tmp_path):
     # same model, but the saved table files were replaced by ones of another size
     import numpy as np
 
-    np.save(str(tmp_path / "c.pt.tables" / "z1.npy"), np.zeros((5, 24), np.float32))
+    table_copy = torch.load(ckpt, weights_only=False)["tables"]["path"]  # the checkpoint's own table folder
+    np.save(os.path.join(table_copy, "z1.npy"), np.zeros((5, 24), np.float32))
     fresh = BlockADMM(small_mlp()[0], blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
                       table_storage="memmap", table_dir=str(tmp_path / "t2"))
     with pytest.raises(TableMismatch, match="z1.npy.*has shape \\(5, 24\\)"):
