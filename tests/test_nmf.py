@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ def test_codes_nonneg_and_error_non_increasing():
         H = layer.encode_rows(V, H, n_iter=1)
         assert bool((H >= 0).all())
         errs.append(float(layer.loss(V, H)))
-    assert all(b <= a * (1 + 1e-5) + 1e-6 for a, b in zip(errs, errs[1:]))
+    assert all(b <= a * (1 + 1e-5) + 1e-6 for a, b in itertools.pairwise(errs))
     assert errs[-1] < errs[0]
 
 
@@ -148,7 +150,9 @@ def test_input_grad_step_moves_the_codes_toward_the_target():
     target = blk(V) + 0.3 * torch.randn(16, 4)
     z, u = target.clamp_min(0), torch.zeros(16, 4)
     g = blk.admm_input_grad(V, z, u, rho=1.0, y=None, loss_fn=None)
-    term = lambda V_: float((z + u - blk(V_)).square().sum())  # noqa: E731
+    def term(features):
+        return float((z + u - blk(features)).square().sum())
+
     assert term((V - 0.01 * g).clamp_min(0)) < term(V)
 
 
@@ -182,7 +186,7 @@ def _tiny_trainer(mode, n=60):
     from blockadmm.data import IndexedDataset
 
     ds = IndexedDataset(X, (X[:, 0] > 0.5).long())
-    kw = dict(num_samples=n) if mode == "batch" else {}
+    kw = {"num_samples": n} if mode == "batch" else {}
     t = BlockADMM([feats, nmf, head], input_shape=(8,), mode=mode, constraints={0: "nonneg", 1: "nonneg"}, **kw)
     return t, ds
 
