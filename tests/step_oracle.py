@@ -24,6 +24,7 @@ it fixes, beyond the formulas of DESIGN §1:
   |z_k - a_k| / |z_k| with a_k of the last dual step (online: of the last auxiliary step); dual_k =
   rho_k |z_k(end) - z_k(step start)| / |z_k(end)|.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,8 +69,26 @@ def _block_term_grad_in_input(block, zin, z_out, u_out, rho, y):
     return g
 
 
-def oracle_step(blocks, x, y, z=None, u=None, seen=None, *, rho, lr_z, lr_w, sweeps, k_z, k_w, order, aux_step,
-                dual_step, constraints, online):
+def oracle_step(
+    blocks,
+    x,
+    y,
+    z=None,
+    u=None,
+    seen=None,
+    *,
+    rho,
+    lr_z,
+    lr_w,
+    sweeps,
+    k_z,
+    k_w,
+    order,
+    aux_step,
+    dual_step,
+    constraints,
+    online,
+):
     """One step on float64 copies of `blocks`. Batch mode: z, u are the rows gathered from the tables and
     `seen` their flags (a row never seen starts at the forward values, u = 0). Returns a dict with the new
     blocks, z, u and the reported loss, primal and dual residuals."""
@@ -91,7 +110,9 @@ def oracle_step(blocks, x, y, z=None, u=None, seen=None, *, rho, lr_z, lr_w, swe
     jacobi = order == "jacobi"
     adam = {}
     primal_sq, loss = [None] * nb, None
-    margin = float("inf")  # the smallest |d| a sign (or Adam) step saw: float32 cannot follow a sign decided by rounding
+    margin = float(
+        "inf"
+    )  # the smallest |d| a sign (or Adam) step saw: float32 cannot follow a sign decided by rounding
 
     def f(k, inp):
         with torch.no_grad():
@@ -105,13 +126,25 @@ def oracle_step(blocks, x, y, z=None, u=None, seen=None, *, rho, lr_z, lr_w, swe
             return x if k == 0 else z_src[k - 1]
 
         last_online = online and sweep == sweeps - 1
-        for k in (range(nb) if order == "bottom-up" else range(nb - 1, -1, -1)):
+        for k in range(nb) if order == "bottom-up" else range(nb - 1, -1, -1):
             a = f(k, inp(k))
             z_next = z_src[k + 1] if k + 1 < nb else None
             u_next = u_src[k + 1] if k + 1 < nb else None
-            g_fixed = _block_term_grad_in_input(blocks[k + 1], z_src[k], z_next, u_next, rho[k + 1] if k + 1 < nb else None, y) if jacobi else None
+            g_fixed = (
+                _block_term_grad_in_input(
+                    blocks[k + 1], z_src[k], z_next, u_next, rho[k + 1] if k + 1 < nb else None, y
+                )
+                if jacobi
+                else None
+            )
             for _ in range(k_z):
-                g = g_fixed if jacobi else _block_term_grad_in_input(blocks[k + 1], z[k], z_next, u_next, rho[k + 1] if k + 1 < nb else None, y)
+                g = (
+                    g_fixed
+                    if jacobi
+                    else _block_term_grad_in_input(
+                        blocks[k + 1], z[k], z_next, u_next, rho[k + 1] if k + 1 < nb else None, y
+                    )
+                )
                 d = rho[k] * (z[k] - a + u[k]) + g
                 if aux_step == "grad":
                     lr = min(lr_z, 1.0 / rho[k])
@@ -122,7 +155,11 @@ def oracle_step(blocks, x, y, z=None, u=None, seen=None, *, rho, lr_z, lr_w, swe
                 else:
                     margin = min(margin, _smallest_nonzero(d))
                     t, m, v = adam.get(k, (0, torch.zeros_like(d), torch.zeros_like(d)))
-                    t, m, v = t + 1, ADAM_BETAS[0] * m + (1 - ADAM_BETAS[0]) * d, ADAM_BETAS[1] * v + (1 - ADAM_BETAS[1]) * d * d
+                    t, m, v = (
+                        t + 1,
+                        ADAM_BETAS[0] * m + (1 - ADAM_BETAS[0]) * d,
+                        ADAM_BETAS[1] * v + (1 - ADAM_BETAS[1]) * d * d,
+                    )
                     adam[k] = (t, m, v)
                     direction = (m / (1 - ADAM_BETAS[0] ** t)) / ((v / (1 - ADAM_BETAS[1] ** t)).sqrt() + ADAM_EPS)
                     z[k] = prox(constraints[k], z[k] - lr_z * direction, lr_z)

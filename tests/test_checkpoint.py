@@ -7,6 +7,7 @@ full disk would leave it. A fresh trainer must then load the previous checkpoint
 tables and counters it was saved with (or, when the step that died came after the final rename, with
 exactly the new state).
 """
+
 import io
 import os
 import shutil
@@ -81,8 +82,15 @@ class FaultPoints:
 def _trainer(tmp_path, storage, tag):
     torch.manual_seed(0)
     blocks = [nn.Sequential(nn.Linear(5, 6), nn.ReLU()), nn.Sequential(nn.Linear(6, 4), nn.Tanh()), nn.Linear(4, 3)]
-    return BlockADMM(blocks, input_shape=(5,), mode="batch", num_samples=N, table_storage=storage,
-                     table_dir=str(tmp_path / f"tables-{tag}"), rho=[0.5, 2.0])
+    return BlockADMM(
+        blocks,
+        input_shape=(5,),
+        mode="batch",
+        num_samples=N,
+        table_storage=storage,
+        table_dir=str(tmp_path / f"tables-{tag}"),
+        rho=[0.5, 2.0],
+    )
 
 
 def _train(tr, steps, seed):
@@ -93,9 +101,14 @@ def _train(tr, steps, seed):
 
 
 def _snapshot(tr):
-    return {"weights": [p.detach().clone() for p in tr.blocks.parameters()], "step": tr.step_count,
-            "seen": tr.tables.seen.clone(), "z": [t.clone() for t in tr.tables.z], "u": [t.clone() for t in tr.tables.u],
-            "optim": [o.state_dict()["state"][0]["exp_avg"].clone() for o in tr._optimizer_list]}
+    return {
+        "weights": [p.detach().clone() for p in tr.blocks.parameters()],
+        "step": tr.step_count,
+        "seen": tr.tables.seen.clone(),
+        "z": [t.clone() for t in tr.tables.z],
+        "u": [t.clone() for t in tr.tables.u],
+        "optim": [o.state_dict()["state"][0]["exp_avg"].clone() for o in tr._optimizer_list],
+    }
 
 
 def _assert_same(got, want):

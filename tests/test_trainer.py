@@ -1,6 +1,7 @@
 """Trainer behaviour: equivalences, resume, the online pitfall, constraints, and clear errors."""
 import copy
 import os
+import pathlib
 
 import pytest
 import torch
@@ -75,8 +76,8 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     first gradient through each hidden block), against plain autograd on every block."""
     model, cuts = small_mlp(activation=activation, hidden=(32, 24, 16))
     # SGD: Adam would amplify the last-bit differences of near-zero gradients into visible ones
-    kw = dict(blocks=cuts, input_shape=(64,), mode=mode, num_samples=len(digits.train), order=order, k_z=k_z, k_w=k_w, sweeps=3,
-              optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order, "k_z": k_z, "k_w": k_w, "sweeps": 3,
+              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
     b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
     assert a._fused[0] == (a.blocks[0][0], activation) and b._fused[0] is None
@@ -98,8 +99,8 @@ def test_online_skips_the_last_dual_update_without_changing_training(digits, mon
     its forwards); batch mode on first visits (z from the forward, u from zero, as online) keeps it. The two
     must train identically."""
     model, cuts = small_mlp(hidden=(32, 24, 16))
-    kw = dict(blocks=cuts, input_shape=(64,), num_samples=len(digits.train), fused_linear=fused,
-              optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    kw = {"blocks": cuts, "input_shape": (64,), "num_samples": len(digits.train), "fused_linear": fused,
+              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     online, batch = BlockADMM(copy.deepcopy(model), mode="online", **kw), BlockADMM(copy.deepcopy(model), mode="batch", **kw)
     calls = {}
     for name, tr in (("online", online), ("batch", batch)):
@@ -152,13 +153,13 @@ def test_checkpoint_is_never_overwritten_with_nan(digits, tmp_path):
     tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
     ckpt = str(tmp_path / "c.pt")
     tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
-    good = open(ckpt, "rb").read()
+    good = pathlib.Path(ckpt).read_bytes()
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
     with torch.no_grad():
         tr.blocks[1][0].weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="refusing to overwrite"):
         tr.save(ckpt)
-    assert open(ckpt, "rb").read() == good
+    assert pathlib.Path(ckpt).read_bytes() == good
 
 
 def test_nan_in_training_names_block_and_step_and_keeps_checkpoint(digits, tmp_path):
@@ -166,13 +167,13 @@ def test_nan_in_training_names_block_and_step_and_keeps_checkpoint(digits, tmp_p
     tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
     ckpt = str(tmp_path / "c.pt")
     tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
-    good = open(ckpt, "rb").read()
+    good = pathlib.Path(ckpt).read_bytes()
     with torch.no_grad():
         tr.blocks[1][0].weight.fill_(float("inf"))
     with pytest.raises(NonFiniteError, match=r"block 1 at step \d+.*last good checkpoint") as e:
         tr.fit(digits.train, 2, batch_size=64, progress=False, checkpoint=ckpt)
     assert "Block 1's weights are non-finite" in str(e.value)
-    assert open(ckpt, "rb").read() == good
+    assert pathlib.Path(ckpt).read_bytes() == good
 
 
 def test_nan_in_input_is_reported(digits):
@@ -186,16 +187,41 @@ def test_nan_in_input_is_reported(digits):
     assert not bool(tr.tables.seen.any()), "tables must not be written by a failed step"
 
 
-def test_constraints_hold_on_auxiliary_variables(digits):
-    model, cuts = small_mlp()
-    tr = BlockADMM(
-        model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
-        constraints={0: Prox.nonneg(), 1: Prox.box(0.0, 0.5)}, lr_z=2.0,
-    )
-    tr.fit(digits.train, 1, batch_size=64, progress=False)
-    assert bool(tr.tables.seen.all())
-    assert float(tr.tables.z[0].min()) >= 0
-    assert float(tr.tables.z[1].min()) >= 0 and float(tr.tables.z[1].max()) <= 0.5
+class _InputRecorder(nn.Module):
+    """A block that records every input it is called on (the auxiliary variable below it)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.inputs = inner, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_constraints_hold_on_auxiliary_variables(digits, mode):
+    """Online (no table, and no dual step in the last sweep to re-apply the prox): the inputs of the last weight
+    step, the last call of each block, satisfy the constraints; batch mode: the tables. Block 0 ends in tanh, so
+    its forward values break the non-negativity constraint."""
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(64, 32), nn.Tanh()), _InputRecorder(nn.Sequential(nn.Linear(32, 24), nn.Tanh())),
+              _InputRecorder(nn.Linear(24, 10))]
+    tr = BlockADMM(blocks, input_shape=(64,), mode=mode, num_samples=len(digits.train),
+                   constraints={0: Prox.nonneg(), 1: Prox.box(0.0, 0.5)}, lr_z=2.0, sweeps=2)
+    if mode == "online":
+        x, y, _ = next(iter(data.make_loader(digits.train, 64, shuffle=True, seed=0, epoch=0)))
+        blocks[1].inputs.clear(), blocks[2].inputs.clear()  # the chain check's calls
+        tr.step(x, y)
+        assert float(blocks[1].inputs[0].min()) < 0  # the forward pass, before any auxiliary step
+        z0, z1 = blocks[1].inputs[-1], blocks[2].inputs[-1]
+        assert float(z0.min()) >= 0 and float(z1.min()) >= 0 and float(z1.max()) <= 0.5
+        assert float((z0 - blocks[1].inputs[0]).abs().max()) > 0.1  # the constraint moved it
+    else:
+        tr.fit(digits.train, 1, batch_size=64, progress=False)
+        assert bool(tr.tables.seen.all())
+        assert float(tr.tables.z[0].min()) >= 0
+        assert float(tr.tables.z[1].min()) >= 0 and float(tr.tables.z[1].max()) <= 0.5
 
 
 def test_adaptive_rho_grows_and_rescales_duals(digits):
