@@ -107,7 +107,7 @@ def _snapshot(tr):
         "seen": tr.tables.seen.clone(),
         "z": [t.clone() for t in tr.tables.z],
         "u": [t.clone() for t in tr.tables.u],
-        "optim": [o.state_dict()["state"][0]["exp_avg"].clone() for o in tr._optimizer_list],
+        "optim": [sd["state"][0]["exp_avg"].clone() for sd in tr.state_dict()["optimizers"]],
     }
 
 
