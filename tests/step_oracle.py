@@ -57,7 +57,7 @@ def _smallest_nonzero(d):
     return float(nonzero.min()) if nonzero.numel() else float("inf")
 
 
-def _block_term_grad_in_input(block, zin, z_out, u_out, rho, y):
+def _consumer_grad(block, zin, z_out, u_out, rho, y):
     """d/dz_in of the per-sample sum of the consuming term: block's ADMM term, or the task loss (last block)."""
     zin = zin.detach().requires_grad_(True)
     out = block(zin)
@@ -110,9 +110,8 @@ def oracle_step(
     jacobi = order == "jacobi"
     adam = {}
     primal_sq, loss = [None] * nb, None
-    margin = float(
-        "inf"
-    )  # the smallest |d| a sign (or Adam) step saw: float32 cannot follow a sign decided by rounding
+    # the smallest |d| a sign (or Adam) step saw: float32 cannot follow a sign decided by rounding
+    margin = float("inf")
 
     def f(k, inp):
         with torch.no_grad():
@@ -130,21 +129,10 @@ def oracle_step(
             a = f(k, inp(k))
             z_next = z_src[k + 1] if k + 1 < nb else None
             u_next = u_src[k + 1] if k + 1 < nb else None
-            g_fixed = (
-                _block_term_grad_in_input(
-                    blocks[k + 1], z_src[k], z_next, u_next, rho[k + 1] if k + 1 < nb else None, y
-                )
-                if jacobi
-                else None
-            )
+            rho_next = rho[k + 1] if k + 1 < nb else None
+            g_fixed = _consumer_grad(blocks[k + 1], z_src[k], z_next, u_next, rho_next, y) if jacobi else None
             for _ in range(k_z):
-                g = (
-                    g_fixed
-                    if jacobi
-                    else _block_term_grad_in_input(
-                        blocks[k + 1], z[k], z_next, u_next, rho[k + 1] if k + 1 < nb else None, y
-                    )
-                )
+                g = g_fixed if jacobi else _consumer_grad(blocks[k + 1], z[k], z_next, u_next, rho_next, y)
                 d = rho[k] * (z[k] - a + u[k]) + g
                 if aux_step == "grad":
                     lr = min(lr_z, 1.0 / rho[k])
@@ -155,13 +143,10 @@ def oracle_step(
                 else:
                     margin = min(margin, _smallest_nonzero(d))
                     t, m, v = adam.get(k, (0, torch.zeros_like(d), torch.zeros_like(d)))
-                    t, m, v = (
-                        t + 1,
-                        ADAM_BETAS[0] * m + (1 - ADAM_BETAS[0]) * d,
-                        ADAM_BETAS[1] * v + (1 - ADAM_BETAS[1]) * d * d,
-                    )
+                    b1, b2 = ADAM_BETAS
+                    t, m, v = t + 1, b1 * m + (1 - b1) * d, b2 * v + (1 - b2) * d * d
                     adam[k] = (t, m, v)
-                    direction = (m / (1 - ADAM_BETAS[0] ** t)) / ((v / (1 - ADAM_BETAS[1] ** t)).sqrt() + ADAM_EPS)
+                    direction = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + ADAM_EPS)
                     z[k] = prox(constraints[k], z[k] - lr_z * direction, lr_z)
             if last_online:
                 primal_sq[k] = (z[k] - a).square().sum()
