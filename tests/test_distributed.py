@@ -86,7 +86,8 @@ def _spawn(world, tmp_path, cases, tag="run", limit=60, worker=None):
     out = tmp_path / tag
     out.mkdir()
     init = "file://" + str(tmp_path / f"rdzv-{tag}")
-    ctx = mp.start_processes(worker or _worker, args=(world, init, str(out), cases), nprocs=world, join=False, start_method="spawn")
+    ctx = mp.start_processes(worker or _worker, args=(world, init, str(out), cases), nprocs=world, join=False,
+                             start_method="spawn")
     deadline = time.monotonic() + limit
     for p in ctx.processes:
         p.join(timeout=max(0.1, deadline - time.monotonic()))

@@ -18,18 +18,21 @@ def _prox64(prox, z, lr):
     if prox.kind == "nonneg":
         return torch.where(z < 0, torch.zeros_like(z), z)
     if prox.kind == "box":
-        return torch.where(z < prox.lo, torch.full_like(z, prox.lo), torch.where(z > prox.hi, torch.full_like(z, prox.hi), z))
+        lo, hi = torch.full_like(z, prox.lo), torch.full_like(z, prox.hi)
+        return torch.where(z < prox.lo, lo, torch.where(z > prox.hi, hi, z))
     if prox.kind == "l1":
         return torch.where(z.abs() > lr * prox.lam, z - lr * prox.lam * z.sign(), torch.zeros_like(z))
     assert prox.kind == "custom"
-    return torch.where(z < -1, -torch.ones_like(z), torch.where(z > 1, torch.ones_like(z), z))  # the custom fn of PROXES
+    # the custom fn of PROXES: a clamp to [-1, 1]
+    return torch.where(z < -1, -torch.ones_like(z), torch.where(z > 1, torch.ones_like(z), z))
 
 
 def test_prox_maps_on_hand_values():
     z = torch.tensor([-2.0, -0.25, 0.0, 0.1, 0.7])
     torch.testing.assert_close(Prox.nonneg().apply(z, 0.5), torch.tensor([0.0, 0.0, 0.0, 0.1, 0.7]))
     torch.testing.assert_close(Prox.box(-0.3, 0.5).apply(z, 0.5), torch.tensor([-0.3, -0.25, 0.0, 0.1, 0.5]))
-    torch.testing.assert_close(Prox.l1(0.4).apply(z, 0.5), torch.tensor([-1.8, -0.05, 0.0, 0.0, 0.5]))  # threshold lr*lam = 0.2
+    # threshold lr * lam = 0.2
+    torch.testing.assert_close(Prox.l1(0.4).apply(z, 0.5), torch.tensor([-1.8, -0.05, 0.0, 0.0, 0.5]))
 
 
 @pytest.mark.parametrize("prox", PROXES, ids=lambda p: "none" if p is None else p.kind)

@@ -76,8 +76,8 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     first gradient through each hidden block), against plain autograd on every block."""
     model, cuts = small_mlp(activation=activation, hidden=(32, 24, 16))
     # SGD: Adam would amplify the last-bit differences of near-zero gradients into visible ones
-    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order, "k_z": k_z, "k_w": k_w, "sweeps": 3,
-              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
+    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order,
+          "k_z": k_z, "k_w": k_w, "sweeps": 3, "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
     b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
     assert a._fused[0] == (a.blocks[0][0], activation) and b._fused[0] is None
@@ -100,7 +100,7 @@ def test_online_skips_the_last_dual_update_without_changing_training(digits, mon
     must train identically."""
     model, cuts = small_mlp(hidden=(32, 24, 16))
     kw = {"blocks": cuts, "input_shape": (64,), "num_samples": len(digits.train), "fused_linear": fused,
-              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
+          "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     online, batch = BlockADMM(copy.deepcopy(model), mode="online", **kw), BlockADMM(copy.deepcopy(model), mode="batch", **kw)
     calls = {}
     for name, tr in (("online", online), ("batch", batch)):

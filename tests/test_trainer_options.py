@@ -130,7 +130,8 @@ def test_shared_optimizer_trains_like_one_per_block_and_checkpoints(tmp_path, mo
     x, y = _data()
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 12], 3)
-    kw = {"blocks": cuts, "input_shape": (20,), "mode": mode, "num_samples": len(x), "optimizer": adam(3e-3), "sweeps": 2}
+    kw = {"blocks": cuts, "input_shape": (20,), "mode": mode, "num_samples": len(x), "optimizer": adam(3e-3),
+          "sweeps": 2}
     per_block = BlockADMM(copy.deepcopy(model), **kw)
     shared = BlockADMM(copy.deepcopy(model), shared_optimizer=True, **kw)
     assert len({id(o) for o in shared.optimizers}) == 1 and len({id(o) for o in per_block.optimizers}) == 3
