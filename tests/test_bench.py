@@ -18,7 +18,7 @@ def test_bench_runs_without_timing(tmp_path):
     env = dict(os.environ)
     env.pop("BLOCKADMM_BACKEND", None)
     p = subprocess.run([sys.executable, "-m", "bench", "--no-timing", "--threads", "1", "--out", str(out), "--name", "ci"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                       check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((out / "ci.json").read_text())
     assert res["timing"] is False and res["command"].startswith("python -m bench")
@@ -28,7 +28,18 @@ def test_bench_runs_without_timing(tmp_path):
     for op in ("aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd"):
         assert (op, "eager") in ops_impls
     nmf = {r["impl"]: r for r in res["nmf"]}
-    assert {"blockadmm cpu", "blockadmm eager", "sklearn mu"} <= set(nmf) or "blockadmm eager" in nmf
+    # the eager reference always; the C++ module's row wherever it loads (it does here), scikit-learn's where installed
+    assert "blockadmm eager" in nmf
+    from blockadmm import ops
+
+    if ops.status()["cpu"] is None:
+        assert "blockadmm cpu" in nmf
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert "sklearn mu" in nmf
     # same initial factors and iterations: our update and scikit-learn's reach the same error
     if "sklearn mu" in nmf and "blockadmm cpu" in nmf:
         assert abs(nmf["blockadmm cpu"]["err_vs_sklearn"]) < 1e-4
@@ -37,7 +48,7 @@ def test_bench_runs_without_timing(tmp_path):
     assert res["plots"] and all((out / p).exists() for p in res["plots"])
     # the README block is rendered from the results folder, between markers it adds when absent
     p = subprocess.run([sys.executable, "-m", "bench", "--update-readme", "--out", str(out), "--readme", str(readme)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                       check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     text = readme.read_text()
     assert "<!-- bench:start -->" in text and "<!-- bench:end -->" in text and "No GPU was lent" in text

@@ -84,6 +84,7 @@ def test_short_training_far_above_chance():
     assert acc > 0.6, acc  # chance is 0.1
     with torch.no_grad():
         H = blocks[1](blocks[0](data.test.X))
+    assert bool((H >= 0).all()) and bool((blocks[1].W >= 0).all()), "NMF codes and basis stay non-negative"
     assert disentangling_score(H, data.test.Y, blocks[1].group, 10) > 0.3
     M = class_group_matrix(H, data.test.Y, blocks[1].group, 10)
     assert M.shape == (10, 11) and np.allclose(M.sum(1), 1, atol=1e-4)

@@ -14,8 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from blockadmm.data import IndexedDataset
-from blockadmm.distributed import (FAULT_ENV, CheckpointMismatch, build_schedule, partition_blocks,
-                                   read_checkpoint_meta)
+from blockadmm.distributed import FAULT_ENV, CheckpointMismatch, build_schedule, partition_blocks, read_checkpoint_meta
 from blockadmm.models import mlp_blocks
 from blockadmm.trainer import BlockADMM
 
@@ -35,7 +34,7 @@ def _model(hidden):
 
 
 def _common(mode):
-    return dict(input_shape=(D_IN,), mode=mode, num_samples=N, seed=3, lr_z=0.3, sweeps=2)
+    return {"input_shape": (D_IN,), "mode": mode, "num_samples": N, "seed": 3, "lr_z": 0.3, "sweeps": 2}
 
 
 def _single(hidden, mode, order, epochs=EPOCHS):
@@ -81,12 +80,14 @@ def _worker(rank, world, init, out, cases):
             dist.destroy_process_group()
 
 
-def _spawn(world, tmp_path, cases, tag="run", limit=60):
-    """Run the cases on `world` spawned ranks; waits for every rank (a failing one does not stop the others)."""
+def _spawn(world, tmp_path, cases, tag="run", limit=60, worker=None):
+    """Run the cases on `world` spawned ranks (by `worker`, default _worker: worker(rank, world, init, out, cases));
+    waits for every rank (a failing one does not stop the others)."""
     out = tmp_path / tag
     out.mkdir()
     init = "file://" + str(tmp_path / f"rdzv-{tag}")
-    ctx = mp.start_processes(_worker, args=(world, init, str(out), cases), nprocs=world, join=False, start_method="spawn")
+    ctx = mp.start_processes(worker or _worker, args=(world, init, str(out), cases), nprocs=world, join=False,
+                             start_method="spawn")
     deadline = time.monotonic() + limit
     for p in ctx.processes:
         p.join(timeout=max(0.1, deadline - time.monotonic()))

@@ -1,9 +1,9 @@
 """aux_dual_update: every compiled backend against the torch reference (DESIGN §4)."""
 import pytest
 import torch
+from kernel_backends import backend_params, half_rule, half_skip_reason
 
 from blockadmm import Prox, ops
-from kernel_backends import backend_params, half_rule, half_skip_reason
 
 PROXES = [None, Prox.nonneg(), Prox.box(-0.3, 0.5), Prox.l1(0.7)]
 BACKENDS = backend_params()
@@ -29,7 +29,7 @@ def test_aux_dual_matches_reference(backend, device, prox, indexed, step, with_g
     table_rows = 80 if indexed else m
     z, u, a, g, index = _inputs(m, d, table_rows, indexed, with_g, device)
     z_ref, u_ref = z.clone(), u.clone()
-    kw = dict(rho=1.7, lr=0.23, dual_step=0.8, prox=prox, index=index, step=step)
+    kw = {"rho": 1.7, "lr": 0.23, "dual_step": 0.8, "prox": prox, "index": index, "step": step}
     res_ref = ops.aux_dual_update(z_ref, u_ref, a, g, backend="torch", **kw)
     z0, u0 = z.clone(), u.clone()
     res = ops.aux_dual_update(z, u, a, g, backend=backend, **kw)
@@ -56,7 +56,7 @@ def test_aux_dual_large_multithreaded(backend, device, indexed):
         m, d = 700, 333
     z, u, a, g, index = _inputs(m, d, 2 * m if indexed else m, indexed, True, device)
     z_ref, u_ref = z.clone(), u.clone()
-    kw = dict(rho=0.9, lr=0.1, prox=Prox.box(-1.0, 1.0), index=index)
+    kw = {"rho": 0.9, "lr": 0.1, "prox": Prox.box(-1.0, 1.0), "index": index}
     res_ref = ops.aux_dual_update(z_ref, u_ref, a, g, backend="torch", **kw)
     res = ops.aux_dual_update(z, u, a, g, backend=backend, **kw)
     torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-6)
@@ -72,7 +72,7 @@ def test_aux_dual_feature_shape_and_empty_batch(backend, device):
     a, g = torch.randn(9, 3, 5, 7, device=device), torch.randn(9, 3, 5, 7, device=device)
     index = torch.randperm(20, device=device)[:9]
     z_ref, u_ref = z.clone(), u.clone()
-    kw = dict(rho=1.3, lr=0.2, prox=Prox.nonneg(), index=index.int())
+    kw = {"rho": 1.3, "lr": 0.2, "prox": Prox.nonneg(), "index": index.int()}
     r_ref = ops.aux_dual_update(z_ref, u_ref, a, g, backend="torch", **kw)
     r = ops.aux_dual_update(z, u, a, g, backend=backend, **kw)
     torch.testing.assert_close(z, z_ref)
@@ -94,7 +94,7 @@ def test_aux_dual_half_precision(backend, device, dtype, indexed, prox, nan_empt
     m, d = 37, 61
     table_rows = 80 if indexed else m
     z, u, a, g, index = _inputs(m, d, table_rows, indexed, True, device, dtype)
-    kw = dict(rho=1.7, lr=0.23, dual_step=0.8, prox=prox, index=index)
+    kw = {"rho": 1.7, "lr": 0.23, "dual_step": 0.8, "prox": prox, "index": index}
     zt, ut = z.float(), u.float()  # truth: the same update in float32, unrounded
     res_t = ops.aux_dual_update(zt, ut, a.float(), g.float(), backend="torch", **kw)
     zr, ur = z.clone(), u.clone()  # the reference run in the low precision

@@ -1,9 +1,11 @@
 """nmf_mu_update: every compiled backend against the torch reference, plus the NMF invariants (DESIGN §4)."""
+import itertools
+
 import pytest
 import torch
+from kernel_backends import backend_params, half_rule, half_skip_reason
 
 from blockadmm import ops
-from kernel_backends import backend_params, half_rule, half_skip_reason
 
 BACKENDS = backend_params()
 # (n, k, d): k = 7 updates in place (one column tile); k = 70 spans two column tiles and goes through a
@@ -41,7 +43,7 @@ def test_nmf_invariants(backend, device):
         ops.nmf_mu_update(V, H, W, which="both", backend=backend)
         assert (H >= 0).all() and (W >= 0).all()
         losses.append(float((V - H @ W).square().sum()))
-    assert all(b <= a * (1 + 1e-5) for a, b in zip(losses, losses[1:])), losses
+    assert all(b <= a * (1 + 1e-5) for a, b in itertools.pairwise(losses)), losses
     assert losses[-1] < losses[0]
 
 
@@ -69,10 +71,10 @@ def test_nmf_auto_on_cpu_is_the_cpu_module():
     if cpu.load_error() is not None:
         pytest.skip(cpu.load_error())
     V, H, W = _factors(5, 2, 4, "cpu")
-    fn = resolve("nmf_mu_update", "auto", "cpu", dict(which="both"), dict(V=V, H=H, W=W))
+    fn = resolve("nmf_mu_update", "auto", "cpu", {"which": "both"}, {"V": V, "H": H, "W": W})
     assert fn is cpu.ops()["nmf_mu_update"]
     # a half-precision call is not the cpu module's: auto routes it to the torch reference
-    fn = resolve("nmf_mu_update", "auto", "cpu", dict(which="both"), dict(V=V.half(), H=H.half(), W=W.half()))
+    fn = resolve("nmf_mu_update", "auto", "cpu", {"which": "both"}, {"V": V.half(), "H": H.half(), "W": W.half()})
     assert fn is ops.backends()["torch"].ops()["nmf_mu_update"]
     with pytest.raises(ops.BackendUnavailable, match="float32 only"):
         ops.nmf_mu_update(V.half(), H.half(), W.half(), backend="cpu")

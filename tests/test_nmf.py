@@ -85,6 +85,77 @@ def test_block_updates_W_then_freezes():
     assert torch.equal(blk.W, W1)
 
 
+def _aux_objective(z, a, u, g, rho):
+    """The code boundary's auxiliary objective with a linear consuming term <g, z>: per row, summed."""
+    return 0.5 * rho * (z - a + u).square().sum() + (g * z).sum()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_mirror_step_is_the_formula_with_the_autograd_gradient(steps):
+    """z <- z * exp(clip(-lr * grad / mean|grad|)), each row rescaled to its energy, with grad the autograd gradient
+    of (rho/2)|z - a + u|^2 + the consuming term (here <g, z>), re-evaluated at every step."""
+    torch.manual_seed(3)
+    blk = NMFBlock(4, n_components=6, eg_steps=steps, eg_lr=0.7, eg_clip=1.5)
+    z, a = torch.rand(5, 6) + 0.1, torch.rand(5, 6)
+    u, g = 0.3 * torch.randn(5, 6), torch.randn(5, 6)
+    rho = 1.7
+    want = z.double().clone()
+    energy = want.sum(1, keepdim=True)
+    for _ in range(steps):
+        zg = want.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(_aux_objective(zg, a.double(), u.double(), g.double(), rho), zg)
+        step = (-0.7 * grad / grad.abs().mean(1, keepdim=True)).clamp(-1.5, 1.5)
+        want = want * step.exp() + 1e-6 * energy / 6
+        want = want * energy / want.sum(1, keepdim=True)
+    calls = []
+    blk.admm_aux_update(z, u, a, lambda zz: (calls.append(zz.clone()), g)[1], rho=rho, lr=0.5)
+    assert len(calls) == steps
+    torch.testing.assert_close(z.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_mirror_step_goes_downhill():
+    """A small mirror step lowers the objective it is a step on, on every row."""
+    torch.manual_seed(4)
+    blk = NMFBlock(4, n_components=6, eg_steps=1, eg_lr=0.02)
+    z, a = torch.rand(32, 6) + 0.1, torch.rand(32, 6)
+    u, g = 0.3 * torch.randn(32, 6), torch.randn(32, 6)
+    before = [float(_aux_objective(z[i], a[i], u[i], g[i], 1.3)) for i in range(32)]
+    blk.admm_aux_update(z, u, a, lambda zz: g, rho=1.3, lr=0.5)
+    after = [float(_aux_objective(z[i], a[i], u[i], g[i], 1.3)) for i in range(32)]
+    assert all(b < a for a, b in zip(before, after)), [round(b - a, 5) for a, b in zip(before, after)]
+
+
+def test_input_grad_is_the_gradient_of_the_block_term_through_the_linearized_codes():
+    """admm_input_grad = -rho (z + u - H(V)) W: the autograd gradient in V of the block's own term
+    (rho/2)|z + u - H|^2 with the codes linearized at V, H(V + dV) = H(V) + dV W^T."""
+    torch.manual_seed(5)
+    blk = NMFBlock(7, n_components=4, n_iter=20)
+    V = torch.rand(6, 7)
+    z, u = torch.rand(6, 4), 0.2 * torch.randn(6, 4)
+    rho = 2.3
+    H0 = blk(V).double()
+    W = blk.W.detach().double()
+    V64 = V.double().requires_grad_(True)
+    H_lin = H0 + (V64 - V.double()) @ W.T
+    (want,) = torch.autograd.grad(0.5 * rho * (z.double() + u.double() - H_lin).square().sum(), V64)
+    got = blk.admm_input_grad(V, z, u, rho=rho, y=None, loss_fn=None)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_input_grad_step_moves_the_codes_toward_the_target():
+    """A small step of the features against admm_input_grad brings the solved codes H(V) closer to z + u."""
+    torch.manual_seed(6)
+    blk = NMFBlock(7, n_components=4, n_iter=50)
+    V = torch.rand(16, 7) + 0.2
+    target = blk(V) + 0.3 * torch.randn(16, 4)
+    z, u = target.clamp_min(0), torch.zeros(16, 4)
+    g = blk.admm_input_grad(V, z, u, rho=1.0, y=None, loss_fn=None)
+    def term(features):
+        return float((z + u - blk(features)).square().sum())
+
+    assert term((V - 0.01 * g).clamp_min(0)) < term(V)
+
+
 def test_mirror_step_keeps_energy_and_sign():
     blk = NMFBlock(4, n_components=6, eg_steps=3)
     z = torch.rand(5, 6) + 0.1
@@ -94,6 +165,16 @@ def test_mirror_step_keeps_energy_and_sign():
     blk.admm_aux_update(z, u, z.clone(), lambda zz: g, rho=1.0, lr=0.5)
     assert bool((z >= 0).all())
     torch.testing.assert_close(z.sum(1), energy)
+
+
+def _assert_nonneg(trainer, ds):
+    nmf = trainer.blocks[1]
+    assert float(nmf.W.min()) >= 0, f"NMF basis went negative: min {float(nmf.W.min())}"
+    with torch.no_grad():
+        H = nmf(trainer.blocks[0](ds.X))
+    assert float(H.min()) >= 0
+    if trainer.tables is not None:
+        assert float(trainer.tables.z[1].min()) >= 0 and float(trainer.tables.z[0].min()) >= 0
 
 
 def _tiny_trainer(mode, n=60):
@@ -125,5 +206,7 @@ def test_checkpoint_resume_with_nmf_block(tmp_path, mode):
     assert t3.optimizers[1] is None and int(t3.blocks[1].epoch) == 0
     t3.fit(ds, 2, batch_size=20, progress=False)
     torch.testing.assert_close(t3.blocks[1].W, ref_W)
+    for trained in (t, t2, t3):  # every configuration trained here: basis, codes and code tables non-negative
+        _assert_nonneg(trained, ds)
     assert [h["loss"] for h in t3.history] == pytest.approx(ref_hist)
     assert t3.blocks[1].frozen  # update_epochs=1: frozen in epoch 2

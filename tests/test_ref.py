@@ -12,11 +12,27 @@ PROXES = [None, Prox.nonneg(), Prox.box(-0.3, 0.5), Prox.l1(0.7), Prox.custom(la
 
 
 def _prox64(prox, z, lr):
+    """Each proximal map written out (never prox.apply, the code under test)."""
     if prox is None:
         return z
+    if prox.kind == "nonneg":
+        return torch.where(z < 0, torch.zeros_like(z), z)
+    if prox.kind == "box":
+        lo, hi = torch.full_like(z, prox.lo), torch.full_like(z, prox.hi)
+        return torch.where(z < prox.lo, lo, torch.where(z > prox.hi, hi, z))
     if prox.kind == "l1":
         return torch.where(z.abs() > lr * prox.lam, z - lr * prox.lam * z.sign(), torch.zeros_like(z))
-    return prox.apply(z, lr)
+    assert prox.kind == "custom"
+    # the custom fn of PROXES: a clamp to [-1, 1]
+    return torch.where(z < -1, -torch.ones_like(z), torch.where(z > 1, torch.ones_like(z), z))
+
+
+def test_prox_maps_on_hand_values():
+    z = torch.tensor([-2.0, -0.25, 0.0, 0.1, 0.7])
+    torch.testing.assert_close(Prox.nonneg().apply(z, 0.5), torch.tensor([0.0, 0.0, 0.0, 0.1, 0.7]))
+    torch.testing.assert_close(Prox.box(-0.3, 0.5).apply(z, 0.5), torch.tensor([-0.3, -0.25, 0.0, 0.1, 0.5]))
+    # threshold lr * lam = 0.2
+    torch.testing.assert_close(Prox.l1(0.4).apply(z, 0.5), torch.tensor([-1.8, -0.05, 0.0, 0.0, 0.5]))
 
 
 @pytest.mark.parametrize("prox", PROXES, ids=lambda p: "none" if p is None else p.kind)
@@ -66,6 +82,23 @@ def test_nmf_mu_update_matches_formula(which, l1, l2):
     torch.testing.assert_close(H.double(), H64, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(W.double(), W64, rtol=1e-5, atol=1e-6)
     assert (H >= 0).all() and (W >= 0).all()
+
+
+def test_nmf_mu_update_on_a_hand_example():
+    """V = [[1, 2], [3, 4]], H = [[1], [1]], W = [[1, 1]]: V Wᵀ = [[3], [7]], W Wᵀ = 2, so H = [[1.5], [3.5]];
+    then Hᵀ V = [12, 17], Hᵀ H = 14.5, so W = [[12/14.5, 17/14.5]]. With l1 = 1: H = [[1], [7/3]]; l2 = 1 on W
+    (after that H): W = [[ (1 + 7) / (1 + 49/9 + 1), (2 + 28/3) / (1 + 49/9 + 1) ]]."""
+    V = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    H, W = torch.ones(2, 1), torch.ones(1, 2)
+    ops.nmf_mu_update(V, H, W, which="both", backend="torch")
+    torch.testing.assert_close(H, torch.tensor([[1.5], [3.5]]))
+    torch.testing.assert_close(W, torch.tensor([[12 / 14.5, 17 / 14.5]]))
+    H, W = torch.ones(2, 1), torch.ones(1, 2)
+    ops.nmf_mu_update(V, H, W, which="H", l1=1.0, backend="torch")
+    torch.testing.assert_close(H, torch.tensor([[1.0], [7 / 3]]))
+    ops.nmf_mu_update(V, H, W, which="W", l2=1.0, backend="torch")
+    den = 1 + 49 / 9 + 1
+    torch.testing.assert_close(W, torch.tensor([[8 / den, (2 + 28 / 3) / den]]))
 
 
 def test_nmf_loss_does_not_rise():

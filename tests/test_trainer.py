@@ -76,8 +76,8 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     first gradient through each hidden block), against plain autograd on every block."""
     model, cuts = small_mlp(activation=activation, hidden=(32, 24, 16))
     # SGD: Adam would amplify the last-bit differences of near-zero gradients into visible ones
-    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order, "k_z": k_z, "k_w": k_w, "sweeps": 3,
-              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
+    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order,
+          "k_z": k_z, "k_w": k_w, "sweeps": 3, "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
     b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
     assert isinstance(a.engine.terms[0], FusedLinearTerm) and a.engine.terms[0].activation == activation
@@ -101,7 +101,7 @@ def test_online_skips_the_last_dual_update_without_changing_training(digits, mon
     must train identically."""
     model, cuts = small_mlp(hidden=(32, 24, 16))
     kw = {"blocks": cuts, "input_shape": (64,), "num_samples": len(digits.train), "fused_linear": fused,
-              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
+          "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     online, batch = BlockADMM(copy.deepcopy(model), mode="online", **kw), BlockADMM(copy.deepcopy(model), mode="batch", **kw)
     calls = {}
     for name, tr in (("online", online), ("batch", batch)):
@@ -150,7 +150,8 @@ def test_resume_is_bit_identical(digits, tmp_path, mode, storage):
             assert torch.equal(tw, tr_)
 
 
-def test_checkpoint_is_atomic_and_never_overwritten_with_nan(digits, tmp_path):
+def test_checkpoint_is_never_overwritten_with_nan(digits, tmp_path):
+    """(Atomicity against a save that dies part-way: tests/test_checkpoint.py.)"""
     model, cuts = small_mlp()
     tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
     ckpt = str(tmp_path / "c.pt")
@@ -189,16 +190,41 @@ def test_nan_in_input_is_reported(digits):
     assert not bool(tr.tables.seen.any()), "tables must not be written by a failed step"
 
 
-def test_constraints_hold_on_auxiliary_variables(digits):
-    model, cuts = small_mlp()
-    tr = BlockADMM(
-        model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
-        constraints={0: Prox.nonneg(), 1: Prox.box(0.0, 0.5)}, lr_z=2.0,
-    )
-    tr.fit(digits.train, 1, batch_size=64, progress=False)
-    assert bool(tr.tables.seen.all())
-    assert float(tr.tables.z[0].min()) >= 0
-    assert float(tr.tables.z[1].min()) >= 0 and float(tr.tables.z[1].max()) <= 0.5
+class _InputRecorder(nn.Module):
+    """A block that records every input it is called on (the auxiliary variable below it)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.inputs = inner, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_constraints_hold_on_auxiliary_variables(digits, mode):
+    """Online (no table, and no dual step in the last sweep to re-apply the prox): the inputs of the last weight
+    step, the last call of each block, satisfy the constraints; batch mode: the tables. Block 0 ends in tanh, so
+    its forward values break the non-negativity constraint."""
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(64, 32), nn.Tanh()), _InputRecorder(nn.Sequential(nn.Linear(32, 24), nn.Tanh())),
+              _InputRecorder(nn.Linear(24, 10))]
+    tr = BlockADMM(blocks, input_shape=(64,), mode=mode, num_samples=len(digits.train),
+                   constraints={0: Prox.nonneg(), 1: Prox.box(0.0, 0.5)}, lr_z=2.0, sweeps=2)
+    if mode == "online":
+        x, y, _ = next(iter(data.make_loader(digits.train, 64, shuffle=True, seed=0, epoch=0)))
+        blocks[1].inputs.clear(), blocks[2].inputs.clear()  # the chain check's calls
+        tr.step(x, y)
+        assert float(blocks[1].inputs[0].min()) < 0  # the forward pass, before any auxiliary step
+        z0, z1 = blocks[1].inputs[-1], blocks[2].inputs[-1]
+        assert float(z0.min()) >= 0 and float(z1.min()) >= 0 and float(z1.max()) <= 0.5
+        assert float((z0 - blocks[1].inputs[0]).abs().max()) > 0.1  # the constraint moved it
+    else:
+        tr.fit(digits.train, 1, batch_size=64, progress=False)
+        assert bool(tr.tables.seen.all())
+        assert float(tr.tables.z[0].min()) >= 0
+        assert float(tr.tables.z[1].min()) >= 0 and float(tr.tables.z[1].max()) <= 0.5
 
 
 def test_adaptive_rho_grows_and_rescales_duals(digits):

@@ -50,37 +50,38 @@ def test_unknown_aux_step_rejected():
         ADMMConfig(aux_step="newton")
 
 
-def _one_aux_move(aux_step, lr_z=0.1):
-    """z after one sweep's auxiliary step on a 2-block net (weights frozen by lr=0)."""
+def _one_aux_move(aux_step, lr_z=0.1, rho=0.8):
+    """One auxiliary step on a 2-block net from seeded tables (z != f(x), u != 0), weights frozen by lr=0,
+    dual step 0: the table's z after step() is the auxiliary step's result (the dual step's prox is the identity
+    here: no constraint). Returns (z0, u0, a, g, z1)."""
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [8], 3, "relu")
     x, y = _data(8)
-    tr = BlockADMM(model, blocks=cuts, input_shape=(20,), sweeps=1, aux_step=aux_step, lr_z=lr_z,
-                   dual_step=0.0, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
-    z0 = tr.blocks[0](x).detach()
+    index = torch.arange(8)
+    tr = BlockADMM(model, blocks=cuts, input_shape=(20,), mode="batch", num_samples=8, sweeps=1, aux_step=aux_step,
+                   lr_z=lr_z, rho=rho, dual_step=0.0, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    g = torch.Generator().manual_seed(1)
+    z0, u0 = torch.randn(8, 8, generator=g), 0.5 * torch.randn(8, 8, generator=g)
+    tr.tables.scatter(index, [z0], [u0])
+    with torch.no_grad():
+        a = tr.blocks[0](x)
     zk = z0.clone().requires_grad_(True)
-    g = torch.autograd.grad(nn.functional.cross_entropy(tr.blocks[1](zk), y) * x.shape[0], zk)[0]
-    # capture z after the step through the dual variable: with dual_step=0 u stays 0, so read z via a hook
-    seen = {}
-    term = tr.engine.terms[0]
-    orig = term.loss_and_grads
-
-    def spy(inp, target, dual, y_, **kw):
-        seen["z"] = target.clone()
-        return orig(inp, target, dual, y_, **kw)
-
-    term.loss_and_grads = spy
-    tr.step(x, y)
-    return z0, g, seen["z"]
+    grad = torch.autograd.grad(nn.functional.cross_entropy(tr.blocks[1](zk), y) * x.shape[0], zk)[0]
+    tr.step(x, y, index)
+    _, (z1,), (u1,) = tr.tables.gather(index)
+    assert torch.equal(u1, u0), "dual_step=0 leaves u as it was"
+    return z0, u0, a, grad, z1
 
 
 @pytest.mark.parametrize("rule", ["grad", "sign", "adam"])
 def test_aux_step_rules(rule):
-    z0, g, z1 = _one_aux_move(rule)
+    z0, u0, a, g, z1 = _one_aux_move(rule)
+    d = 0.8 * (z0 - a + u0) + g  # the rho term is not zero here: z0 != a and u0 != 0
+    assert float((0.8 * (z0 - a + u0)).abs().min()) > 0
     if rule == "grad":
-        expected = z0 - 0.1 * g  # z = a and u = 0 at the start: the step is the gradient of the next term
-    else:  # sign, and adam's bias-corrected first step, are both lr*sign(g)
-        expected = z0 - 0.1 * g.sign()
+        expected = z0 - 0.1 * d  # lr_z = 0.1 < 1/rho: no cap
+    else:  # sign, and adam's bias-corrected first step, are both lr*sign(d)
+        expected = z0 - 0.1 * d.sign()
     torch.testing.assert_close(z1, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -130,14 +131,17 @@ def test_shared_optimizer_trains_like_one_per_block_and_checkpoints(tmp_path, mo
     x, y = _data()
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 12], 3)
-    kw = {"blocks": cuts, "input_shape": (20,), "mode": mode, "num_samples": len(x), "optimizer": adam(3e-3), "sweeps": 2}
+    kw = {"blocks": cuts, "input_shape": (20,), "mode": mode, "num_samples": len(x), "optimizer": adam(3e-3),
+          "sweeps": 2}
     per_block = BlockADMM(copy.deepcopy(model), **kw)
     shared = BlockADMM(copy.deepcopy(model), shared_optimizer=True, **kw)
     assert len({id(o) for o in shared.optimizers}) == 1 and len({id(o) for o in per_block.optimizers}) == 3
     index = torch.arange(len(x))
     for _ in range(4):
         per_block.step(x, y, index), shared.step(x, y, index)
-    flat = lambda tr: torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])
+    def flat(tr):
+        return torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])
+
     torch.testing.assert_close(flat(shared), flat(per_block), rtol=1e-6, atol=1e-7)
     untrained = BlockADMM(copy.deepcopy(model), **kw)
     assert float((flat(shared) - flat(untrained)).abs().max()) > 1e-3  # they moved

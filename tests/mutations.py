@@ -1,0 +1,345 @@
+"""Mutation check: inject known bugs one at a time into a copy of the repository and run the tests that must
+catch them (issue 21). Not collected by pytest, not in CI.
+
+    python -m tests.mutations                 # every mutation
+    python -m tests.mutations -k nmf -k dual  # those whose name contains any of the words
+    python -m tests.mutations --list
+
+Each entry is (name, file, exact old snippet, replacement, test files, description). The snippet must occur
+exactly once in the file; when the code it targets has moved, the entry reports "snippet not found" (or
+"snippet ambiguous") instead of a result, and is edited to the new code. The working tree is never touched:
+the repository is copied to a temporary folder, the copy is mutated, and pytest runs there (-x, stopping at the
+first failure). A mutation is "caught" when pytest fails, "survived" when it passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Mutation(NamedTuple):
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: Sequence[str]
+    description: str
+
+
+ORACLE = "tests/test_step_oracle.py"
+MUTATIONS = [
+    # ---------------------------------------------------------------- the references
+    Mutation(
+        "ref-dual-sign",
+        "blockadmm/ref/aux_dual.py",
+        "un = uj + dual_step * diff",
+        "un = uj - dual_step * diff",
+        ["tests/test_ref.py"],
+        "the reference dual update with its sign flipped",
+    ),
+    Mutation(
+        "ref-prox-dropped",
+        "blockadmm/ref/aux_dual.py",
+        "zn = prox.apply(zn, lr)",
+        "zn = zn",
+        ["tests/test_ref.py"],
+        "the reference aux/dual update ignores the prox",
+    ),
+    Mutation(
+        "prox-nonneg-identity",
+        "blockadmm/prox.py",
+        "return z.clamp_min(0.0)",
+        "return z",
+        ["tests/test_ref.py"],
+        "Prox.nonneg returns z unchanged",
+    ),
+    Mutation(
+        "prox-l1-threshold",
+        "blockadmm/prox.py",
+        "t = lr * self.lam",
+        "t = self.lam",
+        ["tests/test_ref.py"],
+        "Prox.l1 thresholds by lam instead of lr*lam",
+    ),
+    Mutation(
+        "ref-nmf-W-l2-dropped",
+        "blockadmm/ref/nmf.py",
+        "(Hf.T @ Hf) @ Wf + l1 + l2 * Wf + eps",
+        "(Hf.T @ Hf) @ Wf + l1 + eps",
+        ["tests/test_ref.py"],
+        "the reference NMF update of W without its l2 term",
+    ),
+    # ---------------------------------------------------------------- the trainer's step
+    Mutation(
+        "trainer-dual-sign",
+        "blockadmm/trainer.py",
+        "rho=self.rho[k], lr=0.0, dual_step=cfg.dual_step,",
+        "rho=self.rho[k], lr=0.0, dual_step=-cfg.dual_step,",
+        [ORACLE],
+        "the trainer's dual step with its sign flipped",
+    ),
+    Mutation(
+        "trainer-dual-zero",
+        "blockadmm/trainer.py",
+        "rho=self.rho[k], lr=0.0, dual_step=cfg.dual_step,",
+        "rho=self.rho[k], lr=0.0, dual_step=0.0,",
+        [ORACLE],
+        "the dual step forced to 0",
+    ),
+    Mutation(
+        "order-swapped",
+        "blockadmm/trainer.py",
+        'boundaries = range(B - 2, -1, -1) if cfg.order != "bottom-up" else range(B - 1)',
+        'boundaries = range(B - 1) if cfg.order != "bottom-up" else range(B - 2, -1, -1)',
+        [ORACLE],
+        "top-down and bottom-up swapped",
+    ),
+    Mutation(
+        "aux-prox-none",
+        "blockadmm/trainer.py",
+        "prox=self.constraints[k], step=cfg.aux_step,",
+        "prox=None, step=cfg.aux_step,",
+        [ORACLE],
+        "the auxiliary step gets prox=None",
+    ),
+    Mutation(
+        "aux-u-sign",
+        "blockadmm/trainer.py",
+        "zk, uk, a, g, rho=self.rho[k], lr=lr, dual_step=0.0,",
+        "zk, uk.neg(), a, g, rho=self.rho[k], lr=lr, dual_step=0.0,",
+        [ORACLE],
+        "u's sign flipped in the auxiliary step",
+    ),
+    Mutation(
+        "batch-ignores-stored-z",
+        "blockadmm/trainer.py",
+        "z[k] = torch.where(fresh, fwd[k], z[k]).contiguous()",
+        "z[k] = fwd[k].clone()",
+        [ORACLE],
+        "batch mode starts every row from the forward pass, ignoring the stored z",
+    ),
+    Mutation(
+        "lr-cap-removed",
+        "blockadmm/trainer.py",
+        "min(cfg.lr_z, 1.0 / self.rho[k])",
+        "cfg.lr_z",
+        [ORACLE],
+        "the min(lr_z, 1/rho) cap of the gradient step removed",
+    ),
+    Mutation(
+        "primal-no-sqrt",
+        "blockadmm/trainer.py",
+        "primal = (stats_t[1:B].sqrt() / norms).tolist()",
+        "primal = (stats_t[1:B] / norms).tolist()",
+        [ORACLE],
+        "the reported primal residual without the square root",
+    ),
+    Mutation(
+        "dual-residual-no-rho",
+        "blockadmm/trainer.py",
+        "dual = [r * d for r, d in",
+        "dual = [d for r, d in",
+        [ORACLE],
+        "the reported dual residual without rho",
+    ),
+    Mutation(
+        "jacobi-reads-live-z",
+        "blockadmm/trainer.py",
+        "z_src = [t.clone() for t in z] if jacobi else z",
+        "z_src = z",
+        [ORACLE],
+        "Jacobi reads the neighbours' current values instead of the sweep start",
+    ),
+    Mutation(
+        "online-last-dual-kept",
+        "blockadmm/trainer.py",
+        'skip_dual = self.mode == "online" and sweep == cfg.sweeps - 1',
+        "skip_dual = False",
+        [ORACLE],
+        "online mode runs the last sweep's dual step (the reported primal is then another one)",
+    ),
+    Mutation(
+        "adam-no-bias-correction",
+        "blockadmm/trainer.py",
+        "direction = (st[1] / (1 - b1 ** st[0]))",
+        "direction = (st[1] / 1.0)",
+        [ORACLE],
+        "the Adam auxiliary step without the first moment's bias correction",
+    ),
+    Mutation(
+        "tables-not-written",
+        "blockadmm/trainer.py",
+        "            self.tables.scatter(index, z, u)\n",
+        "            pass\n",
+        [ORACLE],
+        "batch mode does not write its rows back",
+    ),
+    Mutation(
+        "checkpoint-not-atomic",
+        "blockadmm/trainer.py",
+        "        torch.save(state, tmp)\n        os.replace(tmp, path)\n",
+        "        torch.save(state, path)\n",
+        ["tests/test_checkpoint.py"],
+        "BlockADMM.save writes the checkpoint in place",
+    ),
+    # ---------------------------------------------------------------- NMF / DeepFacto
+    Mutation(
+        "nmf-target-clamp-removed",
+        "blockadmm/nmf.py",
+        "Ht, _ = _to_rows((target + dual).detach().float().clamp_min(0.0))",
+        "Ht, _ = _to_rows((target + dual).detach().float())",
+        ["tests/test_nmf.py"],
+        "the NMF block's W update takes z + u without clamping it at 0",
+    ),
+    Mutation(
+        "nmf-mirror-sign",
+        "blockadmm/nmf.py",
+        "step = (-self.eg_lr * grad / norm)",
+        "step = (self.eg_lr * grad / norm)",
+        ["tests/test_nmf.py"],
+        "the NMF code boundary's mirror step goes uphill",
+    ),
+    Mutation(
+        "nmf-input-grad-sign",
+        "blockadmm/nmf.py",
+        "return self.reconstruct(-rho * (z_out + u_out - H0))",
+        "return self.reconstruct(rho * (z_out + u_out - H0))",
+        ["tests/test_nmf.py"],
+        "the NMF block's input gradient with its sign flipped",
+    ),
+    Mutation(
+        "nmf-input-grad-no-rho",
+        "blockadmm/nmf.py",
+        "return self.reconstruct(-rho * (z_out + u_out - H0))",
+        "return self.reconstruct(-(z_out + u_out - H0))",
+        ["tests/test_nmf.py"],
+        "the NMF block's input gradient without rho",
+    ),
+    # ---------------------------------------------------------------- distributed
+    Mutation(
+        "dist-no-step-when-stale",
+        "blockadmm/distributed.py",
+        "                if tr.optimizers[k] is not None:\n                    tr.optimizers[k].step()",
+        "                if tr.optimizers[k] is not None and self.staleness == 0:\n"
+        "                    tr.optimizers[k].step()",
+        ["tests/test_distributed_oracle.py"],
+        "the distributed trainer takes no optimizer step when staleness > 0",
+    ),
+    Mutation(
+        "dist-dual-zero",
+        "blockadmm/distributed.py",
+        "rho=tr.rho[k], lr=0.0, dual_step=cfg.dual_step,",
+        "rho=tr.rho[k], lr=0.0, dual_step=0.0,",
+        ["tests/test_distributed_oracle.py"],
+        "the distributed dual step forced to 0",
+    ),
+    Mutation(
+        "dist-tables-ignored",
+        "blockadmm/distributed.py",
+        'st["z"][k] = torch.where(fresh, fwd[k], zs[j]).contiguous()',
+        'st["z"][k] = fwd[k].clone()',
+        ["tests/test_distributed_oracle.py"],
+        "distributed batch mode ignores the stored z",
+    ),
+]
+
+
+def _copy_repo(dst: str) -> None:
+    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".benchmarks", "runs", "results")
+    shutil.copytree(ROOT, dst, ignore=ignore, symlinks=True)
+    if os.path.isdir(os.path.join(ROOT, "results")):  # tests read a few committed result files
+        shutil.copytree(
+            os.path.join(ROOT, "results"),
+            os.path.join(dst, "results"),
+            ignore=shutil.ignore_patterns("checkpoint*.pt", "tables*"),
+        )
+
+
+def _pytest(repo: str, tests: Sequence[str], timeout: float) -> tuple:
+    env = dict(os.environ, PYTHONPATH=repo, PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "timed out", time.monotonic() - t0
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+    summary = lines[-1] if lines else p.stderr.strip()[-200:]
+    failed = next((ln.split(" ", 1)[1] for ln in lines if ln.startswith("FAILED ")), "")
+    return p.returncode, (failed or summary)[:160], time.monotonic() - t0
+
+
+def _apply(repo: str, m: Mutation) -> str:
+    """Mutate the copy; returns "" or why the mutation could not be applied."""
+    path = os.path.join(repo, m.file)
+    if not os.path.exists(path):
+        return f"file not found: {m.file}"
+    with open(path) as f:
+        text = f.read()
+    n = text.count(m.old)
+    if n != 1:
+        return f"snippet {'not found' if n == 0 else f'ambiguous ({n} matches)'} in {m.file}"
+    with open(path, "w") as f:
+        f.write(text.replace(m.old, m.new))
+    return ""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-k", action="append", default=[], help="run the mutations whose name contains this word")
+    ap.add_argument("--list", action="store_true", help="list the mutations and exit")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the named test files")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.k or any(w in m.name for w in args.k)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:28} {m.file:28} {m.description}")
+        return 0
+    tmp = tempfile.mkdtemp(prefix="blockadmm-mutations-")
+    clean, repo = os.path.join(tmp, "clean"), os.path.join(tmp, "repo")
+    try:
+        _copy_repo(clean)
+        if not args.no_baseline:  # every named test file must pass on the unmutated copy
+            files = sorted({t for m in chosen for t in m.tests})
+            rc, why, secs = _pytest(clean, files, args.timeout)
+            print(f"baseline ({' '.join(files)}): {'pass' if rc == 0 else 'FAIL: ' + why} [{secs:.0f} s]", flush=True)
+            if rc != 0:
+                return 2
+        results = {"caught": [], "survived": [], "not applied": []}
+        for m in chosen:
+            shutil.rmtree(repo, ignore_errors=True)
+            shutil.copytree(clean, repo, symlinks=True)
+            why = _apply(repo, m)
+            if why:
+                results["not applied"].append(m.name)
+                print(f"NOT APPLIED {m.name}: {why}", flush=True)
+                continue
+            rc, out, secs = _pytest(repo, m.tests, args.timeout)
+            verdict = "caught" if rc not in (0, None) else "survived"
+            results[verdict].append(m.name)
+            print(f"{verdict.upper():8} {m.name:28} [{secs:4.0f} s] {m.description}  <- {out}", flush=True)
+        print(
+            f"\ntotal: {len(results['caught'])} caught, {len(results['survived'])} survived, "
+            f"{len(results['not applied'])} not applied, of {len(chosen)}"
+        )
+        for k in ("survived", "not applied"):
+            if results[k]:
+                print(f"{k}: {', '.join(results[k])}")
+        return 0 if not results["survived"] and not results["not applied"] else 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
