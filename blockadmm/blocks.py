@@ -97,7 +97,8 @@ def _describe(m: nn.Module) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def check_chain(blocks: Sequence[nn.Module], input_shape: tuple[int, ...], device=None, dtype=torch.float32) -> list[tuple[int, ...]]:
+def check_chain(blocks: Sequence[nn.Module], input_shape: tuple[int, ...], device=None,
+                dtype=torch.float32) -> list[tuple[int, ...]]:
     """Run one dummy sample through the blocks; return each block's per-sample output shape.
 
     A block that cannot take its predecessor's output is reported with both blocks and shapes named.
