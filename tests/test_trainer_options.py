@@ -18,13 +18,29 @@ def _data(n=64, d=20, c=3, seed=0):
 
 def test_defaults_unchanged():
     c = ADMMConfig()
-    assert (c.rho, c.lr_z, c.sweeps, c.k_z, c.order, c.aux_step, c.dual_step) == (1.0, 0.3, 3, 1, "top-down", "grad", 1.0)
+    assert (c.rho, c.lr_z, c.sweeps, c.k_z, c.order, c.aux_step, c.dual_step) == (
+        1.0,
+        0.3,
+        3,
+        1,
+        "top-down",
+        "grad",
+        1.0,
+    )
     assert ADMMConfig.preset("default") == ADMMConfig()
 
 
 def test_deep_preset_values_and_overrides():
     c = ADMMConfig.preset("deep")
-    assert (c.aux_step, c.lr_z, c.order, c.sweeps, c.k_z, c.rho, c.dual_step) == ("sign", 0.3, "top-down", 3, 1, 1.0, 1.0)
+    assert (c.aux_step, c.lr_z, c.order, c.sweeps, c.k_z, c.rho, c.dual_step) == (
+        "sign",
+        0.3,
+        "top-down",
+        3,
+        1,
+        1.0,
+        1.0,
+    )
     assert ADMMConfig.preset("deep", sweeps=5).sweeps == 5
     with pytest.raises(ValueError, match="unknown preset"):
         ADMMConfig.preset("nope")
@@ -39,7 +55,9 @@ def test_trainer_preset_sets_config_and_weight_lr():
     assert tr.config.aux_step == "sign" and tr.config.sweeps == 2
     assert all(o.param_groups[0]["lr"] == PRESETS["deep"].weight_lr for o in tr.optimizers)
     # an explicit optimizer wins
-    tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep", optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    tr = BlockADMM(
+        model, blocks=cuts, input_shape=(20,), preset="deep", optimizer=lambda p: torch.optim.SGD(p, lr=0.05)
+    )
     assert all(isinstance(o, torch.optim.SGD) for o in tr.optimizers)
     with pytest.raises(ValueError, match="either preset"):
         BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep", config=ADMMConfig())
@@ -102,7 +120,9 @@ def test_adam_aux_step_applies_prox():
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [8], 3, "tanh")
     x, y = _data(16)
-    tr = BlockADMM(model, blocks=cuts, input_shape=(20,), aux_step="adam", constraints={0: "nonneg"}, sweeps=1, dual_step=0.0)
+    tr = BlockADMM(
+        model, blocks=cuts, input_shape=(20,), aux_step="adam", constraints={0: "nonneg"}, sweeps=1, dual_step=0.0
+    )
     seen = {}
     term = tr.engine.terms[0]
     orig = term.loss_and_grads

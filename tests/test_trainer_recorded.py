@@ -23,7 +23,12 @@ CASES = {
     "mlp3-batch": {"net": "mlp3", "mode": "batch"},
     "mlp3-online-autograd": {"net": "mlp3", "mode": "online", "fused_linear": False},
     "mlp3-batch-jacobi-adam": {"net": "mlp3", "mode": "batch", "order": "jacobi", "aux_step": "adam", "lr_z": 0.05},
-    "mlp3-online-nonneg-bottom-up": {"net": "mlp3", "mode": "online", "order": "bottom-up", "constraints": {0: "nonneg"}},
+    "mlp3-online-nonneg-bottom-up": {
+        "net": "mlp3",
+        "mode": "online",
+        "order": "bottom-up",
+        "constraints": {0: "nonneg"},
+    },
     "cnn-online": {"net": "cnn", "mode": "online"},
     "cnn-batch-k2": {"net": "cnn", "mode": "batch", "k_z": 2, "k_w": 2},
 }
@@ -66,8 +71,11 @@ def test_matches_recorded_values(name):
     got = run_case(**CASES[name])
     torch.testing.assert_close(torch.tensor(got["weight_sums"], dtype=torch.float64),
                                torch.tensor(want["weight_sums"], dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+    def flat(s):
+        return torch.tensor([s["loss"], *s["primal"], *s["dual"]], dtype=torch.float64)
+
     for g, w in zip(got["stats"], want["stats"], strict=True):
-        flat = lambda s: torch.tensor([s["loss"], *s["primal"], *s["dual"]], dtype=torch.float64)
         torch.testing.assert_close(flat(g), flat(w), rtol=1e-6, atol=1e-6)
 
 
