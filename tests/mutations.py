@@ -246,10 +246,13 @@ MUTATIONS = [
     Mutation(
         "dist-dual-zero",
         DIST,
-        "        if not self.engine.skips_dual(s - 1):\n",
-        "        if False:\n",
+        "            self.engine.dual_step(state, self.owned)\n",
+        "            duals = [state.u[k].clone() for k in self.owned]\n"
+        "            self.engine.dual_step(state, self.owned)\n"
+        "            for k, u in zip(self.owned, duals):\n"
+        "                state.u[k].copy_(u)\n",
         ["tests/test_distributed_oracle.py"],
-        "the distributed trainer never takes its dual step",
+        "the distributed dual step forced to 0 (u restored after it; the residual is still computed)",
     ),
     Mutation(
         "dist-tables-ignored",
