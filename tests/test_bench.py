@@ -17,8 +17,15 @@ def test_bench_runs_without_timing(tmp_path):
     readme.write_text("# x\n\n## Results\n\ntext\n")
     env = dict(os.environ)
     env.pop("BLOCKADMM_BACKEND", None)
-    p = subprocess.run([sys.executable, "-m", "bench", "--no-timing", "--threads", "1", "--out", str(out), "--name", "ci"],
-                       check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--no-timing", "--threads", "1", "--out", str(out), "--name", "ci"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((out / "ci.json").read_text())
     assert res["timing"] is False and res["command"].startswith("python -m bench")

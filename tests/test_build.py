@@ -28,7 +28,9 @@ def test_cpu_module_is_torch_free():
     assert b"libtorch" not in blob and b"libc10" not in blob
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"), reason="no nvcc here")
+@pytest.mark.skipif(
+    shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"), reason="no nvcc here"
+)
 def test_cuda_module_compiled_and_imports_without_gpu():
     report = _native.build_report().get("blockadmm._cuda", {})
     if os.environ.get("BLOCKADMM_BUILD_CUDA") == "0":
@@ -59,12 +61,16 @@ def test_cuda_module_validates_arguments_before_touching_the_gpu():
     with pytest.raises(RuntimeError, match="invalid argument"):
         mod.gemm(0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 2, 2, 2)  # null pointers
     with pytest.raises(RuntimeError, match="invalid argument"):
-        mod.aux_dual_update(0, 0, 1, 1, 7, 1, 0, 0, 0, 0, 2, 2, 1.0, 1.0, 1.0, 0, 0.0, 0.0, 0.0, False, 1)  # bad dtype code
+        mod.aux_dual_update(
+            0, 0, 1, 1, 7, 1, 0, 0, 0, 0, 2, 2, 1.0, 1.0, 1.0, 0, 0.0, 0.0, 0.0, False, 1
+        )  # bad dtype code
 
 
 def test_missing_module_reason_is_informative(monkeypatch, tmp_path):
     monkeypatch.setattr(_native, "_REPORT", str(tmp_path / "report.json"))
-    (tmp_path / "report.json").write_text('{"blockadmm._nope": {"built": false, "reason": "skipped: BLOCKADMM_BUILD_CUDA=0"}}')
+    (tmp_path / "report.json").write_text(
+        '{"blockadmm._nope": {"built": false, "reason": "skipped: BLOCKADMM_BUILD_CUDA=0"}}'
+    )
     with pytest.raises(ImportError, match="was not built: skipped: BLOCKADMM_BUILD_CUDA=0"):
         _native.load("_nope")
     with pytest.raises(ImportError, match="no build record"):

@@ -186,8 +186,9 @@ def test_pairs_command_writes_metrics_and_figures(tmp_path):
     from blockadmm.deepfacto import main
 
     out = tmp_path / "pairs"
-    assert main(["--data", "pairs", "--quick", "--n-train", "120", "--n-test", "40", "--epochs", "1", "--curriculum-epochs", "1",
-                 "--cam-epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    args = ["--data", "pairs", "--quick", "--n-train", "120", "--n-test", "40", "--epochs", "1",
+            "--curriculum-epochs", "1", "--cam-epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["args"]["curriculum"] == "proposals"
     for key in ("test_pointing", "test_acc_both", "test_cam_pointing", "test_most_ink_pointing"):

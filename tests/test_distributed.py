@@ -62,12 +62,27 @@ def _worker(rank, world, init, out, cases):
                 tr.load(ck)
             t0 = time.monotonic()
             try:
-                hist = tr.fit(_data(), case.get("epochs", EPOCHS), batch_size=BS, checkpoint=ck,
-                              checkpoint_every=case.get("checkpoint_every"), progress=False, eval_train=case.get("eval", False))
+                hist = tr.fit(
+                    _data(),
+                    case.get("epochs", EPOCHS),
+                    batch_size=BS,
+                    checkpoint=ck,
+                    checkpoint_every=case.get("checkpoint_every"),
+                    progress=False,
+                    eval_train=case.get("eval", False),
+                )
             except Exception as e:  # noqa: BLE001 - reported to the parent
                 with open(os.path.join(out, f"{case['name']}-err{rank}.json"), "w") as f:
-                    json.dump({"type": type(e).__name__, "msg": str(e), "rank": getattr(e, "rank", None),
-                               "after_s": time.monotonic() - t0, "tb": traceback.format_exc()}, f)
+                    json.dump(
+                        {
+                            "type": type(e).__name__,
+                            "msg": str(e),
+                            "rank": getattr(e, "rank", None),
+                            "after_s": time.monotonic() - t0,
+                            "tb": traceback.format_exc(),
+                        },
+                        f,
+                    )
                 return
             torch.save({"blocks": {k: b.state_dict() for k, b in tr.owned_blocks().items()}, "hist": hist},
                        os.path.join(out, f"{case['name']}-rank{rank}.pt"))
@@ -130,7 +145,11 @@ def test_partition_and_schedule_are_consistent():
                 started = []
                 for t, kind, s in plan:  # staleness bound: batch t starts after batch t-1-st is done here
                     if kind == "F":
-                        done = {b for b in range(t) if (b, "U" if order != "jacobi" else "A", 2) in plan[:plan.index((t, kind, s))]}
+                        done = {
+                            b
+                            for b in range(t)
+                            if (b, "U" if order != "jacobi" else "A", 2) in plan[: plan.index((t, kind, s))]
+                        }
                         assert all(b in done for b in range(t - st)), (order, st, r, t)
                         started.append(t)
                 assert started == sorted(started)
@@ -141,7 +160,9 @@ def test_partition_and_schedule_are_consistent():
 def test_checkpoint_meta_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="latest.json"):
         read_checkpoint_meta(str(tmp_path), 2)
-    (tmp_path / "latest.json").write_text(json.dumps({"step": 3, "world_size": 3, "partition": [[0, 1], [1, 2], [2, 4]], "dir": "step-000000003"}))
+    (tmp_path / "latest.json").write_text(
+        json.dumps({"step": 3, "world_size": 3, "partition": [[0, 1], [1, 2], [2, 4]], "dir": "step-000000003"})
+    )
     with pytest.raises(CheckpointMismatch, match="written by 3 ranks, this run has 2"):
         read_checkpoint_meta(str(tmp_path), 2)
     with pytest.raises(CheckpointMismatch, match="splits the blocks"):

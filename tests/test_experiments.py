@@ -20,7 +20,9 @@ def _records(out):
 
 def test_depth_tiny(tmp_path):
     out = str(tmp_path / "depth")
-    assert run(["depth", "--depths", "2", "--activations", "sigmoid", "--methods", ",".join(C.METHODS), "--seeds", "0", "--out", out] + TINY) == 0
+    args = ["depth", "--depths", "2", "--activations", "sigmoid", "--methods", ",".join(C.METHODS), "--seeds", "0",
+            "--out", out]
+    assert run(args + TINY) == 0
     recs = _records(out)
     assert sorted(r["method"] for r in recs) == sorted(C.METHODS)
     for r in recs:
@@ -132,7 +134,11 @@ def test_binary_ste_surrogate_is_the_admm_term_through_the_straight_through_step
 
     torch.manual_seed(1)
     blk = BinaryBlock(5, 4, surrogate="ste")
-    x, z, u = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    x, z, u = (
+        torch.randn(6, 5, dtype=torch.float64),
+        torch.randn(6, 4, dtype=torch.float64),
+        torch.randn(6, 4, dtype=torch.float64),
+    )
     blk = blk.double()
     a = blk.linear(x).detach()
     r = z + u - (a > 0).double()
@@ -148,7 +154,9 @@ def test_binary_ste_surrogate_is_the_admm_term_through_the_straight_through_step
 
 def test_blocks_tiny(tmp_path):
     out = str(tmp_path / "blocks")
-    assert run(["blocks", "--depth", "2", "--blocks", "1,3", "--orders", "top-down,jacobi", "--activations", "relu", "--out", out] + TINY) == 0
+    args = ["blocks", "--depth", "2", "--blocks", "1,3", "--orders", "top-down,jacobi", "--activations", "relu",
+            "--out", out]
+    assert run(args + TINY) == 0
     recs = _records(out)
     assert sorted((r["n_blocks"], r["order"]) for r in recs) == [(1, "-"), (3, "jacobi"), (3, "top-down")]
     assert all(r["time_per_epoch_s"] > 0 for r in recs)
@@ -204,8 +212,12 @@ def test_long_depth_runs_choose_epochs_on_validation():
     row = next(line for line in md.splitlines() if line.startswith("| sigmoid L=16 | admm-batch") and "| 2 |" in line)
     assert row.endswith("| 20 | 82.0 (81.0) |"), row
     claims = [line for line in md.splitlines() if line.startswith("- Depth 16")]
-    assert claims == [("- Depth 16 sigmoid, Block-ADMM in batch mode (per-sample tables), E = 20 of 40 epochs chosen "
-                       "on validation: test mean 82.0%, worst seed 81.0% (depth-16 target ≥ 80%: **reached**).")], claims
+    assert claims == [
+        (
+            "- Depth 16 sigmoid, Block-ADMM in batch mode (per-sample tables), E = 20 of 40 epochs chosen "
+            "on validation: test mean 82.0%, worst seed 81.0% (depth-16 target ≥ 80%: **reached**)."
+        )
+    ], claims
 
 
 def test_depth_update_replaces_only_the_rerun_cells(tmp_path):
@@ -222,7 +234,10 @@ def test_depth_update_replaces_only_the_rerun_cells(tmp_path):
     assert after["backprop-adam"] == first["backprop-adam"] and after["admm-batch"]["config"]["rho"] == 0.5
     assert "--rho" not in res["meta"]["command"]  # the grid's command is kept
     with pytest.raises(SystemExit, match="--epochs 1"):
-        run(base[:-len(TINY)] + ["--epochs", "2", "--train-size", "200", "--no-progress", "--methods", "admm-batch", "--update"])
+        run(
+            base[: -len(TINY)]
+            + ["--epochs", "2", "--train-size", "200", "--no-progress", "--methods", "admm-batch", "--update"]
+        )
 
 
 def test_rho_tuning_picks_the_best_validation_and_the_preset_follows_it():
@@ -236,10 +251,18 @@ def test_rho_tuning_picks_the_best_validation_and_the_preset_follows_it():
     runs = [res(1.0, 0.7, 0.99), res(0.25, 0.9, 0.5)]  # the test set would pick rho 1
     assert report.chosen_rho(runs) == 0.25
     md = "\n".join(report.render_rho_tuning([(r, f"out-{i}") for i, r in enumerate(runs)]))
-    assert "**rho = 0.25**" in md and "| 0.25 | sigmoid L=8 | 1 | 90.0 |" in md and "| 1 | sigmoid L=8 | 1 | 70.0 |" in md
+    assert (
+        "**rho = 0.25**" in md and "| 0.25 | sigmoid L=8 | 1 | 90.0 |" in md and "| 1 | sigmoid L=8 | 1 | 70.0 |" in md
+    )
     assert "--rho 0.25 --out out-1`" in md  # each command with its output folder
     # the shipped preset is the committed tuning's choice
-    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "results", "experiments", "tune-deep-batch", "rho-*", "results.json")))
+    paths = sorted(
+        glob.glob(
+            os.path.join(
+                os.path.dirname(__file__), "..", "results", "experiments", "tune-deep-batch", "rho-*", "results.json"
+            )
+        )
+    )
     if not paths:
         pytest.skip("no committed tuning results")
     committed = [C.read_results(p) for p in paths]
@@ -254,9 +277,14 @@ def test_depth_report_states_fast_against_the_defaults_and_where_it_falls_behind
     recs += [rec("admm-online", 2, "relu", s, a) for s, a in enumerate((0.92, 0.93, 0.94))]
     recs += [rec("admm-fast", 8, "relu", 0, 0.30), rec("admm-online", 8, "relu", 0, 0.93),
              rec("admm-fast", 4, "relu", 0, 0.935), rec("admm-online", 4, "relu", 0, 0.94)]
-    res = {"records": recs, "meta": {"train": 3200, "val": 800, "test": 1000, "width": 256, "batch_size": 100, "epochs": 10}}
+    res = {
+        "records": recs,
+        "meta": {"train": 3200, "val": 800, "test": 1000, "width": 256, "batch_size": 100, "epochs": 10},
+    }
     md = "\n".join(report.render_depth(res, "r"))
-    assert ("- Depth 2 relu (the foundation issue's net), seeds [0, 1, 2]: preset `fast` (one sweep) 94.0% (worst 93.0%), "
-            "the defaults (3 sweeps) 93.0% (worst 92.0%).") in md
+    assert (
+        "- Depth 2 relu (the foundation issue's net), seeds [0, 1, 2]: preset `fast` (one sweep) 94.0% (worst 93.0%), "
+        "the defaults (3 sweeps) 93.0% (worst 92.0%)."
+    ) in md
     # 4 layers is within 2 points, 8 is not
     assert "falls more than 2 points below Block-ADMM online's recipe at: relu L=8 (30.0 vs 93.0)." in md

@@ -79,7 +79,9 @@ def test_aux_dual_feature_shape_and_empty_batch(backend, device):
     torch.testing.assert_close(u, u_ref)
     torch.testing.assert_close(r, r_ref, rtol=1e-4, atol=1e-5)
     empty = torch.empty(0, 3, 5, 7, device=device)
-    r0 = ops.aux_dual_update(z, u, empty, None, rho=1.0, lr=0.1, index=torch.empty(0, dtype=torch.long, device=device), backend=backend)
+    r0 = ops.aux_dual_update(
+        z, u, empty, None, rho=1.0, lr=0.1, index=torch.empty(0, dtype=torch.long, device=device), backend=backend
+    )
     assert float(r0) == 0.0
     torch.testing.assert_close(z, z_ref)
 

@@ -67,8 +67,11 @@ def test_matches_recorded_values(name):
     got = run_case(**CASES[name])
     torch.testing.assert_close(torch.tensor(got["weight_sums"], dtype=torch.float64),
                                torch.tensor(want["weight_sums"], dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+    def flat(s):
+        return torch.tensor([s["loss"], *s["primal"], *s["dual"]], dtype=torch.float64)
+
     for g, w in zip(got["stats"], want["stats"], strict=True):
-        flat = lambda s: torch.tensor([s["loss"], *s["primal"], *s["dual"]], dtype=torch.float64)
         torch.testing.assert_close(flat(g), flat(w), rtol=1e-6, atol=1e-6)
 
 
