@@ -153,7 +153,7 @@ def accuracy(epochs=10):
         "pipe-2r-staleness0 (= single top-down)": _acc_summary(run_dist(2, hidden, "pipeline", 0, epochs)),
         "single-jacobi": _acc_summary(_single_every_epoch(hidden, epochs, "jacobi")),
     }
-    for name, r in rows.items():
+    for r in rows.values():
         r.pop("epoch_s_all", None)
     return {"what": f"test accuracy, MLP 784-256-256-10 (3 blocks), MNIST-5k, online, batch 100, {epochs} epochs", "rows": rows}
 
@@ -184,11 +184,11 @@ def nccl(epochs=1):
     t0 = time.time()
     launch(_nccl_worker, nproc, hidden, epochs, out, backend="nccl", threads=1)
     wall = time.time() - t0
-    got = {}
+    got, hist = {}, None
     for r in range(nproc):
-        d = torch.load(f"{out}.{r}", weights_only=False)
+        d = torch.load(f"{out}.{r}", weights_only=True)
         got.update(d["blocks"])
-        hist = d["hist"] if r == 0 else hist
+        hist = hist or d["hist"]
     splits, model, cuts = _setup(hidden)
     ref = BlockADMM(model, blocks=cuts, input_shape=splits.input_shape, order="jacobi", device="cuda")
     ref_hist = ref.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False)
