@@ -6,12 +6,11 @@ import copy
 import json
 import os
 import sys
-from typing import List, Optional
 
 import torch
 
 
-def _ints(text: str) -> List[int]:
+def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
 
 
@@ -25,7 +24,7 @@ def _positive(kind):
     return parse
 
 
-def _modes(text: str) -> List[str]:
+def _modes(text: str) -> list[str]:
     modes = [t.strip() for t in text.split(",") if t.strip()]
     if not modes or any(m not in ("online", "batch") for m in modes):
         raise argparse.ArgumentTypeError(f"--mode takes online, batch or online,batch; got {text!r}")
@@ -73,7 +72,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                         "shared with one other process, 2 threads ran 40x slower per step than 1)")
     p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
     p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png and checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
+                        "the checkpoint's values, the others are the checkpoint's")
+    p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
     p.add_argument("--nproc", type=_positive(int), default=1,
                    help="run the blocks on N local processes (blockadmm.distributed), at most one per block and core")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
@@ -119,14 +121,18 @@ def build_network(args, input_shape, num_classes):
 
 
 def cmd_train(args) -> int:
-    from .report import plot_curves, print_table
-
     from . import data
+    from .report import plot_curves, print_table
     from .trainer import BlockADMM, adam
 
+    explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
     resolve_preset(args)
+    earlier = os.path.exists(os.path.join(args.out, "metrics.json")) or any(
+        n.startswith("checkpoint") for n in (os.listdir(args.out) if os.path.isdir(args.out) else []))
+    if earlier and not (args.resume or args.overwrite):
+        raise SystemExit(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
     if args.nproc > 1:
-        return launch_train(args)
+        return launch_train(args, explicit)
     load_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -134,8 +140,8 @@ def cmd_train(args) -> int:
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
-    fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
-    runs = {}
+    fit_kw = {"batch_size": args.batch_size, "test": splits.test, "val": splits.val, "progress": not args.quiet}
+    runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
             copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
@@ -148,7 +154,18 @@ def cmd_train(args) -> int:
         if args.resume:
             if not os.path.exists(ckpt):
                 raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-            trainer.load(ckpt)
+            try:
+                changed = trainer.load(ckpt, override=explicit)
+            except (ValueError, OSError) as e:  # a damaged or foreign file, a mismatched model, a bad flag value
+                raise SystemExit(f"--resume: {e}") from None
+            if changed:
+                print(f"resuming {ckpt} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+                      file=sys.stderr)
+            for f in _CONFIG_FLAGS:  # metrics.json records the values the run uses
+                setattr(args, f, getattr(trainer.config, f))
+            lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
+            args.lr = lrs.pop() if len(lrs) == 1 else args.lr
+            resumes["admm-" + mode] = trainer.resumes
         print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
         runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
     if args.compare == "backprop":
@@ -159,6 +176,7 @@ def cmd_train(args) -> int:
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "runs": runs,
+        "resumes": resumes,
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
                     "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
         "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for name, h in runs.items()},
@@ -193,11 +211,16 @@ def _train_from_args(args):
             optimizer=adam(args.lr), rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
             order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
             table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
-            seed=args.seed, schedule=args.schedule, staleness=args.staleness, timeout=args.timeout,
+            shared_optimizer=args.shared_optimizer, seed=args.seed, schedule=args.schedule, staleness=args.staleness,
+            timeout=args.timeout,
         )
         ckpt = os.path.join(args.out, f"checkpoint-dist-{mode}")
         if args.resume:
             trainer.load(ckpt)
+            for name in _CONFIG_FLAGS:  # metrics.json records the values the run uses: the checkpoint's
+                setattr(args, name, getattr(trainer.config, name))
+            lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
+            args.lr = lrs.pop() if len(lrs) == 1 else args.lr
         runs[f"admm-{mode}-{args.schedule}-{dist.get_world_size()}ranks"] = trainer.fit(
             splits.train, args.epochs, batch_size=args.batch_size, test=splits.test, val=splits.val,
             checkpoint=ckpt, progress=not args.quiet)
@@ -212,9 +235,10 @@ def _train_from_args(args):
             json.dump(metrics, f, indent=1)
 
 
-def launch_train(args) -> int:
+def launch_train(args, explicit: dict) -> int:
     """`blockadmm train --nproc N`: check N against the blocks and the cores, then spawn N local ranks, each
-    training with the options of `args`; a failed rank ends the command with one line naming it."""
+    training with the options of `args`; a failed rank ends the command with one line naming it. `explicit`:
+    the config flags given on the command line, which a distributed resume cannot take."""
     from .distributed import RankFailure, launch
     from .distributed.launcher import check_nproc
     from .models import network_blocks
@@ -227,13 +251,15 @@ def launch_train(args) -> int:
     if args.nproc > n_blocks:
         raise SystemExit(f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
                          f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)")
+    if args.resume and explicit:
+        flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
+        raise SystemExit(f"blockadmm train: --nproc {args.nproc} --resume continues with the checkpoint's "
+                         f"hyperparameters and cannot take {flags}: drop them, or resume without --nproc")
     backend = "nccl" if str(args.device).startswith("cuda") and torch.cuda.device_count() >= args.nproc else "gloo"
     try:
         check_nproc(args.nproc, backend)
     except ValueError as e:
         raise SystemExit(f"blockadmm train: --nproc: {e}") from e
-    if args.shared_optimizer:
-        print("--nproc: every rank keeps one optimizer per block (--shared-optimizer applies to one process)", file=sys.stderr)
     if args.schedule == "sync" and args.order != "jacobi":
         # sync is the Jacobi order; a sequential order across ranks would run as a wave with no parallelism
         print(f"--schedule sync runs the Jacobi order (not {args.order})", file=sys.stderr)
@@ -261,7 +287,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # subcommands owned by their modules take their own flags
     if argv and argv[0] == "experiment":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,15 +22,23 @@ class TableMismatch(ValueError):
     """Tables on disk or in a checkpoint that do not fit the model being trained."""
 
 
+def _check_table_folder(path: str) -> None:
+    """Memmap tables (re)create their files: refuse a folder holding anything but such tables (a checkpoint's
+    table snapshot, the run folder, your data), so that nothing a user keeps is wiped."""
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "tables.json")):
+        raise ValueError(f"table_dir {path} holds files and is not a table folder of this package (no tables.json): "
+                         f"it may be a checkpoint's table snapshot or your data; pass a new or empty folder")
+
+
 class VariableTables:
     def __init__(
         self,
         num_samples: int,
-        shapes: Sequence[Tuple[int, ...]],
+        shapes: Sequence[tuple[int, ...]],
         *,
         storage: str = "device",
         device=None,
-        path: Optional[str] = None,
+        path: str | None = None,
         dtype=torch.float32,
     ):
         if storage not in STORAGES:
@@ -41,10 +49,11 @@ class VariableTables:
         self.shapes = [tuple(s) for s in shapes]
         self.storage, self.path, self.dtype = storage, path, dtype
         self.device = torch.device(device or "cpu")
-        self.z: List[torch.Tensor] = []
-        self.u: List[torch.Tensor] = []
+        self.z: list[torch.Tensor] = []
+        self.u: list[torch.Tensor] = []
         self._maps = []  # the numpy memmaps behind memmap tables, flushed for checkpoints
         if storage == "memmap":
+            _check_table_folder(path)
             os.makedirs(path, exist_ok=True)
             with open(os.path.join(path, "tables.json"), "w") as f:
                 json.dump(self.meta(), f)
@@ -92,12 +101,21 @@ class VariableTables:
     def all_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.z + self.u)
 
+    def file_names(self) -> list[str]:
+        """The table files of memmap storage, in the order of [seen] + z + u."""
+        return ["seen.npy"] + [f"{v}{b}.npy" for v in "zu" for b in range(len(self.shapes))]
+
+    def files(self) -> dict[str, str]:
+        """{file name: path} of the memmap table files, flushed (what a checkpoint snapshots)."""
+        for m in self._maps:
+            m.flush()
+        return {name: os.path.join(self.path, name) for name in self.file_names()}
+
     def state_dict(self) -> dict:
+        """The tables' contents (device/pinned storage); memmap contents travel as files (see files())."""
         state = {"meta": self.meta(), "storage": self.storage}
         if self.storage == "memmap":
-            for m in self._maps:
-                m.flush()
-            state["path"] = self.path  # contents travel as files: see copy_files
+            self.files()  # flushes
         else:
             state.update(seen=self.seen.cpu().clone(), z=[t.cpu().clone() for t in self.z], u=[t.cpu().clone() for t in self.u])
         return state
@@ -109,30 +127,59 @@ class VariableTables:
                 f"Resume with the same model, blocks and dataset, or start without resuming."
             )
 
-    def load_state_dict(self, state: dict) -> None:
-        self.check_meta(state["meta"], "the checkpoint")
+    def check_state(self, state: dict, files: dict[str, str] | None = None) -> None:
+        """Raise TableMismatch unless load_state_dict(state, files) would fill every table whole; changes nothing.
+        The contents come from the tensors in `state` or from the `.npy` files `files` ({name: path})."""
+        self.check_meta(state.get("meta"), "the checkpoint")
+        targets = [self.seen] + self.z + self.u
         if "z" in state:
-            self.seen.copy_(state["seen"])
-            for dst, src in zip(self.z + self.u, state["z"] + state["u"]):
+            sources = [state["seen"]] + list(state["z"]) + list(state["u"])
+            if len(sources) != len(targets):
+                raise TableMismatch(f"the checkpoint holds {len(sources)} tables, the model needs {len(targets)}")
+            for name, src, dst in zip(self.file_names(), sources, targets):
+                if not isinstance(src, torch.Tensor) or src.shape != dst.shape or src.dtype != dst.dtype:
+                    got = (tuple(src.shape), src.dtype) if isinstance(src, torch.Tensor) else type(src).__name__
+                    raise TableMismatch(f"table {name} in the checkpoint is {got}, the model needs "
+                                        f"{(tuple(dst.shape), dst.dtype)}")
+            return
+        if files is None or set(files) != set(self.file_names()):
+            raise TableMismatch(f"the checkpoint has table files {sorted(files or [])}, the model needs "
+                                f"{self.file_names()}")
+        for name, dst in zip(self.file_names(), targets):
+            arr = np.load(files[name], mmap_mode="r", allow_pickle=False)
+            want = np.bool_ if dst.dtype == torch.bool else np.float32
+            if tuple(arr.shape) != tuple(dst.shape) or arr.dtype != want:
+                raise TableMismatch(f"table file {files[name]} has shape {arr.shape} and dtype {arr.dtype}, the model "
+                                    f"needs {tuple(dst.shape)} and {np.dtype(want)}")
+
+    def load_state_dict(self, state: dict, files: dict[str, str] | None = None) -> None:
+        """Fill the tables from a state_dict (device/pinned) or from table files ({name: path}, memmap
+        checkpoints; a legacy state names their folder as state["path"]), after check_state."""
+        if files is None and "path" in state:
+            files = self._legacy_files(state["path"])
+        self.check_state(state, files)
+        targets = [self.seen] + self.z + self.u
+        if "z" in state:
+            for dst, src in zip(targets, [state["seen"]] + list(state["z"]) + list(state["u"])):
                 dst.copy_(src)
             return
-        src_dir = state["path"]
+        for name, dst in zip(self.file_names(), targets):
+            arr = np.load(files[name], mmap_mode="r", allow_pickle=False)
+            step = max(1, (1 << 24) // max(1, arr[:1].nbytes))
+            for i in range(0, arr.shape[0], step):  # in chunks: tables may be larger than memory
+                dst[i:i + step].copy_(torch.from_numpy(np.array(arr[i:i + step])))
+
+    def _legacy_files(self, src_dir: str) -> dict[str, str]:
         meta_file = os.path.join(src_dir, "tables.json")
         if not os.path.exists(meta_file):
             raise TableMismatch(f"the checkpoint's table folder {src_dir} is missing or has no tables.json")
         with open(meta_file) as f:
             self.check_meta(json.load(f), meta_file)
-        names = ["seen"] + [f"z{b}" for b in range(len(self.shapes))] + [f"u{b}" for b in range(len(self.shapes))]
-        targets = [self.seen] + self.z + self.u
-        for name, dst in zip(names, targets):
-            arr = np.load(os.path.join(src_dir, f"{name}.npy"), mmap_mode="r")
-            if tuple(arr.shape) != tuple(dst.shape):
-                raise TableMismatch(f"table file {name}.npy in {src_dir} has shape {arr.shape}, the model needs {tuple(dst.shape)}")
-            dst.copy_(torch.from_numpy(np.array(arr)))
+        return {name: os.path.join(src_dir, name) for name in self.file_names()}
 
     def copy_files(self, dst_dir: str) -> None:
-        """Snapshot memmap table files into `dst_dir` (for a checkpoint)."""
-        self.state_dict()  # flushes
+        """Snapshot memmap table files into `dst_dir` (the distributed trainer's shards)."""
+        self.files()  # flushes
         tmp = dst_dir + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(self.path, tmp)

@@ -1,138 +1,49 @@
-"""The Stochastic Block-ADMM trainer (DESIGN §1).
+"""The Stochastic Block-ADMM trainer (DESIGN §1) on one process, driving the engine (blockadmm.engine).
 
-Blocks f_0 … f_{B-1}; boundary k (k < B-1) carries the auxiliary variable z_k (the output of block k,
-the input of block k+1) and the scaled dual u_k. One sweep on a mini-batch:
-
-1. auxiliary step, boundary by boundary (top-down: the last boundary first), `k_z` prox-gradient steps
-   on  (rho_k/2)|z_k - f_k(z_{k-1}) + u_k|^2 + [block k+1's term in z_k, or the task loss];
-2. weight step, every block on its own term only (`k_w` optimizer steps); backprop never leaves a block;
-3. dual step  u_k += dual_step * (z_k - f_k(z_{k-1})) — except in the last sweep of online mode, whose
-   u would be dropped with the mini-batch.
-
-Under order="jacobi" every block reads its neighbours' values from the start of the sweep (the
-previous iterate), which is what lets blocks run on different devices at the same time: block k gets
-z_{k-1} from below and the gradient through block k+1 from above, both as they were when the sweep began.
-
-In online mode z starts at the forward values and u at zero for each mini-batch; in batch mode both
-live in per-sample tables (blockadmm.tables) and a mini-batch gathers and writes back its rows.
+Blocks f_0 … f_{B-1}; boundary k (k < B-1) carries the auxiliary variable z_k (the output of block k, the
+input of block k+1) and the scaled dual u_k. One sweep on a mini-batch: the auxiliary step, boundary by
+boundary (top-down by default); the weight step, every block on its own term; the dual step (skipped in the
+last sweep of online mode, whose u would leave with the mini-batch). In online mode z starts at the forward
+values and u at zero for each mini-batch; in batch mode both live in per-sample tables (blockadmm.tables).
 """
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from . import ops
 from .blocks import check_chain, fusable_linear, make_blocks
+from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, Kept, get_preset
+from .engine.checkpoint import (
+    TABLE_FILES,
+    CheckpointError,
+    NonFiniteError,
+    check_module_state,
+    check_optimizer_state,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .prox import as_prox
-from .ref.linear_block import derivative_from_output, linear_cross_entropy
 from .tables import TableMismatch, VariableTables
 
-ORDERS = ("top-down", "bottom-up", "jacobi")
-_ORDER_ALIASES = {"backward": "top-down", "forward": "bottom-up"}
-AUX_STEPS = ("grad", "sign", "adam")
-# the "adam" auxiliary step: per-element moment estimates, kept only within one step() call
-AUX_ADAM_BETAS = (0.9, 0.999)
-AUX_ADAM_EPS = 1e-8
-
-# Named recipes (ADMMConfig.preset / BlockADMM(preset=...)). "weight_lr" is the Adam learning rate of
-# the per-block optimizers that BlockADMM uses when no optimizer is passed.
-_DEEP = {"rho": 1.0, "lr_z": 0.3, "sweeps": 3, "k_z": 1, "k_w": 1, "order": "top-down", "dual_step": 1.0, "aux_step": "sign"}
-PRESETS = {
-    # the defaults: shallow nets (a few blocks) and ReLU MLPs of any depth tried (2-8 hidden layers)
-    "default": {"config": {}, "weight_lr": 1e-3},
-    # one sweep per mini-batch with a softer penalty and a faster Adam, online: about a third of the default's
-    # work per step at its validation accuracy on shallow MLPs (results/tune-fast.json, chosen on
-    # validation among rho x lr_z x Adam rate); one optimizer over all blocks (shared_optimizer)
-    "fast": {"config": {"sweeps": 1, "rho": 0.125, "lr_z": 0.3}, "weight_lr": 5e-3, "mode": "online", "shared_optimizer": True},
-    # deep narrow saturating nets (8+ sigmoid layers of 256, one layer per block) where backprop stalls
-    # from forward-signal collapse: fixed-size sign step on z, top-down, 3 sweeps, Adam 3e-3 per block
-    "deep": {"config": _DEEP, "weight_lr": 3e-3},
-    # the same nets in batch mode (per-sample tables): a softer penalty, chosen on validation
-    # (results/experiments/tune-deep-batch); online, rho 0.25 fails. "mode": BlockADMM refuses the other one
-    "deep-batch": {"config": {**_DEEP, "rho": 0.25}, "weight_lr": 3e-3, "mode": "batch"},
-}
-
-
-
-class NonFiniteError(FloatingPointError):
-    """NaN or inf reached a loss, an auxiliary/dual variable or a weight during training."""
-
-
-@dataclass
-class ADMMConfig:
-    """Hyperparameters of Stochastic Block-ADMM. The defaults train the shipped MLPs without tuning.
-
-    rho: penalty per boundary (one number for all, or a list). lr_z: step size of the auxiliary step.
-    sweeps: sweeps per mini-batch. k_z / k_w: auxiliary / weight steps per sweep. order: "top-down"
-    (default), "bottom-up" (Gauss-Seidel) or "jacobi". aux_step: "grad" (plain prox-gradient, default),
-    "sign" (the fixed-size normalized step z -= lr_z*sign(grad), for deep saturating nets) or "adam"
-    (Adam-like per-element scaling z -= lr_z*m_hat/(sqrt(v_hat)+eps); its moments live only inside one
-    step() call, across its k_z steps and sweeps, and start from zero on every mini-batch, in online and
-    batch mode alike, so it adds no per-sample state; its first step equals the sign step). rho_schedule "adaptive" multiplies rho by
-    rho_factor (up to rho_max) when a boundary's mean primal residual over rho_check_every steps did not
-    fall below rho_stall times that of the window before. The plain gradient step of boundary k uses
-    min(lr_z, 1/rho_k), so that a growing rho never makes the penalty term overshoot.
-    """
-
-    rho: object = 1.0
-    lr_z: float = 0.3
-    sweeps: int = 3
-    k_z: int = 1
-    k_w: int = 1
-    order: str = "top-down"
-    dual_step: float = 1.0
-    aux_step: str = "grad"
-    rho_schedule: str = "constant"
-    rho_factor: float = 2.0
-    rho_max: float = 100.0
-    rho_check_every: int = 40
-    rho_stall: float = 0.9
-
-    def __post_init__(self):
-        self.order = _ORDER_ALIASES.get(self.order, self.order)
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS} (or 'forward'/'backward'), got {self.order!r}")
-        if self.aux_step not in AUX_STEPS:
-            raise ValueError(f"aux_step must be one of {AUX_STEPS}, got {self.aux_step!r}")
-        if self.rho_schedule not in ("constant", "adaptive"):
-            raise ValueError(f"rho_schedule must be 'constant' or 'adaptive', got {self.rho_schedule!r}")
-        for name in ("sweeps", "k_z", "k_w"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr_z <= 0:
-            raise ValueError(f"lr_z must be > 0, got {self.lr_z}")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "ADMMConfig":
-        """A named recipe, with any field overridden.
-
-        "default": the ADMMConfig defaults (plain gradient step on z, lr_z 0.3, top-down, 3 sweeps) — shallow nets
-        and ReLU MLPs. "fast": one sweep, rho=0.125, with Adam 5e-3 and one shared optimizer (BlockADMM), online
-        only: on MNIST-5k's 3-block MLP it matched the defaults' validation accuracy (10 epochs, 3 seeds, worst of
-        the last 5 epochs: 93.8% vs 93.5%) at a third of the GEMMs per step. Shallow nets only: in the depth
-        grid (results/experiments/depth, 10 epochs) it trains 2-8 tanh, 2-4 ReLU and 2 sigmoid layers as well as
-        the defaults, and fails (at most 32%) from 8 ReLU, 16 tanh and 4 sigmoid layers on. "deep": deep narrow saturating nets (e.g. 8 sigmoid layers of 256, one layer per
-        block) where backprop stalls: sign step lr_z=0.3, k_z=1, top-down, 3 sweeps, rho=1, dual step 1;
-        use it with Adam lr 3e-3 per block (BlockADMM(preset="deep") does). It is unstable on ReLU nets
-        and fragile (bottom-up order, one sweep, k_z=2, rho=0.1 or SGD inside blocks fail); online it
-        collapses late at 8 sigmoid layers (stop on validation, 10-20 epochs), and 16 sigmoid layers train
-        only in batch mode. "deep-batch": "deep" with rho=0.25, for mode="batch" (per-sample tables), where
-        rho=1 trains slowly and leaves seeds stuck (40 epochs, mean validation over 3 seeds, rho 0.25 vs 1:
-        92.0% vs 74.1% at 8 sigmoid layers, 89.7% vs 61.5% at 16; results/experiments/tune-deep-batch).
-        """
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        values = {**PRESETS[name]["config"], **overrides}
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown ADMMConfig fields {sorted(unknown)}")
-        return cls(**values)
+__all__ = [
+    "AUX_STEPS",
+    "ORDERS",
+    "PRESETS",
+    "ADMMConfig",
+    "BlockADMM",
+    "NonFiniteError",
+    "StepStats",
+    "adam",
+    "default_optimizer",
+]
 
 
 @dataclass
@@ -140,9 +51,9 @@ class StepStats:
     loss: float
     # per boundary: |z_k - f_k(z_{k-1})| / |z_k| after the last dual step (batch mode); online, where the last
     # sweep has no dual step, after the last auxiliary step, with the f_k(z_{k-1}) that step used
-    primal: List[float]
-    dual: List[float]  # per boundary: rho_k |z_k(end) - z_k(start)| / |z_k|
-    rho: List[float]
+    primal: list[float]
+    dual: list[float]  # per boundary: rho_k |z_k(end) - z_k(start)| / |z_k|
+    rho: list[float]
 
 
 def adam(lr: float = 1e-3) -> Callable:
@@ -168,25 +79,18 @@ class BlockADMM:
     mode: "online" (variables per mini-batch) or "batch" (per-sample tables; needs num_samples and
     a dataset that yields sample indices).
     optimizer: factory params -> torch.optim.Optimizer, one per block (default Adam, lr 1e-3).
-    shared_optimizer: call the factory once, on every trainable block's parameters, instead of once per block.
-    For per-element rules (Adam, SGD) the updates are the same, in one optimizer call per weight step instead
-    of one per block (on small blocks torch.optim's per-call cost is comparable to the update itself); an
-    optimizer that couples parameters (a global gradient clip, LBFGS) would couple the blocks. Default: the
-    preset's choice, else False.
+    shared_optimizer: call the factory once, on every trainable block's parameters, instead of once per block
+    (the same updates for per-element rules such as Adam or SGD, in one call; an optimizer that couples
+    parameters would couple the blocks). Default: the preset's choice, else False.
     loss: task loss on the last block's output, averaged over the batch (default cross-entropy).
     constraints: {boundary: Prox | "nonneg" | callable} applied to the auxiliary variables.
     Remaining keywords are ADMMConfig fields (rho, lr_z, sweeps, order, ...), or pass config=.
-    preset: a named recipe (ADMMConfig.preset: "default", "fast", "deep", "deep-batch"); keywords override its fields,
-    and without an explicit optimizer the blocks get Adam with the preset's learning rate.
+    preset: a named recipe (blockadmm.engine.PRESETS); keywords override its fields, and without an explicit
+    optimizer the blocks get Adam with the preset's learning rate.
 
-    Block hooks, for blocks that are not trained by gradient descent (DeepFacto's NMF layer):
-    `block.admm_local_step(inp, target, dual, *, rho, y, loss_fn) -> loss` replaces the optimizer step
-    (the block gets no optimizer; the last block receives target=dual=None and rho=None);
-    `block.admm_input_grad(z_in, z_out, u_out, *, rho, y, loss_fn) -> g` replaces backprop through the
-    block when the auxiliary step of its input needs the gradient of the block's term in that input;
-    `block.admm_aux_update(z, u, a, grad_fn, *, rho, lr, prox)` replaces the auxiliary step of the block's
-    output boundary (in place on z; grad_fn(z) gives the consuming term's gradient), e.g. mirror steps;
-    `block.admm_set_epoch(epoch)` is called by fit() at the start of every epoch (schedules).
+    Blocks that are not trained by gradient descent implement blockadmm.engine.ADMMBlock (their own local
+    step and input gradient), and may implement AuxStepBlock (their output boundary's auxiliary step) and
+    EpochScheduledBlock (fit() tells them the epoch).
     """
 
     def __init__(
@@ -196,17 +100,17 @@ class BlockADMM:
         input_shape: Sequence[int],
         blocks=None,
         mode: str = "online",
-        num_samples: Optional[int] = None,
+        num_samples: int | None = None,
         optimizer: Callable = default_optimizer,
-        loss: Optional[Callable] = None,
-        constraints: Optional[Dict[int, object]] = None,
-        config: Optional[ADMMConfig] = None,
-        preset: Optional[str] = None,
+        loss: Callable | None = None,
+        constraints: dict[int, object] | None = None,
+        config: ADMMConfig | None = None,
+        preset: str | None = None,
         table_storage: str = "device",
-        table_dir: Optional[str] = None,
+        table_dir: str | None = None,
         backend: str = "auto",
         fused_linear: bool = True,
-        shared_optimizer: Optional[bool] = None,
+        shared_optimizer: bool | None = None,
         device=None,
         seed: int = 0,
         **config_overrides,
@@ -216,23 +120,22 @@ class BlockADMM:
         if preset is not None:
             if config is not None:
                 raise ValueError("pass either preset= or config=, not both (override preset fields as keywords)")
+            recipe = get_preset(preset)
             config = ADMMConfig.preset(preset)
-            wants = PRESETS[preset].get("mode")
-            if wants is not None and wants != mode:
-                raise ValueError(f"preset {preset!r} is the recipe for mode={wants!r}, got mode={mode!r}: "
-                                 f"pass mode={wants!r} or the preset of the other mode")
+            if recipe.mode is not None and recipe.mode != mode:
+                raise ValueError(f"preset {preset!r} is the recipe for mode={recipe.mode!r}, got mode={mode!r}: "
+                                 f"pass mode={recipe.mode!r} or the preset of the other mode")
             if optimizer is default_optimizer:
-                lr = PRESETS[preset]["weight_lr"]
-                optimizer = adam(lr)
+                optimizer = adam(recipe.weight_lr)
             if shared_optimizer is None:
-                shared_optimizer = PRESETS[preset].get("shared_optimizer", False)
+                shared_optimizer = recipe.shared_optimizer
         config = copy.deepcopy(config) if config is not None else ADMMConfig()
+        names = [f.name for f in fields(ADMMConfig)]
         for k, v in config_overrides.items():
-            if k not in {f.name for f in fields(ADMMConfig)}:
-                raise TypeError(f"unknown argument {k!r}; trainer options are ADMMConfig fields: {[f.name for f in fields(ADMMConfig)]}")
+            if k not in names:
+                raise TypeError(f"unknown argument {k!r}; trainer options are ADMMConfig fields: {names}")
             setattr(config, k, v)
         config.__post_init__()
-        self.config = config
         self.device = torch.device(device or "cpu")
         self.blocks = nn.ModuleList(make_blocks(model, blocks)).to(self.device)
         self.input_shape = tuple(input_shape)
@@ -242,17 +145,19 @@ class BlockADMM:
         rho = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * nb
         if len(rho) != nb:
             raise ValueError(f"rho has {len(rho)} values but the model has {nb} block boundaries")
-        self.rho = [float(r) for r in rho]
         self.constraints = [None] * nb
         for k, c in (constraints or {}).items():
             if not 0 <= k < nb:
-                raise ValueError(f"constraint on boundary {k}, but boundaries are 0..{nb - 1} (boundary k is block k's output)")
+                raise ValueError(f"constraint on boundary {k}, but boundaries are 0..{nb - 1} "
+                                 f"(boundary k is block k's output)")
             self.constraints[k] = as_prox(c)
         self.mode, self.backend, self.seed = mode, backend, seed
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self._default_loss = loss is None
-        # blocks with their own update rule (`admm_local_step`) get no optimizer
-        trainable = [not hasattr(b, "admm_local_step") and any(p.requires_grad for p in b.parameters()) for b in self.blocks]
+        self.engine = Engine(self.blocks, config=config, rho=[float(r) for r in rho], constraints=self.constraints,
+                             loss_fn=self.loss_fn, default_loss=loss is None, online=mode == "online",
+                             fused_linear=fused_linear, backend=backend)
+        trainable = self.engine.trainable
         self.shared_optimizer = bool(shared_optimizer)
         if self.shared_optimizer:
             params = [p for b, t in zip(self.blocks, trainable) if t for p in b.parameters()]
@@ -260,37 +165,71 @@ class BlockADMM:
             self.optimizers = [shared if t else None for t in trainable]  # block k -> its optimizer
         else:
             self.optimizers = [optimizer(list(b.parameters())) if t else None for b, t in zip(self.blocks, trainable)]
-        # each optimizer once: what the weight step steps and a checkpoint holds
+        self.engine.optimizers = self.optimizers
+        # each optimizer once: what a checkpoint holds
         self._optimizer_list = list({id(o): o for o in self.optimizers if o is not None}.values())
-        self._fused = [fusable_linear(b) if fused_linear else None for b in self.blocks]
-        # the last block as one nn.Linear under the default cross-entropy: its gradients in closed form, without
-        # an autograd graph (on small heads the graph costs several times the GEMMs)
-        last = self._fused[-1]
-        self._head = last[0] if self._default_loss and last is not None and last[1] == "identity" else None
+        self._scheduled = [b for b in self.blocks if isinstance(b, EpochScheduledBlock)]
+        self._fused = [fusable_linear(b) if fused_linear else None for b in self.blocks]  # for distributed.py
         self.tables = None
         if mode == "batch":
             if num_samples is None:
                 raise ValueError("batch mode keeps variables per training sample: pass num_samples=len(train_dataset)")
-            self.tables = VariableTables(num_samples, self.shapes[:-1], storage=table_storage, device=self.device, path=table_dir)
+            self.tables = VariableTables(num_samples, self.shapes[:-1], storage=table_storage, device=self.device,
+                                         path=table_dir)
         self.step_count = 0
         self.epoch = 0
-        self.history: List[dict] = []
-        self._rho_window = [[] for _ in range(nb)]
-        self._rho_prev = [None] * nb
+        self.history: list[dict] = []
+        self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
+
+    @property
+    def config(self) -> ADMMConfig:
+        return self.engine.config
+
+    @config.setter
+    def config(self, config: ADMMConfig) -> None:
+        self.engine.set_config(config)
+
+    @property
+    def rho(self) -> list[float]:
+        """The current penalty per boundary (the adaptive schedule may have grown it)."""
+        return self.engine.rho
+
+    @rho.setter
+    def rho(self, values) -> None:
+        self.engine.rho[:] = [float(r) for r in values]
+
+    @property
+    def _rho_window(self) -> list[list[float]]:
+        return self.engine.rho_schedule.window
+
+    @_rho_window.setter
+    def _rho_window(self, window) -> None:
+        self.engine.rho_schedule.window = window
+
+    @property
+    def _rho_prev(self) -> list[float | None]:
+        return self.engine.rho_schedule.prev
+
+    @_rho_prev.setter
+    def _rho_prev(self, prev) -> None:
+        self.engine.rho_schedule.prev = prev
 
     # ---------------------------------------------------------------- one mini-batch
     def _check_batch(self, x, y, index):
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input batch has per-sample shape {tuple(x.shape[1:])}, the model was built for {self.input_shape}")
+            raise ValueError(f"input batch has per-sample shape {tuple(x.shape[1:])}, "
+                             f"the model was built for {self.input_shape}")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
         if self._default_loss:
             n_classes = self.shapes[-1][-1]
             if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
-                raise ValueError(f"cross-entropy needs 1-D integer class labels, got {y.dtype} of shape {tuple(y.shape)}")
+                raise ValueError(f"cross-entropy needs 1-D integer class labels, "
+                                 f"got {y.dtype} of shape {tuple(y.shape)}")
             lo, hi = torch.stack(torch.aminmax(y)).tolist() if y.numel() else (0, 0)
             if lo < 0 or hi >= n_classes:
-                raise ValueError(f"labels must lie in 0..{n_classes - 1} (the last block has {n_classes} outputs), got {lo}..{hi}")
+                raise ValueError(f"labels must lie in 0..{n_classes - 1} (the last block has {n_classes} outputs), "
+                                 f"got {lo}..{hi}")
         if self.mode == "batch":
             if index is None:
                 raise ValueError(
@@ -302,268 +241,73 @@ class BlockADMM:
                 raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{n - 1}: "
                                  f"num_samples must be the length of the training set")
 
-    def _forward(self, k, inp):
-        with torch.no_grad():
-            return self.blocks[k](inp)
+    def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
+        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
+        x, y = x.to(self.device), y.to(self.device)
+        index = None if index is None else torch.as_tensor(index, dtype=torch.long)
+        self._check_batch(x, y, index)
+        for b in self.blocks:
+            b.train()
+        engine, blocks, boundaries = self.engine, range(self.n_blocks), range(self.n_blocks - 1)
+        state = engine.new_batch(x, y, index, step=self.step_count, epoch=self.epoch)
+        if self.tables is None:
+            engine.init_online(state, blocks)
+        else:
+            engine.init_batch(state, blocks, *self.tables.gather(index))
+        for sweep in range(self.config.sweeps):
+            engine.begin_sweep(state, sweep)
+            for k in engine.aux_order(boundaries):
+                engine.aux_step(state, k)
+            engine.weight_step(state, blocks)
+            if not engine.skips_dual(sweep):
+                engine.dual_step(state, boundaries)
+        loss, primal, dual = engine.statistics(state, boundaries)
+        if self.tables is not None:
+            self.tables.scatter(index, state.z, state.u)
+        self.step_count += 1
+        stats = StepStats(loss=loss, primal=primal, dual=dual, rho=list(self.rho))
+        for k, factor in engine.update_rho(dict(enumerate(primal))).items():
+            if self.tables is not None:
+                self.tables.scale_duals(k, factor)  # scaled duals: u = y / rho
+        return stats
 
-    def _cached_term(self, k, out, z, u, scale, need_ssq=False):
-        """(scale * r * act'(pre), sum r^2 or None) of fused linear block k from its kept output out = f_k(input),
-        r = out - z - u: what its ADMM term's gradients need, without the forward GEMM (in place on one buffer:
-        on small blocks each pass costs about as much as its arithmetic)."""
-        r = torch.sub(out, z).sub_(u)
-        ssq = None
-        if need_ssq:
-            flat = r.reshape(-1) if r.dtype == torch.float32 else r.reshape(-1).float()
-            ssq = torch.dot(flat, flat)
-        return r.mul_(derivative_from_output(out, self._fused[k][1])).mul_(scale), ssq
+    # ---------------------------------------------------------------- for blockadmm/distributed.py
+    # The distributed trainer still drives a BlockADMM through these until it runs on the engine's primitives
+    # (blockadmm.engine); they go with that port.
+    def _forward(self, k, inp):
+        return self.engine.terms[k].forward(inp).value
+
+    def _boundary_aux_step(self, k, zk, uk, a, grad_fn, memory):
+        rule = self.engine.rules[k]
+        return rule.run(zk, uk, a, grad_fn, rho=self.rho[k], prox=self.constraints[k],
+                        memory=memory.setdefault(k, rule.new_memory()))
 
     def _next_term_grad(self, k, zk, z_next, u_next, y, out=None):
-        """Per-sample gradient in z_k of the term that consumes it: block k+1's ADMM term or the task loss.
-        out: block k+1's output at this z_k with its current weights, when the caller kept it (a fused
-        linear block then needs one GEMM instead of a forward and a backward)."""
-        consumer = self.blocks[k + 1]
-        if hasattr(consumer, "admm_input_grad"):  # a block that is not differentiated through (e.g. NMF)
-            return consumer.admm_input_grad(zk, z_next, u_next, rho=self.rho[k + 1] if k + 1 < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn)
-        if self._head is not None and k + 1 == self.n_blocks - 1:
-            _, _, _, g = linear_cross_entropy(zk, self._head.weight, self._head.bias, y, need_weight_grad=False)
-            return g * zk.shape[0]  # the gradient of the per-sample losses summed
-        if out is not None and self._fused[k + 1] is not None and k + 1 < self.n_blocks - 1:
-            g, _ = self._cached_term(k + 1, out, z_next, u_next, self.rho[k + 1])
-            return g @ self._fused[k + 1][0].weight.detach()
-        zk = zk.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.blocks[k + 1](zk)
-            if k + 1 == self.n_blocks - 1:
-                obj = self.loss_fn(out, y) * zk.shape[0]  # per-sample losses summed
-            else:
-                obj = 0.5 * self.rho[k + 1] * (z_next - out + u_next).square().sum()
-        (g,) = torch.autograd.grad(obj, zk)
-        return g
-
-    def _local_loss_and_grads(self, k, inp, target, dual, y, out=None):
-        """Block k's own term; leaves gradients in its parameters and returns the loss.
-        out: f_k(inp) with the current weights when the caller kept it (a fused linear block then skips
-        its forward)."""
-        block = self.blocks[k]
-        if hasattr(block, "admm_local_step"):  # a block with its own update rule (e.g. NMF multiplicative updates)
-            return block.admm_local_step(inp, target, dual, rho=self.rho[k] if k < self.n_blocks - 1 else None, y=y, loss_fn=self.loss_fn).detach()
-        # the closed-form paths below set the gradients of the block's only parameters (weight, bias)
-        fused = self._fused[k]
-        if k == self.n_blocks - 1 and self._head is not None:
-            loss, gw, gb, _ = linear_cross_entropy(inp, self._head.weight, self._head.bias, y, need_input_grad=False)
-            return _set_grads(self._head, gw, gb, loss)
-        if k < self.n_blocks - 1 and fused is not None and out is not None:
-            m = inp.shape[0]
-            gp, ssq = self._cached_term(k, out, target, dual, self.rho[k] / m, need_ssq=True)
-            return _set_grads(fused[0], gp.T @ inp, gp.sum(0), (self.rho[k] / (2 * m)) * ssq)
-        if k < self.n_blocks - 1 and fused is not None:
-            lin, act = fused
-            # the op's residual is out - z + u; ours is out - z - u (DESIGN §1's sign of u), hence -u
-            loss, gw, gb, _, _ = ops.linear_block_fwd_bwd(
-                inp, lin.weight, lin.bias, target, dual.neg(), rho=self.rho[k], activation=act, need_input_grad=False, backend=self.backend
-            )
-            return _set_grads(lin, gw, gb, loss.detach())
-        block.zero_grad(set_to_none=True)  # this block's gradients only: an optimizer may be shared
-        with torch.enable_grad():
-            out = self.blocks[k](inp)
-            if k == self.n_blocks - 1:
-                loss = self.loss_fn(out, y)
-            else:
-                loss = (0.5 * self.rho[k] / inp.shape[0]) * (target - out + dual).square().sum()
-            loss.backward()
-        return loss.detach()
+        hidden = k + 1 < self.n_blocks - 1
+        return self.engine.terms[k + 1].input_grad(zk, z_next, u_next, y, rho=self.rho[k + 1] if hidden else None,
+                                                   kept=None if out is None else Kept(out))
 
     def _consumer_grad_fn(self, k, z_src, u_src, y, jacobi, out=None):
-        """grad_fn(z_k): the gradient in z_k of the term that consumes boundary k (block k+1's term or the
-        task loss), reading z_{k+1}, u_{k+1} from z_src, u_src; under jacobi it is evaluated once, at the
-        sweep-start z_src[k], and that value is returned for every call. out: block k+1's output at the
-        z_k of the first call, when kept (later calls see a moved z_k and run the block)."""
-        B = self.n_blocks
-        z_next = z_src[k + 1] if k + 1 < B - 1 else None
-        u_next = u_src[k + 1] if k + 1 < B - 1 else None
+        hidden = k + 1 < self.n_blocks - 1
+        z_next, u_next = (z_src[k + 1], u_src[k + 1]) if hidden else (None, None)
         if jacobi:
             g0 = self._next_term_grad(k, z_src[k], z_next, u_next, y, out=out)
             return lambda zk: g0
         first = [out]
 
         def grad_fn(zk):
-            o, first[0] = first[0], None
-            return self._next_term_grad(k, zk, z_next, u_next, y, out=o)
+            kept, first[0] = first[0], None
+            return self._next_term_grad(k, zk, z_next, u_next, y, out=kept)
 
         return grad_fn
 
-    def _boundary_aux_step(self, k, zk, uk, a, grad_fn, adam_state) -> Optional[torch.Tensor]:
-        """Boundary k's auxiliary step (`k_z` steps), in place on zk, with a = f_k(its input) and grad_fn(zk)
-        the consuming term's gradient; returns |z_k - a|^2 after it (the op's result), or None when the
-        producer's `admm_aux_update` hook replaced the step.
-        Shared by BlockADMM.step and the distributed trainer (which passes a gradient received from the
-        rank that owns block k+1)."""
-        cfg = self.config
-        if hasattr(self.blocks[k], "admm_aux_update"):  # the producer's own aux step (NMF: mirror steps)
-            self.blocks[k].admm_aux_update(zk, uk, a, grad_fn, rho=self.rho[k], lr=cfg.lr_z, prox=self.constraints[k])
-            return None
-        for _ in range(cfg.k_z):
-            g = grad_fn(zk)
-            if cfg.aux_step == "adam":
-                res_sq = self._adam_aux_step(k, zk, uk, a, g, adam_state)
-                continue
-            # a gradient step never takes rho_k*lr above 1, so a growing rho cannot make it overshoot
-            lr = cfg.lr_z if cfg.aux_step == "sign" else min(cfg.lr_z, 1.0 / self.rho[k])
-            res_sq = ops.aux_dual_update(
-                zk, uk, a, g, rho=self.rho[k], lr=lr, dual_step=0.0,
-                prox=self.constraints[k], step=cfg.aux_step, backend=self.backend,
-            )
-        return res_sq
+    def _local_loss_and_grads(self, k, inp, target, dual, y, out=None):
+        hidden = k < self.n_blocks - 1
+        return self.engine.terms[k].loss_and_grads(inp, target, dual, y, rho=self.rho[k] if hidden else None,
+                                                   kept=None if out is None else Kept(out))
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, index: Optional[torch.Tensor] = None) -> StepStats:
-        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
-        cfg, B = self.config, self.n_blocks
-        x, y = x.to(self.device), y.to(self.device)
-        index = None if index is None else torch.as_tensor(index, dtype=torch.long)
-        self._check_batch(x, y, index)
-        for b in self.blocks:
-            b.train()
-
-        # initial z: the forward pass (kept as the cache a_k = f_k(z_{k-1}) while its input is unchanged)
-        fwd, h = [], x
-        for k in range(B - 1):
-            h = self._forward(k, h)
-            fwd.append(h)
-        if self.mode == "online":
-            z = [t.clone() for t in fwd]
-            u = [torch.zeros_like(t) for t in fwd]
-            a_cache = list(fwd)
-            z_start = fwd  # never written in place
-        else:
-            seen, z, u = self.tables.gather(index)
-            for k in range(B - 1):
-                fresh = ~seen.view(-1, *([1] * (z[k].dim() - 1)))
-                z[k] = torch.where(fresh, fwd[k], z[k]).contiguous()
-                u[k] = u[k].contiguous()
-            a_cache = [fwd[0]] + [None] * (B - 2)
-            z_start = [t.clone() for t in z]
-        jacobi = cfg.order == "jacobi"
-        losses = []
-        adam_state: Dict[int, list] = {}  # aux_step="adam": boundary -> [t, m, v], this call only
-
-        for sweep in range(cfg.sweeps):
-            z_src = [t.clone() for t in z] if jacobi else z  # what neighbours read this sweep
-            u_src = [t.clone() for t in u] if jacobi else u
-            inputs = lambda k: x if k == 0 else z_src[k - 1]  # noqa: E731
-            # online, the last sweep's dual update would leave with the mini-batch: it is skipped, and the
-            # primal residual reported is that of the last auxiliary step, |z_k - a_k| with the a_k it used
-            skip_dual = self.mode == "online" and sweep == cfg.sweeps - 1
-            primal_sq = [None] * (B - 1)
-
-            # 1. auxiliary step, boundary by boundary
-            boundaries = range(B - 2, -1, -1) if cfg.order != "bottom-up" else range(B - 1)
-            for k in boundaries:
-                if a_cache[k] is None:
-                    a_cache[k] = self._forward(k, inputs(k))
-                a = a_cache[k]
-                # jacobi: the gradient from above is that of the sweep start; Gauss-Seidel: at the current z_k
-                out_next = a_cache[k + 1] if k + 1 < B - 1 else None
-                res_sq = self._boundary_aux_step(k, z[k], u[k], a, self._consumer_grad_fn(k, z_src, u_src, y, jacobi, out_next), adam_state)
-                if skip_dual:
-                    primal_sq[k] = res_sq if res_sq is not None else (z[k] - a).float().square().sum()
-                if not jacobi and k + 1 < B - 1:
-                    a_cache[k + 1] = None
-
-            # 2. weight step, every block on its own term (a kept forward serves the first of the k_w steps)
-            for it in range(cfg.k_w):
-                sweep_losses = [
-                    self._local_loss_and_grads(k, inputs(k), z[k] if k < B - 1 else None, u[k] if k < B - 1 else None, y,
-                                               out=a_cache[k] if it == 0 and k < B - 1 else None)
-                    for k in range(B)
-                ]
-                self._raise_if_nonfinite(sweep_losses, "loss", x)
-                for opt in self._optimizer_list:
-                    opt.step()
-            losses.append(sweep_losses[-1])
-
-            # 3. dual step, with the new weights; its primal residual is the one reported
-            for k in range(B - 1 if not skip_dual else 0):
-                a = self._forward(k, inputs(k))
-                primal_sq[k] = ops.aux_dual_update(
-                    z[k], u[k], a, None, rho=self.rho[k], lr=0.0, dual_step=cfg.dual_step,
-                    prox=self.constraints[k], backend=self.backend,
-                )
-                a_cache[k] = None if jacobi else a
-
-        norm = lambda t: torch.linalg.vector_norm(t, dtype=torch.float32)  # noqa: E731
-        stats_t = torch.stack(  # one transfer: loss, |z - a|^2, |z|, |z - z_start| per boundary
-            [losses[-1]] + primal_sq + [norm(zk) for zk in z] + [norm(zk - z0) for zk, z0 in zip(z, z_start)]
-        ).cpu()  # (stack promotes a low-precision loss to float32)
-        self._raise_if_nonfinite(stats_t[1:B], "primal residual", x)
-        if self.tables is not None:
-            self.tables.scatter(index, z, u)
-        self.step_count += 1
-        nb = B - 1
-        norms = stats_t[B : B + nb].clamp_min(1e-15)
-        primal = (stats_t[1:B].sqrt() / norms).tolist()
-        dual = [r * d for r, d in zip(self.rho, (stats_t[B + nb :] / norms).tolist())]
-        stats = StepStats(loss=float(stats_t[0]), primal=primal, dual=dual, rho=list(self.rho))
-        self._update_rho(primal)
-        return stats
-
-    def _adam_aux_step(self, k, zk, uk, a, g, state):
-        """z_k -= lr_z * m_hat / (sqrt(v_hat) + eps), then the prox (aux_step="adam")."""
-        d = self.rho[k] * (zk - a + uk)
-        if g is not None:
-            d = d + g
-        b1, b2 = AUX_ADAM_BETAS
-        if k not in state:
-            state[k] = [0, torch.zeros_like(d), torch.zeros_like(d)]
-        st = state[k]
-        st[0] += 1
-        st[1].mul_(b1).add_(d, alpha=1 - b1)
-        st[2].mul_(b2).addcmul_(d, d, value=1 - b2)
-        direction = (st[1] / (1 - b1 ** st[0])) / ((st[2] / (1 - b2 ** st[0])).sqrt() + AUX_ADAM_EPS)
-        # rho=0: the op's step is then lr * direction, with the prox applied by the op
-        return ops.aux_dual_update(zk, uk, a, direction, rho=0.0, lr=self.config.lr_z, dual_step=0.0,
-                            prox=self.constraints[k], backend=self.backend)
-
-    def _raise_if_nonfinite(self, values, what, x):
-        """values: one 0-d tensor per block (a list) or a 1-D tensor of them."""
-        if not len(values) or bool(torch.isfinite(values if isinstance(values, torch.Tensor) else torch.stack(values)).all()):
-            return
-        # name the source, not where it surfaced: non-finite weights of one block spread to its neighbours
-        bad_weights = [k for k, b in enumerate(self.blocks) if any(not bool(torch.isfinite(p).all()) for p in b.parameters())]
-        k_block = next(i for i, v in enumerate(values) if not bool(torch.isfinite(v)))
-        cause = ""
-        if not bool(torch.isfinite(x).all()):
-            k_block, cause = 0, " The input batch itself holds NaN/inf: check the data."
-        elif bad_weights:
-            k_block, cause = bad_weights[0], f" Block {bad_weights[0]}'s weights are non-finite."
-        raise NonFiniteError(
-            f"non-finite {what} in block {k_block} at step {self.step_count} (epoch {self.epoch}).{cause} "
-            f"The weight update of this sweep was not applied and batch-mode tables were not written; "
-            f"resume from the last checkpoint with a smaller learning rate, lr_z or rho."
-        )
-
-    def _rho_growth(self, k: int, primal: float) -> Optional[float]:
-        """The adaptive schedule's decision for boundary k after a step: the new rho, or None to keep it."""
-        cfg = self.config
-        if cfg.rho_schedule != "adaptive":
-            return None
-        window = self._rho_window[k]
-        window.append(primal)
-        if len(window) < cfg.rho_check_every:
-            return None
-        mean = sum(window) / len(window)
-        self._rho_window[k] = []
-        prev, self._rho_prev[k] = self._rho_prev[k], mean
-        if prev is not None and mean > cfg.rho_stall * prev and self.rho[k] < cfg.rho_max:
-            return min(self.rho[k] * cfg.rho_factor, cfg.rho_max)
-        return None
-
-    def _update_rho(self, primal: List[float]) -> None:
-        for k, r in enumerate(primal):
-            new = self._rho_growth(k, r)
-            if new is not None:
-                if self.tables is not None:
-                    self.tables.scale_duals(k, self.rho[k] / new)  # scaled duals: u = y / rho
-                self.rho[k] = new
+    def _rho_growth(self, k, primal):
+        return self.engine.rho_schedule.decide(self.config, k, primal, self.rho[k])
 
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -575,9 +319,12 @@ class BlockADMM:
     __call__ = forward
 
     @torch.no_grad()
-    def evaluate(self, data, batch_size: int = 1000) -> Dict[str, float]:
+    def evaluate(self, data, batch_size: int = 1000) -> dict[str, float]:
         """Mean task loss and accuracy of F on a dataset yielding (x, y[, index]) or on a loader."""
-        loader = data if isinstance(data, torch.utils.data.DataLoader) else torch.utils.data.DataLoader(data, batch_size=batch_size)
+        if isinstance(data, torch.utils.data.DataLoader):
+            loader = data
+        else:
+            loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
         was = [b.training for b in self.blocks]
         for b in self.blocks:
             b.eval()
@@ -602,10 +349,10 @@ class BlockADMM:
         batch_size: int = 100,
         test=None,
         val=None,
-        checkpoint: Optional[str] = None,
+        checkpoint: str | None = None,
         progress: bool = True,
-        on_epoch: Optional[Callable[[dict], None]] = None,
-    ) -> List[dict]:
+        on_epoch: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
         """Train until `epochs` epochs are done (continuing from self.epoch after a resume).
 
         Data order is a function of (seed, epoch), so a run resumed from a checkpoint repeats exactly
@@ -620,9 +367,8 @@ class BlockADMM:
             raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
                              f"{self.tables.num_samples}: pass num_samples=len(train)")
         for epoch in range(self.epoch, epochs):
-            for b in self.blocks:  # blocks with epoch schedules (NMF: update W, then freeze it)
-                if hasattr(b, "admm_set_epoch"):
-                    b.admm_set_epoch(epoch)
+            for b in self._scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
+                b.admm_set_epoch(epoch)
             loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
             t0 = time.perf_counter()
             sums, n = None, 0
@@ -633,7 +379,9 @@ class BlockADMM:
                 try:
                     s = self.step(x, y, index)
                 except NonFiniteError as e:
-                    where = f" The last good checkpoint is {checkpoint} (epoch {self.epoch})." if checkpoint and os.path.exists(checkpoint) else ""
+                    where = ""
+                    if checkpoint and os.path.exists(checkpoint):
+                        where = f" The last good checkpoint is {checkpoint} (epoch {self.epoch})."
                     raise NonFiniteError(f"{e}{where}") from e
                 vec = [s.loss] + s.primal + s.dual
                 sums = vec if sums is None else [a + b for a, b in zip(sums, vec)]
@@ -664,6 +412,7 @@ class BlockADMM:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
+        """Everything a resume needs, as tensors and plain containers (memmap tables travel as files: save)."""
         return {
             "config": asdict(self.config),
             "mode": self.mode,
@@ -677,72 +426,103 @@ class BlockADMM:
             "step_count": self.step_count,
             "epoch": self.epoch,
             "history": copy.deepcopy(self.history),
+            "resumes": copy.deepcopy(self.resumes),
             "rng": torch.get_rng_state(),
             "tables": None if self.tables is None else self.tables.state_dict(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["shapes"] != self.shapes or len(state["blocks"]) != self.n_blocks:
-            raise ValueError(f"the checkpoint is for blocks with output shapes {state['shapes']}, this model has {self.shapes}")
-        if state["mode"] != self.mode:
-            raise ValueError(f"the checkpoint was trained in {state['mode']} mode, this trainer is in {self.mode} mode")
-        # checkpoints written before shared_optimizer listed one entry per block, None for blocks without one
-        optimizer_states = [sd for sd in state["optimizers"] if sd is not None]
-        shared = state.get("shared_optimizer", False)
-        if shared != self.shared_optimizer or len(optimizer_states) != len(self._optimizer_list):
-            raise ValueError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) (shared_optimizer={shared}), "
-                             f"this trainer {len(self._optimizer_list)} (shared_optimizer={self.shared_optimizer}): "
-                             f"build the trainer with shared_optimizer={shared}")
-        if (state["tables"] is None) != (self.tables is None):
-            raise TableMismatch("the checkpoint and this trainer disagree on having batch-mode tables")
+    def load_state_dict(self, state: dict, override: dict | None = None) -> dict[str, tuple]:
+        """Restore `state`, checked whole first: on a mismatch (CheckpointError, TableMismatch) nothing changed.
+        override: values that replace the checkpoint's (ADMMConfig fields, and "lr": every optimizer's learning
+        rate); returns {name: (checkpoint's value, value now used)} for those that differ, kept in self.resumes."""
+        override = dict(override or {})
+        self._check_fits(state)
+        config, rho, lr = self._with_override(state, override)
+        # everything checked: now change the trainer
         if self.tables is not None:
-            self.tables.load_state_dict(state["tables"])
+            self.tables.load_state_dict(state["tables"], state.get(TABLE_FILES))
+            for k, (old, new) in enumerate(zip(state["rho"], rho)):
+                if old != new:
+                    self.tables.scale_duals(k, old / new)  # scaled duals: u = y / rho
         for b, sd in zip(self.blocks, state["blocks"]):
             b.load_state_dict(sd)
-        for o, sd in zip(self._optimizer_list, optimizer_states):
+        lrs = sorted({g["lr"] for sd in state["optimizers"] for g in sd["param_groups"]})
+        for o, sd in zip(self._optimizer_list, state["optimizers"]):
             o.load_state_dict(sd)
-        self.config = ADMMConfig(**state["config"])
-        self.rho = list(state["rho"])
+            for g in o.param_groups:
+                g["lr"] = g["lr"] if lr is None else lr
+        old = {**state["config"], "rho": list(state["rho"]), "lr": lrs[0] if len(lrs) == 1 else lrs}
+        new = {**asdict(config), "rho": rho, "lr": old["lr"] if lr is None else lr}
+        changed = {k: (old[k], new[k]) for k in override if old[k] != new[k]}
+        self.config, self.rho = config, rho
         self._rho_window = copy.deepcopy(state["rho_window"])
         self._rho_prev = list(state["rho_prev"])
         self.step_count, self.epoch = state["step_count"], state["epoch"]
         self.history = copy.deepcopy(state["history"])
+        self.resumes = copy.deepcopy(state["resumes"])
+        if changed:
+            self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
+            logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,
+                                             ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
         torch.set_rng_state(state["rng"])
+        return changed
+
+    def _check_fits(self, state: dict) -> None:
+        """Raise CheckpointError / TableMismatch unless every part of `state` fits this trainer."""
+        if state["shapes"] != self.shapes or len(state["blocks"]) != self.n_blocks:
+            raise CheckpointError(f"the checkpoint is for blocks with output shapes {state['shapes']}, "
+                                  f"this model has {self.shapes}")
+        if state["mode"] != self.mode:
+            raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, this trainer is in {self.mode} mode")
+        shared, optimizer_states = state["shared_optimizer"], state["optimizers"]
+        if shared != self.shared_optimizer or len(optimizer_states) != len(self._optimizer_list):
+            raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) (shared_optimizer={shared}), "
+                                  f"this trainer {len(self._optimizer_list)} (shared_optimizer={self.shared_optimizer}): "
+                                  f"build the trainer with shared_optimizer={shared}")
+        for k, (b, sd) in enumerate(zip(self.blocks, state["blocks"])):
+            check_module_state(b, sd, f"block {k}'s state")
+        for o, sd in zip(self._optimizer_list, optimizer_states):
+            check_optimizer_state(o, sd, "an optimizer's state")
+        if (state["tables"] is None) != (self.tables is None):
+            raise TableMismatch("the checkpoint and this trainer disagree on having batch-mode tables")
+        if self.tables is not None:
+            self.tables.check_state(state["tables"], state.get(TABLE_FILES))
+        rng = state["rng"]
+        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+            raise CheckpointError("the checkpoint's random number generator state is not a CPU generator state")
+        if set(state["config"]) - {f.name for f in fields(ADMMConfig)} or len(state["rho"]) != self.n_blocks - 1:
+            raise CheckpointError(f"the checkpoint's config {sorted(state['config'])} or rho {state['rho']} do not "
+                                  f"fit this trainer")
+
+    def _with_override(self, state: dict, override: dict) -> tuple[ADMMConfig, list[float], float | None]:
+        """(config, rho per boundary, learning rate or None): the checkpoint's, with `override` applied and checked."""
+        unknown = set(override) - {f.name for f in fields(ADMMConfig)} - {"lr"}
+        if unknown:
+            raise TypeError(f"unknown override {sorted(unknown)}: pass ADMMConfig fields or 'lr'")
+        config = ADMMConfig(**{**state["config"], **{k: v for k, v in override.items() if k != "lr"}})
+        rho = [float(r) for r in state["rho"]]
+        if "rho" in override:
+            given = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * len(rho)
+            if len(given) != len(rho):
+                raise ValueError(f"override rho has {len(given)} values but the model has {len(rho)} block boundaries")
+            rho = [float(r) for r in given]
+        lr = override.get("lr")
+        if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"override lr must be a finite number > 0, got {lr!r}")
+        return config, rho, lr
 
     def save(self, path: str) -> None:
-        """Write a checkpoint atomically (temp file, then rename); refuses to write non-finite state."""
-        state = self.state_dict()
-        bad = [name for name, t in _float_tensors(state) if not bool(torch.isfinite(t).all())]
-        if self.tables is not None and self.tables.storage == "memmap" and not self.tables.all_finite():
-            bad.append("tables")
-        if bad:
-            raise NonFiniteError(f"refusing to overwrite {path} with non-finite state ({', '.join(bad[:5])})")
-        if self.tables is not None and self.tables.storage == "memmap":
-            table_copy = path + ".tables"
-            self.tables.copy_files(table_copy)
-            state["tables"]["path"] = table_copy
-        tmp = f"{path}.tmp.{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        """Write the checkpoint `path` atomically (blockadmm.engine.checkpoint); refuses non-finite state."""
+        memmap = self.tables is not None and self.tables.storage == "memmap"
+        save_checkpoint(path, self.state_dict(), tables=self.tables.files() if memmap else None)
 
-    def load(self, path: str) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
-
-
-def _set_grads(lin: nn.Linear, grad_weight, grad_bias, loss):
-    lin.weight.grad = grad_weight
-    if lin.bias is not None:
-        lin.bias.grad = grad_bias
-    return loss
-
-
-def _float_tensors(obj, prefix="state"):
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point():
-            yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _float_tensors(v, f"{prefix}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _float_tensors(v, f"{prefix}[{i}]")
+    def load(self, path: str, override: dict | None = None) -> dict[str, tuple]:
+        """Resume from the checkpoint `path` (verified, never unpickling code), with `override` as in
+        load_state_dict; returns which hyperparameters changed. A mismatch names the file and changes nothing."""
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            return self.load_state_dict(state, override)
+        except (CheckpointError, TableMismatch) as e:
+            raise type(e)(f"{path}: {e}") from None
+        except KeyError as e:
+            raise CheckpointError(f"{path} lacks the part {e} of a trainer's state") from None

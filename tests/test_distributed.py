@@ -7,7 +7,6 @@ Faults are injected by a test-only subclass (FaultyTrainer). The file keeps to a
 """
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -54,9 +53,9 @@ def _common(mode):
     return {"input_shape": (D_IN,), "mode": mode, "num_samples": N, "seed": 3, "lr_z": 0.3, "sweeps": 2}
 
 
-def _single(hidden, mode, order, epochs=EPOCHS):
+def _single(hidden, mode, order, epochs=EPOCHS, **kw):
     model, cuts = _model(hidden)
-    tr = BlockADMM(model, blocks=cuts, order=order, **_common(mode))
+    tr = BlockADMM(model, blocks=cuts, order=order, **kw, **_common(mode))
     tr.fit(_data(), epochs, batch_size=BS, progress=False)
     return [b.state_dict() for b in tr.blocks]
 
@@ -116,6 +115,14 @@ def _worker(rank, world, init, out, cases):
                 return
             torch.save({"blocks": {k: b.state_dict() for k, b in tr.owned_blocks().items()}, "hist": hist},
                        os.path.join(out, f"{case['name']}-rank{rank}.pt"))
+            if "poison_save" in case:  # a NaN weight on one rank: that rank's save refuses, the other names it
+                if rank == case["poison_save"]:
+                    next(iter(tr.owned_blocks().values()))[0].weight.data[0, 0] = float("nan")
+                try:
+                    tr.save(ck)
+                except Exception as e:  # noqa: BLE001 - reported to the parent
+                    with open(os.path.join(out, f"{case['name']}-save{rank}.json"), "w") as f:
+                        json.dump({"type": type(e).__name__, "msg": str(e), "rank": getattr(e, "rank", None)}, f)
         if not any(c.get("fault") for c in cases):
             exit_worker()
     finally:
@@ -202,8 +209,18 @@ def test_two_ranks_match_single_process(tmp_path):
         {"name": "jac-batch", "hidden": H2, "mode": "batch", "schedule": "sync"},
         {"name": "td-online", "hidden": H2, "mode": "online", "schedule": "pipeline", "staleness": 0},
         {"name": "pipe", "hidden": H2, "mode": "batch", "schedule": "pipeline", "staleness": 1, "eval": True},
+        {"name": "fast", "hidden": H2, "mode": "online", "schedule": "sync", "kw": {"preset": "fast"}},
+        {"name": "nan-save", "hidden": H2, "mode": "online", "schedule": "sync", "epochs": 1,
+         "checkpoint": str(tmp_path / "ck-nan"), "poison_save": 1},
     ]
     out, _ = _spawn(2, tmp_path, cases)
+    # a preset (here with one shared optimizer over each rank's blocks) as in the single-process trainer
+    _assert_same(_gather_blocks(out, "fast", 2), _single(H2, "online", "jacobi", preset="fast"))
+    # the poisoned rank refuses to write, the other names it; latest.json still names the last good shards
+    err1, err0 = (json.loads((out / f"nan-save-save{r}.json").read_text()) for r in (1, 0))
+    assert err1["type"] == "NonFiniteError" and "refusing to overwrite" in err1["msg"], err1
+    assert err0["type"] == "RankFailure" and err0["rank"] == 1 and "NonFiniteError" in err0["msg"], err0
+    assert json.loads((tmp_path / "ck-nan" / "latest.json").read_text())["step"] == 3
     _assert_same(_gather_blocks(out, "jac-online", 2), _single(H2, "online", "jacobi"))
     _assert_same(_gather_blocks(out, "jac-batch", 2), _single(H2, "batch", "jacobi"))
     _assert_same(_gather_blocks(out, "td-online", 2), _single(H2, "online", "top-down"))
@@ -222,7 +239,8 @@ def test_three_ranks_match_single_process_and_a_killed_rank_is_named_then_resume
     # (epoch 2): rank 1 sees it die, rank 0 only sees rank 1 stop, and both must name rank 2
     cases = [{"name": "jac3", "hidden": H2, "mode": "online", "schedule": "sync"},
              {"name": "jac3b", "hidden": H2, "mode": "batch", "schedule": "sync"},
-             dict(pipe, name="killed", checkpoint=ck, timeout=timeout, fault={"rank": 2, "step": 4, "how": "exit"})]
+             dict(pipe, name="killed", checkpoint=ck, timeout=timeout, fault={"rank": 2, "step": 4, "how": "exit"},
+                  kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-killed")})]
     out, codes = _spawn(3, tmp_path, cases, tag="killed")
     _assert_same(_gather_blocks(out, "jac3", 3), _single(H2, "online", "jacobi"))
     _assert_same(_gather_blocks(out, "jac3b", 3), _single(H2, "batch", "jacobi"))
@@ -235,8 +253,10 @@ def test_three_ranks_match_single_process_and_a_killed_rank_is_named_then_resume
     meta = json.loads((tmp_path / "ckpt" / "latest.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 3  # checkpoints at steps 2, 3 (epoch end), 4
     # resume with 3 ranks and finish; the uninterrupted run is done in the same spawn on a fresh folder
-    cases = [dict(pipe, name="resumed", checkpoint=ck, resume=True),
-             dict(pipe, name="whole", checkpoint=str(tmp_path / "ckpt-whole"))]
+    cases = [dict(pipe, name="resumed", checkpoint=ck, resume=True,
+                  kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-resumed")}),
+             dict(pipe, name="whole", checkpoint=str(tmp_path / "ckpt-whole"),
+                  kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-whole")})]
     out2, _ = _spawn(3, tmp_path, cases, tag="resume")
     _assert_same(_gather_blocks(out2, "resumed", 3), _gather_blocks(out2, "whole", 3), tol=0)
 
@@ -323,28 +343,28 @@ def test_latest_json_cannot_point_outside_the_checkpoint_folder(tmp_path):
 
 
 def test_a_crafted_or_damaged_shard_runs_no_code_and_is_named(tmp_path):
-    folder, marker = tmp_path / "ck", tmp_path / "pwned"
+    from blockadmm.distributed.shards import FORMAT
+    from blockadmm.engine.checkpoint import CheckpointError, save_checkpoint
+
+    folder, marker, parts = tmp_path / "ck", tmp_path / "pwned", [(0, 2), (2, 4)]
     _index(folder)
     step = folder / "step-000000004"
     step.mkdir()
     shard = step / shard_name(0, 2)
-    torch.save({"format": "blockadmm-distributed-1", "blocks": _Payload(str(marker))}, shard)
-    with pytest.raises(CheckpointMismatch, match=f"{shard} is not a blockadmm checkpoint shard"):
-        load_shard(str(folder), 0, 2, [(0, 2), (2, 4)])
+    torch.save({"format": FORMAT, "blocks": _Payload(str(marker))}, shard)
+    with pytest.raises(CheckpointError, match=f"{shard} is a torch.save or pickle file, not a blockadmm checkpoint"):
+        load_shard(str(folder), 0, 2, parts)
     assert not marker.exists()
     torch.load(shard, weights_only=False)  # the same file loaded the unsafe way does write: a real exploit
     assert marker.exists()
-    marker.unlink()
-    shard.write_bytes(shard.read_bytes()[:100])  # truncated
-    with pytest.raises(CheckpointMismatch, match="is damaged"):
-        load_shard(str(folder), 0, 2, [(0, 2), (2, 4)])
-    shard.write_bytes(pickle.dumps({"format": "something else"}))  # a plain pickle is not a shard either
-    with pytest.raises(CheckpointMismatch, match="not a blockadmm checkpoint shard"):
-        load_shard(str(folder), 0, 2, [(0, 2), (2, 4)])
-    torch.save({"format": "blockadmm-distributed-1", "tables": {"path": "../../elsewhere"}}, shard)
-    with pytest.raises(CheckpointMismatch, match="table folder"):
-        load_shard(str(folder), 0, 2, [(0, 2), (2, 4)])
-    assert not marker.exists()
+    save_checkpoint(str(shard), {"format": "a single-process trainer's"})
+    with pytest.raises(CheckpointMismatch, match="not a shard of the distributed trainer"):
+        load_shard(str(folder), 0, 2, parts)
+    save_checkpoint(str(shard), {"format": FORMAT, "blocks": {0: {"w": torch.ones(3)}}})
+    assert load_shard(str(folder), 0, 2, parts)["blocks"][0]["w"].tolist() == [1.0, 1.0, 1.0]
+    shard.write_bytes(shard.read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match=f"{shard} is truncated"):
+        load_shard(str(folder), 0, 2, parts)
 
 
 # ------------------------------------------------------------------------------------------ the launcher
@@ -447,6 +467,8 @@ def _cli(tmp_path, *flags):
     (["--nproc", "2", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
     (["--nproc", "3", "--hidden", "16"], "--nproc 3 needs at least 3 blocks, the network has 2"),
     (["--nproc", "3", "--hidden", "16,16,16"], "--nproc: 3 processes on 2 CPU cores: each rank needs a core"),
+    (["--nproc", "2", "--resume", "--lr", "0.01"], ("--resume continues with the checkpoint's hyperparameters and "
+                                                   "cannot take --lr: drop them, or resume without --nproc")),
 ])
 def test_cli_checks_nproc_before_spawning_anything(tmp_path, monkeypatch, capsys, flags, error):
     import blockadmm.distributed

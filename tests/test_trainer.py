@@ -1,6 +1,7 @@
 """Trainer behaviour: equivalences, resume, the online pitfall, constraints, and clear errors."""
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +9,9 @@ from torch import nn
 
 from blockadmm import data, ops
 from blockadmm.blocks import check_chain, split_balanced, split_sequential
+from blockadmm.engine import AutogradTerm, FusedLinearTerm, LinearHeadTerm
 from blockadmm.models import mlp_blocks
 from blockadmm.prox import Prox
-from blockadmm.tables import TableMismatch
 from blockadmm.trainer import ADMMConfig, BlockADMM, NonFiniteError
 
 
@@ -75,12 +76,13 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     first gradient through each hidden block), against plain autograd on every block."""
     model, cuts = small_mlp(activation=activation, hidden=(32, 24, 16))
     # SGD: Adam would amplify the last-bit differences of near-zero gradients into visible ones
-    kw = dict(blocks=cuts, input_shape=(64,), mode=mode, num_samples=len(digits.train), order=order, k_z=k_z, k_w=k_w, sweeps=3,
-              optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order, "k_z": k_z, "k_w": k_w, "sweeps": 3,
+              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
     b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
-    assert a._fused[0] == (a.blocks[0][0], activation) and b._fused[0] is None
-    assert isinstance(a._head, torch.nn.Linear) and b._head is None  # the closed-form linear + cross-entropy head
+    assert isinstance(a.engine.terms[0], FusedLinearTerm) and a.engine.terms[0].activation == activation
+    assert type(b.engine.terms[0]) is AutogradTerm and type(b.engine.terms[-1]) is AutogradTerm
+    assert isinstance(a.engine.terms[-1], LinearHeadTerm)  # the closed-form linear + cross-entropy head
     op_rows = []  # rows of x passed to the fused op: block 0's (64 columns) come only from forwards not kept
     real_op = ops.linear_block_fwd_bwd
     monkeypatch.setattr(ops, "linear_block_fwd_bwd", lambda x, *args, **kws: (op_rows.append(x.shape[1]), real_op(x, *args, **kws))[1])
@@ -98,13 +100,15 @@ def test_online_skips_the_last_dual_update_without_changing_training(digits, mon
     its forwards); batch mode on first visits (z from the forward, u from zero, as online) keeps it. The two
     must train identically."""
     model, cuts = small_mlp(hidden=(32, 24, 16))
-    kw = dict(blocks=cuts, input_shape=(64,), num_samples=len(digits.train), fused_linear=fused,
-              optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    kw = {"blocks": cuts, "input_shape": (64,), "num_samples": len(digits.train), "fused_linear": fused,
+              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     online, batch = BlockADMM(copy.deepcopy(model), mode="online", **kw), BlockADMM(copy.deepcopy(model), mode="batch", **kw)
     calls = {}
     for name, tr in (("online", online), ("batch", batch)):
-        real = tr._forward
-        monkeypatch.setattr(tr, "_forward", lambda k, inp, real=real, name=name: (calls.update({name: calls.get(name, 0) + 1}), real(k, inp))[1])
+        for term in tr.engine.terms[:-1]:
+            real = term.forward
+            monkeypatch.setattr(term, "forward", lambda inp, real=real, name=name, **kw: (
+                calls.update({name: calls.get(name, 0) + 1}), real(inp, **kw))[1])
     for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:4]:  # every row a first visit
         so, sb = online.step(x, y, i), batch.step(x, y, i)
         assert so.loss == pytest.approx(sb.loss, rel=1e-6)
@@ -151,13 +155,13 @@ def test_checkpoint_is_atomic_and_never_overwritten_with_nan(digits, tmp_path):
     tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
     ckpt = str(tmp_path / "c.pt")
     tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
-    good = open(ckpt, "rb").read()
+    good = Path(ckpt).read_bytes()
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
     with torch.no_grad():
         tr.blocks[1][0].weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="refusing to overwrite"):
         tr.save(ckpt)
-    assert open(ckpt, "rb").read() == good
+    assert Path(ckpt).read_bytes() == good
 
 
 def test_nan_in_training_names_block_and_step_and_keeps_checkpoint(digits, tmp_path):
@@ -165,13 +169,13 @@ def test_nan_in_training_names_block_and_step_and_keeps_checkpoint(digits, tmp_p
     tr = BlockADMM(model, blocks=cuts, input_shape=(64,))
     ckpt = str(tmp_path / "c.pt")
     tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
-    good = open(ckpt, "rb").read()
+    good = Path(ckpt).read_bytes()
     with torch.no_grad():
         tr.blocks[1][0].weight.fill_(float("inf"))
     with pytest.raises(NonFiniteError, match=r"block 1 at step \d+.*last good checkpoint") as e:
         tr.fit(digits.train, 2, batch_size=64, progress=False, checkpoint=ckpt)
     assert "Block 1's weights are non-finite" in str(e.value)
-    assert open(ckpt, "rb").read() == good
+    assert Path(ckpt).read_bytes() == good
 
 
 def test_nan_in_input_is_reported(digits):
@@ -284,11 +288,40 @@ def test_resume_with_mismatched_tables_is_an_error(digits, tmp_path):
     other_model, other_cuts = small_mlp(hidden=(32, 20))  # a different width at boundary 1
     with pytest.raises(ValueError):
         BlockADMM(other_model, blocks=other_cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train)).load(ckpt)
-    # same model, but the saved table files were replaced by ones of another size
+    # same model, but the saved table files were replaced by ones of another size: the manifest catches it
     import numpy as np
 
-    np.save(str(tmp_path / "c.pt.tables" / "z1.npy"), np.zeros((5, 24), np.float32))
+    from blockadmm.engine.checkpoint import CheckpointError
+
+    (snapshot,) = tmp_path.glob("c.pt.tables-*")
+    np.save(str(snapshot / "z1.npy"), np.zeros((5, 24), np.float32))
     fresh = BlockADMM(small_mlp()[0], blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
                       table_storage="memmap", table_dir=str(tmp_path / "t2"))
-    with pytest.raises(TableMismatch, match="z1.npy.*has shape \\(5, 24\\)"):
+    with pytest.raises(CheckpointError, match="c.pt: its table file .*z1.npy has 608 bytes, the manifest says"):
         fresh.load(ckpt)
+
+
+def test_autograd_blocks_reuse_kept_forwards():
+    """A block's forward runs once per input and weights: online, top-down, S sweeps, three autograd blocks (an
+    explicit loss keeps the head off the closed form). Block 0: its forward per sweep (the first is the initial
+    one), its weight step on the kept graph; block 1: the initial or dual-step forward (whose graph gives block 0's
+    boundary its input gradient) and the weight step's; the head: the same, its first input gradient from the
+    initial forward."""
+    torch.manual_seed(0)
+    calls = [0, 0, 0]
+
+    class Counted(nn.Sequential):
+        def forward(self, x):
+            calls[self.k] += 1
+            return super().forward(x)
+
+    blocks = [Counted(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+              Counted(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten()), Counted(nn.Linear(64, 10))]
+    for k, b in enumerate(blocks):
+        b.k = k
+    sweeps = 3
+    tr = BlockADMM(blocks, input_shape=(1, 8, 8), loss=nn.CrossEntropyLoss(), sweeps=sweeps)
+    assert [type(t) for t in tr.engine.terms] == [AutogradTerm] * 3
+    calls[:] = [0, 0, 0]
+    tr.step(torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,)))
+    assert calls == [sweeps, 2 * sweeps, 2 * sweeps]

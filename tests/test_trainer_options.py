@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from blockadmm.models import mlp_blocks
-from blockadmm.trainer import ADMMConfig, BlockADMM, PRESETS
+from blockadmm.trainer import PRESETS, ADMMConfig, BlockADMM
 
 
 def _data(n=64, d=20, c=3, seed=0):
@@ -62,14 +62,14 @@ def _one_aux_move(aux_step, lr_z=0.1):
     g = torch.autograd.grad(nn.functional.cross_entropy(tr.blocks[1](zk), y) * x.shape[0], zk)[0]
     # capture z after the step through the dual variable: with dual_step=0 u stays 0, so read z via a hook
     seen = {}
-    orig = tr._local_loss_and_grads
+    term = tr.engine.terms[0]
+    orig = term.loss_and_grads
 
-    def spy(k, inp, target, dual, y_, **kw):
-        if k == 0:
-            seen["z"] = target.clone()
-        return orig(k, inp, target, dual, y_, **kw)
+    def spy(inp, target, dual, y_, **kw):
+        seen["z"] = target.clone()
+        return orig(inp, target, dual, y_, **kw)
 
-    tr._local_loss_and_grads = spy
+    term.loss_and_grads = spy
     tr.step(x, y)
     return z0, g, seen["z"]
 
@@ -103,8 +103,9 @@ def test_adam_aux_step_applies_prox():
     x, y = _data(16)
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), aux_step="adam", constraints={0: "nonneg"}, sweeps=1, dual_step=0.0)
     seen = {}
-    orig = tr._local_loss_and_grads
-    tr._local_loss_and_grads = lambda k, i, t, d, yy, **kw: (seen.setdefault(k, t), orig(k, i, t, d, yy, **kw))[1]
+    term = tr.engine.terms[0]
+    orig = term.loss_and_grads
+    term.loss_and_grads = lambda i, t, d, yy, **kw: (seen.setdefault(0, t), orig(i, t, d, yy, **kw))[1]
     tr.step(x, y)
     assert float(seen[0].min()) >= 0.0
 
@@ -129,14 +130,14 @@ def test_shared_optimizer_trains_like_one_per_block_and_checkpoints(tmp_path, mo
     x, y = _data()
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 12], 3)
-    kw = dict(blocks=cuts, input_shape=(20,), mode=mode, num_samples=len(x), optimizer=adam(3e-3), sweeps=2)
+    kw = {"blocks": cuts, "input_shape": (20,), "mode": mode, "num_samples": len(x), "optimizer": adam(3e-3), "sweeps": 2}
     per_block = BlockADMM(copy.deepcopy(model), **kw)
     shared = BlockADMM(copy.deepcopy(model), shared_optimizer=True, **kw)
     assert len({id(o) for o in shared.optimizers}) == 1 and len({id(o) for o in per_block.optimizers}) == 3
     index = torch.arange(len(x))
     for _ in range(4):
         per_block.step(x, y, index), shared.step(x, y, index)
-    flat = lambda tr: torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])  # noqa: E731
+    flat = lambda tr: torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])
     torch.testing.assert_close(flat(shared), flat(per_block), rtol=1e-6, atol=1e-7)
     untrained = BlockADMM(copy.deepcopy(model), **kw)
     assert float((flat(shared) - flat(untrained)).abs().max()) > 1e-3  # they moved

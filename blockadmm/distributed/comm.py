@@ -133,6 +133,18 @@ class Comm:
             self.publish_error(e)
             raise
 
+    def agree(self, failed: BaseException | None, what: str) -> None:
+        """Collective: every rank learns whether any rank failed `what`; a rank raises its own error, the
+        others a RankFailure."""
+        if failed is not None:
+            self.publish_error(failed)
+        v = self.all_reduce(torch.tensor([0.0 if failed is None else 1.0]), what)
+        if failed is not None:
+            raise failed
+        if float(v[0]) > 0:
+            culprit, reason = self.diagnose(None)
+            raise RankFailure(f"rank {culprit} failed {what}: {reason}", culprit)
+
     def raise_failure(self, peer: int | None, what: str, exc: BaseException) -> None:
         """Publish what this rank waited for; name the rank at the end of the chain of waits."""
         me = self.rank

@@ -1,0 +1,46 @@
+"""Named recipes: ADMMConfig fields plus the optimizer and mode choices that go with them (one home for
+BlockADMM, the distributed trainer, the CLI and the experiments). How each was chosen: README, "Presets"."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    """config: ADMMConfig fields; weight_lr: the Adam rate of the block optimizers when none is passed;
+    mode: the only mode the recipe is for (None: both); shared_optimizer: one optimizer over all blocks."""
+
+    name: str
+    config: dict[str, object] = field(default_factory=dict)
+    weight_lr: float = 1e-3
+    mode: str | None = None
+    shared_optimizer: bool = False
+
+    # item access, for callers written against the earlier dict form of PRESETS
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default)
+
+
+_DEEP = {"rho": 1.0, "lr_z": 0.3, "sweeps": 3, "k_z": 1, "k_w": 1, "order": "top-down", "dual_step": 1.0,
+         "aux_step": "sign"}
+
+PRESETS: dict[str, Preset] = {
+    # shallow nets (a few blocks) and ReLU MLPs: the ADMMConfig defaults
+    "default": Preset("default"),
+    # one sweep per mini-batch, a softer penalty, a faster Adam over all blocks at once: shallow nets, online
+    "fast": Preset("fast", {"sweeps": 1, "rho": 0.125, "lr_z": 0.3}, weight_lr=5e-3, mode="online",
+                   shared_optimizer=True),
+    # deep narrow saturating nets (8+ sigmoid layers, one per block): the fixed-size sign step on z
+    "deep": Preset("deep", _DEEP, weight_lr=3e-3),
+    # the same nets in batch mode (per-sample tables), where they need a softer penalty
+    "deep-batch": Preset("deep-batch", {**_DEEP, "rho": 0.25}, weight_lr=3e-3, mode="batch"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
