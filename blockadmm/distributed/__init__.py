@@ -1,7 +1,8 @@
 """Block-parallel Stochastic Block-ADMM across processes and devices on ``torch.distributed``.
 
 Each rank owns a contiguous group of blocks, their optimizers, and the auxiliary/dual variables of the
-boundaries those blocks produce (boundary k is block k's output). Neighbours exchange boundary tensors with
+boundaries those blocks produce (boundary k is block k's output), and drives the engine's primitives
+(blockadmm.engine) on them, as BlockADMM does on all blocks (:mod:`.trainer`). Neighbours exchange boundary tensors with
 point-to-point messages: the rank below sends z_k up, the rank above sends down g_k, the gradient of its
 bottom block's term in z_k. Epoch statistics, evaluation totals and checkpoint commits use collectives.
 gloo on CPU, NCCL on CUDA.

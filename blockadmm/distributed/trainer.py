@@ -89,7 +89,7 @@ class DistributedBlockADMM:
                 raise ValueError(f"constraint on boundary {k}, but boundaries are 0..{nb - 1} (boundary k is block k's output)")
             proxes[k] = as_prox(c)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
-        self._labels_checked = loss is None
+        self._class_labels = loss is None  # the default cross-entropy: labels are checked
         self.engine = Engine(self.blocks, config=config, rho=[float(r) for r in rho], constraints=proxes,
                              loss_fn=self.loss_fn, default_loss=loss is None, online=mode == "online",
                              fused_linear=fused_linear, backend=backend)
@@ -185,7 +185,7 @@ class DistributedBlockADMM:
         if tuple(x.shape[1:]) != self.input_shape or x.shape[0] != y.shape[0]:
             raise ValueError(f"a batch of x {tuple(x.shape)} and y {tuple(y.shape)} does not fit the model's per-sample "
                              f"input shape {self.input_shape}")
-        if self._labels_checked and y.numel():
+        if self._class_labels and y.numel():
             classes = self.shapes[-1][-1]
             if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= classes:
                 raise ValueError(f"cross-entropy needs 1-D integer class labels in 0..{classes - 1}, got {y.dtype} "
@@ -193,6 +193,11 @@ class DistributedBlockADMM:
         if self.mode == "batch":
             if index is None:
                 raise ValueError("batch mode needs the sample index of every row: use a dataset that yields (x, y, index)")
+            if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+                raise TypeError(f"sample indices must be integers, got {index.dtype}: pass the dataset's index column")
+            if index.shape != (x.shape[0],) or torch.unique(index).numel() != index.numel():
+                raise ValueError(f"batch mode needs one distinct sample index per row, got {index.numel()} indices "
+                                 f"({torch.unique(index).numel()} distinct) for {x.shape[0]} rows")
             rows = self.tables.num_samples
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= rows):
                 raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{rows - 1}")
@@ -200,10 +205,11 @@ class DistributedBlockADMM:
     def _forward(self, t, batch, step) -> BatchState:
         """The forward through this rank's blocks from the input received from below; z and u start."""
         x, y = batch[0].to(self.device), batch[1].to(self.device)
-        index = None if len(batch) < 3 else torch.as_tensor(batch[2], dtype=torch.long)
+        index = None if len(batch) < 3 else torch.as_tensor(batch[2])
         self._check_batch(x, y, index)
         for k in self.own:
             self.blocks[k].train()
+        index = None if index is None else index.long()
         state = self.engine.new_batch(x if self.lo == 0 else None, y, index, step=step, epoch=self.epoch)
         # block lo's input: z_{lo-1}, which at the start of a batch is the forward below wherever the forward
         # is used (online: everywhere; batch mode: on the rows seen for the first time)
