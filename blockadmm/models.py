@@ -41,7 +41,8 @@ def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activ
     return model, cuts
 
 
-def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = CNN_WIDTHS, image_size: int = 28) -> nn.Sequential:
+def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = CNN_WIDTHS,
+              image_size: int = 28) -> nn.Sequential:
     """conv-relu-pool stages, then a linear classifier; cut it after each stage."""
     layers, prev, size = [], in_channels, image_size
     for w in widths:

@@ -5,6 +5,7 @@ pipelined schedule, checkpoints, faults (a killed rank is named, the run resumes
 untrusted checkpoint files, and the launcher (ranks die with it, failures as one line naming the rank).
 Faults are injected by a test-only subclass (FaultyTrainer). The file keeps to a few spawns of tiny MLPs.
 """
+
 import json
 import os
 import signal
@@ -92,8 +93,16 @@ def _fail(how, stamp=None):
 def _build(case):
     model, cuts = _model(case["hidden"])
     cls, extra = (FaultyTrainer, {"fault": case["fault"]}) if case.get("fault") else (DistributedBlockADMM, {})
-    return cls(model, blocks=cuts, schedule=case["schedule"], staleness=case.get("staleness"),
-               timeout=case.get("timeout", 60), **extra, **case.get("kw", {}), **_common(case["mode"]))
+    return cls(
+        model,
+        blocks=cuts,
+        schedule=case["schedule"],
+        staleness=case.get("staleness"),
+        timeout=case.get("timeout", 60),
+        **extra,
+        **case.get("kw", {}),
+        **_common(case["mode"]),
+    )
 
 
 def _worker(rank, world, init, out, cases):
@@ -109,15 +118,32 @@ def _worker(rank, world, init, out, cases):
                 tr.load(ck)
             t0 = time.monotonic()
             try:
-                hist = tr.fit(_data(), case.get("epochs", EPOCHS), batch_size=BS, checkpoint=ck,
-                              checkpoint_every=case.get("checkpoint_every"), progress=False, eval_train=case.get("eval", False))
+                hist = tr.fit(
+                    _data(),
+                    case.get("epochs", EPOCHS),
+                    batch_size=BS,
+                    checkpoint=ck,
+                    checkpoint_every=case.get("checkpoint_every"),
+                    progress=False,
+                    eval_train=case.get("eval", False),
+                )
             except Exception as e:  # noqa: BLE001 - reported to the parent
                 with open(os.path.join(out, f"{case['name']}-err{rank}.json"), "w") as f:
-                    json.dump({"type": type(e).__name__, "msg": str(e), "rank": getattr(e, "rank", None),
-                               "after_s": time.monotonic() - t0, "tb": traceback.format_exc()}, f)
+                    json.dump(
+                        {
+                            "type": type(e).__name__,
+                            "msg": str(e),
+                            "rank": getattr(e, "rank", None),
+                            "after_s": time.monotonic() - t0,
+                            "tb": traceback.format_exc(),
+                        },
+                        f,
+                    )
                 return
-            torch.save({"blocks": {k: b.state_dict() for k, b in tr.owned_blocks().items()}, "hist": hist},
-                       os.path.join(out, f"{case['name']}-rank{rank}.pt"))
+            torch.save(
+                {"blocks": {k: b.state_dict() for k, b in tr.owned_blocks().items()}, "hist": hist},
+                os.path.join(out, f"{case['name']}-rank{rank}.pt"),
+            )
             if "poison_save" in case:  # a NaN weight on one rank: that rank's save refuses, the other names it
                 if rank == case["poison_save"]:
                     next(iter(tr.owned_blocks().values()))[0].weight.data[0, 0] = float("nan")
@@ -140,7 +166,9 @@ def _spawn(world, tmp_path, cases, tag="run", limit=60):
     out = tmp_path / tag
     out.mkdir()
     init = "file://" + str(tmp_path / f"rdzv-{tag}")
-    ctx = mp.start_processes(_worker, args=(world, init, str(out), cases), nprocs=world, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(world, init, str(out), cases), nprocs=world, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + limit
     for p in ctx.processes:
         p.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -184,7 +212,7 @@ def test_partition_and_schedule_are_consistent():
                 started = []
                 for t, task, s in plan:  # staleness bound: batch t starts after batch t-1-stale is done here
                     if task is Task.FORWARD:
-                        done = {b for b in range(t) if (b, last, 2) in plan[:plan.index((t, task, s))]}
+                        done = {b for b in range(t) if (b, last, 2) in plan[: plan.index((t, task, s))]}
                         assert all(b in done for b in range(t - stale)), (order, stale, r, t)
                         started.append(t)
                 assert started == sorted(started)
@@ -195,7 +223,9 @@ def test_partition_and_schedule_are_consistent():
 def test_checkpoint_meta_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="latest.json"):
         read_checkpoint_meta(str(tmp_path), 2)
-    (tmp_path / "latest.json").write_text(json.dumps({"step": 3, "world_size": 3, "partition": [[0, 1], [1, 2], [2, 4]], "dir": "step-000000003"}))
+    (tmp_path / "latest.json").write_text(
+        json.dumps({"step": 3, "world_size": 3, "partition": [[0, 1], [1, 2], [2, 4]], "dir": "step-000000003"})
+    )
     with pytest.raises(CheckpointMismatch, match="written by 3 ranks, this run has 2"):
         read_checkpoint_meta(str(tmp_path), 2)
     with pytest.raises(CheckpointMismatch, match="splits the blocks"):
@@ -213,8 +243,15 @@ def test_two_ranks_match_single_process(tmp_path):
         {"name": "td-online", "hidden": H2, "mode": "online", "schedule": "pipeline", "staleness": 0},
         {"name": "pipe", "hidden": H2, "mode": "batch", "schedule": "pipeline", "staleness": 1, "eval": True},
         {"name": "fast", "hidden": H2, "mode": "online", "schedule": "sync", "kw": {"preset": "fast"}},
-        {"name": "nan-save", "hidden": H2, "mode": "online", "schedule": "sync", "epochs": 1,
-         "checkpoint": str(tmp_path / "ck-nan"), "poison_save": 1},
+        {
+            "name": "nan-save",
+            "hidden": H2,
+            "mode": "online",
+            "schedule": "sync",
+            "epochs": 1,
+            "checkpoint": str(tmp_path / "ck-nan"),
+            "poison_save": 1,
+        },
     ]
     out, _ = _spawn(2, tmp_path, cases)
     # a preset (here with one shared optimizer over each rank's blocks) as in the single-process trainer
@@ -240,10 +277,18 @@ def test_three_ranks_match_single_process_and_a_killed_rank_is_named_then_resume
     timeout = 5
     # one spawn: the 3-rank equality runs, then a pipelined run whose top rank 2 dies at global step 4
     # (epoch 2): rank 1 sees it die, rank 0 only sees rank 1 stop, and both must name rank 2
-    cases = [{"name": "jac3", "hidden": H2, "mode": "online", "schedule": "sync"},
-             {"name": "jac3b", "hidden": H2, "mode": "batch", "schedule": "sync"},
-             dict(pipe, name="killed", checkpoint=ck, timeout=timeout, fault={"rank": 2, "step": 4, "how": "exit"},
-                  kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-killed")})]
+    cases = [
+        {"name": "jac3", "hidden": H2, "mode": "online", "schedule": "sync"},
+        {"name": "jac3b", "hidden": H2, "mode": "batch", "schedule": "sync"},
+        dict(
+            pipe,
+            name="killed",
+            checkpoint=ck,
+            timeout=timeout,
+            fault={"rank": 2, "step": 4, "how": "exit"},
+            kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-killed")},
+        ),
+    ]
     out, codes = _spawn(3, tmp_path, cases, tag="killed")
     _assert_same(_gather_blocks(out, "jac3", 3), _single(H2, "online", "jacobi"))
     _assert_same(_gather_blocks(out, "jac3b", 3), _single(H2, "batch", "jacobi"))
@@ -256,10 +301,21 @@ def test_three_ranks_match_single_process_and_a_killed_rank_is_named_then_resume
     meta = json.loads((tmp_path / "ckpt" / "latest.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 3  # checkpoints at steps 2, 3 (epoch end), 4
     # resume with 3 ranks and finish; the uninterrupted run is done in the same spawn on a fresh folder
-    cases = [dict(pipe, name="resumed", checkpoint=ck, resume=True,
-                  kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-resumed")}),
-             dict(pipe, name="whole", checkpoint=str(tmp_path / "ckpt-whole"),
-                  kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-whole")})]
+    cases = [
+        dict(
+            pipe,
+            name="resumed",
+            checkpoint=ck,
+            resume=True,
+            kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-resumed")},
+        ),
+        dict(
+            pipe,
+            name="whole",
+            checkpoint=str(tmp_path / "ckpt-whole"),
+            kw={"table_storage": "memmap", "table_dir": str(tmp_path / "tables-whole")},
+        ),
+    ]
     out2, _ = _spawn(3, tmp_path, cases, tag="resume")
     _assert_same(_gather_blocks(out2, "resumed", 3), _gather_blocks(out2, "whole", 3), tol=0)
 
@@ -327,8 +383,18 @@ class _Payload:
 
 def _index(folder, step_dir="step-000000004", world=2):
     folder.mkdir(exist_ok=True)
-    (folder / "latest.json").write_text(json.dumps({"step": 4, "epoch": 1, "epoch_step": 0, "world_size": world,
-                                                    "partition": [[0, 2], [2, 4]], "dir": step_dir}))
+    (folder / "latest.json").write_text(
+        json.dumps(
+            {
+                "step": 4,
+                "epoch": 1,
+                "epoch_step": 0,
+                "world_size": world,
+                "partition": [[0, 2], [2, 4]],
+                "dir": step_dir,
+            }
+        )
+    )
 
 
 def test_latest_json_cannot_point_outside_the_checkpoint_folder(tmp_path):
@@ -340,7 +406,9 @@ def test_latest_json_cannot_point_outside_the_checkpoint_folder(tmp_path):
     (tmp_path / "ck" / "latest.json").write_text("{not json")
     with pytest.raises(CheckpointMismatch, match="latest.json is not a blockadmm checkpoint index"):
         read_checkpoint_meta(str(tmp_path / "ck"), 2)
-    (tmp_path / "ck" / "latest.json").write_text(json.dumps({"step": "4", "world_size": 2, "partition": [], "dir": "x"}))
+    (tmp_path / "ck" / "latest.json").write_text(
+        json.dumps({"step": "4", "world_size": 2, "partition": [], "dir": "x"})
+    )
     with pytest.raises(CheckpointMismatch, match="fields of the wrong type"):
         read_checkpoint_meta(str(tmp_path / "ck"), 2)
 
@@ -383,17 +451,27 @@ def _train_with_fault(fault, timeout):
     _build(case).fit(_data(), EPOCHS, batch_size=BS, progress=False, eval_train=False)
 
 
-@pytest.mark.parametrize("how, step, named", [
-    ("kill", 2, "rank 1 died (killed by SIGKILL)"),
-    ("kill", "setup", "rank 1 died (killed by SIGKILL)"),
-    ("hang", 2, "rank 1 hangs (stopped by the launcher)"),
-    ("raise", 1, "rank 1 failed: ValueError: injected bad input on this rank"),
-])
+@pytest.mark.parametrize(
+    "how, step, named",
+    [
+        ("kill", 2, "rank 1 died (killed by SIGKILL)"),
+        ("kill", "setup", "rank 1 died (killed by SIGKILL)"),
+        ("hang", 2, "rank 1 hangs (stopped by the launcher)"),
+        ("raise", 1, "rank 1 failed: ValueError: injected bad input on this rank"),
+    ],
+)
 def test_launch_names_the_failed_rank_in_one_line(how, step, named, capfd, tmp_path):
     timeout, stamp = 4, tmp_path / "fault-time"
     with pytest.raises(RankFailure) as e:
-        launch(_train_with_fault, 2, {"rank": 1, "step": step, "how": how, "stamp": str(stamp)}, timeout,
-               backend="gloo", threads=1, timeout=timeout)
+        launch(
+            _train_with_fault,
+            2,
+            {"rank": 1, "step": step, "how": how, "stamp": str(stamp)},
+            timeout,
+            backend="gloo",
+            threads=1,
+            timeout=timeout,
+        )
     reaction = time.time() - float(stamp.read_text())
     msg = str(e.value)
     assert e.value.rank == 1 and msg.startswith(named) and "\n" not in msg, msg
@@ -405,7 +483,10 @@ def test_launch_names_the_failed_rank_in_one_line(how, step, named, capfd, tmp_p
 
 def test_failure_line_prefers_a_rank_s_own_error_then_a_silent_death():
     rf = {"error": "RankFailure: rank 2 died or hangs", "culprit": 2}
-    assert failure_line([1, 1, -9], [rf, rf, None]) == ("rank 2 died (killed by SIGKILL); ranks 0, 1 stopped because of it", 2)
+    assert failure_line([1, 1, -9], [rf, rf, None]) == (
+        "rank 2 died (killed by SIGKILL); ranks 0, 1 stopped because of it",
+        2,
+    )
     assert failure_line([1, 1, 1], [rf, {"error": "NonFiniteError: nan", "culprit": None}, rf])[1] == 1
     assert failure_line([1, None], [{"error": "RankFailure: x", "culprit": 1}, None])[0].startswith("rank 1 hangs")
     assert failure_line([1, 1], [None, None]) == ("rank 0 died (exit code 1)", 0)
@@ -435,8 +516,10 @@ def test_ranks_die_with_their_launcher_and_leave_no_rendezvous_files(tmp_path, s
     pids.mkdir()
     tmp.mkdir()
     here = os.path.dirname(os.path.abspath(__file__))
-    code = (f"import sys; sys.path.insert(0, {here!r}); from test_distributed import _sleeping_rank; "
-            f"from blockadmm.distributed import launch; launch(_sleeping_rank, 2, {str(pids)!r}, backend='gloo')")
+    code = (
+        f"import sys; sys.path.insert(0, {here!r}); from test_distributed import _sleeping_rank; "
+        f"from blockadmm.distributed import launch; launch(_sleeping_rank, 2, {str(pids)!r}, backend='gloo')"
+    )
     env = dict(os.environ, TMPDIR=str(tmp))
     launcher = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
@@ -465,14 +548,22 @@ def _cli(tmp_path, *flags):
     return main(["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet", *flags])
 
 
-@pytest.mark.parametrize("flags, error", [
-    (["--nproc", "0"], "argument --nproc: must be > 0, got 0"),
-    (["--nproc", "2", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
-    (["--nproc", "3", "--hidden", "16"], "--nproc 3 needs at least 3 blocks, the network has 2"),
-    (["--nproc", "3", "--hidden", "16,16,16"], "--nproc: 3 processes on 2 CPU cores: each rank needs a core"),
-    (["--nproc", "2", "--resume", "--lr", "0.01"], ("--resume continues with the checkpoint's hyperparameters and "
-                                                   "cannot take --lr: drop them, or resume without --nproc")),
-])
+@pytest.mark.parametrize(
+    "flags, error",
+    [
+        (["--nproc", "0"], "argument --nproc: must be > 0, got 0"),
+        (["--nproc", "2", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
+        (["--nproc", "3", "--hidden", "16"], "--nproc 3 needs at least 3 blocks, the network has 2"),
+        (["--nproc", "3", "--hidden", "16,16,16"], "--nproc: 3 processes on 2 CPU cores: each rank needs a core"),
+        (
+            ["--nproc", "2", "--resume", "--lr", "0.01"],
+            (
+                "--resume continues with the checkpoint's hyperparameters and "
+                "cannot take --lr: drop them, or resume without --nproc"
+            ),
+        ),
+    ],
+)
 def test_cli_checks_nproc_before_spawning_anything(tmp_path, monkeypatch, capsys, flags, error):
     import blockadmm.distributed
     import blockadmm.distributed.launcher
@@ -512,15 +603,17 @@ def test_one_rank_equals_single_process_and_checks_each_batch(one_rank):
     tr.fit(_data(), EPOCHS, batch_size=BS, progress=False, eval_train=False)
     _assert_same([b.state_dict() for b in tr.blocks], _single(H2, "batch", "jacobi"))
     x, y = torch.randn(3, D_IN), torch.tensor([0, 1, 2])
-    bad = [((x, y, torch.tensor([True, False, True])), TypeError, "sample indices must be integers"),
-           ((x, y, torch.tensor([1.0, 2.0, 3.0])), TypeError, "sample indices must be integers"),
-           ((x, y, torch.tensor([4, 4, 5])), ValueError, "one distinct sample index per row"),
-           ((x, y, torch.tensor([4, 5])), ValueError, "one distinct sample index per row"),
-           ((x, y, torch.tensor([0, 1, N])), IndexError, f"outside the tables' 0..{N - 1}"),
-           ((x, y), ValueError, "needs the sample index of every row"),
-           ((x, y.float(), torch.tensor([0, 1, 2])), ValueError, "integer class labels"),
-           ((x, torch.tensor([0, 1, N_CLS]), torch.tensor([0, 1, 2])), ValueError, f"labels in 0..{N_CLS - 1}"),
-           ((torch.randn(3, D_IN + 1), y, torch.tensor([0, 1, 2])), ValueError, "does not fit the model's")]
+    bad = [
+        ((x, y, torch.tensor([True, False, True])), TypeError, "sample indices must be integers"),
+        ((x, y, torch.tensor([1.0, 2.0, 3.0])), TypeError, "sample indices must be integers"),
+        ((x, y, torch.tensor([4, 4, 5])), ValueError, "one distinct sample index per row"),
+        ((x, y, torch.tensor([4, 5])), ValueError, "one distinct sample index per row"),
+        ((x, y, torch.tensor([0, 1, N])), IndexError, f"outside the tables' 0..{N - 1}"),
+        ((x, y), ValueError, "needs the sample index of every row"),
+        ((x, y.float(), torch.tensor([0, 1, 2])), ValueError, "integer class labels"),
+        ((x, torch.tensor([0, 1, N_CLS]), torch.tensor([0, 1, 2])), ValueError, f"labels in 0..{N_CLS - 1}"),
+        ((torch.randn(3, D_IN + 1), y, torch.tensor([0, 1, 2])), ValueError, "does not fit the model's"),
+    ]
     tables = [t.clone() for t in [tr.tables.seen] + tr.tables.z + tr.tables.u]
     for batch, error, match in bad:
         with pytest.raises(error, match=match):

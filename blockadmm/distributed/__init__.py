@@ -2,10 +2,10 @@
 
 Each rank owns a contiguous group of blocks, their optimizers, and the auxiliary/dual variables of the
 boundaries those blocks produce (boundary k is block k's output), and drives the engine's primitives
-(blockadmm.engine) on them, as BlockADMM does on all blocks (:mod:`.trainer`). Neighbours exchange boundary tensors with
-point-to-point messages: the rank below sends z_k up, the rank above sends down g_k, the gradient of its
-bottom block's term in z_k. Epoch statistics, evaluation totals and checkpoint commits use collectives.
-gloo on CPU, NCCL on CUDA.
+(blockadmm.engine) on them, as BlockADMM does on all blocks (:mod:`.trainer`). Neighbours exchange
+boundary tensors with point-to-point messages: the rank below sends z_k up, the rank above sends down
+g_k, the gradient of its bottom block's term in z_k. Epoch statistics, evaluation totals and checkpoint
+commits use collectives. gloo on CPU, NCCL on CUDA.
 
 Two schedules:
 
@@ -27,6 +27,7 @@ Launch with ``torchrun --nproc-per-node N your_script.py`` (calling :func:`init_
 nodes with ``torchrun --nnodes M --node-rank i --rdzv-endpoint host:port ...``, with
 ``blockadmm train --nproc N`` or :func:`launch` from Python (:mod:`.launcher`).
 """
+
 from .comm import RankFailure
 from .launcher import exit_worker, init_distributed, launch
 from .schedule import Task, build_schedule, partition_blocks
@@ -34,6 +35,14 @@ from .shards import CheckpointMismatch, read_checkpoint_meta
 from .trainer import DistributedBlockADMM
 
 __all__ = [
-    "CheckpointMismatch", "DistributedBlockADMM", "RankFailure", "Task", "build_schedule", "exit_worker",
-    "init_distributed", "launch", "partition_blocks", "read_checkpoint_meta",
+    "CheckpointMismatch",
+    "DistributedBlockADMM",
+    "RankFailure",
+    "Task",
+    "build_schedule",
+    "exit_worker",
+    "init_distributed",
+    "launch",
+    "partition_blocks",
+    "read_checkpoint_meta",
 ]

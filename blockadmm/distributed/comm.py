@@ -5,6 +5,7 @@ and follows the published waits to the rank at the end of the chain (the one tha
 raised), which it names in a :class:`RankFailure`. A rank that raises publishes its error first
 (:meth:`Comm.publishing_errors`), so the others report it by rank.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -37,8 +38,9 @@ class Comm:
     """One rank's links to the others: sends and receives up and down the chain of ranks, collectives,
     all with the deadline `timeout`; the store keys under blockadmm/ carry the failure diagnosis."""
 
-    def __init__(self, rank: int, world: int, device: torch.device, timeout: float, store=None,
-                 backend: str | None = None):
+    def __init__(
+        self, rank: int, world: int, device: torch.device, timeout: float, store=None, backend: str | None = None
+    ):
         self.rank, self.world, self.device = rank, world, device
         self.backend = backend or dist.get_backend()
         self.timeout = float(timeout)
@@ -55,14 +57,18 @@ class Comm:
         self.store_set(f"blockadmm/joined/{self.rank}", {"step": self.step})
         try:
             for direction in ("up", "down"):
-                self.groups[direction] = dist.new_group(list(range(self.world)),
-                                                        timeout=datetime.timedelta(seconds=self.timeout))
+                self.groups[direction] = dist.new_group(
+                    list(range(self.world)), timeout=datetime.timedelta(seconds=self.timeout)
+                )
         except Exception as e:
             time.sleep(self.grace)
             missing = [q for q in range(self.world) if self.store_get(f"blockadmm/joined/{q}") is None]
             if missing:
-                raise RankFailure(f"rank {missing[0]} never joined the run during set-up (it died or hangs before "
-                                  f"building its trainer); rank {self.rank} waited {self.timeout:.0f} s", missing[0]) from e
+                raise RankFailure(
+                    f"rank {missing[0]} never joined the run during set-up (it died or hangs before "
+                    f"building its trainer); rank {self.rank} waited {self.timeout:.0f} s",
+                    missing[0],
+                ) from e
             self.raise_failure(None, "the set-up of the process groups", e)
 
     # ------------------------------------------------------------------ sends, waits, collectives
@@ -118,8 +124,9 @@ class Comm:
         return None
 
     def publish_error(self, error: BaseException) -> None:
-        self.store_set(f"blockadmm/fault/{self.rank}", {"error": f"{type(error).__name__}: {error}"[:2000],
-                                                         "step": self.step})
+        self.store_set(
+            f"blockadmm/fault/{self.rank}", {"error": f"{type(error).__name__}: {error}"[:2000], "step": self.step}
+        )
 
     @contextmanager
     def publishing_errors(self):
@@ -162,8 +169,10 @@ class Comm:
         else:
             timed_out = "imed out" in str(exc) or "timeout" in str(exc) or isinstance(exc, TimeoutError)
             how = "got no answer within" if timed_out else "lost the connection before"
-            msg = (f"rank {culprit} died or hangs: rank {me} waited for {what} from rank {peer} at step {self.step} "
-                   f"and {how} the {self.timeout:.0f} s timeout ({type(exc).__name__}: {str(exc)[:200]})")
+            msg = (
+                f"rank {culprit} died or hangs: rank {me} waited for {what} from rank {peer} at step {self.step} "
+                f"and {how} the {self.timeout:.0f} s timeout ({type(exc).__name__}: {str(exc)[:200]})"
+            )
         raise RankFailure(msg, culprit) from exc
 
     def diagnose(self, peer: int | None) -> tuple[int | None, str | None]:

@@ -4,6 +4,7 @@ The launcher hosts the rendezvous store itself (a TCP store: no folder to leave 
 process count before spawning anything, makes every rank die with it (parent-death signal, or a
 watchdog thread where there is none), and turns any failure into one line naming the failed rank.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,9 +27,15 @@ from .comm import RankFailure
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def init_distributed(backend: str | None = None, *, init_method: str | None = None, rank: int | None = None,
-                     world_size: int | None = None, timeout: float = 300.0,
-                     store=None) -> tuple[int, int, torch.device]:
+def init_distributed(
+    backend: str | None = None,
+    *,
+    init_method: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    timeout: float = 300.0,
+    store=None,
+) -> tuple[int, int, torch.device]:
     """Join the process group (torchrun's env:// by default, or a given store); returns (rank, world_size, device).
 
     backend: "nccl" when CUDA is available, else "gloo". Under NCCL each process uses
@@ -73,12 +80,14 @@ def check_nproc(nproc, backend: str) -> int:
     if backend == "nccl":
         gpus = torch.cuda.device_count()
         if nproc > gpus:
-            raise ValueError(f"{nproc} processes need {nproc} GPUs under NCCL, this machine has {gpus}: "
-                             f"use at most {gpus} processes")
+            raise ValueError(
+                f"{nproc} processes need {nproc} GPUs under NCCL, this machine has {gpus}: use at most {gpus} processes"
+            )
     elif nproc > available_cores():
         cores = available_cores()
-        raise ValueError(f"{nproc} processes on {cores} CPU cores: each rank needs a core of its own; "
-                         f"use at most {cores} processes")
+        raise ValueError(
+            f"{nproc} processes on {cores} CPU cores: each rank needs a core of its own; use at most {cores} processes"
+        )
     return nproc
 
 
@@ -101,8 +110,10 @@ def _die_with_launcher(launcher_pid: int) -> None:
 
 
 def _report(error: BaseException) -> dict:
-    return {"error": f"{type(error).__name__}: {error}".splitlines()[0][:1000],
-            "culprit": error.rank if isinstance(error, RankFailure) else None}
+    return {
+        "error": f"{type(error).__name__}: {error}".splitlines()[0][:1000],
+        "culprit": error.rank if isinstance(error, RankFailure) else None,
+    }
 
 
 def _worker(rank, fn, nproc, port, launcher_pid, init_method, backend, threads, timeout, args, kwargs):
@@ -110,8 +121,14 @@ def _worker(rank, fn, nproc, port, launcher_pid, init_method, backend, threads, 
     torch.set_num_threads(threads)
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=timeout))
     try:
-        init_distributed(backend, init_method=init_method, store=None if init_method else store, rank=rank,
-                         world_size=nproc, timeout=timeout)
+        init_distributed(
+            backend,
+            init_method=init_method,
+            store=None if init_method else store,
+            rank=rank,
+            world_size=nproc,
+            timeout=timeout,
+        )
         fn(*args, **kwargs)
         exit_worker()
     except BaseException as e:  # noqa: BLE001 - one line to the launcher, no traceback
@@ -146,8 +163,11 @@ def failure_line(codes: list[int | None], reports: list[dict | None]) -> tuple[s
     """One line naming the failed rank, from the exit codes (None: still running when stopped) and the
     ranks' reports. A rank's own error comes first, then a rank that ended without a report, then the
     rank that the others named."""
-    own = [r for r, rep in enumerate(reports) if rep is not None and rep["culprit"] is None
-           and not rep["error"].startswith("RankFailure")]
+    own = [
+        r
+        for r, rep in enumerate(reports)
+        if rep is not None and rep["culprit"] is None and not rep["error"].startswith("RankFailure")
+    ]
     silent = [r for r, (code, rep) in enumerate(zip(codes, reports)) if rep is None and code != 0]
     named = [rep["culprit"] for rep in reports if rep is not None and rep["culprit"] is not None]
     if own:
@@ -162,8 +182,11 @@ def failure_line(codes: list[int | None], reports: list[dict | None]) -> tuple[s
         return f"the run failed (exit codes {codes}) and no rank could be named", None
     stopped = [r for r, rep in enumerate(reports) if rep is not None and r != culprit and r not in own]
     also = [r for r in own if r != culprit]
-    tail = "".join(f"; {'ranks' if len(group) > 1 else 'rank'} {', '.join(map(str, group))} {how}"
-                   for group, how in ((stopped, "stopped because of it"), (also, "failed as well")) if group)
+    tail = "".join(
+        f"; {'ranks' if len(group) > 1 else 'rank'} {', '.join(map(str, group))} {how}"
+        for group, how in ((stopped, "stopped because of it"), (also, "failed as well"))
+        if group
+    )
     return f"rank {culprit} {what}{tail}", culprit
 
 
@@ -199,8 +222,16 @@ def _quiet_torch_logs():
             os.environ["TORCH_CPP_LOG_LEVEL"] = old
 
 
-def launch(fn: Callable, nproc: int, *args, backend: str | None = None, init_method: str | None = None,
-           threads: int | None = None, timeout: float = 300.0, **kwargs) -> None:
+def launch(
+    fn: Callable,
+    nproc: int,
+    *args,
+    backend: str | None = None,
+    init_method: str | None = None,
+    threads: int | None = None,
+    timeout: float = 300.0,
+    **kwargs,
+) -> None:
     """Run fn(*args, **kwargs) in `nproc` new local processes, each joined to one process group (gloo on
     CPU, NCCL when every process can have its own GPU). The ranks die with the launcher; when one fails,
     the others are stopped and a RankFailure names it in one line.
@@ -216,12 +247,18 @@ def launch(fn: Callable, nproc: int, *args, backend: str | None = None, init_met
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
     threads = threads or max(1, available_cores() // nproc)
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=datetime.timedelta(seconds=timeout))
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=timeout)
+    )
     with _terminate_on_signals():
         with _quiet_torch_logs():
-            ctx = mp.start_processes(_worker, args=(fn, nproc, store.port, os.getpid(), init_method, backend, threads,
-                                                    timeout, args, kwargs), nprocs=nproc, join=False, start_method="spawn")
+            ctx = mp.start_processes(
+                _worker,
+                args=(fn, nproc, store.port, os.getpid(), init_method, backend, threads, timeout, args, kwargs),
+                nprocs=nproc,
+                join=False,
+                start_method="spawn",
+            )
         procs = ctx.processes
         try:
             first_failure = None

@@ -3,6 +3,7 @@
 Pure functions of the model sizes and the options, computed identically on every rank, so that a run is
 deterministic whatever the timing and every rank knows which messages its neighbours send, in order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -41,8 +42,13 @@ def step_costs(blocks: Sequence[nn.Module], keeps_forward: Sequence[bool]) -> li
     for k, block in enumerate(blocks):
         params = float(_param_count(block))
         kept = keeps_forward[k] and k < n_blocks - 1
-        out.append({"w": params * (1 if kept and k == 0 else 2), "d": params if k < n_blocks - 1 else 0.0,
-                    "g": 0.0 if k == 0 else params * (1 if kept else 2)})
+        out.append(
+            {
+                "w": params * (1 if kept and k == 0 else 2),
+                "d": params if k < n_blocks - 1 else 0.0,
+                "g": 0.0 if k == 0 else params * (1 if kept else 2),
+            }
+        )
     return out
 
 
@@ -50,13 +56,16 @@ def partition_blocks(costs: Sequence[float], world: int) -> list[tuple[int, int]
     """Contiguous groups [lo, hi) of blocks, one per rank, minimising the largest group cost."""
     n = len(costs)
     if not 1 <= world <= n:
-        raise ValueError(f"{n} blocks cannot be shared by {world} ranks: every rank needs at least one block "
-                         f"(use at most {n} processes, or cut the model into more blocks)")
+        raise ValueError(
+            f"{n} blocks cannot be shared by {world} ranks: every rank needs at least one block "
+            f"(use at most {n} processes, or cut the model into more blocks)"
+        )
     return min_max_partition(costs, world)
 
 
-def task_cost_model(costs: Sequence[dict[str, float]], partition: Sequence[tuple[int, int]], *, sweeps: int,
-                    online: bool) -> TaskCost:
+def task_cost_model(
+    costs: Sequence[dict[str, float]], partition: Sequence[tuple[int, int]], *, sweeps: int, online: bool
+) -> TaskCost:
     """Cost of each task of rank r from the block costs; online, the last sweep skips the dual step."""
     n_blocks = len(costs)
 
@@ -68,8 +77,16 @@ def task_cost_model(costs: Sequence[dict[str, float]], partition: Sequence[tuple
         weights = sum(costs[k]["w"] for k in range(lo, hi))
         grad_inside = sum(costs[k + 1]["g"] for k in boundaries if k + 1 < hi)
         grad_down = costs[lo]["g"] if rank > 0 else 0.0
-        return 1.0 + {Task.FORWARD: forward, Task.AUX_DOWN: grad_inside + grad_down, Task.UPDATE: weights + dual,
-                      Task.SEND_GRAD: grad_down, Task.JACOBI_SWEEP: grad_inside + weights + dual}[task]
+        return (
+            1.0
+            + {
+                Task.FORWARD: forward,
+                Task.AUX_DOWN: grad_inside + grad_down,
+                Task.UPDATE: weights + dual,
+                Task.SEND_GRAD: grad_down,
+                Task.JACOBI_SWEEP: grad_inside + weights + dual,
+            }[task]
+        )
 
     return cost
 
@@ -113,8 +130,9 @@ def sends(task: Task, sweep: int, rank: int, world: int, sweeps: int) -> list[st
     return []
 
 
-def build_schedule(n_batches: int, world: int, *, order: str, sweeps: int, staleness: int,
-                   task_cost: TaskCost) -> list[list[TaskKey]]:
+def build_schedule(
+    n_batches: int, world: int, *, order: str, sweeps: int, staleness: int, task_cost: TaskCost
+) -> list[list[TaskKey]]:
     """Per rank, the list of tasks (batch, task, sweep) in execution order.
 
     A list schedule of the task graph: each rank runs, among its ready tasks, the one that can start first

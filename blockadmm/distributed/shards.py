@@ -2,6 +2,7 @@
 atomic, checksummed, refusing non-finite state, never unpickling code) under folder/step-<n>/, committed by
 rank 0's `latest.json`, whose step folder must be a plain step-<n> name inside the checkpoint folder. A
 resume checks every rank's shard before any rank changes anything."""
+
 from __future__ import annotations
 
 import copy
@@ -48,15 +49,26 @@ def shard_state(trainer) -> dict:
     """What one rank's resume needs: its blocks, optimizers, penalties, tables and the run's counters."""
     engine = trainer.engine
     return {
-        "format": FORMAT, "rank": trainer.rank, "world_size": trainer.world,
-        "partition": [list(p) for p in trainer.partition], "config": asdict(trainer.config), "mode": trainer.mode,
-        "schedule": trainer.schedule, "staleness": trainer.staleness, "shapes": [list(s) for s in trainer.shapes],
+        "format": FORMAT,
+        "rank": trainer.rank,
+        "world_size": trainer.world,
+        "partition": [list(p) for p in trainer.partition],
+        "config": asdict(trainer.config),
+        "mode": trainer.mode,
+        "schedule": trainer.schedule,
+        "staleness": trainer.staleness,
+        "shapes": [list(s) for s in trainer.shapes],
         "blocks": {k: trainer.blocks[k].state_dict() for k in trainer.own},
         "shared_optimizer": trainer.shared_optimizer,
         "optimizers": [o.state_dict() for o in _distinct(engine.optimizers)],
-        "rho": list(engine.rho), "rho_window": copy.deepcopy(engine.rho_schedule.window),
-        "rho_prev": list(engine.rho_schedule.prev), "step_count": trainer.step_count, "epoch": trainer.epoch,
-        "epoch_step": trainer.epoch_step, "history": copy.deepcopy(trainer.history), "rng": torch.get_rng_state(),
+        "rho": list(engine.rho),
+        "rho_window": copy.deepcopy(engine.rho_schedule.window),
+        "rho_prev": list(engine.rho_schedule.prev),
+        "step_count": trainer.step_count,
+        "epoch": trainer.epoch,
+        "epoch_step": trainer.epoch_step,
+        "history": copy.deepcopy(trainer.history),
+        "rng": torch.get_rng_state(),
         "tables": None if trainer.tables is None else trainer.tables.state_dict(),
     }
 
@@ -70,15 +82,26 @@ def save_shards(trainer, folder: str) -> str:
     try:
         os.makedirs(step_dir, exist_ok=True)
         memmap = trainer.tables is not None and trainer.tables.storage == "memmap"
-        save_checkpoint(os.path.join(step_dir, shard_name(trainer.rank, trainer.world)), shard_state(trainer),
-                        tables=trainer.tables.files() if memmap else None)
+        save_checkpoint(
+            os.path.join(step_dir, shard_name(trainer.rank, trainer.world)),
+            shard_state(trainer),
+            tables=trainer.tables.files() if memmap else None,
+        )
     except Exception as e:  # noqa: BLE001 - every rank hears of it in agree()
         failed = e
     trainer.comm.agree(failed, f"to write its checkpoint shard under {step_dir} (latest.json not updated)")
     if trainer.rank == 0:
-        commit(folder, {"step": trainer.step_count, "epoch": trainer.epoch, "epoch_step": trainer.epoch_step,
-                        "world_size": trainer.world, "partition": [list(p) for p in trainer.partition],
-                        "dir": os.path.basename(step_dir)})
+        commit(
+            folder,
+            {
+                "step": trainer.step_count,
+                "epoch": trainer.epoch,
+                "epoch_step": trainer.epoch_step,
+                "world_size": trainer.world,
+                "partition": [list(p) for p in trainer.partition],
+                "dir": os.path.basename(step_dir),
+            },
+        )
     trainer.comm.all_reduce(torch.zeros(1), "the checkpoint commit")
     return step_dir
 
@@ -105,22 +128,32 @@ def read_checkpoint_meta(folder: str, world_size: int, partition: Sequence[tuple
         with open(latest) as f:
             meta = json.load(f)
         step, world, parts, step_dir = meta["step"], meta["world_size"], meta["partition"], meta["dir"]
-        ok = (isinstance(step, int) and isinstance(world, int) and isinstance(step_dir, str)
-              and isinstance(parts, list) and all(isinstance(p, list) and len(p) == 2 for p in parts))
+        ok = (
+            isinstance(step, int)
+            and isinstance(world, int)
+            and isinstance(step_dir, str)
+            and isinstance(parts, list)
+            and all(isinstance(p, list) and len(p) == 2 for p in parts)
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointMismatch(f"{latest} is not a blockadmm checkpoint index ({type(e).__name__}: {e})") from e
     if not ok:
         raise CheckpointMismatch(f"{latest} is not a blockadmm checkpoint index (fields of the wrong type)")
     if not STEP_DIR.fullmatch(step_dir):
-        raise CheckpointMismatch(f"{latest} names the shard folder {step_dir!r}, which is not a step-<n> folder inside "
-                                 f"{folder}: the index was altered; restore it or start without resuming")
+        raise CheckpointMismatch(
+            f"{latest} names the shard folder {step_dir!r}, which is not a step-<n> folder inside "
+            f"{folder}: the index was altered; restore it or start without resuming"
+        )
     if world != world_size:
         raise CheckpointMismatch(
             f"the checkpoint in {folder} was written by {world} ranks, this run has {world_size}: "
-            f"resume with {world} processes (e.g. --nproc {world})")
+            f"resume with {world} processes (e.g. --nproc {world})"
+        )
     if partition is not None and [list(p) for p in partition] != parts:
-        raise CheckpointMismatch(f"the checkpoint in {folder} splits the blocks as {parts}, "
-                                 f"this run as {[list(p) for p in partition]}: pass partition= to match")
+        raise CheckpointMismatch(
+            f"the checkpoint in {folder} splits the blocks as {parts}, "
+            f"this run as {[list(p) for p in partition]}: pass partition= to match"
+        )
     return meta
 
 
@@ -129,12 +162,16 @@ def load_shard(folder: str, rank: int, world: int, partition: Sequence[tuple[int
     meta = read_checkpoint_meta(folder, world, partition)
     path = os.path.join(folder, meta["dir"], shard_name(rank, world))
     if not os.path.exists(path):
-        raise CheckpointMismatch(f"checkpoint shard {path} of rank {rank} is missing: the checkpoint "
-                                 f"at step {meta['step']} is incomplete; restore the file or start without resuming")
+        raise CheckpointMismatch(
+            f"checkpoint shard {path} of rank {rank} is missing: the checkpoint "
+            f"at step {meta['step']} is incomplete; restore the file or start without resuming"
+        )
     state = load_checkpoint(path, map_location=map_location)
     if state.get("format") != FORMAT:
-        raise CheckpointMismatch(f"{path} is a blockadmm checkpoint but not a shard of the distributed trainer "
-                                 f"(format {state.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointMismatch(
+            f"{path} is a blockadmm checkpoint but not a shard of the distributed trainer "
+            f"(format {state.get('format')!r}, expected {FORMAT!r})"
+        )
     return state
 
 
@@ -142,8 +179,10 @@ def _check_shard(trainer, state: dict, where: str) -> ADMMConfig:
     """Raise unless `state` fits this rank's trainer whole; changes nothing. Returns the checkpoint's config."""
     try:
         if state["world_size"] != trainer.world or [tuple(p) for p in state["partition"]] != trainer.partition:
-            raise CheckpointMismatch(f"it is from a run with {state['world_size']} ranks, partition "
-                                     f"{state['partition']}; this run has {trainer.world}, partition {trainer.partition}")
+            raise CheckpointMismatch(
+                f"it is from a run with {state['world_size']} ranks, partition "
+                f"{state['partition']}; this run has {trainer.world}, partition {trainer.partition}"
+            )
         if [tuple(s) for s in state["shapes"]] != [tuple(s) for s in trainer.shapes] or state["mode"] != trainer.mode:
             raise CheckpointMismatch(f"it is for another model or mode ({state['mode']}, shapes {state['shapes']})")
         if set(state["blocks"]) != set(trainer.own):
@@ -152,8 +191,10 @@ def _check_shard(trainer, state: dict, where: str) -> ADMMConfig:
             check_module_state(trainer.blocks[k], state["blocks"][k], f"block {k}'s state")
         optimizers = _distinct(trainer.engine.optimizers)
         if state["shared_optimizer"] != trainer.shared_optimizer or len(state["optimizers"]) != len(optimizers):
-            raise CheckpointMismatch(f"it holds {len(state['optimizers'])} optimizer(s) (shared_optimizer="
-                                     f"{state['shared_optimizer']}), this rank {len(optimizers)}")
+            raise CheckpointMismatch(
+                f"it holds {len(state['optimizers'])} optimizer(s) (shared_optimizer="
+                f"{state['shared_optimizer']}), this rank {len(optimizers)}"
+            )
         for optimizer, sd in zip(optimizers, state["optimizers"]):
             check_optimizer_state(optimizer, sd, "an optimizer's state")
         if (state["tables"] is None) != (trainer.tables is None):

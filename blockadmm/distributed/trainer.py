@@ -1,9 +1,8 @@
 """DistributedBlockADMM: Block-ADMM with its blocks spread over the ranks of a process group, each rank
 driving the engine's primitives (blockadmm.engine) on the blocks it owns."""
+
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -13,11 +12,12 @@ import torch.distributed as dist
 from torch import nn
 
 from ..blocks import check_chain, fusable_linear, make_blocks
-from ..engine import ADMMConfig, BatchState, Engine, EpochScheduledBlock, get_preset
+from ..engine import ADMMConfig, BatchState, Engine, EpochScheduledBlock
 from ..prox import as_prox
 from ..tables import VariableTables
-from ..trainer import adam, default_optimizer
+from ..trainer import default_optimizer
 from .comm import Comm, Inbox, default_store
+from .options import check_batch, check_partition, resolve_options
 from .schedule import Task, build_schedule, last_task, messages, partition_blocks, step_costs, task_cost_model
 from .shards import load_shards, save_shards, shard_state
 
@@ -35,16 +35,37 @@ class DistributedBlockADMM:
     timeout: seconds any wait on another rank may take before the run stops with a RankFailure.
     """
 
-    def __init__(self, model, *, input_shape, blocks=None, mode: str = "online", num_samples: int | None = None,
-                 optimizer: Callable = default_optimizer, loss: Callable | None = None, constraints=None,
-                 config: ADMMConfig | None = None, preset: str | None = None, schedule: str = "sync",
-                 staleness: int | None = None, partition: Sequence[tuple[int, int]] | None = None,
-                 timeout: float = 60.0, table_storage: str = "device", table_dir: str | None = None,
-                 backend: str = "auto", fused_linear: bool = True, shared_optimizer: bool | None = None, device=None,
-                 seed: int = 0, **config_overrides):
+    def __init__(
+        self,
+        model,
+        *,
+        input_shape,
+        blocks=None,
+        mode: str = "online",
+        num_samples: int | None = None,
+        optimizer: Callable = default_optimizer,
+        loss: Callable | None = None,
+        constraints=None,
+        config: ADMMConfig | None = None,
+        preset: str | None = None,
+        schedule: str = "sync",
+        staleness: int | None = None,
+        partition: Sequence[tuple[int, int]] | None = None,
+        timeout: float = 60.0,
+        table_storage: str = "device",
+        table_dir: str | None = None,
+        backend: str = "auto",
+        fused_linear: bool = True,
+        shared_optimizer: bool | None = None,
+        device=None,
+        seed: int = 0,
+        **config_overrides,
+    ):
         if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialized: call blockadmm.distributed.init_distributed() "
-                               "(under torchrun) or start the processes with blockadmm.distributed.launch()")
+            raise RuntimeError(
+                "torch.distributed is not initialized: call blockadmm.distributed.init_distributed() "
+                "(under torchrun) or start the processes with blockadmm.distributed.launch()"
+            )
         if schedule not in ("sync", "pipeline"):
             raise ValueError(f"schedule must be 'sync' or 'pipeline', got {schedule!r}")
         if mode not in ("online", "batch"):
@@ -53,8 +74,9 @@ class DistributedBlockADMM:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.mode, self.seed, self.schedule = mode, seed, schedule
-        config, optimizer, shared_optimizer = _resolve(preset, config, config_overrides, mode, schedule, optimizer,
-                                                       shared_optimizer)
+        config, optimizer, shared_optimizer = resolve_options(
+            preset, config, config_overrides, mode, schedule, optimizer, shared_optimizer
+        )
         if config.order == "bottom-up":
             raise ValueError("the distributed trainer runs order='jacobi' or 'top-down' (bottom-up is not offered)")
         self.staleness = 0 if schedule == "sync" else (self.world - 1 if staleness is None else int(staleness))
@@ -72,13 +94,17 @@ class DistributedBlockADMM:
         self.shapes = check_chain(chain, self.input_shape, device=None if first is None else first.device)
         self.B = len(chain)
         costs = step_costs(chain, [fused_linear and fusable_linear(b) is not None for b in chain])
-        self.partition = [tuple(p) for p in (partition or partition_blocks([sum(c.values()) for c in costs], self.world))]
-        self._check_partition()
+        self.partition = [
+            tuple(p) for p in (partition or partition_blocks([sum(c.values()) for c in costs], self.world))
+        ]
+        check_partition(self.partition, self.world, self.B)
         self.lo, self.hi = self.partition[self.rank]
         self.own = range(self.lo, self.hi)
         self.owned = [k for k in self.own if k < self.B - 1]  # the boundaries this rank owns: its blocks' outputs
         # placeholders stand for the blocks of other ranks: the engine is only ever called on this rank's range
-        self.blocks = nn.ModuleList([b if k in self.own else nn.Identity() for k, b in enumerate(chain)]).to(self.device)
+        self.blocks = nn.ModuleList([b if k in self.own else nn.Identity() for k, b in enumerate(chain)]).to(
+            self.device
+        )
         nb = self.B - 1
         rho = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * nb
         if len(rho) != nb:
@@ -86,13 +112,23 @@ class DistributedBlockADMM:
         proxes = [None] * nb
         for k, c in (constraints or {}).items():
             if not 0 <= k < nb:
-                raise ValueError(f"constraint on boundary {k}, but boundaries are 0..{nb - 1} (boundary k is block k's output)")
+                raise ValueError(
+                    f"constraint on boundary {k}, but boundaries are 0..{nb - 1} (boundary k is block k's output)"
+                )
             proxes[k] = as_prox(c)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
-        self._class_labels = loss is None  # the default cross-entropy: labels are checked
-        self.engine = Engine(self.blocks, config=config, rho=[float(r) for r in rho], constraints=proxes,
-                             loss_fn=self.loss_fn, default_loss=loss is None, online=mode == "online",
-                             fused_linear=fused_linear, backend=backend)
+        self._classes = self.shapes[-1][-1] if loss is None else None  # the default cross-entropy's labels
+        self.engine = Engine(
+            self.blocks,
+            config=config,
+            rho=[float(r) for r in rho],
+            constraints=proxes,
+            loss_fn=self.loss_fn,
+            default_loss=loss is None,
+            online=mode == "online",
+            fused_linear=fused_linear,
+            backend=backend,
+        )
         trainable = [t and k in self.own for k, t in enumerate(self.engine.trainable)]
         self.shared_optimizer = bool(shared_optimizer)
         if self.shared_optimizer:  # one optimizer over this rank's trainable blocks
@@ -100,7 +136,9 @@ class DistributedBlockADMM:
             shared = optimizer(params) if params else None
             self.engine.optimizers = [shared if t else None for t in trainable]
         else:
-            self.engine.optimizers = [optimizer(list(b.parameters())) if t else None for b, t in zip(self.blocks, trainable)]
+            self.engine.optimizers = [
+                optimizer(list(b.parameters())) if t else None for b, t in zip(self.blocks, trainable)
+            ]
         self._scheduled = [self.blocks[k] for k in self.own if isinstance(self.blocks[k], EpochScheduledBlock)]
         self.tables = None
         if mode == "batch":
@@ -108,27 +146,24 @@ class DistributedBlockADMM:
                 raise ValueError("batch mode keeps variables per training sample: pass num_samples=len(train_dataset)")
             path = None if table_dir is None else os.path.join(table_dir, f"rank{self.rank}")
             # this rank's boundaries only (plus the seen flags): nothing is gathered to one rank
-            self.tables = VariableTables(num_samples, [self.shapes[k] for k in self.owned], storage=table_storage,
-                                         device=self.device, path=path)
+            self.tables = VariableTables(
+                num_samples, [self.shapes[k] for k in self.owned], storage=table_storage, device=self.device, path=path
+            )
         self.timeout = float(timeout)
         self.comm = Comm(self.rank, self.world, self.device, self.timeout, default_store())
         self.comm.join()
         self._task_cost = task_cost_model(costs, self.partition, sweeps=config.sweeps, online=mode == "online")
-        self._tasks = {Task.AUX_DOWN: self._aux_down, Task.UPDATE: self._update, Task.SEND_GRAD: self._send_grad,
-                       Task.JACOBI_SWEEP: self._jacobi_sweep}
+        self._tasks = {
+            Task.AUX_DOWN: self._aux_down,
+            Task.UPDATE: self._update,
+            Task.SEND_GRAD: self._send_grad,
+            Task.JACOBI_SWEEP: self._jacobi_sweep,
+        }
         self.step_count = 0
         self.epoch = 0
         self.epoch_step = 0  # batches of the current epoch done
         self.history: list[dict] = []
         self._in_flight: dict[int, BatchState] = {}  # batches in flight: a penalty change rescales their duals too
-
-    def _check_partition(self):
-        parts = self.partition
-        ok = len(parts) == self.world and parts[0][0] == 0 and parts[-1][1] == self.B and all(
-            lo < hi for lo, hi in parts) and all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
-        if not ok:
-            raise ValueError(f"partition {parts} must give each of the {self.world} ranks a non-empty contiguous "
-                             f"group of the {self.B} blocks, in order")
 
     @property
     def config(self) -> ADMMConfig:
@@ -154,8 +189,9 @@ class DistributedBlockADMM:
         n = len(batches)
         if n == 0:
             return []
-        plans = build_schedule(n, world, order=cfg.order, sweeps=cfg.sweeps, staleness=self.staleness,
-                               task_cost=self._task_cost)
+        plans = build_schedule(
+            n, world, order=cfg.order, sweeps=cfg.sweeps, staleness=self.staleness, task_cost=self._task_cost
+        )
         sizes = [int(b[0].shape[0]) for b in batches]
         self._below = self._above = None
         if r > 0:
@@ -181,32 +217,11 @@ class DistributedBlockADMM:
         return stats
 
     # ------------------------------------------------------------------ tasks (sweep s counts from 1)
-    def _check_batch(self, x, y, index):
-        if tuple(x.shape[1:]) != self.input_shape or x.shape[0] != y.shape[0]:
-            raise ValueError(f"a batch of x {tuple(x.shape)} and y {tuple(y.shape)} does not fit the model's per-sample "
-                             f"input shape {self.input_shape}")
-        if self._class_labels and y.numel():
-            classes = self.shapes[-1][-1]
-            if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1 or int(y.min()) < 0 or int(y.max()) >= classes:
-                raise ValueError(f"cross-entropy needs 1-D integer class labels in 0..{classes - 1}, got {y.dtype} "
-                                 f"of shape {tuple(y.shape)}")
-        if self.mode == "batch":
-            if index is None:
-                raise ValueError("batch mode needs the sample index of every row: use a dataset that yields (x, y, index)")
-            if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-                raise TypeError(f"sample indices must be integers, got {index.dtype}: pass the dataset's index column")
-            if index.shape != (x.shape[0],) or torch.unique(index).numel() != index.numel():
-                raise ValueError(f"batch mode needs one distinct sample index per row, got {index.numel()} indices "
-                                 f"({torch.unique(index).numel()} distinct) for {x.shape[0]} rows")
-            rows = self.tables.num_samples
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= rows):
-                raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{rows - 1}")
-
     def _forward(self, t, batch, step) -> BatchState:
         """The forward through this rank's blocks from the input received from below; z and u start."""
         x, y = batch[0].to(self.device), batch[1].to(self.device)
         index = None if len(batch) < 3 else torch.as_tensor(batch[2])
-        self._check_batch(x, y, index)
+        check_batch(x, y, index, self.input_shape, self._classes, self.tables)
         for k in self.own:
             self.blocks[k].train()
         index = None if index is None else index.long()
@@ -233,8 +248,11 @@ class DistributedBlockADMM:
 
     def _gradient_down(self, state):
         """The gradient of block lo's term in z_{lo-1}, for the rank below."""
-        self.comm.isend(self.engine.consumer_grad(state, self.lo - 1, state.z_src[self.lo - 1], state.kept[self.lo]),
-                        self.rank - 1, "down")
+        self.comm.isend(
+            self.engine.consumer_grad(state, self.lo - 1, state.z_src[self.lo - 1], state.kept[self.lo]),
+            self.rank - 1,
+            "down",
+        )
 
     def _from_above(self, t, task, s):
         grad = self._above.get((t, task, s), "the gradient from above")
@@ -304,7 +322,11 @@ class DistributedBlockADMM:
     @torch.no_grad()
     def evaluate(self, data, batch_size: int = 1000) -> dict[str, float]:
         """Loss and accuracy of the composed network, the activations passed up the ranks; same result on all."""
-        loader = data if isinstance(data, torch.utils.data.DataLoader) else torch.utils.data.DataLoader(data, batch_size=batch_size)
+        loader = (
+            data
+            if isinstance(data, torch.utils.data.DataLoader)
+            else torch.utils.data.DataLoader(data, batch_size=batch_size)
+        )
         r = self.rank
         for k in self.own:
             self.blocks[k].eval()
@@ -315,7 +337,9 @@ class DistributedBlockADMM:
                     x, y = batch[0].to(self.device), batch[1].to(self.device)
                     h = x
                     if r > 0:
-                        h = self.comm.recv((x.shape[0], *self.shapes[self.lo - 1]), r - 1, "up", "activations for evaluation")
+                        h = self.comm.recv(
+                            (x.shape[0], *self.shapes[self.lo - 1]), r - 1, "up", "activations for evaluation"
+                        )
                     for k in self.own:
                         h = self.blocks[k](h)
                     if r < self.world - 1:
@@ -329,15 +353,27 @@ class DistributedBlockADMM:
         finally:
             for k in self.own:
                 self.blocks[k].train()
-        v = self.comm.all_reduce(torch.tensor([loss_sum, float(correct), float(total)], dtype=torch.float64),
-                                 "evaluation totals")
+        v = self.comm.all_reduce(
+            torch.tensor([loss_sum, float(correct), float(total)], dtype=torch.float64), "evaluation totals"
+        )
         tot = max(float(v[2]), 1.0)
         return {"loss": float(v[0]) / tot, "acc": float(v[1]) / tot}
 
     # ------------------------------------------------------------------ epochs
-    def fit(self, train, epochs: int, *, batch_size: int = 100, test=None, val=None, checkpoint: str | None = None,
-            checkpoint_every: int | None = None, progress: bool = True, eval_train: bool = True,
-            on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+    def fit(
+        self,
+        train,
+        epochs: int,
+        *,
+        batch_size: int = 100,
+        test=None,
+        val=None,
+        checkpoint: str | None = None,
+        checkpoint_every: int | None = None,
+        progress: bool = True,
+        eval_train: bool = True,
+        on_epoch: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
         """Train until `epochs` epochs are done (continuing after a resume), like BlockADMM.fit.
 
         checkpoint: a folder; every rank writes its shard after every epoch and every `checkpoint_every`
@@ -346,8 +382,10 @@ class DistributedBlockADMM:
         from ..data import make_loader
 
         if self.tables is not None and len(train) != self.tables.num_samples:
-            raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
-                             f"{self.tables.num_samples}: pass num_samples=len(train)")
+            raise ValueError(
+                f"the training set has {len(train)} samples but the batch-mode tables were built for "
+                f"{self.tables.num_samples}: pass num_samples=len(train)"
+            )
         nb, world = self.B - 1, self.world
         for epoch in range(self.epoch, epochs):
             for block in self._scheduled:
@@ -356,13 +394,13 @@ class DistributedBlockADMM:
             t0, cpu0, wait0 = time.perf_counter(), time.process_time(), self.comm.wait_s
             # loss, primal and dual residual per boundary, batch count, then per rank CPU and wait seconds
             sums = torch.zeros(1 + 2 * nb + 1 + 2 * world, dtype=torch.float64)
-            batches = list(loader)[self.epoch_step:]  # resumed mid-epoch: the batches done already are skipped
+            batches = list(loader)[self.epoch_step :]  # resumed mid-epoch: the batches done already are skipped
             pos = 0
             while pos < len(batches):
                 seg = len(batches) - pos
                 if checkpoint and checkpoint_every:
                     seg = min(seg, checkpoint_every - self.step_count % checkpoint_every)
-                for s in self.run_batches(batches[pos:pos + seg], self.step_count):
+                for s in self.run_batches(batches[pos : pos + seg], self.step_count):
                     if s["loss"] is not None:
                         sums[0] += s["loss"]
                     for k, v in s["primal"].items():
@@ -379,11 +417,19 @@ class DistributedBlockADMM:
             tot = self.comm.all_reduce(sums, "epoch statistics")
             wall = time.perf_counter() - t0
             n = max(float(tot[1 + 2 * nb]) / world, 1.0)
-            record = {"epoch": epoch + 1, "loss": float(tot[0]) / n, "primal_residual": [float(v) / n for v in tot[1:1 + nb]],
-                      "dual_residual": [float(v) / n for v in tot[1 + nb:1 + 2 * nb]], "rho": self._gather_rho(),
-                      "wall_s": wall, "world_size": world, "schedule": self.schedule, "staleness": self.staleness,
-                      "rank_cpu_s": [round(float(v), 3) for v in tot[2 + 2 * nb:2 + 2 * nb + world]],
-                      "rank_wait_s": [round(float(v), 3) for v in tot[2 + 2 * nb + world:]]}
+            record = {
+                "epoch": epoch + 1,
+                "loss": float(tot[0]) / n,
+                "primal_residual": [float(v) / n for v in tot[1 : 1 + nb]],
+                "dual_residual": [float(v) / n for v in tot[1 + nb : 1 + 2 * nb]],
+                "rho": self._gather_rho(),
+                "wall_s": wall,
+                "world_size": world,
+                "schedule": self.schedule,
+                "staleness": self.staleness,
+                "rank_cpu_s": [round(float(v), 3) for v in tot[2 + 2 * nb : 2 + 2 * nb + world]],
+                "rank_wait_s": [round(float(v), 3) for v in tot[2 + 2 * nb + world :]],
+            }
             if eval_train:
                 record["train_acc"] = self.evaluate(train)["acc"]
             for name, ds in (("val", val), ("test", test)):
@@ -397,9 +443,12 @@ class DistributedBlockADMM:
             if on_epoch:
                 on_epoch(record)
             if progress and self.rank == 0:
-                print(f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}"
-                      + "".join(f", {k} {record[k]:.4f}" for k in ("train_acc", "test_acc") if k in record)
-                      + f", {wall:.2f} s", flush=True)
+                print(
+                    f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}"
+                    + "".join(f", {k} {record[k]:.4f}" for k in ("train_acc", "test_acc") if k in record)
+                    + f", {wall:.2f} s",
+                    flush=True,
+                )
         return self.history
 
     def _gather_rho(self) -> list[float]:
@@ -421,30 +470,3 @@ class DistributedBlockADMM:
         """Resume from the newest committed checkpoint in `folder`, every shard checked before anything changes
         (collective: call on every rank)."""
         load_shards(self, folder)
-
-
-def _resolve(preset, config, overrides, mode, schedule, optimizer, shared_optimizer):
-    """(config, optimizer factory, shared_optimizer) from a preset or config and keyword overrides, as
-    BlockADMM takes them; the order is the schedule's (Jacobi for sync) unless the caller or the preset sets it."""
-    recipe = None
-    if preset is not None:
-        if config is not None:
-            raise ValueError("pass either preset= or config=, not both (override preset fields as keywords)")
-        recipe = get_preset(preset)
-        if recipe.mode is not None and recipe.mode != mode:
-            raise ValueError(f"preset {preset!r} is the recipe for mode={recipe.mode!r}, got mode={mode!r}: "
-                             f"pass mode={recipe.mode!r} or the preset of the other mode")
-        config = ADMMConfig.preset(preset)
-        if optimizer is default_optimizer:
-            optimizer = adam(recipe.weight_lr)
-        if shared_optimizer is None:
-            shared_optimizer = recipe.shared_optimizer
-    order_set = "order" in overrides or (recipe is None and config is not None) or "order" in getattr(recipe, "config", {})
-    if not order_set:
-        overrides = {**overrides, "order": "jacobi" if schedule == "sync" else "top-down"}
-    names = {f.name for f in dataclasses.fields(ADMMConfig)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise TypeError(f"unknown argument(s) {sorted(unknown)}; trainer options are ADMMConfig fields: {sorted(names)}")
-    return dataclasses.replace(copy.deepcopy(config) if config is not None else ADMMConfig(), **overrides), \
-        optimizer, shared_optimizer
