@@ -85,8 +85,10 @@ def make_blocks(model, blocks=None) -> list[nn.Module]:
         return mods
     if blocks is None:
         return [model]
-    if isinstance(blocks, int):
+    if isinstance(blocks, int) and not isinstance(blocks, bool):
         return list(split_balanced(model, blocks))
+    if not isinstance(blocks, (list, tuple)) or not all(isinstance(c, int) and not isinstance(c, bool) for c in blocks):
+        raise TypeError(f"blocks must be a number of blocks (an int) or a list of cut indices (ints), got {blocks!r}")
     return list(split_sequential(model, list(blocks)))
 
 
@@ -95,7 +97,8 @@ def _describe(m: nn.Module) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def check_chain(blocks: Sequence[nn.Module], input_shape: tuple[int, ...], device=None, dtype=torch.float32) -> list[tuple[int, ...]]:
+def check_chain(blocks: Sequence[nn.Module], input_shape: tuple[int, ...], device=None,
+                dtype=torch.float32) -> list[tuple[int, ...]]:
     """Run one dummy sample through the blocks; return each block's per-sample output shape.
 
     A block that cannot take its predecessor's output is reported with both blocks and shapes named.

@@ -76,6 +76,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
                         "the checkpoint's values, the others are the checkpoint's")
     p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
+    p.add_argument("--stop-on-divergence", action="store_true",
+                   help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
+                        "without it that is a warning in the log and in metrics.json")
     p.add_argument("--nproc", type=_positive(int), default=1,
                    help="run the blocks on N local processes (blockadmm.distributed), at most one per block and core")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
@@ -123,7 +126,7 @@ def build_network(args, input_shape, num_classes):
 def cmd_train(args) -> int:
     from . import data
     from .report import plot_curves, print_table
-    from .trainer import BlockADMM, adam
+    from .trainer import BlockADMM, DivergenceError, NonFiniteError, adam
 
     explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
     resolve_preset(args)
@@ -167,7 +170,11 @@ def cmd_train(args) -> int:
             args.lr = lrs.pop() if len(lrs) == 1 else args.lr
             resumes["admm-" + mode] = trainer.resumes
         print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
-        runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt, **fit_kw)
+        try:
+            runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt,
+                                               stop_on_divergence=args.stop_on_divergence, **fit_kw)
+        except (NonFiniteError, DivergenceError) as e:
+            raise SystemExit(f"admm-{mode}: {e}") from None
     if args.compare == "backprop":
         print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
         bp = BlockADMM(copy.deepcopy(model), input_shape=splits.input_shape, optimizer=optimizer, sweeps=1, device=args.device, seed=args.seed)
@@ -251,6 +258,8 @@ def launch_train(args, explicit: dict) -> int:
     if args.nproc > n_blocks:
         raise SystemExit(f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
                          f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)")
+    if args.stop_on_divergence:
+        raise SystemExit("blockadmm train: --stop-on-divergence watches a run in one process; drop it with --nproc")
     if args.resume and explicit:
         flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
         raise SystemExit(f"blockadmm train: --nproc {args.nproc} --resume continues with the checkpoint's "

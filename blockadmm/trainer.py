@@ -21,6 +21,7 @@ from torch import nn
 
 from .blocks import check_chain, fusable_linear, make_blocks
 from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, Kept, get_preset
+from .engine.batch import check_batch, on_device
 from .engine.checkpoint import (
     TABLE_FILES,
     CheckpointError,
@@ -30,6 +31,7 @@ from .engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .engine.divergence import DivergenceError, DivergenceGuard
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -180,6 +182,8 @@ class BlockADMM:
         self.epoch = 0
         self.history: list[dict] = []
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
+        n_out = self.shapes[-1][-1]
+        self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
 
     @property
     def config(self) -> ADMMConfig:
@@ -216,36 +220,15 @@ class BlockADMM:
 
     # ---------------------------------------------------------------- one mini-batch
     def _check_batch(self, x, y, index):
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input batch has per-sample shape {tuple(x.shape[1:])}, "
-                             f"the model was built for {self.input_shape}")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        if self._default_loss:
-            n_classes = self.shapes[-1][-1]
-            if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
-                raise ValueError(f"cross-entropy needs 1-D integer class labels, "
-                                 f"got {y.dtype} of shape {tuple(y.shape)}")
-            lo, hi = torch.stack(torch.aminmax(y)).tolist() if y.numel() else (0, 0)
-            if lo < 0 or hi >= n_classes:
-                raise ValueError(f"labels must lie in 0..{n_classes - 1} (the last block has {n_classes} outputs), "
-                                 f"got {lo}..{hi}")
-        if self.mode == "batch":
-            if index is None:
-                raise ValueError(
-                    "batch mode needs the sample index of every row: use a dataset that yields (x, y, index) "
-                    "(every blockadmm.data dataset does) and call step(x, y, index), or use mode='online'"
-                )
-            n = self.tables.num_samples
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-                raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{n - 1}: "
-                                 f"num_samples must be the length of the training set")
+        """The batch checks (engine.batch), with this trainer's shapes; the index as int64."""
+        return check_batch(x, y, index, input_shape=self.input_shape,
+                           n_classes=self.shapes[-1][-1] if self._default_loss else None,
+                           num_samples=None if self.tables is None else self.tables.num_samples)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
         """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
-        x, y = x.to(self.device), y.to(self.device)
-        index = None if index is None else torch.as_tensor(index, dtype=torch.long)
-        self._check_batch(x, y, index)
+        x, y = self._on_device(x, y)
+        index = self._check_batch(x, y, index)
         for b in self.blocks:
             b.train()
         engine, blocks, boundaries = self.engine, range(self.n_blocks), range(self.n_blocks - 1)
@@ -330,7 +313,7 @@ class BlockADMM:
             b.eval()
         total, loss_sum, correct = 0, 0.0, 0
         for batch in loader:
-            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            x, y = self._on_device(batch[0], batch[1])
             out = self.forward(x)
             loss_sum += float(self.loss_fn(out, y)) * x.shape[0]
             if y.dim() == 1:
@@ -338,7 +321,14 @@ class BlockADMM:
             total += x.shape[0]
         for b, t in zip(self.blocks, was):
             b.train(t)
+        if not math.isfinite(loss_sum):
+            raise NonFiniteError("evaluation gave a non-finite loss: the data hold NaN/inf, or the weights do; "
+                                 "check the data (an accuracy from it would mean nothing)")
         return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
+
+    def _on_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
+        return on_device(x, y, self.device, dtype)
 
     # ---------------------------------------------------------------- epochs
     def fit(
@@ -352,21 +342,31 @@ class BlockADMM:
         checkpoint: str | None = None,
         progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
+        stop_on_divergence: bool = False,
     ) -> list[dict]:
         """Train until `epochs` epochs are done (continuing from self.epoch after a resume).
 
         Data order is a function of (seed, epoch), so a run resumed from a checkpoint repeats exactly
         what the uninterrupted run would have done. With `checkpoint`, the state is saved atomically
         after every epoch; a non-finite value stops training and leaves the last good checkpoint.
+        Divergence without NaN (self.divergence: the loss at chance level or growing) is a warning in the log
+        and the epoch's record ("divergence"), or, with stop_on_divergence, a DivergenceError.
         """
         from tqdm.auto import tqdm
 
         from .data import make_loader
 
+        if len(train) == 0:
+            raise ValueError("the training set is empty")
         if self.tables is not None and len(train) != self.tables.num_samples:
             raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
                              f"{self.tables.num_samples}: pass num_samples=len(train)")
+        def last_good() -> str:
+            exists = checkpoint and os.path.exists(checkpoint)
+            return f" The last good checkpoint is {checkpoint} (epoch {self.epoch})." if exists else ""
+
         for epoch in range(self.epoch, epochs):
+            diverging = None
             for b in self._scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
                 b.admm_set_epoch(epoch)
             loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
@@ -379,10 +379,14 @@ class BlockADMM:
                 try:
                     s = self.step(x, y, index)
                 except NonFiniteError as e:
-                    where = ""
-                    if checkpoint and os.path.exists(checkpoint):
-                        where = f" The last good checkpoint is {checkpoint} (epoch {self.epoch})."
-                    raise NonFiniteError(f"{e}{where}") from e
+                    raise NonFiniteError(f"{e}{last_good()}") from e
+                reason = self.divergence.update(s.loss)
+                if reason and diverging is None:
+                    diverging = f"training diverges at step {self.step_count} (epoch {epoch + 1}): {reason}"
+                    if stop_on_divergence:
+                        raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
+                                              f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
+                    logging.getLogger(__name__).warning("%s", diverging)
                 vec = [s.loss] + s.primal + s.dual
                 sums = vec if sums is None else [a + b for a, b in zip(sums, vec)]
                 n += 1
@@ -402,6 +406,8 @@ class BlockADMM:
                 if ds is not None:
                     ev = self.evaluate(ds)
                     record[f"{name}_acc"], record[f"{name}_loss"] = ev["acc"], ev["loss"]
+            if diverging:
+                record["divergence"] = diverging
             self.epoch = epoch + 1
             self.history.append(record)
             if checkpoint:
@@ -427,6 +433,7 @@ class BlockADMM:
             "epoch": self.epoch,
             "history": copy.deepcopy(self.history),
             "resumes": copy.deepcopy(self.resumes),
+            "divergence": self.divergence.state_dict(),
             "rng": torch.get_rng_state(),
             "tables": None if self.tables is None else self.tables.state_dict(),
         }
@@ -460,6 +467,7 @@ class BlockADMM:
         self.step_count, self.epoch = state["step_count"], state["epoch"]
         self.history = copy.deepcopy(state["history"])
         self.resumes = copy.deepcopy(state["resumes"])
+        self.divergence.load_state_dict(state["divergence"])
         if changed:
             self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
             logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,
@@ -473,11 +481,13 @@ class BlockADMM:
             raise CheckpointError(f"the checkpoint is for blocks with output shapes {state['shapes']}, "
                                   f"this model has {self.shapes}")
         if state["mode"] != self.mode:
-            raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, this trainer is in {self.mode} mode")
+            raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, "
+                                  f"this trainer is in {self.mode} mode")
         shared, optimizer_states = state["shared_optimizer"], state["optimizers"]
         if shared != self.shared_optimizer or len(optimizer_states) != len(self._optimizer_list):
-            raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) (shared_optimizer={shared}), "
-                                  f"this trainer {len(self._optimizer_list)} (shared_optimizer={self.shared_optimizer}): "
+            raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) "
+                                  f"(shared_optimizer={shared}), this trainer {len(self._optimizer_list)} "
+                                  f"(shared_optimizer={self.shared_optimizer}): "
                                   f"build the trainer with shared_optimizer={shared}")
         for k, (b, sd) in enumerate(zip(self.blocks, state["blocks"])):
             check_module_state(b, sd, f"block {k}'s state")

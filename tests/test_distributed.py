@@ -555,6 +555,7 @@ def _cli(tmp_path, *flags):
         (["--nproc", "2", "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
         (["--nproc", "3", "--hidden", "16"], "--nproc 3 needs at least 3 blocks, the network has 2"),
         (["--nproc", "3", "--hidden", "16,16,16"], "--nproc: 3 processes on 2 CPU cores: each rank needs a core"),
+        (["--nproc", "2", "--stop-on-divergence"], "--stop-on-divergence watches a run in one process"),
         (
             ["--nproc", "2", "--resume", "--lr", "0.01"],
             (
@@ -606,13 +607,14 @@ def test_one_rank_equals_single_process_and_checks_each_batch(one_rank):
     bad = [
         ((x, y, torch.tensor([True, False, True])), TypeError, "sample indices must be integers"),
         ((x, y, torch.tensor([1.0, 2.0, 3.0])), TypeError, "sample indices must be integers"),
-        ((x, y, torch.tensor([4, 4, 5])), ValueError, "one distinct sample index per row"),
-        ((x, y, torch.tensor([4, 5])), ValueError, "one distinct sample index per row"),
+        ((x, y, torch.tensor([4, 4, 5])), ValueError, "a sample index appears twice in one batch"),
+        ((x, y, torch.tensor([4, 5])), ValueError, "the sample index has shape"),
+        ((x[:0], y[:0], torch.tensor([], dtype=torch.long)), ValueError, "the mini-batch is empty"),
         ((x, y, torch.tensor([0, 1, N])), IndexError, f"outside the tables' 0..{N - 1}"),
         ((x, y), ValueError, "needs the sample index of every row"),
         ((x, y.float(), torch.tensor([0, 1, 2])), ValueError, "integer class labels"),
-        ((x, torch.tensor([0, 1, N_CLS]), torch.tensor([0, 1, 2])), ValueError, f"labels in 0..{N_CLS - 1}"),
-        ((torch.randn(3, D_IN + 1), y, torch.tensor([0, 1, 2])), ValueError, "does not fit the model's"),
+        ((x, torch.tensor([0, 1, N_CLS]), torch.tensor([0, 1, 2])), ValueError, f"labels must lie in 0..{N_CLS - 1}"),
+        ((torch.randn(3, D_IN + 1), y, torch.tensor([0, 1, 2])), ValueError, "input batch has per-sample shape"),
     ]
     tables = [t.clone() for t in [tr.tables.seen] + tr.tables.z + tr.tables.u]
     for batch, error, match in bad:

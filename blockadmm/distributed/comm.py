@@ -39,9 +39,16 @@ class Comm:
     all with the deadline `timeout`; the store keys under blockadmm/ carry the failure diagnosis."""
 
     def __init__(
-        self, rank: int, world: int, device: torch.device, timeout: float, store=None, backend: str | None = None
+        self,
+        rank: int,
+        world: int,
+        device: torch.device,
+        timeout: float,
+        store=None,
+        backend: str | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
-        self.rank, self.world, self.device = rank, world, device
+        self.rank, self.world, self.device, self.dtype = rank, world, device, dtype  # dtype: of every message
         self.backend = backend or dist.get_backend()
         self.timeout = float(timeout)
         self.grace = min(3.0, max(0.5, self.timeout / 4))  # for the ranks of a chain of waits to publish
@@ -85,7 +92,7 @@ class Comm:
             self.wait(work, peer, "a message to be taken")
 
     def recv(self, shape: Sequence[int], peer: int, direction: str, what: str) -> torch.Tensor:
-        buf = torch.empty(tuple(shape), dtype=torch.float32, device=self.device)
+        buf = torch.empty(tuple(shape), dtype=self.dtype, device=self.device)
         self.wait(dist.irecv(buf, src=peer, group=self.groups[direction]), peer, what)
         return buf
 
@@ -209,7 +216,7 @@ class Inbox:
 
     def _post(self) -> None:
         key = self.keys[self.pos]
-        buf = torch.empty(self.shape_of(key), dtype=torch.float32, device=self.comm.device)
+        buf = torch.empty(self.shape_of(key), dtype=self.comm.dtype, device=self.comm.device)
         self.posted[key] = (buf, dist.irecv(buf, src=self.peer, group=self.comm.groups[self.direction]))
         self.pos += 1
 

@@ -13,11 +13,12 @@ from torch import nn
 
 from ..blocks import check_chain, fusable_linear, make_blocks
 from ..engine import ADMMConfig, BatchState, Engine, EpochScheduledBlock
+from ..engine.batch import check_batch, on_device
 from ..prox import as_prox
 from ..tables import VariableTables
 from ..trainer import default_optimizer
 from .comm import Comm, Inbox, default_store
-from .options import check_batch, check_partition, resolve_options
+from .options import check_partition, resolve_options
 from .schedule import Task, build_schedule, last_task, messages, partition_blocks, step_costs, task_cost_model
 from .shards import load_shards, save_shards, shard_state
 
@@ -118,6 +119,7 @@ class DistributedBlockADMM:
             proxes[k] = as_prox(c)
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self._classes = self.shapes[-1][-1] if loss is None else None  # the default cross-entropy's labels
+        self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         self.engine = Engine(
             self.blocks,
             config=config,
@@ -150,7 +152,7 @@ class DistributedBlockADMM:
                 num_samples, [self.shapes[k] for k in self.owned], storage=table_storage, device=self.device, path=path
             )
         self.timeout = float(timeout)
-        self.comm = Comm(self.rank, self.world, self.device, self.timeout, default_store())
+        self.comm = Comm(self.rank, self.world, self.device, self.timeout, default_store(), dtype=self.dtype)
         self.comm.join()
         self._task_cost = task_cost_model(costs, self.partition, sweeps=config.sweeps, online=mode == "online")
         self._tasks = {
@@ -219,12 +221,18 @@ class DistributedBlockADMM:
     # ------------------------------------------------------------------ tasks (sweep s counts from 1)
     def _forward(self, t, batch, step) -> BatchState:
         """The forward through this rank's blocks from the input received from below; z and u start."""
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
-        index = None if len(batch) < 3 else torch.as_tensor(batch[2])
-        check_batch(x, y, index, self.input_shape, self._classes, self.tables)
+        x, y = on_device(batch[0], batch[1], self.device, self.dtype)
+        num_samples = None if self.tables is None else self.tables.num_samples
+        index = check_batch(
+            x,
+            y,
+            None if len(batch) < 3 else batch[2],
+            input_shape=self.input_shape,
+            n_classes=self._classes,
+            num_samples=num_samples,
+        )
         for k in self.own:
             self.blocks[k].train()
-        index = None if index is None else index.long()
         state = self.engine.new_batch(x if self.lo == 0 else None, y, index, step=step, epoch=self.epoch)
         # block lo's input: z_{lo-1}, which at the start of a batch is the forward below wherever the forward
         # is used (online: everywhere; batch mode: on the rows seen for the first time)
