@@ -15,6 +15,7 @@ stands for a device). Rows, all measured in the same run:
 The reported epoch time is the median over the timed epochs (after one warm-up epoch); the speedup is
 single-1t / row. Numbers go to bench/results/distributed-<host>.json and are printed.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,9 @@ def _dist_worker(hidden, schedule, staleness, epochs, out_path, order):
 
     splits, model, cuts = _setup(hidden)
     kw = {} if order is None else {"order": order}
-    tr = DistributedBlockADMM(model, blocks=cuts, input_shape=splits.input_shape, schedule=schedule, staleness=staleness, **kw)
+    tr = DistributedBlockADMM(
+        model, blocks=cuts, input_shape=splits.input_shape, schedule=schedule, staleness=staleness, **kw
+    )
     hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False, eval_train=False)
     if torch.distributed.get_rank() == 0:
         with open(out_path, "w") as f:
@@ -79,8 +82,12 @@ def run_single(hidden, threads, epochs, order="top-down"):
 
 def _summary(res, timed_from=1):
     walls = [h["wall_s"] for h in res["hist"]][timed_from:] or [h["wall_s"] for h in res["hist"]]
-    return {"epoch_s": statistics.median(walls), "epoch_s_all": [round(h["wall_s"], 3) for h in res["hist"]],
-            "test_acc": res["hist"][-1].get("test_acc"), **{k: res[k] for k in ("partition", "order", "staleness") if k in res}}
+    return {
+        "epoch_s": statistics.median(walls),
+        "epoch_s_all": [round(h["wall_s"], 3) for h in res["hist"]],
+        "test_acc": res["hist"][-1].get("test_acc"),
+        **{k: res[k] for k in ("partition", "order", "staleness") if k in res},
+    }
 
 
 SPEED_RUNS = {
@@ -114,8 +121,14 @@ def speed(epochs=3, rounds=3):
             print(f"round {rnd} {name}: {[round(h['wall_s'], 2) for h in res['hist']]} (load {load:.1f})", flush=True)
     rows = {}
     for name in SPEED_RUNS:
-        rows[name] = dict(last[name], epoch_s=statistics.median(walls[name]), epoch_s_best=min(walls[name]),
-                          timed_epochs=[round(w, 3) for w in walls[name]], rank_cpu_s=cpu[name], rank_wait_s=waits[name])
+        rows[name] = dict(
+            last[name],
+            epoch_s=statistics.median(walls[name]),
+            epoch_s_best=min(walls[name]),
+            timed_epochs=[round(w, 3) for w in walls[name]],
+            rank_cpu_s=cpu[name],
+            rank_wait_s=waits[name],
+        )
         rows[name].pop("epoch_s_all", None)
     b, m = rows["single-1t"]["epoch_s_best"], rows["single-1t"]["epoch_s"]
     for r in rows.values():
@@ -124,9 +137,13 @@ def speed(epochs=3, rounds=3):
     d = rows["dist-1r"]
     for name in ("pipe-2r", "pipe-2r-s2", "sync-2r"):
         rows[name]["speedup_best_vs_dist_1r"] = round(d["epoch_s_best"] / rows[name]["epoch_s_best"], 3)
-    return {"what": "epoch time, 4-block MLP 784-1024-1024-1024-10, MNIST-5k, online, batch 100, trainer defaults; "
-                    f"{rounds} interleaved rounds of {epochs} epochs per configuration, first epoch of each run untimed",
-            "load_avg_before_after": None, "bench_s": round(time.time() - t0, 1), "rows": rows}
+    return {
+        "what": "epoch time, 4-block MLP 784-1024-1024-1024-10, MNIST-5k, online, batch 100, trainer defaults; "
+        f"{rounds} interleaved rounds of {epochs} epochs per configuration, first epoch of each run untimed",
+        "load_avg_before_after": None,
+        "bench_s": round(time.time() - t0, 1),
+        "rows": rows,
+    }
 
 
 def _acc_summary(res):
@@ -153,9 +170,12 @@ def accuracy(epochs=10):
         "pipe-2r-staleness0 (= single top-down)": _acc_summary(run_dist(2, hidden, "pipeline", 0, epochs)),
         "single-jacobi": _acc_summary(_single_every_epoch(hidden, epochs, "jacobi")),
     }
-    for name, r in rows.items():
+    for r in rows.values():
         r.pop("epoch_s_all", None)
-    return {"what": f"test accuracy, MLP 784-256-256-10 (3 blocks), MNIST-5k, online, batch 100, {epochs} epochs", "rows": rows}
+    return {
+        "what": f"test accuracy, MLP 784-256-256-10 (3 blocks), MNIST-5k, online, batch 100, {epochs} epochs",
+        "rows": rows,
+    }
 
 
 def _nccl_worker(hidden, epochs, out_path):
@@ -184,18 +204,26 @@ def nccl(epochs=1):
     t0 = time.time()
     launch(_nccl_worker, nproc, hidden, epochs, out, backend="nccl", threads=1)
     wall = time.time() - t0
-    got = {}
+    got, hist = {}, None
     for r in range(nproc):
-        d = torch.load(f"{out}.{r}", weights_only=False)
+        d = torch.load(f"{out}.{r}", weights_only=True)
         got.update(d["blocks"])
-        hist = d["hist"] if r == 0 else hist
+        hist = hist or d["hist"]
     splits, model, cuts = _setup(hidden)
     ref = BlockADMM(model, blocks=cuts, input_shape=splits.input_shape, order="jacobi", device="cuda")
     ref_hist = ref.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False)
-    err = max(float((got[k][n] - t.cpu()).abs().max()) for k, b in enumerate(ref.blocks) for n, t in b.state_dict().items())
-    return {"what": f"NCCL, {nproc} rank(s) on {n} GPU(s), sync Jacobi vs single-process Jacobi on cuda:0, {epochs} epoch(s)",
-            "max_abs_weight_diff": err, "dist_epoch_s": hist[-1]["wall_s"], "single_epoch_s": ref_hist[-1]["wall_s"],
-            "dist_test_acc": hist[-1]["test_acc"], "single_test_acc": ref_hist[-1]["test_acc"], "launch_s": round(wall, 1)}
+    err = max(
+        float((got[k][n] - t.cpu()).abs().max()) for k, b in enumerate(ref.blocks) for n, t in b.state_dict().items()
+    )
+    return {
+        "what": f"NCCL, {nproc} rank(s) on {n} GPU(s), sync Jacobi vs single-process Jacobi on cuda:0, {epochs} epoch(s)",
+        "max_abs_weight_diff": err,
+        "dist_epoch_s": hist[-1]["wall_s"],
+        "single_epoch_s": ref_hist[-1]["wall_s"],
+        "dist_test_acc": hist[-1]["test_acc"],
+        "single_test_acc": ref_hist[-1]["test_acc"],
+        "launch_s": round(wall, 1),
+    }
 
 
 def main(argv):

@@ -6,17 +6,26 @@ import copy
 import json
 import os
 import sys
-from typing import List, Optional
 
 import torch
 
 from .argtypes import run_command
 
-def _ints(text: str) -> List[int]:
+def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
 
 
-def _modes(text: str) -> List[str]:
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _modes(text: str) -> list[str]:
     modes = [t.strip() for t in text.split(",") if t.strip()]
     if not modes or any(m not in ("online", "batch") for m in modes):
         raise argparse.ArgumentTypeError(f"--mode takes online, batch or online,batch; got {text!r}")
@@ -71,10 +80,13 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stop-on-divergence", action="store_true",
                    help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
                         "without it that is a warning in the log and in metrics.json")
-    p.add_argument("--nproc", type=int, default=1, help="run the blocks on N local processes (blockadmm.distributed)")
+    p.add_argument("--nproc", type=_positive(int), default=1,
+                   help="run the blocks on N local processes (blockadmm.distributed), at most one per block and core")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
                    help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
     p.add_argument("--staleness", type=int, default=None, help="with --schedule pipeline: bound on in-flight batches")
+    p.add_argument("--timeout", type=_positive(float), default=60.0,
+                   help="with --nproc: seconds a rank may wait for another before the run stops naming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -103,21 +115,13 @@ def resolve_preset(args) -> None:
 
 
 def build_network(args, input_shape, num_classes):
-    """(model, cut indices) for --arch/--hidden/--activation/--blocks."""
-    from .models import mlp_blocks, small_cnn
+    """(model, cuts) for --arch/--hidden/--activation/--blocks (models.build_network); bad values end the command."""
+    from .models import build_network as build
 
-    if args.arch == "mlp":
-        in_features = 1
-        for s in input_shape:
-            in_features *= s
-        if len(input_shape) != 1:
-            raise SystemExit(f"--arch mlp needs flat inputs; {args.data} gives {input_shape}: use --arch cnn")
-        return mlp_blocks(in_features, args.hidden, num_classes, args.activation, args.blocks)
-    if len(input_shape) != 3:
-        raise SystemExit(f"--arch cnn needs image inputs (C,H,W); {args.data} gives {input_shape}")
-    model = small_cnn(input_shape[0], num_classes, image_size=input_shape[1])
-    n = args.blocks or len(model)
-    return model, n
+    try:
+        return build(args.arch, input_shape, num_classes, hidden=args.hidden, activation=args.activation, blocks=args.blocks)
+    except ValueError as e:
+        raise SystemExit(f"blockadmm train: {e} (--arch {args.arch}, --data {args.data})") from e
 
 
 def cmd_train(args) -> int:
@@ -132,18 +136,7 @@ def cmd_train(args) -> int:
     if earlier and not (args.resume or args.overwrite):
         raise SystemExit(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
     if args.nproc > 1:
-        from .distributed import launch_train
-
-        if args.shared_optimizer:
-            print("--nproc: every rank keeps one optimizer per block (--shared-optimizer applies to one process)", file=sys.stderr)
-        if args.schedule == "sync" and args.order != "jacobi":
-            # sync is the Jacobi order; a sequential order across ranks would run as a wave with no parallelism
-            print(f"--schedule sync runs the Jacobi order (not {args.order})", file=sys.stderr)
-            args.order = "jacobi"
-        launch_train(args, args.nproc, schedule=args.schedule, staleness=args.staleness)
-        with open(os.path.join(args.out, "metrics.json")) as f:
-            print_table(json.load(f))
-        return 0
+        return launch_train(args, explicit)
     load_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -208,6 +201,88 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_from_args(args):
+    """One rank of `blockadmm train --nproc N`: the same options as the single-process command."""
+    import torch.distributed as dist
+
+    from . import data
+    from .distributed import DistributedBlockADMM
+    from .trainer import adam
+
+    splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
+    runs, last = {}, None
+    for mode in args.mode:  # every mode from the same initial weights and batches
+        torch.manual_seed(args.seed)
+        model, cuts = build_network(args, splits.input_shape, splits.num_classes)
+        trainer = DistributedBlockADMM(
+            model, blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
+            optimizer=adam(args.lr), rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
+            order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
+            table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
+            shared_optimizer=args.shared_optimizer, seed=args.seed, schedule=args.schedule, staleness=args.staleness,
+            timeout=args.timeout,
+        )
+        ckpt = os.path.join(args.out, f"checkpoint-dist-{mode}")
+        if args.resume:
+            trainer.load(ckpt)
+            for name in _CONFIG_FLAGS:  # metrics.json records the values the run uses: the checkpoint's
+                setattr(args, name, getattr(trainer.config, name))
+            lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
+            args.lr = lrs.pop() if len(lrs) == 1 else args.lr
+        runs[f"admm-{mode}-{args.schedule}-{dist.get_world_size()}ranks"] = trainer.fit(
+            splits.train, args.epochs, batch_size=args.batch_size, test=splits.test, val=splits.val,
+            checkpoint=ckpt, progress=not args.quiet)
+        last = trainer
+    if dist.get_rank() == 0:
+        os.makedirs(args.out, exist_ok=True)
+        metrics = {"config": {k: v for k, v in vars(args).items() if k != "func"}, "world_size": dist.get_world_size(),
+                   "schedule": args.schedule, "staleness": last.staleness, "partition": last.partition, "runs": runs,
+                   "final": {n: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for n, h in runs.items()},
+                   "epoch_wall_s": {n: sum(r["wall_s"] for r in h) / len(h) for n, h in runs.items()}}
+        with open(os.path.join(args.out, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+
+
+def launch_train(args, explicit: dict) -> int:
+    """`blockadmm train --nproc N`: check N against the blocks and the cores, then spawn N local ranks, each
+    training with the options of `args`; a failed rank ends the command with one line naming it. `explicit`:
+    the config flags given on the command line, which a distributed resume cannot take."""
+    from .distributed import RankFailure, launch
+    from .distributed.launcher import check_nproc
+    from .models import network_blocks
+    from .report import print_table
+
+    try:
+        n_blocks = network_blocks(args.arch, args.hidden, args.blocks)
+    except ValueError as e:
+        raise SystemExit(f"blockadmm train: {e}") from e
+    if args.nproc > n_blocks:
+        raise SystemExit(f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
+                         f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)")
+    if args.stop_on_divergence:
+        raise SystemExit("blockadmm train: --stop-on-divergence watches a run in one process; drop it with --nproc")
+    if args.resume and explicit:
+        flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
+        raise SystemExit(f"blockadmm train: --nproc {args.nproc} --resume continues with the checkpoint's "
+                         f"hyperparameters and cannot take {flags}: drop them, or resume without --nproc")
+    backend = "nccl" if str(args.device).startswith("cuda") and torch.cuda.device_count() >= args.nproc else "gloo"
+    try:
+        check_nproc(args.nproc, backend)
+    except ValueError as e:
+        raise SystemExit(f"blockadmm train: --nproc: {e}") from e
+    if args.schedule == "sync" and args.order != "jacobi":
+        # sync is the Jacobi order; a sequential order across ranks would run as a wave with no parallelism
+        print(f"--schedule sync runs the Jacobi order (not {args.order})", file=sys.stderr)
+        args.order = "jacobi"
+    try:
+        launch(_train_from_args, args.nproc, args, backend=backend, timeout=args.timeout)
+    except RankFailure as e:
+        raise SystemExit(f"blockadmm train: {e}") from e
+    with open(os.path.join(args.out, "metrics.json")) as f:
+        print_table(json.load(f))
+    return 0
+
+
 def cmd_info(args) -> int:
     from .info import main as info_main
 
@@ -222,7 +297,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # subcommands owned by their modules take their own flags
     if argv and argv[0] == "experiment":

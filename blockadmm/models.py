@@ -1,10 +1,11 @@
 """The networks the command line and examples build."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
+CNN_WIDTHS = (16, 32, 64)
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
 
@@ -20,7 +21,8 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     return nn.Sequential(*layers)
 
 
-def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu", n_blocks: int = None):
+def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu",
+               n_blocks: int | None = None):
     """The MLP and its natural cut: one hidden layer per block, the output layer its own block.
 
     With `n_blocks` smaller than len(hidden)+1, consecutive layers share blocks (as evenly as possible).
@@ -39,7 +41,8 @@ def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activ
     return model, cuts
 
 
-def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), image_size: int = 28) -> nn.Sequential:
+def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = CNN_WIDTHS,
+              image_size: int = 28) -> nn.Sequential:
     """conv-relu-pool stages, then a linear classifier; cut it after each stage."""
     layers, prev, size = [], in_channels, image_size
     for w in widths:
@@ -47,3 +50,28 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int]
         prev, size = w, size // 2
     layers.append(nn.Sequential(nn.Flatten(), nn.Linear(prev * size * size, num_classes)))
     return nn.Sequential(*layers)
+
+
+def network_blocks(arch: str, hidden: Sequence[int] = (), blocks: int | None = None) -> int:
+    """How many blocks :func:`build_network` cuts the network into (known before any data is loaded)."""
+    if arch not in ("mlp", "cnn"):
+        raise ValueError(f"unknown architecture {arch!r}; choose mlp or cnn")
+    layers = len(hidden) + 1 if arch == "mlp" else len(CNN_WIDTHS) + 1
+    n = layers if blocks is None else blocks
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= layers:
+        raise ValueError(f"this {arch} has {layers} layers and can be cut into 1..{layers} blocks, not {n}")
+    return n
+
+
+def build_network(arch: str, input_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (256, 256),
+                  activation: str = "relu", blocks: int | None = None) -> tuple[nn.Module, object]:
+    """(model, cuts for BlockADMM's `blocks=`): an MLP of `hidden` widths on flat inputs, or the small CNN
+    on (C, H, W) images, cut into `blocks` blocks (default one layer per block)."""
+    n = network_blocks(arch, hidden, blocks)
+    if arch == "mlp":
+        if len(input_shape) != 1:
+            raise ValueError(f"an MLP needs flat inputs, the data gives {tuple(input_shape)}: use the cnn")
+        return mlp_blocks(input_shape[0], hidden, num_classes, activation, n)
+    if len(input_shape) != 3:
+        raise ValueError(f"the cnn needs image inputs (C, H, W), the data gives {tuple(input_shape)}")
+    return small_cnn(input_shape[0], num_classes, image_size=input_shape[1]), n
