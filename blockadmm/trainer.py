@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from .blocks import check_chain, fusable_linear, make_blocks
-from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, Kept, get_preset
+from .blocks import check_chain, make_blocks
+from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, get_preset
 from .engine.batch import check_batch, on_device
 from .engine.checkpoint import (
     TABLE_FILES,
@@ -171,7 +171,6 @@ class BlockADMM:
         # each optimizer once: what a checkpoint holds
         self._optimizer_list = list({id(o): o for o in self.optimizers if o is not None}.values())
         self._scheduled = [b for b in self.blocks if isinstance(b, EpochScheduledBlock)]
-        self._fused = [fusable_linear(b) if fused_linear else None for b in self.blocks]  # for distributed.py
         self.tables = None
         if mode == "batch":
             if num_samples is None:
@@ -201,22 +200,6 @@ class BlockADMM:
     @rho.setter
     def rho(self, values) -> None:
         self.engine.rho[:] = [float(r) for r in values]
-
-    @property
-    def _rho_window(self) -> list[list[float]]:
-        return self.engine.rho_schedule.window
-
-    @_rho_window.setter
-    def _rho_window(self, window) -> None:
-        self.engine.rho_schedule.window = window
-
-    @property
-    def _rho_prev(self) -> list[float | None]:
-        return self.engine.rho_schedule.prev
-
-    @_rho_prev.setter
-    def _rho_prev(self, prev) -> None:
-        self.engine.rho_schedule.prev = prev
 
     # ---------------------------------------------------------------- one mini-batch
     def _check_batch(self, x, y, index):
@@ -253,44 +236,6 @@ class BlockADMM:
             if self.tables is not None:
                 self.tables.scale_duals(k, factor)  # scaled duals: u = y / rho
         return stats
-
-    # ---------------------------------------------------------------- for blockadmm/distributed.py
-    # The distributed trainer still drives a BlockADMM through these until it runs on the engine's primitives
-    # (blockadmm.engine); they go with that port.
-    def _forward(self, k, inp):
-        return self.engine.terms[k].forward(inp).value
-
-    def _boundary_aux_step(self, k, zk, uk, a, grad_fn, memory):
-        rule = self.engine.rules[k]
-        return rule.run(zk, uk, a, grad_fn, rho=self.rho[k], prox=self.constraints[k],
-                        memory=memory.setdefault(k, rule.new_memory()))
-
-    def _next_term_grad(self, k, zk, z_next, u_next, y, out=None):
-        hidden = k + 1 < self.n_blocks - 1
-        return self.engine.terms[k + 1].input_grad(zk, z_next, u_next, y, rho=self.rho[k + 1] if hidden else None,
-                                                   kept=None if out is None else Kept(out))
-
-    def _consumer_grad_fn(self, k, z_src, u_src, y, jacobi, out=None):
-        hidden = k + 1 < self.n_blocks - 1
-        z_next, u_next = (z_src[k + 1], u_src[k + 1]) if hidden else (None, None)
-        if jacobi:
-            g0 = self._next_term_grad(k, z_src[k], z_next, u_next, y, out=out)
-            return lambda zk: g0
-        first = [out]
-
-        def grad_fn(zk):
-            kept, first[0] = first[0], None
-            return self._next_term_grad(k, zk, z_next, u_next, y, out=kept)
-
-        return grad_fn
-
-    def _local_loss_and_grads(self, k, inp, target, dual, y, out=None):
-        hidden = k < self.n_blocks - 1
-        return self.engine.terms[k].loss_and_grads(inp, target, dual, y, rho=self.rho[k] if hidden else None,
-                                                   kept=None if out is None else Kept(out))
-
-    def _rho_growth(self, k, primal):
-        return self.engine.rho_schedule.decide(self.config, k, primal, self.rho[k])
 
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -427,8 +372,8 @@ class BlockADMM:
             "shared_optimizer": self.shared_optimizer,
             "optimizers": [o.state_dict() for o in self._optimizer_list],
             "rho": list(self.rho),
-            "rho_window": copy.deepcopy(self._rho_window),
-            "rho_prev": list(self._rho_prev),
+            "rho_window": copy.deepcopy(self.engine.rho_schedule.window),
+            "rho_prev": list(self.engine.rho_schedule.prev),
             "step_count": self.step_count,
             "epoch": self.epoch,
             "history": copy.deepcopy(self.history),
@@ -462,8 +407,8 @@ class BlockADMM:
         new = {**asdict(config), "rho": rho, "lr": old["lr"] if lr is None else lr}
         changed = {k: (old[k], new[k]) for k in override if old[k] != new[k]}
         self.config, self.rho = config, rho
-        self._rho_window = copy.deepcopy(state["rho_window"])
-        self._rho_prev = list(state["rho_prev"])
+        self.engine.rho_schedule.window = copy.deepcopy(state["rho_window"])
+        self.engine.rho_schedule.prev = list(state["rho_prev"])
         self.step_count, self.epoch = state["step_count"], state["epoch"]
         self.history = copy.deepcopy(state["history"])
         self.resumes = copy.deepcopy(state["resumes"])
