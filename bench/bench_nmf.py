@@ -19,6 +19,8 @@ algorithm, not of a particular way to do it), and reported as GFLOP/s next to th
                     (V Wᵀ, Hᵀ V) on bfloat16 inputs (V converted once per run, inside the timing), float32
                     factors, Gram products and the C++ epilogue. torch on CPU returns bf16 GEMM outputs (no
                     float32 out_dtype), so the numerators are rounded to 8 bits: its error is what decides
+  blockadmm NMF     the scikit-learn-shaped estimator blockadmm.nmf.NMF(init="custom", tol=0), fit_transform:
+                    the op plus its input checks and final error, the same work as the sklearn row's
   sklearn mu        sklearn.decomposition.NMF(solver="mu", init="custom", tol=0), fit_transform
                     (its time includes its input checks and the final error it computes)
   torchnmf          torchnmf.nmf.NMF(...).fit(V, beta=2, tol=-inf): autograd-derived MU; it updates
@@ -40,7 +42,7 @@ RANK = pick(64, 64, 8)
 ITERS = pick(200, 30, 2)
 ROUNDS = pick(5, 1, 1)  # whole runs of ITERS iterations; the least disturbed one is reported (torchnmf: one)
 DATASETS = pick(["mnist5k", "random8192x512"], ["mnist5k", "random8192x512"], ["digits"])
-IMPLS = ["blockadmm cpu", "blockadmm eager", "blockadmm cpu bf16-gemm", "sklearn mu", "torchnmf"]
+IMPLS = ["blockadmm cpu", "blockadmm eager", "blockadmm cpu bf16-gemm", "blockadmm NMF", "sklearn mu", "torchnmf"]
 _CACHE: dict = {}
 
 
@@ -81,7 +83,16 @@ def test_nmf(benchmark, dataset, impl):
     k = RANK
     out = {}
 
-    if impl.startswith("blockadmm"):
+    if impl == "blockadmm NMF":
+        from blockadmm.nmf import NMF
+
+        def run():
+            m = NMF(k, init="custom", tol=0.0, max_iter=ITERS)
+            codes = m.fit_transform(V, W=H0, H=W0)
+            out.update(H=torch.from_numpy(codes), W=torch.from_numpy(m.components_))
+
+        t = timed(benchmark, run, rounds=ROUNDS, warmup=0)
+    elif impl.startswith("blockadmm"):
         backend = "torch" if impl.endswith("eager") else "cpu"
         if backend == "cpu":
             err = ops.backends()["cpu"].load_error()

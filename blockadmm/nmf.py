@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from . import ops
+from .nmf_estimator import NMF
 
-__all__ = ["NMFLayer", "NMFBlock", "group_energy", "disentangling_score"]
+__all__ = ["NMF", "NMFLayer", "NMFBlock", "group_energy", "disentangling_score"]
 
 
 def _to_rows(V: torch.Tensor):

@@ -1,11 +1,15 @@
 """blockadmm.data: the (x, y, index) contract, fixed splits, idx / CIFAR-10 file loaders, loader order."""
 import gzip
+import hashlib
 import pickle
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from blockadmm import data
 from blockadmm.data import DATASETS, IndexedDataset, load, make_loader, read_idx
 
 
@@ -31,15 +35,15 @@ def write_mnist(folder, n_train=30, n_test=20, gz=True):
 
 
 def write_cifar(folder, per_batch=10):
-    """Write the six CIFAR-10 python batches, ``per_batch`` random images each; return the test batch."""
+    """Write the six CIFAR-10 binary batches, ``per_batch`` random images each; return the test batch's
+    (images (n, 3072) uint8, labels list)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-             b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(d, f)
-    return d
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch).astype(np.uint8)
+        (folder / name).write_bytes(np.concatenate([labels[:, None], images], 1).tobytes())
+    return images, labels.tolist()
 
 
 def check_triples(ds, n_check=5):
@@ -133,12 +137,12 @@ def test_idx_bad_magic_and_truncated(tmp_path):
 
 
 def test_cifar10_loader(tmp_path):
-    test_batch = write_cifar(tmp_path / "cifar-10-batches-py")
+    images, labels = write_cifar(tmp_path / "cifar-10-batches-bin")
     s = load("cifar10", tmp_path)
     assert (len(s.train), len(s.test), s.input_shape) == (50, 10, (3, 32, 32))
     check_triples(s.train)
-    expect = torch.as_tensor(test_batch[b"data"].reshape(10, 3, 32, 32) / 255.0, dtype=torch.float32)
-    assert torch.allclose(s.test.X, expect) and s.test.Y.tolist() == test_batch[b"labels"]
+    expect = torch.as_tensor(images.reshape(10, 3, 32, 32) / 255.0, dtype=torch.float32)
+    assert torch.allclose(s.test.X, expect) and s.test.Y.tolist() == labels
     assert load("cifar10", tmp_path, image=False).input_shape == (3072,)
     mean, std = load("cifar10", tmp_path, normalize=True).stats
     assert mean.shape == std.shape == (3,)
@@ -150,7 +154,55 @@ def test_missing_files_name_the_path(tmp_path):
     assert str(tmp_path / "nowhere" / "train-images-idx3-ubyte") in str(e.value)
     with pytest.raises(FileNotFoundError, match="download=True") as e:
         load("cifar10", tmp_path)
-    assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in str(e.value)
+    assert str(tmp_path / "cifar-10-batches-bin" / "data_batch_1.bin") in str(e.value)
+
+
+class _Marker:
+    """A pickle that would create a file when loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_cifar_python_pickles_are_never_loaded(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({b"data": _Marker(marker), b"labels": []}))
+    with pytest.raises(FileNotFoundError, match="pickles, which are never loaded"):
+        load("cifar10", tmp_path)
+    assert not marker.exists()
+
+
+def test_cifar_file_of_the_wrong_size_is_named(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-bin")
+    bad = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
+    bad.write_bytes(bad.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="data_batch_3.bin: .* not a whole number"):
+        load("cifar10", tmp_path)
+
+
+def test_download_checks_md5_and_keeps_nothing_on_mismatch(tmp_path, monkeypatch):
+    payload = b"idx bytes"
+
+    def fake_retrieve(url, dest):
+        Path(dest).write_bytes(payload)
+        return str(dest), None
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", fake_retrieve)
+    dest = tmp_path / "f.gz"
+    with pytest.raises(OSError, match="expected 0+; nothing was kept"):
+        data.fetch_file("https://example.invalid/f.gz", dest, "0" * 32)
+    assert list(tmp_path.iterdir()) == []
+    good = hashlib.md5(payload).hexdigest()
+    assert data.fetch_file("https://example.invalid/f.gz", dest, good).read_bytes() == payload
+    with pytest.raises(ValueError, match="plain http"):
+        data.fetch_file("http://example.invalid/f.gz", dest, good)
+    assert all(url.startswith("https://") for url in data._IDX_URLS.values()) and data._CIFAR_URL.startswith("https://")
 
 
 def test_unknown_name_lists_known():
