@@ -1,6 +1,8 @@
 """Cutting a network into blocks, and checking that the blocks chain."""
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -73,18 +75,56 @@ def split_balanced(model: nn.Sequential, n_blocks: int) -> List[nn.Sequential]:
     return split_sequential(model, cuts)
 
 
+HOW_TO_CUT = ("pass a list of block modules ([block0, block1, ...], each output feeding the next block; a residual "
+              "stage with its skip connection inside is one block), an nn.Sequential with blocks=N (cut into N blocks "
+              "of about equal parameter count) or blocks=[cut indices], or blocks=1 to train the whole model as one "
+              "block (plain backprop)")
+
+
+def _unwrap_compiled(module: nn.Module, where: str) -> nn.Module:
+    """The module a torch.compile wrapper holds: the trainer calls its blocks in several grad modes and shapes, which
+    the wrapper would recompile for (and its state_dict keys carry an `_orig_mod.` prefix). The wrapper shares its
+    parameters with the module, so the user's compiled model sees the training."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+        warnings.warn(f"{where} is a torch.compile'd module: Block-ADMM trains the module inside it (the compiled "
+                      f"wrapper shares its weights); to run the blocks compiled, pass compile=True to the trainer",
+                      stacklevel=3)
+        return module._orig_mod
+    return module
+
+
 def make_blocks(model, blocks=None) -> List[nn.Module]:
-    """Blocks from a model and a spec: a list of modules, an int (balanced), or cut indices."""
+    """Blocks from a model and a spec: a list of modules, an nn.Sequential with blocks=N (balanced) or cut indices,
+    or any module with blocks=1 (one block). Anything else is an error that says how to cut the model."""
     if isinstance(model, (list, tuple, nn.ModuleList)):
         if blocks is not None:
             raise ValueError("pass either a list of block modules or a model with a `blocks` spec, not both")
         mods = list(model)
         if not mods or not all(isinstance(m, nn.Module) for m in mods):
-            raise TypeError("a list of blocks must hold nn.Module objects")
-        return mods
+            raise TypeError(f"a list of blocks must hold nn.Module objects; {HOW_TO_CUT}")
+        return [_unwrap_compiled(m, f"block {k}") for k, m in enumerate(mods)]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the model must be an nn.Module or a list of them, got {type(model).__name__}; {HOW_TO_CUT}")
+    model = _unwrap_compiled(model, "the model")
+    name = type(model).__name__
     if blocks is None:
+        raise ValueError(f"Block-ADMM trains a model cut into blocks, and this {name} was given no cut: "
+                         f"{HOW_TO_CUT}")
+    def integer(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not (integer(blocks) or (isinstance(blocks, (list, tuple)) and all(integer(c) for c in blocks))):
+        raise TypeError(f"blocks must be a number of blocks or a list of cut indices, got {blocks!r}")
+    if blocks == 1:
         return [model]
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"blocks={blocks!r} needs an nn.Sequential to cut, but the model is a {name}, whose forward "
+                        f"the trainer cannot cut: pass its blocks as a list of modules ([block0, block1, ...], each "
+                        f"output feeding the next; a residual stage with its skip connection inside is one block)")
     if isinstance(blocks, int):
+        if blocks < 1:
+            raise ValueError(f"blocks must be >= 1, got {blocks}")
         return list(split_balanced(model, blocks))
     return list(split_sequential(model, list(blocks)))
 
@@ -94,7 +134,8 @@ def _describe(m: nn.Module) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def check_chain(blocks: Sequence[nn.Module], input_shape: Tuple[int, ...], device=None, dtype=torch.float32) -> List[Tuple[int, ...]]:
+def check_chain(blocks: Sequence[nn.Module], input_shape: Tuple[int, ...], device=None,
+                dtype=torch.float32) -> List[Tuple[int, ...]]:
     """Run one dummy sample through the blocks; return each block's per-sample output shape.
 
     A block that cannot take its predecessor's output is reported with both blocks and shapes named.

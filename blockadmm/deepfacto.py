@@ -734,11 +734,13 @@ def _clean(r: dict) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="blockadmm deepfacto", description="DeepFacto: NMF-layer networks trained by Block-ADMM "
+    from .argtypes import ArgumentParser, seed_list
+
+    p = ArgumentParser(prog="blockadmm deepfacto", description="DeepFacto: NMF-layer networks trained by Block-ADMM "
                                 "(supervised disentangling on MNIST-5k, weakly supervised localization on MNIST-5k pairs).")
     p.add_argument("--data", choices=["mnist5k", "pairs"], default="mnist5k")
     p.add_argument("--epochs", type=int, default=None, help="default 12 (mnist5k) / 4 (pairs, after the curriculum); --quick: 2")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (mnist5k), 0 (pairs)")
+    p.add_argument("--seeds", type=seed_list, default=None, help="comma list (default 0,1,2 for mnist5k, 0 for pairs)")
     p.add_argument("--head", choices=["energy", "linear", "both"], default="both", help="mnist5k: DeepFacto head(s) to train")
     p.add_argument("--arch", choices=["cnn", "mlp"], default="cnn", help="mnist5k feature block")
     p.add_argument("--out", default=None, help="output folder (default runs/deepfacto/<data>)")

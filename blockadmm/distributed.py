@@ -312,7 +312,7 @@ class DistributedBlockADMM:
         for k in range(self.B):  # drop the blocks other ranks own
             if not self.lo <= k < self.hi:
                 t.blocks[k] = nn.Identity()
-                t.optimizers[k] = None
+                t.engine.optimizers[k] = None
         self.owned = [k for k in range(self.lo, self.hi) if k < self.B - 1]  # boundaries this rank owns
         self.shapes = t.shapes
         self.tables = None
@@ -673,8 +673,8 @@ class DistributedBlockADMM:
                                                out=st["a"].get(k) if it == 0 else None) for k in range(self.lo, self.hi)]
             self._check_finite(losses, "loss", st)
             for k in range(self.lo, self.hi):
-                if tr.optimizers[k] is not None:
-                    tr.optimizers[k].step()
+                if tr.engine.optimizers[k] is not None:
+                    tr.engine.optimizers[k].step()
         if self.hi == B:
             st["losses"].append(losses[-1])
         if self._skips_dual(s):
@@ -850,7 +850,7 @@ class DistributedBlockADMM:
             "partition": [list(p) for p in self.partition], "config": asdict(self.config), "mode": self.mode,
             "schedule": self.schedule, "staleness": self.staleness, "shapes": self.shapes,
             "blocks": {k: tr.blocks[k].state_dict() for k in range(self.lo, self.hi)},
-            "optimizers": {k: None if tr.optimizers[k] is None else tr.optimizers[k].state_dict() for k in range(self.lo, self.hi)},
+            "optimizers": {k: None if tr.engine.optimizers[k] is None else tr.engine.optimizers[k].state_dict() for k in range(self.lo, self.hi)},
             "rho": list(tr.rho), "rho_window": copy.deepcopy(tr._rho_window), "rho_prev": list(tr._rho_prev),
             "step_count": self.step_count, "epoch": self.epoch, "epoch_step": self.epoch_step,
             "history": copy.deepcopy(self.history), "rng": torch.get_rng_state(),
@@ -927,8 +927,8 @@ class DistributedBlockADMM:
             self.tables.load_state_dict(state["tables"])
         for k in range(self.lo, self.hi):
             tr.blocks[k].load_state_dict(state["blocks"][k])
-            if tr.optimizers[k] is not None:
-                tr.optimizers[k].load_state_dict(state["optimizers"][k])
+            if tr.engine.optimizers[k] is not None:
+                tr.engine.optimizers[k].load_state_dict(state["optimizers"][k])
         tr.config = self.config = ADMMConfig(**state["config"])
         tr.rho = list(state["rho"])
         tr._rho_window = copy.deepcopy(state["rho_window"])
