@@ -175,3 +175,41 @@ def fusable_linear(block: nn.Module) -> Optional[Tuple[nn.Linear, str]]:
         return (mods[0], "leaky_relu") if act.negative_slope == 0.01 else None
     name = _FUSABLE_ACTIVATIONS.get(type(act))
     return (mods[0], name) if name else None
+
+
+class CompiledBlock(nn.Module):
+    """A block run through torch.compile, for the trainer's autograd path (BlockADMM(compile=True)).
+
+    The trainer calls a block in three ways (without grad; with grad from a leaf input; with grad, no input grad)
+    and every torch.compile'd module shares one compiled code object, whose cache holds 8 graphs by default: with
+    a few blocks it overflowed and dynamo fell back to eager. Calls here allow `graphs_per_block` graphs per
+    wrapped block. The trainer backpropagates twice through one kept graph (the input gradient, then the weight
+    gradients), which AOTAutograd's donated buffers forbid: they are turned off, process-wide, when a
+    CompiledBlock is built. The wrapper holds the block, so parameters and weights are the block's own; the
+    trainer keeps the plain block for its state_dict and inference.
+    """
+
+    def __init__(self, block: nn.Module, n_compiled: int, graphs_per_block: int = 8, **compile_options):
+        import torch._functorch.config as functorch_config
+
+        super().__init__()
+        functorch_config.donated_buffer = False
+        self.block = block
+        self.compiled = torch.compile(block, **compile_options)
+        self.recompile_limit = max(8, graphs_per_block * n_compiled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._dynamo.config as dynamo_config
+
+        with dynamo_config.patch(recompile_limit=self.recompile_limit):
+            return self.compiled(x)
+
+
+def compile_blocks(blocks: Sequence[nn.Module], options: dict, *, fused_linear: bool) -> List[nn.Module]:
+    """The blocks the trainer steps: each block that goes through autograd wrapped in a CompiledBlock; blocks with
+    their own rules (ADMMBlock) or that the fused linear op runs stay as they are."""
+    from .engine.protocol import ADMMBlock
+
+    chosen = [not isinstance(b, ADMMBlock) and not (fused_linear and fusable_linear(b)) for b in blocks]
+    n = sum(chosen)
+    return [CompiledBlock(b, n, **options) if c else b for b, c in zip(blocks, chosen)]

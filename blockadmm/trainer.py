@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import loop
-from .blocks import check_chain, fusable_linear, make_blocks
+from .blocks import check_chain, compile_blocks, fusable_linear, make_blocks
 from .callbacks import Callback
 from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, Kept, get_preset
 from .engine.checkpoint import (
@@ -95,6 +95,9 @@ class BlockADMM:
     indices; any module with blocks=1 trains as one block (plain backprop). The blocks are trained in place: the
     model's own state_dict holds the trained weights and works without this library. A torch.compile'd module is
     unwrapped (trained through the module inside it).
+    compile: True (or a dict of torch.compile options) runs the blocks that go through autograd compiled
+    (blockadmm.blocks.CompiledBlock: a few graphs per block, compiled in the first steps, then reused; the fused
+    linear op, closed-form heads and blocks with their own rules stay as they are); inference stays eager.
     input_shape: per-sample input shape, for the chain check and the tables.
     mode: "online" (variables per mini-batch) or "batch" (per-sample tables; needs num_samples and
     a dataset that yields sample indices).
@@ -136,6 +139,7 @@ class BlockADMM:
         fused_linear: bool = True,
         shared_optimizer: bool | None = None,
         scheduler: Callable | None = None,
+        compile: bool | dict = False,
         device=None,
         seed: int = 0,
         **config_overrides,
@@ -179,7 +183,9 @@ class BlockADMM:
         self.mode, self.backend, self.seed = mode, backend, seed
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self._default_loss = loss is None
-        self.engine = Engine(self.blocks, config=config, rho=[float(r) for r in rho], constraints=self.constraints,
+        stepped = compile_blocks(self.blocks, {} if compile is True else dict(compile),
+                                 fused_linear=fused_linear) if compile else self.blocks
+        self.engine = Engine(stepped, config=config, rho=[float(r) for r in rho], constraints=self.constraints,
                              loss_fn=self.loss_fn, default_loss=loss is None, online=mode == "online",
                              fused_linear=fused_linear, backend=backend)
         trainable = self.engine.trainable

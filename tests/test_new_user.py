@@ -248,3 +248,28 @@ def test_compiled_model_is_unwrapped_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         BlockADMM(model, blocks=2, input_shape=(10,))
+
+
+def test_compile_true_compiles_each_autograd_block_once_and_matches_eager():
+    """compile= runs the conv blocks compiled (aot_eager here: the graph capture, without the C++ build); after the
+    first steps (grad modes, a last smaller batch) nothing recompiles, and the weights follow the eager run's."""
+    from torch._dynamo.utils import counters
+
+    x, y = images(130)
+    torch.manual_seed(0)
+    eager = BlockADMM(cnn_blocks(), input_shape=(1, 8, 8), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    torch.manual_seed(0)
+    compiled = BlockADMM(cnn_blocks(), input_shape=(1, 8, 8), optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                         compile={"backend": "aot_eager"})
+    assert [type(t.block).__name__ for t in compiled.engine.terms] == ["CompiledBlock"] * 3
+    assert all(not k.startswith(("block.", "compiled.")) for b in compiled.blocks for k in b.state_dict())
+    batches = [(x[i:i + 50], y[i:i + 50]) for i in range(0, 130, 50)]  # 50, 50, 30 rows
+    for xb, yb in batches:
+        se, sc = eager.step(xb, yb), compiled.step(xb, yb)
+        assert sc.loss == pytest.approx(se.loss, rel=1e-4)
+    graphs = counters["stats"]["unique_graphs"]
+    for xb, yb in batches * 2:
+        eager.step(xb, yb), compiled.step(xb, yb)
+    assert counters["stats"]["unique_graphs"] == graphs, "a step after the first pass recompiled"
+    torch.testing.assert_close(torch.cat([p.flatten() for p in compiled.blocks.parameters()]),
+                               torch.cat([p.flatten() for p in eager.blocks.parameters()]), rtol=1e-4, atol=1e-5)
