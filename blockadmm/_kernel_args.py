@@ -3,6 +3,15 @@ from __future__ import annotations
 
 PROX_NONE, PROX_CLAMP, PROX_L1 = 0, 1, 2
 ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+# the linear-block residual the compiled modules compute (their LINEAR_RESIDUAL attribute); a module built from
+# sources of the other sign (r = out - z + u) is refused rather than trusted
+LINEAR_RESIDUAL = "out - z - u"
+
+
+def check_linear_residual(mod, name: str) -> None:
+    if getattr(mod, "LINEAR_RESIDUAL", None) != LINEAR_RESIDUAL:
+        raise RuntimeError(f"blockadmm.{name} was built from older sources (its linear-block residual is not "
+                           f"{LINEAR_RESIDUAL}): rebuild it with pip install -e .")
 
 
 def prox_args(prox, lr: float):

@@ -1,9 +1,10 @@
 """Cutting a network into blocks, and checking that the blocks chain."""
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ def _n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def min_max_partition(costs: Sequence[float], parts: int) -> List[Tuple[int, int]]:
+def min_max_partition(costs: Sequence[float], parts: int) -> list[tuple[int, int]]:
     """Cut a sequence of costs into `parts` contiguous groups [lo, hi) minimising the largest group's sum
     (dynamic programming; sequences here are a few dozen long)."""
     n = len(costs)
@@ -43,17 +44,17 @@ def min_max_partition(costs: Sequence[float], parts: int) -> List[Tuple[int, int
     return groups[::-1]
 
 
-def split_sequential(model: nn.Sequential, at: Sequence[int]) -> List[nn.Sequential]:
+def split_sequential(model: nn.Sequential, at: Sequence[int]) -> list[nn.Sequential]:
     """Cut `model` before each index in `at`: at=[2, 4] gives model[:2], model[2:4], model[4:]."""
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"split_sequential needs an nn.Sequential, got {type(model).__name__}")
     cuts = [0, *at, len(model)]
-    if any(b <= a for a, b in zip(cuts, cuts[1:])):
+    if any(b <= a for a, b in itertools.pairwise(cuts)):
         raise ValueError(f"cut indices must be increasing and inside 1..{len(model) - 1}, got {list(at)}")
-    return [model[a:b] for a, b in zip(cuts, cuts[1:])]
+    return [model[a:b] for a, b in itertools.pairwise(cuts)]
 
 
-def split_balanced(model: nn.Sequential, n_blocks: int) -> List[nn.Sequential]:
+def split_balanced(model: nn.Sequential, n_blocks: int) -> list[nn.Sequential]:
     """Cut `model` into `n_blocks` contiguous blocks of about equal parameter count.
 
     Parameter-free modules (activations, pooling, flatten) stay with the layer before them, so a
@@ -69,7 +70,7 @@ def split_balanced(model: nn.Sequential, n_blocks: int) -> List[nn.Sequential]:
     if n_blocks < 1 or n_blocks > len(starts):
         raise ValueError(f"cannot cut a model with {len(starts)} parametric layers into {n_blocks} blocks")
     bounds = starts + [len(model)]
-    sizes = [sum(_n_params(model[j]) for j in range(a, b)) for a, b in zip(bounds, bounds[1:])]
+    sizes = [sum(_n_params(model[j]) for j in range(a, b)) for a, b in itertools.pairwise(bounds)]
     groups = min_max_partition(sizes, n_blocks)
     cuts = [bounds[lo] for lo, _ in groups[1:]]
     return split_sequential(model, cuts)
@@ -94,7 +95,7 @@ def _unwrap_compiled(module: nn.Module, where: str) -> nn.Module:
     return module
 
 
-def make_blocks(model, blocks=None) -> List[nn.Module]:
+def make_blocks(model, blocks=None) -> list[nn.Module]:
     """Blocks from a model and a spec: a list of modules, an nn.Sequential with blocks=N (balanced) or cut indices,
     or any module with blocks=1 (one block). Anything else is an error that says how to cut the model."""
     if isinstance(model, (list, tuple, nn.ModuleList)):
@@ -134,8 +135,8 @@ def _describe(m: nn.Module) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def check_chain(blocks: Sequence[nn.Module], input_shape: Tuple[int, ...], device=None,
-                dtype=torch.float32) -> List[Tuple[int, ...]]:
+def check_chain(blocks: Sequence[nn.Module], input_shape: tuple[int, ...], device=None,
+                dtype=torch.float32) -> list[tuple[int, ...]]:
     """Run one dummy sample through the blocks; return each block's per-sample output shape.
 
     A block that cannot take its predecessor's output is reported with both blocks and shapes named.
@@ -163,7 +164,7 @@ def check_chain(blocks: Sequence[nn.Module], input_shape: Tuple[int, ...], devic
     return shapes
 
 
-def fusable_linear(block: nn.Module) -> Optional[Tuple[nn.Linear, str]]:
+def fusable_linear(block: nn.Module) -> tuple[nn.Linear, str] | None:
     """(linear, activation name) when the block is Linear or Linear+activation, which the fused op runs."""
     mods = list(block) if isinstance(block, nn.Sequential) else [block]
     if not mods or not isinstance(mods[0], nn.Linear) or len(mods) > 2:
@@ -205,7 +206,7 @@ class CompiledBlock(nn.Module):
             return self.compiled(x)
 
 
-def compile_blocks(blocks: Sequence[nn.Module], options: dict, *, fused_linear: bool) -> List[nn.Module]:
+def compile_blocks(blocks: Sequence[nn.Module], options: dict, *, fused_linear: bool) -> list[nn.Module]:
     """The blocks the trainer steps: each block that goes through autograd wrapped in a CompiledBlock; blocks with
     their own rules (ADMMBlock) or that the fused linear op runs stay as they are."""
     from .engine.protocol import ADMMBlock

@@ -89,7 +89,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--log", type=_logs, default=[], help="tensorboard and/or csv (comma list): per-step and per-epoch "
                    "losses, residuals, rho, step time under OUT/logs/<run> (tensorboard needs the tensorboard package)")
     p.add_argument("--log-every", type=positive_int, default=1, help="with --log: write every N-th step")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
+                        "the checkpoint's values, the others are the checkpoint's")
+    p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
     p.add_argument("--nproc", type=int, default=1, help="run the blocks on N local processes (blockadmm.distributed)")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
                    help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
@@ -153,7 +156,13 @@ def cmd_train(args) -> int:
     from .report import plot_curves, print_table
     from .trainer import BlockADMM, adam
 
+    explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
     resolve_preset(args)
+    earlier = os.path.exists(os.path.join(args.out, "metrics.json")) or any(
+        n.startswith("checkpoint") for n in (os.listdir(args.out) if os.path.isdir(args.out) else []))
+    if earlier and not (args.resume or args.overwrite):
+        raise ValueError(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to "
+                         f"replace it")
     if args.nproc > 1:
         from .distributed import launch_train
 
@@ -177,7 +186,7 @@ def cmd_train(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
     fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
-    runs = {}
+    runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
             copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode,
@@ -191,7 +200,15 @@ def cmd_train(args) -> int:
         if args.resume:
             if not os.path.exists(ckpt):
                 raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-            trainer.load(ckpt)
+            changed = trainer.load(ckpt, override=explicit)  # a damaged, foreign or mismatched file: one error line
+            if changed:
+                print(f"resuming {ckpt} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+                      file=sys.stderr)
+            for f in _CONFIG_FLAGS:  # metrics.json records the values the run uses
+                setattr(args, f, getattr(trainer.config, f))
+            lrs = {g["lr"] for o in trainer.optimizers for g in o.param_groups}
+            args.lr = lrs.pop() if len(lrs) == 1 else args.lr
+            resumes["admm-" + mode] = trainer.resumes
         print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}",
               file=sys.stderr)
         runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt,
@@ -205,6 +222,7 @@ def cmd_train(args) -> int:
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "runs": runs,
+        "resumes": resumes,
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
                     "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
         "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]}

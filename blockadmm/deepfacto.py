@@ -44,40 +44,15 @@ class PerSampleNorm(nn.Module):
 
 
 class ReuseForward(nn.Module):
-    """Wraps the feature block so that a Block-ADMM step runs its forward once where the trainer asks twice.
-
-    The trainer runs a block's forward without autograd to get z = f(x), then, for the block's weight step,
-    again with autograd on the same input and the same weights. In training mode the first call (a new
-    input tensor) records the graph and keeps it; the second call, on the same input object with unchanged
-    weights and autograd on, gets that output, graph included (used once, then dropped). Any other call (new
-    weights, eval mode, a different input) runs the forward as usual, so results are those of the plain module.
-    """
+    """The feature block as a submodule `module` (the layout of DeepFacto checkpoints). Block-ADMM keeps a block's
+    forward graph itself (blockadmm.engine), so this wrapper no longer memoizes anything."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
-        self._saved = None  # (input, parameter versions, output with graph)
-        self._last_in = None  # the input of the last recorded forward
-
-    def _versions(self):
-        return tuple(p._version for p in self.module.parameters())
 
     def forward(self, x):
-        saved, self._saved = self._saved, None
-        if not self.training:
-            self._last_in = None
-            return self.module(x)
-        if saved is not None and saved[0] is x and saved[1] == self._versions():
-            if torch.is_grad_enabled():
-                return saved[2]  # the weight step: the recorded graph
-            self._saved = saved
-            return saved[2].detach()
-        if torch.is_grad_enabled() or self._last_in is x:
-            return self.module(x)  # a weight step without a recorded forward, or the same input with new weights
-        with torch.enable_grad():
-            out = self.module(x)
-        self._saved, self._last_in = (x, self._versions(), out), x
-        return out.detach()
+        return self.module(x)
 
 
 def feature_cnn(in_channels: int = 1, widths=(16, 32, 64), *, flatten: bool = True, normalize: bool = True) -> nn.Sequential:
@@ -161,12 +136,6 @@ class GroupEnergyHead(nn.Module):
         # energy, so cross-entropy is -log(the true group's share), the disentangling objective itself
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn)
         self.bias = nn.Parameter(torch.zeros(n_classes), requires_grad=learn)
-        if not learn:
-            self.admm_local_step = self._no_weights  # no optimizer for a head without trainable weights
-
-    def _no_weights(self, inp, target, dual, *, rho, y, loss_fn):
-        with torch.no_grad():
-            return loss_fn(self(inp), y)
 
     def energies(self, H):
         E = group_energy(H, self.group, self.n_classes)

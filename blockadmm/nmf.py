@@ -31,15 +31,13 @@ of once per update (equal to the op's result up to rounding); the default goes t
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
 from . import ops
 from .nmf_estimator import NMF
 
-__all__ = ["NMF", "NMFLayer", "NMFBlock", "group_energy", "disentangling_score"]
+__all__ = ["NMF", "NMFBlock", "NMFLayer", "disentangling_score", "group_energy"]
 
 
 def _to_rows(V: torch.Tensor):
@@ -84,7 +82,7 @@ class NMFLayer(nn.Module):
         n_classes: int = 0,
         per_class: int = 1,
         n_shared: int = 0,
-        n_components: Optional[int] = None,
+        n_components: int | None = None,
         n_iter: int = 10,
         eps: float = 1e-8,
         l1: float = 0.0,
@@ -157,7 +155,7 @@ class NMFLayer(nn.Module):
         return torch.maximum(H, floor).contiguous()
 
     @torch.no_grad()
-    def encode_rows(self, V2: torch.Tensor, H: Optional[torch.Tensor] = None, n_iter: Optional[int] = None) -> torch.Tensor:
+    def encode_rows(self, V2: torch.Tensor, H: torch.Tensor | None = None, n_iter: int | None = None) -> torch.Tensor:
         """Codes for rows V2 (m×d) by `n_iter` multiplicative updates from H (default: the warm start)."""
         V2 = V2.detach().float().contiguous()
         H = self.warm_start(V2) if H is None else H.detach().float().clone().contiguous()
@@ -195,7 +193,7 @@ class NMFLayer(nn.Module):
         return 0.5 * (V - self.reconstruct(H)).square().sum()
 
     @torch.no_grad()
-    def fit_basis(self, V: torch.Tensor, **nmf_options) -> "NMFLayer":
+    def fit_basis(self, V: torch.Tensor, **nmf_options) -> NMFLayer:
         """Learn the basis W from features V (n, d[, h, w]; conv features per position) by NMF: W becomes
         `NMF(n_components=k, **nmf_options).fit(V).components_`. Returns the layer."""
         self._check_input(V)
@@ -251,7 +249,7 @@ class NMFBlock(NMFLayer):
     auxiliary step; eg_clip bounds each step's exponent.
     """
 
-    def __init__(self, in_features: int, *, update_epochs: Optional[int] = 3, w_iter: int = 1, eg_steps: int = 3,
+    def __init__(self, in_features: int, *, update_epochs: int | None = 3, w_iter: int = 1, eg_steps: int = 3,
                  eg_lr: float = 1.0, eg_clip: float = 2.0, **kw):
         super().__init__(in_features, **kw)
         self.update_epochs, self.w_iter = update_epochs, int(w_iter)

@@ -6,8 +6,8 @@ torch backend can run those, so "auto" dispatch routes them there.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -20,29 +20,29 @@ class Prox:
     lo: float = float("-inf")
     hi: float = float("inf")
     lam: float = 0.0
-    fn: Optional[Callable[[torch.Tensor, float], torch.Tensor]] = None
+    fn: Callable[[torch.Tensor, float], torch.Tensor] | None = None
 
     @staticmethod
-    def nonneg() -> "Prox":
+    def nonneg() -> Prox:
         """Projection onto z >= 0."""
         return Prox("nonneg", lo=0.0)
 
     @staticmethod
-    def box(lo: float, hi: float) -> "Prox":
+    def box(lo: float, hi: float) -> Prox:
         """Projection onto lo <= z <= hi."""
         if not lo <= hi:
             raise ValueError(f"Prox.box needs lo <= hi, got lo={lo}, hi={hi}")
         return Prox("box", lo=float(lo), hi=float(hi))
 
     @staticmethod
-    def l1(lam: float) -> "Prox":
+    def l1(lam: float) -> Prox:
         """Soft threshold by lr*lam: the prox of lam*|z|_1."""
         if lam < 0:
             raise ValueError(f"Prox.l1 needs lam >= 0, got {lam}")
         return Prox("l1", lam=float(lam))
 
     @staticmethod
-    def custom(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> "Prox":
+    def custom(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> Prox:
         """Any user prox `fn(z, lr) -> z` (runs on the torch backend only)."""
         if not callable(fn):
             raise TypeError(f"Prox.custom needs a callable fn(z, lr) -> z, got {type(fn).__name__}")
@@ -65,7 +65,7 @@ class Prox:
         return self.apply(z, lr)
 
 
-def as_prox(p) -> Optional[Prox]:
+def as_prox(p) -> Prox | None:
     """Accept None, a Prox, a name ("nonneg") or a bare callable."""
     if p is None or isinstance(p, Prox):
         return p

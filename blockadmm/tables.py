@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,11 +34,11 @@ class VariableTables:
     def __init__(
         self,
         num_samples: int,
-        shapes: Sequence[Tuple[int, ...]],
+        shapes: Sequence[tuple[int, ...]],
         *,
         storage: str = "device",
         device=None,
-        path: Optional[str] = None,
+        path: str | None = None,
         dtype=torch.float32,
     ):
         if storage not in STORAGES:
@@ -49,8 +49,8 @@ class VariableTables:
         self.shapes = [tuple(s) for s in shapes]
         self.storage, self.path, self.dtype = storage, path, dtype
         self.device = torch.device(device or "cpu")
-        self.z: List[torch.Tensor] = []
-        self.u: List[torch.Tensor] = []
+        self.z: list[torch.Tensor] = []
+        self.u: list[torch.Tensor] = []
         self._maps = []  # the numpy memmaps behind memmap tables, flushed for checkpoints
         if storage == "memmap":
             _check_table_folder(path)
@@ -101,11 +101,11 @@ class VariableTables:
     def all_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.z + self.u)
 
-    def file_names(self) -> List[str]:
+    def file_names(self) -> list[str]:
         """The table files of memmap storage, in the order of [seen] + z + u."""
         return ["seen.npy"] + [f"{v}{b}.npy" for v in "zu" for b in range(len(self.shapes))]
 
-    def files(self) -> Dict[str, str]:
+    def files(self) -> dict[str, str]:
         """{file name: path} of the memmap table files, flushed (what a checkpoint snapshots)."""
         for m in self._maps:
             m.flush()
@@ -127,7 +127,7 @@ class VariableTables:
                 f"Resume with the same model, blocks and dataset, or start without resuming."
             )
 
-    def check_state(self, state: dict, files: Optional[Dict[str, str]] = None) -> None:
+    def check_state(self, state: dict, files: dict[str, str] | None = None) -> None:
         """Raise TableMismatch unless load_state_dict(state, files) would fill every table whole; changes nothing.
         The contents come from the tensors in `state` or from the `.npy` files `files` ({name: path})."""
         self.check_meta(state.get("meta"), "the checkpoint")
@@ -152,7 +152,7 @@ class VariableTables:
                 raise TableMismatch(f"table file {files[name]} has shape {arr.shape} and dtype {arr.dtype}, the model "
                                     f"needs {tuple(dst.shape)} and {np.dtype(want)}")
 
-    def load_state_dict(self, state: dict, files: Optional[Dict[str, str]] = None) -> None:
+    def load_state_dict(self, state: dict, files: dict[str, str] | None = None) -> None:
         """Fill the tables from a state_dict (device/pinned) or from table files ({name: path}, memmap
         checkpoints; a legacy state names their folder as state["path"]), after check_state."""
         if files is None and "path" in state:
@@ -169,7 +169,7 @@ class VariableTables:
             for i in range(0, arr.shape[0], step):  # in chunks: tables may be larger than memory
                 dst[i:i + step].copy_(torch.from_numpy(np.array(arr[i:i + step])))
 
-    def _legacy_files(self, src_dir: str) -> Dict[str, str]:
+    def _legacy_files(self, src_dir: str) -> dict[str, str]:
         meta_file = os.path.join(src_dir, "tables.json")
         if not os.path.exists(meta_file):
             raise TableMismatch(f"the checkpoint's table folder {src_dir} is missing or has no tables.json")

@@ -431,11 +431,44 @@ class BlockADMM:
         override: values that replace the checkpoint's (ADMMConfig fields, and "lr": every optimizer's learning
         rate); returns {name: (checkpoint's value, value now used)} for those that differ, kept in self.resumes."""
         override = dict(override or {})
-        unknown = set(override) - {f.name for f in fields(ADMMConfig)} - {"lr"}
-        if unknown:
-            raise TypeError(f"unknown override {sorted(unknown)}: pass ADMMConfig fields or 'lr'")
+        self._check_fits(state)
+        config, rho, lr = self._with_override(state, override)
+        # everything checked: now change the trainer
+        if self.tables is not None:
+            self.tables.load_state_dict(state["tables"], state.get(TABLE_FILES))
+            for k, (old, new) in enumerate(zip(state["rho"], rho)):
+                if old != new:
+                    self.tables.scale_duals(k, old / new)  # scaled duals: u = y / rho
+        for b, sd in zip(self.blocks, state["blocks"]):
+            b.load_state_dict(sd)
+        lrs = sorted({g["lr"] for sd in state["optimizers"] for g in sd["param_groups"]})
+        for sch, sd in zip(self.schedulers, state["schedulers"]):
+            sch.load_state_dict(sd)
+        for o, sd in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(sd)
+            for g in o.param_groups:
+                g["lr"] = g["lr"] if lr is None else lr
+        old = {**state["config"], "rho": list(state["rho"]), "lr": lrs[0] if len(lrs) == 1 else lrs}
+        new = {**asdict(config), "rho": rho, "lr": old["lr"] if lr is None else lr}
+        changed = {k: (old[k], new[k]) for k in override if old[k] != new[k]}
+        self.config, self.rho = config, rho
+        self._rho_window = copy.deepcopy(state["rho_window"])
+        self._rho_prev = list(state["rho_prev"])
+        self.step_count, self.epoch = state["step_count"], state["epoch"]
+        self.history = copy.deepcopy(state["history"])
+        self.resumes = copy.deepcopy(state["resumes"])
+        if changed:
+            self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
+            logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,
+                                             ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        torch.set_rng_state(state["rng"])
+        return changed
+
+    def _check_fits(self, state: dict) -> None:
+        """Raise CheckpointError / TableMismatch unless every part of `state` fits this trainer."""
         if state["shapes"] != self.shapes or len(state["blocks"]) != self.n_blocks:
-            raise CheckpointError(f"the checkpoint is for blocks with output shapes {state['shapes']}, this model has {self.shapes}")
+            raise CheckpointError(f"the checkpoint is for blocks with output shapes {state['shapes']}, "
+                                  f"this model has {self.shapes}")
         if state["mode"] != self.mode:
             raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, this trainer is in {self.mode} mode")
         shared, optimizer_states = state["shared_optimizer"], state["optimizers"]
@@ -457,47 +490,26 @@ class BlockADMM:
         rng = state["rng"]
         if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
             raise CheckpointError("the checkpoint's random number generator state is not a CPU generator state")
-        if set(state["config"]) - {f.name for f in fields(ADMMConfig)}:
-            raise CheckpointError(f"the checkpoint's config has unknown fields {sorted(state['config'])}")
+        if set(state["config"]) - {f.name for f in fields(ADMMConfig)} or len(state["rho"]) != self.n_blocks - 1:
+            raise CheckpointError(f"the checkpoint's config {sorted(state['config'])} or rho {state['rho']} do not "
+                                  f"fit this trainer")
+
+    def _with_override(self, state: dict, override: dict) -> tuple[ADMMConfig, list[float], float | None]:
+        """(config, rho per boundary, learning rate or None): the checkpoint's, with `override` applied and checked."""
+        unknown = set(override) - {f.name for f in fields(ADMMConfig)} - {"lr"}
+        if unknown:
+            raise TypeError(f"unknown override {sorted(unknown)}: pass ADMMConfig fields or 'lr'")
         config = ADMMConfig(**{**state["config"], **{k: v for k, v in override.items() if k != "lr"}})
         rho = [float(r) for r in state["rho"]]
         if "rho" in override:
-            rho = [float(r) for r in (config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * len(rho))]
-            if len(rho) != len(state["rho"]):
-                raise ValueError(f"override rho has {len(rho)} values but the model has {len(state['rho'])} block boundaries")
-        lrs = sorted({g["lr"] for sd in optimizer_states for g in sd["param_groups"]})
+            given = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * len(rho)
+            if len(given) != len(rho):
+                raise ValueError(f"override rho has {len(given)} values but the model has {len(rho)} block boundaries")
+            rho = [float(r) for r in given]
         lr = override.get("lr")
         if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"override lr must be a finite number > 0, got {lr!r}")
-        # everything checked: now change the trainer
-        if self.tables is not None:
-            self.tables.load_state_dict(state["tables"], state.get(TABLE_FILES))
-            for k, (old, new) in enumerate(zip(state["rho"], rho)):
-                if old != new:
-                    self.tables.scale_duals(k, old / new)  # scaled duals: u = y / rho
-        for b, sd in zip(self.blocks, state["blocks"]):
-            b.load_state_dict(sd)
-        for sch, sd in zip(self.schedulers, state["schedulers"]):
-            sch.load_state_dict(sd)
-        for o, sd in zip(self.optimizers, optimizer_states):
-            o.load_state_dict(sd)
-            for g in o.param_groups:
-                g["lr"] = g["lr"] if lr is None else lr
-        old = {**state["config"], "rho": list(state["rho"]), "lr": lrs[0] if len(lrs) == 1 else lrs}
-        new = {**asdict(config), "rho": rho, "lr": old["lr"] if lr is None else lr}
-        changed = {k: (old[k], new[k]) for k in override if old[k] != new[k]}
-        self.config, self.rho = config, rho
-        self._rho_window = copy.deepcopy(state["rho_window"])
-        self._rho_prev = list(state["rho_prev"])
-        self.step_count, self.epoch = state["step_count"], state["epoch"]
-        self.history = copy.deepcopy(state["history"])
-        self.resumes = copy.deepcopy(state["resumes"])
-        if changed:
-            self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
-            logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,
-                                             ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-        torch.set_rng_state(rng)
-        return changed
+        return config, rho, lr
 
     def save(self, path: str) -> None:
         """Write the checkpoint `path` atomically (blockadmm.engine.checkpoint); refuses non-finite state."""

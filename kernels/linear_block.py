@@ -1,6 +1,6 @@
 """Triton block-local forward/backward of `act(x Wᵀ + b)` against its ADMM target (DESIGN §2).
 
-    out = act(x Wᵀ + b),  r = out - z + u,  loss = (rho/2m) Σ r²,  gp = (rho/m) r ⊙ act'(pre)
+    out = act(x Wᵀ + b),  r = out - z - u,  loss = (rho/2m) Σ r²,  gp = (rho/m) r ⊙ act'(pre)
     grad_weight = gpᵀ x,  grad_bias = Σ_rows gp,  grad_input = gp W
 
 The forward GEMM carries the whole epilogue: it writes `out` and `gp` (float32), a per-program partial
@@ -60,7 +60,7 @@ def _linear_fwd_kernel(
     off = rm[:, None] * N + rn[None, :]
     zt = tl.load(z_ptr + off, mask=mask, other=0.0).to(tl.float32)
     ut = tl.load(u_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    r = tl.where(mask, y - zt + ut, 0.0)
+    r = tl.where(mask, y - zt - ut, 0.0)
     gp = scale * r * d
     tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(gp_ptr + off, gp, mask=mask)

@@ -1,11 +1,11 @@
 """The trainer on each available compiled backend gives the weights the torch backend gives (issue #3, item 6)."""
 import pytest
 import torch
+from kernel_backends import backend_params
 
 from blockadmm import data, ops
 from blockadmm.models import mlp_blocks
 from blockadmm.trainer import BlockADMM
-from kernel_backends import backend_params
 
 
 @pytest.fixture(scope="module")

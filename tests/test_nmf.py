@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ def test_codes_nonneg_and_error_non_increasing():
         H = layer.encode_rows(V, H, n_iter=1)
         assert bool((H >= 0).all())
         errs.append(float(layer.loss(V, H)))
-    assert all(b <= a * (1 + 1e-5) + 1e-6 for a, b in zip(errs, errs[1:]))
+    assert all(b <= a * (1 + 1e-5) + 1e-6 for a, b in itertools.pairwise(errs))
     assert errs[-1] < errs[0]
 
 
@@ -103,7 +105,7 @@ def _tiny_trainer(mode, n=60):
     from blockadmm.data import IndexedDataset
 
     ds = IndexedDataset(X, (X[:, 0] > 0.5).long())
-    kw = dict(num_samples=n) if mode == "batch" else {}
+    kw = {"num_samples": n} if mode == "batch" else {}
     t = BlockADMM([feats, nmf, head], input_shape=(8,), mode=mode, constraints={0: "nonneg", 1: "nonneg"}, **kw)
     return t, ds
 

@@ -299,3 +299,29 @@ def test_resume_with_mismatched_tables_is_an_error(digits, tmp_path):
                       table_storage="memmap", table_dir=str(tmp_path / "t2"))
     with pytest.raises(CheckpointError, match="c.pt: its table file .*z1.npy has 608 bytes, the manifest says"):
         fresh.load(ckpt)
+
+
+def test_autograd_blocks_reuse_kept_forwards():
+    """A block's forward runs once per input and weights: online, top-down, S sweeps, three autograd blocks (an
+    explicit loss keeps the head off the closed form). Block 0: its forward per sweep (the first is the initial
+    one), its weight step on the kept graph; block 1: the initial or dual-step forward (whose graph gives block 0's
+    boundary its input gradient) and the weight step's; the head: the same, its first input gradient from the
+    initial forward."""
+    torch.manual_seed(0)
+    calls = [0, 0, 0]
+
+    class Counted(nn.Sequential):
+        def forward(self, x):
+            calls[self.k] += 1
+            return super().forward(x)
+
+    blocks = [Counted(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+              Counted(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten()), Counted(nn.Linear(64, 10))]
+    for k, b in enumerate(blocks):
+        b.k = k
+    sweeps = 3
+    tr = BlockADMM(blocks, input_shape=(1, 8, 8), loss=nn.CrossEntropyLoss(), sweeps=sweeps)
+    assert [type(t) for t in tr.engine.terms] == [AutogradTerm] * 3
+    calls[:] = [0, 0, 0]
+    tr.step(torch.randn(20, 1, 8, 8), torch.randint(0, 10, (20,)))
+    assert calls == [sweeps, 2 * sweeps, 2 * sweeps]

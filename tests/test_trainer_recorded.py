@@ -16,16 +16,16 @@ STEPS, BATCH, SAMPLES = 30, 50, 200
 RECORDED_STEPS = (0, 9, 29)  # the StepStats stored
 
 CASES = {
-    "tanh8-online": dict(net="tanh8", mode="online"),
-    "tanh8-batch": dict(net="tanh8", mode="batch"),
-    "tanh8-online-sign": dict(net="tanh8", mode="online", aux_step="sign"),
-    "mlp3-online": dict(net="mlp3", mode="online"),
-    "mlp3-batch": dict(net="mlp3", mode="batch"),
-    "mlp3-online-autograd": dict(net="mlp3", mode="online", fused_linear=False),
-    "mlp3-batch-jacobi-adam": dict(net="mlp3", mode="batch", order="jacobi", aux_step="adam", lr_z=0.05),
-    "mlp3-online-nonneg-bottom-up": dict(net="mlp3", mode="online", order="bottom-up", constraints={0: "nonneg"}),
-    "cnn-online": dict(net="cnn", mode="online"),
-    "cnn-batch-k2": dict(net="cnn", mode="batch", k_z=2, k_w=2),
+    "tanh8-online": {"net": "tanh8", "mode": "online"},
+    "tanh8-batch": {"net": "tanh8", "mode": "batch"},
+    "tanh8-online-sign": {"net": "tanh8", "mode": "online", "aux_step": "sign"},
+    "mlp3-online": {"net": "mlp3", "mode": "online"},
+    "mlp3-batch": {"net": "mlp3", "mode": "batch"},
+    "mlp3-online-autograd": {"net": "mlp3", "mode": "online", "fused_linear": False},
+    "mlp3-batch-jacobi-adam": {"net": "mlp3", "mode": "batch", "order": "jacobi", "aux_step": "adam", "lr_z": 0.05},
+    "mlp3-online-nonneg-bottom-up": {"net": "mlp3", "mode": "online", "order": "bottom-up", "constraints": {0: "nonneg"}},
+    "cnn-online": {"net": "cnn", "mode": "online"},
+    "cnn-batch-k2": {"net": "cnn", "mode": "batch", "k_z": 2, "k_w": 2},
 }
 
 
@@ -67,7 +67,7 @@ def test_matches_recorded_values(name):
     torch.testing.assert_close(torch.tensor(got["weight_sums"], dtype=torch.float64),
                                torch.tensor(want["weight_sums"], dtype=torch.float64), rtol=1e-6, atol=1e-6)
     for g, w in zip(got["stats"], want["stats"], strict=True):
-        flat = lambda s: torch.tensor([s["loss"], *s["primal"], *s["dual"]], dtype=torch.float64)  # noqa: E731
+        flat = lambda s: torch.tensor([s["loss"], *s["primal"], *s["dual"]], dtype=torch.float64)
         torch.testing.assert_close(flat(g), flat(w), rtol=1e-6, atol=1e-6)
 
 

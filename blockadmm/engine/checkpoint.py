@@ -284,7 +284,8 @@ def check_module_state(module: torch.nn.Module, state: Mapping, what: str) -> No
     own = module.state_dict()
     if set(own) != set(state):
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        raise CheckpointError(f"{what} does not fit: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise CheckpointError(f"{what} does not fit: the model has {missing[:5]} that the checkpoint lacks, the "
+                              f"checkpoint {extra[:5]} that the model lacks")
     for key, value in own.items():
         theirs = state[key]
         if isinstance(value, torch.Tensor) and (not isinstance(theirs, torch.Tensor) or theirs.shape != value.shape):

@@ -116,7 +116,7 @@ class FusedLinearTerm(AutogradTerm):
         if kept is not None:
             gp, ssq = self._kept_term(kept.value, target, dual, rho / m, need_ssq=True)
             return _set_grads(self.linear, gp.T @ inp, gp.sum(0), (rho / (2 * m)) * ssq)
-        loss, gw, gb, _, _ = ops.linear_block_fwd_bwd(inp, self.linear.weight, self.linear.bias, target, dual.neg(),
+        loss, gw, gb, _, _ = ops.linear_block_fwd_bwd(inp, self.linear.weight, self.linear.bias, target, dual,
                                                       rho=rho, activation=self.activation, need_input_grad=False,
                                                       backend=self.backend)
         return _set_grads(self.linear, gw, gb, loss.detach())

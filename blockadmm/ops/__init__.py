@@ -5,8 +5,6 @@ shapes, dtypes, devices, contiguity of in-place outputs, unique indices.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import ref
@@ -23,18 +21,18 @@ from ._dispatch import (
 )
 
 __all__ = [
-    "aux_dual_update",
-    "nmf_mu_update",
-    "linear_block_fwd_bwd",
-    "Prox",
-    "Backend",
-    "BackendUnavailable",
-    "register_backend",
-    "backends",
-    "status",
-    "compiled_modules",
     "AUTO_ORDER",
     "BACKEND_ENV",
+    "Backend",
+    "BackendUnavailable",
+    "Prox",
+    "aux_dual_update",
+    "backends",
+    "compiled_modules",
+    "linear_block_fwd_bwd",
+    "nmf_mu_update",
+    "register_backend",
+    "status",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -74,7 +72,7 @@ def compiled_modules() -> dict:
     return {f"blockadmm.{name}": _native.describe(name) for name in ("_cpu", "_cuda")}
 
 
-def needs_torch_backend(op: str, device: str, kwargs: dict) -> Optional[str]:
+def needs_torch_backend(op: str, device: str, kwargs: dict) -> str | None:
     """`can_run` helper for compiled backends: what only the torch reference can do."""
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
@@ -103,13 +101,13 @@ def aux_dual_update(
     z: torch.Tensor,
     u: torch.Tensor,
     a: torch.Tensor,
-    g: Optional[torch.Tensor] = None,
+    g: torch.Tensor | None = None,
     *,
     rho: float,
     lr: float,
     dual_step: float = 1.0,
     prox=None,
-    index: Optional[torch.Tensor] = None,
+    index: torch.Tensor | None = None,
     step: str = "grad",
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -150,8 +148,8 @@ def aux_dual_update(
         raise ValueError(f"step must be 'grad' or 'sign', got {step!r}")
     a = a.contiguous()
     g = g.contiguous() if g is not None else None
-    kwargs = dict(rho=float(rho), lr=float(lr), dual_step=float(dual_step), prox=prox, index=index, step=step)
-    fn = resolve("aux_dual_update", backend, device, kwargs, dict(z=z, u=u, a=a, g=g))
+    kwargs = {"rho": float(rho), "lr": float(lr), "dual_step": float(dual_step), "prox": prox, "index": index, "step": step}
+    fn = resolve("aux_dual_update", backend, device, kwargs, {"z": z, "u": u, "a": a, "g": g})
     return fn(z, u, a, g, **kwargs)
 
 
@@ -185,15 +183,15 @@ def nmf_mu_update(
         raise ValueError(f"need eps > 0, l1 >= 0, l2 >= 0; got eps={eps}, l1={l1}, l2={l2}")
     _check_inplace("H", H)
     _check_inplace("W", W)
-    kwargs = dict(which=which, eps=float(eps), l1=float(l1), l2=float(l2))
-    fn = resolve("nmf_mu_update", backend, device, kwargs, dict(V=V, H=H, W=W))
+    kwargs = {"which": which, "eps": float(eps), "l1": float(l1), "l2": float(l2)}
+    fn = resolve("nmf_mu_update", backend, device, kwargs, {"V": V, "H": H, "W": W})
     fn(V.contiguous(), H, W, **kwargs)
 
 
 def linear_block_fwd_bwd(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     z: torch.Tensor,
     u: torch.Tensor,
     *,
@@ -202,7 +200,8 @@ def linear_block_fwd_bwd(
     need_input_grad: bool = True,
     backend: str = "auto",
 ):
-    """Local ADMM loss and gradients of the block act(x W^T + b) against target z with dual u.
+    """Local ADMM loss and gradients of the block act(x W^T + b) against target z with scaled dual u:
+    out = act(x W^T + b), r = out - z - u (u with the sign of aux_dual_update's), loss = (rho/2m) sum r^2.
 
     Returns (loss, grad_weight, grad_bias, grad_input, out); grad_input is None unless needed.
     """
@@ -219,8 +218,8 @@ def linear_block_fwd_bwd(
         raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
     if activation not in ref.ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {ref.ACTIVATIONS}")
-    kwargs = dict(rho=float(rho), activation=activation, need_input_grad=bool(need_input_grad))
-    fn = resolve("linear_block_fwd_bwd", backend, device, kwargs, dict(x=x, weight=weight, bias=bias, z=z, u=u))
+    kwargs = {"rho": float(rho), "activation": activation, "need_input_grad": bool(need_input_grad)}
+    fn = resolve("linear_block_fwd_bwd", backend, device, kwargs, {"x": x, "weight": weight, "bias": bias, "z": z, "u": u})
     return fn(
         x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), z.contiguous(), u.contiguous(), **kwargs
     )

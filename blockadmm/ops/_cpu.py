@@ -9,13 +9,12 @@ linear-block residual/activation epilogue.
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 import torch
 
 from .. import _native
+from .._kernel_args import ACT_CODES, check_linear_residual, prox_args
 from ..ref import linear_block as _ref_linear
-from .._kernel_args import ACT_CODES, prox_args
 
 DEVICES = ("cpu",)
 _SCRATCH = threading.local()
@@ -84,7 +83,7 @@ def _mm_inner(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor, scratch: str)
         out.addmm_(A[t * q:].T, B[t * q:])
 
 
-def can_run(op: str, device: str, kwargs: dict) -> Optional[str]:
+def can_run(op: str, device: str, kwargs: dict) -> str | None:
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
         return "a Prox.custom callable runs only on the torch backend"
@@ -105,6 +104,7 @@ def _check(name: str, t: torch.Tensor) -> None:
 
 def load():
     mod = _native.load("_cpu")
+    check_linear_residual(mod, "_cpu")
 
     def aux_dual_update(z, u, a, g, *, rho, lr, dual_step=1.0, prox=None, index=None, step="grad"):
         for name, t in (("z", z), ("u", u), ("a", a), ("g", g)):

@@ -7,18 +7,16 @@ float16/bfloat16 tensors are read and written in their own dtype.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import _native
-from .._kernel_args import ACT_CODES, prox_args
+from .._kernel_args import ACT_CODES, check_linear_residual, prox_args
 
 DEVICES = ("cuda",)
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
-def can_run(op: str, device: str, kwargs: dict) -> Optional[str]:
+def can_run(op: str, device: str, kwargs: dict) -> str | None:
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
         return "a Prox.custom callable runs only on the torch backend"
@@ -27,6 +25,7 @@ def can_run(op: str, device: str, kwargs: dict) -> Optional[str]:
 
 def load():
     mod = _native.load("_cuda")
+    check_linear_residual(mod, "_cuda")
     n, err = mod.device_count()
     if n == 0:
         raise RuntimeError(f"blockadmm._cuda is built but sees no usable GPU ({err or 'no CUDA device'})")

@@ -8,14 +8,14 @@ the reason.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional
 
 BACKEND_ENV = "BLOCKADMM_BACKEND"
 
 # Fastest first. On CUDA, the CUDA C++ module leads because it launches fewer kernels per op than the
 # Triton path for the memory-bound ops; the kernel bench (bench/) is the record of that choice.
-AUTO_ORDER: Dict[str, tuple] = {
+AUTO_ORDER: dict[str, tuple] = {
     "cuda": ("cuda", "triton", "torch"),
     "cpu": ("cpu", "torch"),
 }
@@ -31,23 +31,23 @@ class Backend:
     devices: tuple
     load: Callable[[], Mapping[str, Callable]]
     # (op, device_type, kwargs) -> None if it can run the call, else the reason it cannot
-    can_run: Callable[[str, str, dict], Optional[str]] = lambda op, device, kwargs: None
-    _ops: Optional[Mapping[str, Callable]] = field(default=None, repr=False)
-    _error: Optional[str] = field(default=None, repr=False)
+    can_run: Callable[[str, str, dict], str | None] = lambda op, device, kwargs: None
+    _ops: Mapping[str, Callable] | None = field(default=None, repr=False)
+    _error: str | None = field(default=None, repr=False)
 
-    def ops(self) -> Optional[Mapping[str, Callable]]:
+    def ops(self) -> Mapping[str, Callable] | None:
         if self._ops is None and self._error is None:
             try:
                 self._ops = self.load()
-            except Exception as e:  # a missing compiler, library or GPU is a reason, not a crash
+            except Exception as e:  # noqa: BLE001 - a missing compiler, library or GPU is a reason, not a crash
                 self._error = f"{type(e).__name__}: {e}"
         return self._ops
 
-    def load_error(self) -> Optional[str]:
+    def load_error(self) -> str | None:
         self.ops()
         return self._error
 
-    def why_not(self, op: str, device: str, kwargs: dict, tensors: Optional[Mapping] = None) -> Optional[str]:
+    def why_not(self, op: str, device: str, kwargs: dict, tensors: Mapping | None = None) -> str | None:
         if device not in self.devices:
             return f"runs on {'/'.join(self.devices)} tensors, these are on {device}"
         err = self.load_error()
@@ -59,18 +59,18 @@ class Backend:
         return self.can_run(op, device, dict(kwargs, tensors=dict(tensors or {})))
 
 
-_BACKENDS: Dict[str, Backend] = {}
+_BACKENDS: dict[str, Backend] = {}
 
 
 def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.name] = backend
 
 
-def backends() -> Dict[str, Backend]:
+def backends() -> dict[str, Backend]:
     return dict(_BACKENDS)
 
 
-def resolve(op: str, backend: str, device: str, kwargs: dict, tensors: Optional[Mapping] = None) -> Callable:
+def resolve(op: str, backend: str, device: str, kwargs: dict, tensors: Mapping | None = None) -> Callable:
     """Return the implementation of `op` that `backend` names (or the best one for "auto")."""
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV, "auto") or "auto"
@@ -94,6 +94,6 @@ def resolve(op: str, backend: str, device: str, kwargs: dict, tensors: Optional[
     raise BackendUnavailable(f"no backend can run {op} on {device} tensors")
 
 
-def status() -> Dict[str, Optional[str]]:
+def status() -> dict[str, str | None]:
     """Backend name -> None when it loaded, else the reason it did not."""
     return {name: b.load_error() for name, b in _BACKENDS.items()}

@@ -7,7 +7,6 @@ never picks Triton (AUTO_ORDER["cpu"] does not list it), only backend="triton" d
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 DEVICES = ("cuda", "cpu")
 
@@ -16,7 +15,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def can_run(op: str, device: str, kwargs: dict) -> Optional[str]:
+def can_run(op: str, device: str, kwargs: dict) -> str | None:
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
         return "a Prox.custom callable runs only on the torch backend"
@@ -27,7 +26,7 @@ def can_run(op: str, device: str, kwargs: dict) -> Optional[str]:
 
 def load():
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401 - only whether it imports
     except ImportError as e:
         raise ImportError(f"triton is not installed ({e}); pip install 'blockadmm[triton]'") from None
     from ..kernels import aux_dual, linear_block, nmf

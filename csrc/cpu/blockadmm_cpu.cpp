@@ -11,7 +11,7 @@
 //                     of squared primal residuals.
 //   nmf_mu_epilogue   x <- x * num / (den + l1 + l2*x + eps), in place, results below sqrt(FLT_MIN) flushed to zero
 //                     (the GEMMs stay with torch's BLAS)
-//   linear_epilogue   out = act(pre); r = out - z + u; pre <- (rho/m) r act'(pre); returns sum r^2
+//   linear_epilogue   out = act(pre); r = out - z - u; pre <- (rho/m) r act'(pre); returns sum r^2
 //
 // Portable flags only (no -march=native, no -ffast-math: NaN and inf must behave as in torch).
 // Inner loops are branch-free (selects), so the compiler vectorizes them with `omp simd`.
@@ -208,7 +208,7 @@ double linear_epi_impl(float* pre, float* out, const float* z, const float* u, i
     for (int64_t i = o; i < e; ++i) {
       float d;
       const float y = act_fwd<ACT>(pq[i], &d);
-      const float r = y - z[i] + u[i];
+      const float r = y - z[i] - u[i];
       oq[i] = y;
       pq[i] = scale * r * d;
       acc += r * r;
@@ -254,7 +254,8 @@ PYBIND11_MODULE(_cpu, m) {
         "x <- x * num / (den + l1 + l2*x + eps), in place, float32.");
   m.def("linear_epilogue", &linear_epilogue, py::arg("pre"), py::arg("out"), py::arg("z"), py::arg("u"),
         py::arg("n"), py::arg("scale"), py::arg("activation"), py::arg("nthreads") = 0,
-        "out = act(pre); pre <- scale*(out - z + u)*act'(pre); returns sum (out - z + u)^2.");
+        "out = act(pre); pre <- scale*(out - z - u)*act'(pre); returns sum (out - z - u)^2.");
+  m.attr("LINEAR_RESIDUAL") = "out - z - u";
 #ifdef _OPENMP
   m.attr("openmp") = true;
   m.attr("max_threads") = omp_get_max_threads();

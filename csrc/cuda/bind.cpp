@@ -32,6 +32,7 @@ void check(int err, const char* what) {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "blockadmm CUDA kernels; torch-free C interface (raw pointers, sizes, device, cudaStream_t)";
+  m.attr("LINEAR_RESIDUAL") = "out - z - u";
 
   m.def("aux_dual_num_partials", &bam_aux_dual_num_partials, py::arg("numel"));
   m.def(

@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(NT) linear_fwd_kernel(Op X, Op Wt, const void*
         float d;
         const float y = act_fwd<ACT>(pre, d);
         const int64_t off = r * N + c;
-        const float res = y - ldf_ool(z, zdt, off) + ldf_ool(u, udt, off);
+        const float res = y - ldf_ool(z, zdt, off) - ldf_ool(u, udt, off);
         stf_ool(out, odt, off, y);
         const float gv = scale * res * d;
         gp[off] = gv;

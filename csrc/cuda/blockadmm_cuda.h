@@ -56,7 +56,7 @@ int bam_nmf_mu(int device, cudaStream_t stream, const void* X, int x_dtype, int6
 int64_t bam_nmf_inplace_max_r(void);
 
 /* Forward of the linear block with the ADMM residual epilogue fused:
- *   pre = x @ W^T + b;  out = act(pre);  r = out - z + u;  gp = scale * r * act'(pre)
+ *   pre = x @ W^T + b;  out = act(pre);  r = out - z - u;  gp = scale * r * act'(pre)
  * x (m x k), W (n x k), b (n) or NULL, z, u, out (m x n) row-major; gp float32 (m x n).
  * loss_partials (float32, one per block: bam_linear_grid(m, n) of them) get sum r^2 per block;
  * bias_partials (float32, ceil(m/64) x n) get the column sums of gp per row tile. */
