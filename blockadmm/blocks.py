@@ -112,11 +112,12 @@ def make_blocks(model, blocks=None) -> list[nn.Module]:
     if blocks is None:
         raise ValueError(f"Block-ADMM trains a model cut into blocks, and this {name} was given no cut: "
                          f"{HOW_TO_CUT}")
+
     def integer(value):
         return isinstance(value, int) and not isinstance(value, bool)
 
     if not (integer(blocks) or (isinstance(blocks, (list, tuple)) and all(integer(c) for c in blocks))):
-        raise TypeError(f"blocks must be a number of blocks or a list of cut indices, got {blocks!r}")
+        raise TypeError(f"blocks must be a number of blocks (an int) or a list of cut indices (ints), got {blocks!r}")
     if blocks == 1:
         return [model]
     if not isinstance(model, nn.Sequential):

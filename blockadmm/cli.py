@@ -93,6 +93,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
                         "the checkpoint's values, the others are the checkpoint's")
     p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
+    p.add_argument("--stop-on-divergence", action="store_true",
+                   help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
+                        "without it that is a warning in the log and in metrics.json")
     p.add_argument("--nproc", type=int, default=1, help="run the blocks on N local processes (blockadmm.distributed)")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
                    help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
@@ -154,7 +157,7 @@ def _loggers(args, run: str) -> list:
 def cmd_train(args) -> int:
     from . import data
     from .report import plot_curves, print_table
-    from .trainer import BlockADMM, adam
+    from .trainer import BlockADMM, DivergenceError, NonFiniteError, adam
 
     explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
     resolve_preset(args)
@@ -211,8 +214,12 @@ def cmd_train(args) -> int:
             resumes["admm-" + mode] = trainer.resumes
         print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}",
               file=sys.stderr)
-        runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt,
-                                           callbacks=_loggers(args, "admm-" + mode), **fit_kw)
+        try:
+            runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt,
+                                               stop_on_divergence=args.stop_on_divergence,
+                                               callbacks=_loggers(args, "admm-" + mode), **fit_kw)
+        except (NonFiniteError, DivergenceError) as e:
+            raise type(e)(f"admm-{mode}: {e}") from None
     if args.compare == "backprop":
         print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
         bp = BlockADMM(copy.deepcopy(model), blocks=1, input_shape=splits.input_shape, optimizer=optimizer, sweeps=1,

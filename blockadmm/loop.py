@@ -2,11 +2,13 @@
 schedulers, evaluation on a schedule, checkpoints, the history.
 
 Works on any trainer with `step(x, y, index) -> StepStats`, `forward`, `blocks`, `epoch`, `history`, `seed`,
-`schedulers`, `epoch_scheduled` (blocks told the epoch), `save(path)` and `stop_training`.
+`schedulers`, `epoch_scheduled` (blocks told the epoch), `divergence` (engine.divergence.DivergenceGuard),
+`save(path)` and `stop_training`.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .callbacks import Callback
 from .engine.checkpoint import NonFiniteError
+from .engine.divergence import DivergenceError
 from .loader import epoch_batches, unpack_batch
 
 
@@ -76,7 +79,7 @@ def _step_scheduler(scheduler, record: dict) -> None:
 
 def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=None, checkpoint: str | None = None,
         progress: bool = True, eval_train: bool = True, eval_every: int = 1, callbacks: Sequence[Callback] = (),
-        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        on_epoch: Callable[[dict], None] | None = None, stop_on_divergence: bool = False) -> list[dict]:
     """Train until `epochs` epochs are done (continuing from trainer.epoch after a resume); see BlockADMM.fit."""
     from tqdm.auto import tqdm
 
@@ -95,6 +98,11 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
     evaluated = {"train": eval_train, "val": val is not None, "test": test is not None}
     trainer.metric_names = {f"{name}_{m}" for name, on in evaluated.items() if on for m in ("loss", "acc")}
     trainer.stop_training = False
+
+    def last_good() -> str:
+        exists = checkpoint and os.path.exists(checkpoint)
+        return f" The last good checkpoint is {checkpoint} (epoch {trainer.epoch})." if exists else ""
+
     for cb in callbacks:
         cb.on_train_begin(trainer)
     try:
@@ -102,7 +110,7 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
             for block in trainer.epoch_scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
                 block.admm_set_epoch(epoch)
             t0 = time.perf_counter()
-            rows = []
+            rows, diverging = [], None
             batches = epoch_batches(train, batch_size, shuffle=True, seed=trainer.seed, epoch=epoch)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
             for batch in bar:
@@ -110,9 +118,14 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                 try:
                     stats = trainer.step(x, y, index)
                 except NonFiniteError as e:
-                    where = (f" The last good checkpoint is {checkpoint} (epoch {trainer.epoch})."
-                             if checkpoint and os.path.exists(checkpoint) else "")
-                    raise NonFiniteError(f"{e}{where}") from e
+                    raise NonFiniteError(f"{e}{last_good()}") from e
+                reason = trainer.divergence.update(stats.loss)
+                if reason and diverging is None:
+                    diverging = f"training diverges at step {trainer.step_count} (epoch {epoch + 1}): {reason}"
+                    if stop_on_divergence:
+                        raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
+                                              f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
+                    logging.getLogger(__name__).warning("%s", diverging)
                 rows.append((stats, x.shape[0]))
                 bar.set_postfix(loss=f"{stats.loss:.3f}")
                 for cb in callbacks:
@@ -126,6 +139,8 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                 for name, data in (("train", train if eval_train else None), ("val", val), ("test", test)):
                     if data is not None:
                         record.update({f"{name}_{k}": v for k, v in evaluate(trainer, data).items()})
+            if diverging:
+                record["divergence"] = diverging
             for scheduler in trainer.schedulers:
                 _step_scheduler(scheduler, record)
             trainer.epoch = epoch + 1

@@ -31,6 +31,7 @@ from .engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .engine.divergence import DivergenceError, DivergenceGuard
 from .loader import unpack_batch
 from .loop import is_classification
 from .prox import as_prox
@@ -42,6 +43,7 @@ __all__ = [
     "PRESETS",
     "ADMMConfig",
     "BlockADMM",
+    "DivergenceError",
     "NonFiniteError",
     "StepStats",
     "adam",
@@ -214,6 +216,8 @@ class BlockADMM:
         self.epoch = 0
         self.history: list[dict] = []
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
+        n_out = self.shapes[-1][-1]
+        self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
 
     @property
     def config(self) -> ADMMConfig:
@@ -279,16 +283,24 @@ class BlockADMM:
                     "batch mode needs the sample index of every row: use a dataset that yields (x, y, index) "
                     "(every blockadmm.data dataset does) and call step(x, y, index), or use mode='online'"
                 )
+            if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+                raise TypeError(f"sample indices must be integers, got {index.dtype}: pass the dataset's index column")
+            if index.shape != (x.shape[0],):
+                raise ValueError(f"the sample index has shape {tuple(index.shape)}, the batch {x.shape[0]} rows")
+            if torch.unique(index).numel() != index.numel():
+                raise ValueError("a sample index appears twice in one batch: batch mode keeps one z and u per sample, "
+                                 "so each sample may appear at most once per mini-batch")
             n = self.tables.num_samples
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
                 raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{n - 1}: "
                                  f"num_samples must be the length of the training set")
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
-        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch (x, y[, index]); inputs are cast to the
-        model's dtype and integer labels to int64 (blockadmm.loader.unpack_batch)."""
+        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch (x, y[, index]; the index is read in batch mode
+        only); inputs are cast to the model's dtype and integer labels to int64 (blockadmm.loader.unpack_batch)."""
         t0 = time.perf_counter()
-        x, y, index = self.prepare_batch(*unpack_batch((x, y) if index is None else (x, y, index), dtype=self.dtype))
+        batch = (x, y) if index is None or self.tables is None else (x, y, index)  # online: no per-sample state
+        x, y, index = self.prepare_batch(*unpack_batch(batch, dtype=self.dtype))
         for b in self.blocks:
             b.train()
         engine, blocks, boundaries = self.engine, range(self.n_blocks), range(self.n_blocks - 1)
@@ -386,7 +398,7 @@ class BlockADMM:
     # ---------------------------------------------------------------- epochs
     def fit(self, train, epochs: int, *, batch_size: int = 100, val=None, test=None, checkpoint: str | None = None,
             progress: bool = True, eval_train: bool = True, eval_every: int = 1, callbacks: Sequence[Callback] = (),
-            on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+            on_epoch: Callable[[dict], None] | None = None, stop_on_divergence: bool = False) -> list[dict]:
         """Train until `epochs` epochs are done (continuing from self.epoch after a resume); returns the history.
 
         train, val, test: a Dataset (batched here, in an order that is a function of (seed, epoch), so a resumed
@@ -398,11 +410,13 @@ class BlockADMM:
         epochs and after the last, train_loss / train_acc over the whole training set (eval_train), val_* and
         test_*. callbacks: blockadmm.callbacks (loggers, EarlyStopping); a callback ends training by setting
         `stop_training`. checkpoint: saved atomically after every epoch; a non-finite value stops training and
-        leaves the last good checkpoint. on_epoch(record): called after every epoch.
+        leaves the last good checkpoint. on_epoch(record): called after every epoch. Divergence without NaN
+        (self.divergence: the loss at chance level or growing) is a warning in the log and the epoch's record
+        ("divergence"), or, with stop_on_divergence, a DivergenceError.
         """
         return loop.fit(self, train, epochs, batch_size=batch_size, val=val, test=test, checkpoint=checkpoint,
                         progress=progress, eval_train=eval_train, eval_every=eval_every, callbacks=callbacks,
-                        on_epoch=on_epoch)
+                        on_epoch=on_epoch, stop_on_divergence=stop_on_divergence)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -422,6 +436,7 @@ class BlockADMM:
             "epoch": self.epoch,
             "history": copy.deepcopy(self.history),
             "resumes": copy.deepcopy(self.resumes),
+            "divergence": self.divergence.state_dict(),
             "rng": torch.get_rng_state(),
             "tables": None if self.tables is None else self.tables.state_dict(),
         }
@@ -457,6 +472,7 @@ class BlockADMM:
         self.step_count, self.epoch = state["step_count"], state["epoch"]
         self.history = copy.deepcopy(state["history"])
         self.resumes = copy.deepcopy(state["resumes"])
+        self.divergence.load_state_dict(state["divergence"])
         if changed:
             self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
             logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,

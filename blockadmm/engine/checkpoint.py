@@ -109,7 +109,7 @@ def _copy_table(src: str, dst: str, ckpt: str) -> tuple[int, str]:
     with open(src, "rb") as f:
         head = f.read(arr.offset)
     rows = arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, 1)
-    step = max(1, _CHUNK // max(1, rows.strides[0] if rows.ndim else 1))
+    step = max(1, _CHUNK // max(1, rows.strides[0]))
     with open(dst, "wb") as out:
         _write_all(out, head)
         digest.update(head)
@@ -201,7 +201,7 @@ def load_checkpoint(path: str, *, map_location=None) -> dict:
                               f"the header says {header['payload']['size']}")
     if hashlib.sha256(payload).hexdigest() != header["payload"]["sha256"]:
         raise CheckpointError(f"{path} is corrupted: its payload does not match the checksum in its header")
-    files = {name: _verified_file(path, name, entry) for name, entry in header["files"].items()}
+    files = {name: _verified_file(path, entry) for name, entry in header["files"].items()}
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
@@ -258,7 +258,7 @@ def _read_header(path: str) -> tuple[dict, int]:
     return header, offset
 
 
-def _verified_file(path: str, name: str, entry: Mapping) -> str:
+def _verified_file(path: str, entry: Mapping) -> str:
     """The absolute path of the table file `entry` of checkpoint `path`, checked to lie in the checkpoint's
     folder and to have the recorded size and sha256."""
     folder = os.path.dirname(path)

@@ -1,6 +1,8 @@
 """The hyperparameters of Stochastic Block-ADMM (DESIGN §1)."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, fields
 
 from .presets import get_preset
@@ -46,11 +48,20 @@ class ADMMConfig:
             raise ValueError(f"aux_step must be one of {AUX_STEPS}, got {self.aux_step!r}")
         if self.rho_schedule not in ("constant", "adaptive"):
             raise ValueError(f"rho_schedule must be 'constant' or 'adaptive', got {self.rho_schedule!r}")
-        for name in ("sweeps", "k_z", "k_w"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr_z <= 0:
-            raise ValueError(f"lr_z must be > 0, got {self.lr_z}")
+        for name in ("sweeps", "k_z", "k_w", "rho_check_every"):
+            value = getattr(self, name)
+            if not _is_number(value, integral=True) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        rhos = list(self.rho) if isinstance(self.rho, (list, tuple)) else [self.rho]
+        if not rhos or not all(_is_number(r) and r > 0 for r in rhos):
+            raise ValueError(f"rho must be a finite number > 0, or a list of them (one per boundary), got {self.rho!r}")
+        for name, low, strict in (("lr_z", 0, True), ("dual_step", 0, False), ("rho_factor", 1, False),
+                                  ("rho_max", 0, True), ("rho_stall", 0, False)):
+            value = getattr(self, name)
+            if not _is_number(value) or value < low or (strict and value == low):
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
+        if self.rho_schedule == "adaptive" and self.rho_max < max(rhos):
+            raise ValueError(f"rho_max ({self.rho_max}) is below rho ({self.rho}): the adaptive schedule only grows rho")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ADMMConfig:
@@ -60,3 +71,10 @@ class ADMMConfig:
         if unknown:
             raise TypeError(f"unknown ADMMConfig fields {sorted(unknown)}")
         return cls(**values)
+
+
+def _is_number(value, integral: bool = False) -> bool:
+    """A finite real number (an int when `integral`); bools are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integral else numbers.Real):
+        return False
+    return math.isfinite(value)
