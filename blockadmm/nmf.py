@@ -117,12 +117,14 @@ class NMFLayer(nn.Module):
         self.register_buffer("basis_fitted", torch.zeros((), dtype=torch.bool))  # set by fit_basis / init_basis_from
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, n_components={self.n_components}, n_classes={self.n_classes}, n_iter={self.n_iter}"
+        return (f"in_features={self.in_features}, n_components={self.n_components}, n_classes={self.n_classes}, "
+                f"n_iter={self.n_iter}")
 
     # ------------------------------------------------------------------ the solve
     def _check_input(self, V: torch.Tensor) -> None:
         if V.dim() not in (2, 4):
-            raise ValueError(f"{self.name}: features must be (n, d) or conv features (n, d, h, w), got shape {tuple(V.shape)}")
+            raise ValueError(f"{self.name}: features must be (n, d) or conv features (n, d, h, w), "
+                             f"got shape {tuple(V.shape)}")
         if V.shape[1] != self.in_features:
             raise ValueError(f"{self.name}: expected {self.in_features} features (dim 1), got shape {tuple(V.shape)}")
         if V.numel() == 0:

@@ -39,7 +39,8 @@ def test_train_preset_fills_the_flags_not_given(tmp_path, capsys):
     from blockadmm.trainer import PRESETS
 
     out = tmp_path / "run"
-    args = ["train", "--data", "digits", "--hidden", "16", "--activation", "sigmoid", "--epochs", "1", "--quiet", "--out", str(out)]
+    args = ["train", "--data", "digits", "--hidden", "16", "--activation", "sigmoid", "--epochs", "1", "--quiet",
+            "--out", str(out)]
     assert main(args + ["--preset", "deep-batch", "--mode", "batch", "--sweeps", "2"]) == 0
     config = json.loads((out / "metrics.json").read_text())["config"]
     deep = PRESETS["deep-batch"]
