@@ -142,3 +142,68 @@ def test_end_to_end(benchmark):
                best_test_acc=max(h["test_acc"] for h in r.history),
                curve=r.curve, eval_every=EVAL_EVERY, lockstep=True,
                tta={str(a): time_to_accuracy(r.curve, a) for a in TARGETS}, train_s=r.total, timing=t["s"] is not None)
+
+
+# ------------------------------------------------------------------ the small CNN
+CNN_WIDTHS = pick((16, 32), (16, 32), (4, 8))
+CNN_EPOCHS = pick(5, 2, 1)
+CNN_METHODS = ["backprop", "admm-online", "admm-online-fast"]
+
+
+def cnn_blocks(in_channels, image_size, num_classes, widths):
+    """Conv-ReLU-Pool | Conv-ReLU-Flatten | Linear, as a Sequential and its cut into 3 blocks."""
+    from torch import nn
+
+    c1, c2 = widths
+    side = image_size // 2
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+                          nn.Sequential(nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.Flatten()),
+                          nn.Linear(c2 * side * side, num_classes))
+    return model, [1, 2]
+
+
+def test_end_to_end_cnn(benchmark):
+    """The small CNN on the same data, trained side by side (lockstep, as test_end_to_end): backprop (Adam 1e-3),
+    Block-ADMM online with the defaults and with the fast preset, from the same initial weights."""
+    from blockadmm import data
+    from blockadmm.trainer import BlockADMM, adam
+
+    splits = data.load(DATASET, image=True)
+    channels, side = splits.input_shape[0], splits.input_shape[-1]
+    torch.manual_seed(0)
+    model, cuts = cnn_blocks(channels, side, splits.num_classes, CNN_WIDTHS)
+
+    def make(method):
+        m = copy.deepcopy(model)
+        if method == "backprop":
+            return BlockADMM(m, input_shape=splits.input_shape, optimizer=adam(1e-3), sweeps=1, seed=0)
+        preset = "fast" if method.endswith("fast") else None
+        return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, preset=preset, seed=0)
+
+    x, y, idx = splits.train[list(range(100))]
+    for method in CNN_METHODS:
+        warm = make(method)
+        for _ in range(3):
+            warm.step(x, y, idx)
+    runs = {}
+
+    def run():
+        runs.update({m: Run(make(m), splits, EVAL_EVERY) for m in CNN_METHODS})
+        for epoch in range(CNN_EPOCHS):
+            shift = epoch % len(CNN_METHODS)
+            for m in CNN_METHODS[shift:] + CNN_METHODS[:shift]:
+                runs[m].epoch()
+
+    t = timed(benchmark, run, rounds=1, warmup=0)
+    backprop_s = statistics.median(h["wall_s"] for h in runs["backprop"].history)
+    for method, r in runs.items():
+        walls = [h["wall_s"] for h in r.history]
+        record("end_to_end_cnn", method, method=method, dataset=DATASET, widths=list(CNN_WIDTHS), epochs=CNN_EPOCHS,
+               batch_size=100, sweeps=r.tr.config.sweeps, adam_lr=r.tr.optimizers[0].param_groups[0]["lr"],
+               threads=torch.get_num_threads(), epoch_wall_s=walls, epoch_s=statistics.median(walls),
+               epoch_vs_backprop=statistics.median(walls) / backprop_s,
+               test_acc=[h["test_acc"] for h in r.history], final_test_acc=r.history[-1]["test_acc"],
+               best_test_acc=max(h["test_acc"] for h in r.history), curve=r.curve, eval_every=EVAL_EVERY,
+               lockstep=True, train_s=r.total, timing=t["s"] is not None)
+        print(f"cnn {method}: epoch {statistics.median(walls):.3f} s ({statistics.median(walls) / backprop_s:.2f}x "
+              f"backprop), test accuracy per epoch {[round(100 * h['test_acc'], 1) for h in r.history]}")

@@ -188,7 +188,7 @@ def cmd_train(args) -> int:
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
-    fit_kw = dict(batch_size=args.batch_size, test=splits.test, val=splits.val, progress=not args.quiet)
+    fit_kw = {"batch_size": args.batch_size, "test": splits.test, "val": splits.val, "progress": not args.quiet}
     runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,9 @@ def evaluate(trainer, data, *, batch_size: int = 1000) -> dict[str, float]:
             b.train(t)
     if total == 0:
         raise ValueError("nothing to evaluate: the data yielded no samples")
+    if not math.isfinite(loss_sum):
+        raise NonFiniteError("evaluation gave a non-finite loss: the data hold NaN/inf, or the weights do; "
+                             "check the data (an accuracy from it would mean nothing)")
     return {"loss": loss_sum / total, **({"acc": correct / total} if classification else {})}
 
 
@@ -91,6 +95,8 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_train = len(train.dataset) if isinstance(train, DataLoader) else (len(train) if isinstance(train, Dataset)
                                                                         else None)
+    if n_train == 0:
+        raise ValueError("the training set is empty")
     if trainer.tables is not None and n_train is not None and n_train != trainer.tables.num_samples:
         raise ValueError(f"the training set has {n_train} samples but the batch-mode tables were built for "
                          f"{trainer.tables.num_samples}: pass num_samples=len(train)")

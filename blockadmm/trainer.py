@@ -22,6 +22,7 @@ from . import loop
 from .blocks import check_chain, compile_blocks, fusable_linear, make_blocks
 from .callbacks import Callback
 from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, Kept, get_preset
+from .engine.batch import check_batch, on_device
 from .engine.checkpoint import (
     TABLE_FILES,
     CheckpointError,
@@ -32,7 +33,6 @@ from .engine.checkpoint import (
     save_checkpoint,
 )
 from .engine.divergence import DivergenceError, DivergenceGuard
-from .loader import unpack_batch
 from .loop import is_classification
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
@@ -254,53 +254,25 @@ class BlockADMM:
 
     # ---------------------------------------------------------------- one mini-batch
     def prepare_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None):
-        """The batch on the trainer's device, checked; 1-D float targets of a model with one output become a
-        column, so that a regression loss compares (n, 1) with (n, 1) rather than broadcasting to (n, n)."""
-        x, y = x.to(self.device), y.to(self.device)
+        """(x, y, index) on the trainer's device in the blocks' dtype, checked (engine.batch); 1-D float targets of
+        a model with one output become a column, so that a regression loss compares (n, 1) with (n, 1) rather than
+        broadcasting to (n, n)."""
+        x, y = on_device(x, y, self.device, self.dtype)
         if y.is_floating_point() and y.dim() == 1 and self.shapes[-1] == (1,):
             y = y.unsqueeze(1)
-        self._check_batch(x, y, index)
-        return x, y, index
+        return x, y, self._check_batch(x, y, index)
 
     def _check_batch(self, x, y, index):
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input batch has per-sample shape {tuple(x.shape[1:])}, "
-                             f"the model was built for {self.input_shape}")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        if self._default_loss:
-            n_classes = self.shapes[-1][-1]
-            if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
-                raise ValueError(f"the default loss, cross-entropy, needs 1-D integer class labels, got {y.dtype} of "
-                                 f"shape {tuple(y.shape)}; for regression pass loss=nn.MSELoss() (or another loss)")
-            lo, hi = torch.stack(torch.aminmax(y)).tolist() if y.numel() else (0, 0)
-            if lo < 0 or hi >= n_classes:
-                raise ValueError(f"labels must lie in 0..{n_classes - 1} (the last block has {n_classes} outputs), "
-                                 f"got {lo}..{hi}")
-        if self.mode == "batch":
-            if index is None:
-                raise ValueError(
-                    "batch mode needs the sample index of every row: use a dataset that yields (x, y, index) "
-                    "(every blockadmm.data dataset does) and call step(x, y, index), or use mode='online'"
-                )
-            if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-                raise TypeError(f"sample indices must be integers, got {index.dtype}: pass the dataset's index column")
-            if index.shape != (x.shape[0],):
-                raise ValueError(f"the sample index has shape {tuple(index.shape)}, the batch {x.shape[0]} rows")
-            if torch.unique(index).numel() != index.numel():
-                raise ValueError("a sample index appears twice in one batch: batch mode keeps one z and u per sample, "
-                                 "so each sample may appear at most once per mini-batch")
-            n = self.tables.num_samples
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-                raise IndexError(f"sample index {int(index.min())}..{int(index.max())} outside the tables' 0..{n - 1}: "
-                                 f"num_samples must be the length of the training set")
+        """The batch checks (engine.batch), with this trainer's shapes; the index as int64."""
+        return check_batch(x, y, index, input_shape=self.input_shape,
+                           n_classes=self.shapes[-1][-1] if self._default_loss else None,
+                           num_samples=None if self.tables is None else self.tables.num_samples)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
-        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch (x, y[, index]; the index is read in batch mode
-        only); inputs are cast to the model's dtype and integer labels to int64 (blockadmm.loader.unpack_batch)."""
+        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch (x, y[, index]); x is cast to the blocks'
+        dtype and integer labels to int64 (engine.batch)."""
         t0 = time.perf_counter()
-        batch = (x, y) if index is None or self.tables is None else (x, y, index)  # online: no per-sample state
-        x, y, index = self.prepare_batch(*unpack_batch(batch, dtype=self.dtype))
+        x, y, index = self.prepare_batch(x, y, index)
         for b in self.blocks:
             b.train()
         engine, blocks, boundaries = self.engine, range(self.n_blocks), range(self.n_blocks - 1)
@@ -486,11 +458,13 @@ class BlockADMM:
             raise CheckpointError(f"the checkpoint is for blocks with output shapes {state['shapes']}, "
                                   f"this model has {self.shapes}")
         if state["mode"] != self.mode:
-            raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, this trainer is in {self.mode} mode")
+            raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, "
+                                  f"this trainer is in {self.mode} mode")
         shared, optimizer_states = state["shared_optimizer"], state["optimizers"]
         if shared != self.shared_optimizer or len(optimizer_states) != len(self.optimizers):
-            raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) (shared_optimizer={shared}), "
-                                  f"this trainer {len(self.optimizers)} (shared_optimizer={self.shared_optimizer}): "
+            raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) "
+                                  f"(shared_optimizer={shared}), this trainer {len(self.optimizers)} "
+                                  f"(shared_optimizer={self.shared_optimizer}): "
                                   f"build the trainer with shared_optimizer={shared}")
         for k, (b, sd) in enumerate(zip(self.blocks, state["blocks"])):
             check_module_state(b, sd, f"block {k}'s state")

@@ -37,7 +37,7 @@ def test_trainer_preset_sets_config_and_weight_lr():
     model, cuts = mlp_blocks(20, [16, 16], 3, "sigmoid")
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep", sweeps=2)
     assert tr.config.aux_step == "sign" and tr.config.sweeps == 2
-    assert all(o.param_groups[0]["lr"] == PRESETS["deep"]["weight_lr"] for o in tr.optimizers)
+    assert all(o.param_groups[0]["lr"] == PRESETS["deep"].weight_lr for o in tr.optimizers)
     # an explicit optimizer wins
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="deep", optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
     assert all(isinstance(o, torch.optim.SGD) for o in tr.optimizers)
@@ -112,7 +112,7 @@ def test_adam_aux_step_applies_prox():
 
 def test_deep_batch_preset_is_deep_with_its_own_rho_and_refuses_online():
     c, deep = ADMMConfig.preset("deep-batch"), ADMMConfig.preset("deep")
-    assert c.rho == PRESETS["deep-batch"]["config"]["rho"] != deep.rho
+    assert c.rho == PRESETS["deep-batch"].config["rho"] != deep.rho
     assert ADMMConfig(**{**vars(c), "rho": deep.rho}) == deep  # nothing else differs
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 16], 3, "sigmoid")
@@ -160,8 +160,8 @@ def test_fast_preset_is_the_committed_tuning_choice_and_online_only():
         scores = json.load(f)["scores"]  # best first (bench/tune_defaults.py --grid fast)
     best = next(s for s in scores if s["sweeps"] == 1)
     fast = PRESETS["fast"]
-    assert {k: fast["config"][k] for k in ("sweeps", "rho", "lr_z")} == {k: best[k] for k in ("sweeps", "rho", "lr_z")}
-    assert fast["weight_lr"] == best["weight_lr"]
+    assert {k: fast.config[k] for k in ("sweeps", "rho", "lr_z")} == {k: best[k] for k in ("sweeps", "rho", "lr_z")}
+    assert fast.weight_lr == best["weight_lr"] and fast.mode == "online" and fast.shared_optimizer
     torch.manual_seed(0)
     model, cuts = mlp_blocks(20, [16, 16], 3)
     tr = BlockADMM(model, blocks=cuts, input_shape=(20,), preset="fast")

@@ -58,10 +58,10 @@ def test_sample_indices_are_checked_before_the_tables_are_written(digits):
     tr = BlockADMM(model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train))
     x, y, index = next(iter(data.make_loader(digits.train, 8, shuffle=False, seed=0, epoch=0)))
     bad = {
-        "bool": (torch.ones(8, dtype=torch.bool), TypeError, "dtype torch.bool; expected integers"),
-        "float": (index.float() + 0.5, TypeError, "dtype torch.float32; expected integers"),
+        "bool": (torch.ones(8, dtype=torch.bool), TypeError, "integers, got torch.bool"),
+        "float": (index.float() + 0.5, TypeError, "integers, got torch.float32"),
         "duplicate": (torch.tensor([0, 1, 2, 3, 4, 5, 6, 0]), ValueError, "appears twice in one batch"),
-        "shape": (index[:5], ValueError, "8 inputs but 5 sample indices"),
+        "shape": (index[:5], ValueError, r"has shape \(5,\), the batch 8 rows"),
         "range": (index + len(digits.train), IndexError, "outside the tables"),
     }
     for name, (idx, error, message) in bad.items():
@@ -121,3 +121,46 @@ def test_cli_stops_on_divergence_with_one_line(tmp_path, capsys):
     assert main(args + ["--overwrite", "--stop-on-divergence"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.match(r"^blockadmm train: error: admm-online: training diverges at step \d+", err), err
+
+
+def test_label_and_input_dtypes_are_cast_and_empty_data_is_named():
+    from blockadmm.data import IndexedDataset
+
+    def make():
+        model, cuts = _mlp()
+        return BlockADMM(model, blocks=cuts, input_shape=(64,))
+
+    def weights(tr):
+        return torch.cat([p.detach().flatten() for p in tr.blocks.parameters()])
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 64), torch.randint(0, 10, (40,))
+    reference, cast = make(), make()
+    reference.step(x, y)
+    cast.step(x.double(), y.int())  # float64 input, int32 labels: cast to float32 / int64, the same step
+    assert torch.equal(weights(cast), weights(reference))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.double(), y.int()), batch_size=16)
+    assert cast.evaluate(loader) == pytest.approx(cast.evaluate(IndexedDataset(x, y)), rel=1e-6)
+    assert math.isfinite(make().step(x.half(), y.to(torch.int16)).loss)
+    with pytest.raises(ValueError, match="the mini-batch is empty"):
+        reference.step(x[:0], y[:0])
+    with pytest.raises(ValueError, match="the training set is empty"):
+        reference.fit(IndexedDataset(x[:0], y[:0]), 1, progress=False)
+    x_nan = x.clone()
+    x_nan[3, 5] = math.nan
+    with pytest.raises(FloatingPointError, match="evaluation gave a non-finite loss: the data hold NaN"):
+        reference.evaluate(IndexedDataset(x_nan, y))
+
+
+def test_a_channels_last_model_trains():
+    from blockadmm.models import small_cnn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 12, 12), torch.randint(0, 3, (8,))
+    for model_format, input_format in [(torch.channels_last, torch.contiguous_format),
+                                       (torch.contiguous_format, torch.channels_last)]:
+        torch.manual_seed(0)
+        model = small_cnn(1, 3, image_size=12).to(memory_format=model_format)
+        tr = BlockADMM(model, blocks=3, input_shape=(1, 12, 12), mode="online")
+        stats = tr.step(x.contiguous(memory_format=input_format), y)
+        assert math.isfinite(stats.loss)

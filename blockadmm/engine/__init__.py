@@ -26,10 +26,13 @@ so a rank owning blocks lo..hi-1 passes range(lo, hi) and its boundaries [k for 
     loss, primal, dual = engine.statistics(state, boundaries)      # loss None without the last block
     factors = engine.update_rho({k: p for k, p in zip(boundaries, primal)})  # {k: old/new rho} to rescale duals
 
-A rank sets state.z[lo-1] (and state.z_src[lo-1] under Jacobi, after begin_sweep) to the input it received;
-engine.consumer_grad(state, lo-1, z_below, kept) is the gradient it sends down (block lo's term in its input),
-engine.consumer_grad_fn(state, k) the one a local boundary uses. engine.set_config(config) takes new
-hyperparameters. Presets: PRESETS / get_preset (presets.py); checkpoints: checkpoint.py.
+A rank sets state.z[lo-1] (and state.z_src[lo-1] under Jacobi, after begin_sweep) to the input it received,
+and state.kept[lo] = None whenever that input changes; engine.consumer_grad(state, lo-1, z_below, state.kept[lo])
+is the gradient it sends down (block lo's term in its input, from the kept forward while the input has not
+moved), engine.consumer_grad_fn(state, k) the one a local boundary uses. The engine may be built over the whole
+chain on every rank: terms of blocks a rank does not own are never called. engine.set_config(config) takes new
+hyperparameters. Presets: PRESETS / get_preset (presets.py); a batch's placement and checks, the same for
+every trainer: batch.on_device, batch.check_batch; checkpoints: checkpoint.py.
 """
 from .config import AUX_STEPS, ORDERS, ADMMConfig
 from .core import Engine, RhoSchedule

@@ -32,13 +32,17 @@ def linear_cross_entropy(
     *,
     need_weight_grad: bool = True,
     need_input_grad: bool = True,
+    logits: torch.Tensor | None = None,
 ):
     """Mean cross-entropy of the logits x W^T + b against class labels y, with its gradients in closed form
-    (d loss / d logits = (softmax - onehot(y)) / m), so a linear head needs no autograd graph.
+    (d loss / d logits = (softmax - onehot(y)) / m), so a linear head needs no autograd graph. logits: x W^T + b
+    when the caller kept them.
 
     Returns (loss, grad_weight, grad_bias, grad_input); the gradients not asked for are None."""
     m = x.shape[0]
-    logp = torch.log_softmax(torch.nn.functional.linear(x, weight, bias).float(), 1)
+    if logits is None:
+        logits = torch.nn.functional.linear(x, weight, bias)
+    logp = torch.log_softmax(logits.float(), 1)
     loss = torch.nn.functional.nll_loss(logp, y)
     d = logp.exp_()  # softmax; logp is not needed after the loss
     d.scatter_add_(1, y.unsqueeze(1), d.new_full((m, 1), -1.0))  # - onehot(y)

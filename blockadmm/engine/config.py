@@ -61,7 +61,8 @@ class ADMMConfig:
             if not _is_number(value) or value < low or (strict and value == low):
                 raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
         if self.rho_schedule == "adaptive" and self.rho_max < max(rhos):
-            raise ValueError(f"rho_max ({self.rho_max}) is below rho ({self.rho}): the adaptive schedule only grows rho")
+            raise ValueError(f"rho_max ({self.rho_max}) is below rho ({self.rho}): "
+                             f"the adaptive schedule only grows rho")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ADMMConfig:

@@ -83,12 +83,15 @@ class Engine:
             term = self.terms[k]
             if k == self.n_blocks - 1:
                 state.forward_in = h
-                if term.keeps_graph:
+                if term.keeps_last:
                     state.kept[k] = term.forward(h, keep_graph=True)
                 break
             state.kept[k] = term.forward(h, keep_graph=True)
             h = state.kept[k].value
-            state.z[k], state.u[k], state.z_start[k] = h.clone(), torch.zeros_like(h), h
+            # z and u are updated in place: contiguous whatever layout the block returns (e.g. channels_last)
+            state.z[k] = h.clone(memory_format=torch.contiguous_format)
+            state.u[k] = torch.zeros_like(h, memory_format=torch.contiguous_format)
+            state.z_start[k] = h
 
     def init_batch(self, state: BatchState, blocks: range, seen: torch.Tensor, z_rows: Sequence[torch.Tensor],
                    u_rows: Sequence[torch.Tensor], h: torch.Tensor | None = None) -> None:
@@ -151,7 +154,8 @@ class Engine:
         nxt = k + 1
         hidden = nxt < self.n_blocks - 1
         z_next, u_next = (state.z_src[nxt], state.u_src[nxt]) if hidden else (None, None)
-        return self.terms[nxt].input_grad(z_k, z_next, u_next, state.y, rho=self.rho[nxt] if hidden else None, kept=kept)
+        rho = self.rho[nxt] if hidden else None
+        return self.terms[nxt].input_grad(z_k, z_next, u_next, state.y, rho=rho, kept=kept)
 
     def consumer_grad_fn(self, state: BatchState, k: int) -> Callable:
         """grad_fn(z_k) for boundary k's rule. Under Jacobi the gradient at the sweep-start z_k, once; otherwise at

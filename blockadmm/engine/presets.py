@@ -1,5 +1,6 @@
 """Named recipes: ADMMConfig fields plus the optimizer and mode choices that go with them (one home for
-BlockADMM, the distributed trainer, the CLI and the experiments). How each was chosen: README, "Presets"."""
+BlockADMM, the distributed trainer, the CLI and the experiments). How each was chosen and where it fails: the
+README's paragraphs on them, results/tune-fast.json, results/experiments/tune-deep-batch and the depth grid."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,10 +31,10 @@ _DEEP = {"rho": 1.0, "lr_z": 0.3, "sweeps": 3, "k_z": 1, "k_w": 1, "order": "top
 PRESETS: dict[str, Preset] = {
     # shallow nets (a few blocks) and ReLU MLPs: the ADMMConfig defaults
     "default": Preset("default"),
-    # one sweep per mini-batch, a softer penalty, a faster Adam over all blocks at once: shallow nets, online
+    # one sweep per mini-batch, a softer penalty, a faster Adam over all blocks at once: shallow nets only, online
     "fast": Preset("fast", {"sweeps": 1, "rho": 0.125, "lr_z": 0.3}, weight_lr=5e-3, mode="online",
                    shared_optimizer=True),
-    # deep narrow saturating nets (8+ sigmoid layers, one per block): the fixed-size sign step on z
+    # deep narrow saturating nets (8+ sigmoid layers, one per block): the fixed-size sign step on z (unstable on ReLU)
     "deep": Preset("deep", _DEEP, weight_lr=3e-3),
     # the same nets in batch mode (per-sample tables), where they need a softer penalty
     "deep-batch": Preset("deep-batch", {**_DEEP, "rho": 0.25}, weight_lr=3e-3, mode="batch"),

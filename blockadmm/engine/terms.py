@@ -32,7 +32,8 @@ class Kept:
 class AutogradTerm:
     """Any block, differentiated by autograd; a kept forward with its graph saves the forward."""
 
-    keeps_graph = True
+    keeps_graph = True  # its kept forwards carry their autograd graph
+    keeps_last = True  # as the last block, its forward at the initial z is kept too
 
     def __init__(self, block: nn.Module, *, last: bool, loss_fn: Callable, first: bool):
         self.block, self.last, self.loss_fn, self.first = block, last, loss_fn, first
@@ -49,13 +50,17 @@ class AutogradTerm:
         return Kept(out.detach(), out, leaf)
 
     def _objective(self, out, target, dual, y, rho, m, mean: bool):
-        """The term averaged over the batch (mean) or summed over it."""
+        """(the term averaged over the batch (mean, with its value) or summed over it (no value), the gradient to
+        send into `out`, None for the task loss). The hidden term's gradient -rho (z - out + u) (/m) is formed
+        here, in place on one buffer: autograd through the square would spend a slow elementwise pow on it."""
         if self.last:
             loss = self.loss_fn(out, y)
-            return loss if mean else loss * m
-        if mean:
-            return (0.5 * rho / m) * (target - out + dual).square().sum()
-        return 0.5 * rho * (target - out + dual).square().sum()
+            return (loss if mean else loss * m), None
+        base = torch.sub(target, out.detach()).add_(dual)
+        if not mean:
+            return None, base.mul_(-rho)
+        flat = base.reshape(-1) if base.dtype == torch.float32 else base.reshape(-1).float()
+        return (0.5 * rho / m) * torch.dot(flat, flat), base.mul_(-(rho / m))
 
     def loss_and_grads(self, inp, target, dual, y, *, rho, kept: Kept | None = None) -> torch.Tensor:
         """The block's term (a 0-d tensor, detached), its gradients left in the block's parameters."""
@@ -63,16 +68,14 @@ class AutogradTerm:
         graph = kept is not None and kept.out is not None
         if not self.trainable:
             with torch.no_grad():
-                return self._objective(kept.value if kept is not None else self.block(inp), target, dual, y, rho, m,
-                                       mean=True)
+                out = kept.value if kept is not None else self.block(inp)
+                return self._objective(out, target, dual, y, rho, m, mean=True)[0]
         self.block.zero_grad(set_to_none=True)  # this block's gradients only: an optimizer may be shared
         with torch.enable_grad():
             out = kept.out if graph else self.block(inp)
-            loss = self._objective(out, target, dual, y, rho, m, mean=True)
-            if graph and kept.leaf is not None:
-                loss.backward(inputs=self.params)  # the graph reaches the input too: no gradient for it
-            else:
-                loss.backward()
+            loss, grad_out = self._objective(out, target, dual, y, rho, m, mean=True)
+            # a kept graph reaches the input too: no gradient for it
+            (out if grad_out is not None else loss).backward(grad_out, inputs=self.params if graph else None)
         return loss.detach()
 
     def input_grad(self, inp, target, dual, y, *, rho, kept: Kept | None = None) -> torch.Tensor:
@@ -84,8 +87,9 @@ class AutogradTerm:
             with torch.enable_grad():
                 out = self.block(leaf)
         with torch.enable_grad():
-            obj = self._objective(out, target, dual, y, rho, inp.shape[0], mean=False)
-        (g,) = torch.autograd.grad(obj, leaf, retain_graph=kept is not None and kept.leaf is not None)
+            obj, grad_out = self._objective(out, target, dual, y, rho, inp.shape[0], mean=False)
+        retain = kept is not None and kept.leaf is not None
+        (g,) = torch.autograd.grad(out if grad_out is not None else obj, leaf, grad_out, retain_graph=retain)
         return g
 
 
@@ -130,7 +134,7 @@ class FusedLinearTerm(AutogradTerm):
 
 class LinearHeadTerm(AutogradTerm):
     """The last block as one nn.Linear under the default cross-entropy: gradients in closed form, no graph
-    (on small heads the graph costs several times the GEMMs)."""
+    (on small heads the graph costs several times the GEMMs); a kept forward is its logits."""
 
     keeps_graph = False
 
@@ -141,11 +145,13 @@ class LinearHeadTerm(AutogradTerm):
     def loss_and_grads(self, inp, target, dual, y, *, rho, kept=None):
         if not self.trainable:
             return super().loss_and_grads(inp, target, dual, y, rho=rho, kept=kept)
-        loss, gw, gb, _ = linear_cross_entropy(inp, self.linear.weight, self.linear.bias, y, need_input_grad=False)
+        loss, gw, gb, _ = linear_cross_entropy(inp, self.linear.weight, self.linear.bias, y, need_input_grad=False,
+                                               logits=None if kept is None else kept.value)
         return _set_grads(self.linear, gw, gb, loss)
 
     def input_grad(self, inp, target, dual, y, *, rho, kept=None):
-        _, _, _, g = linear_cross_entropy(inp, self.linear.weight, self.linear.bias, y, need_weight_grad=False)
+        _, _, _, g = linear_cross_entropy(inp, self.linear.weight, self.linear.bias, y, need_weight_grad=False,
+                                          logits=None if kept is None else kept.value)
         return g * inp.shape[0]  # the gradient of the per-sample losses summed
 
 
@@ -153,6 +159,7 @@ class HookTerm:
     """A block with its own rules (`ADMMBlock`): it gets no optimizer."""
 
     keeps_graph = False
+    keeps_last = False
     trainable = False
 
     def __init__(self, block: ADMMBlock, *, last: bool, loss_fn: Callable, first: bool):
