@@ -205,6 +205,7 @@ class BlockADMM:
         self.epoch_scheduled = [b for b in self.blocks if isinstance(b, EpochScheduledBlock)]
         self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         self.stop_training = False  # a callback sets it to end fit() after the current epoch
+        self.metric_names: set[str] = set()  # the evaluated history keys of the running fit (train_*, val_*, test_*)
         self._fused = [fusable_linear(b) if fused_linear else None for b in self.blocks]  # for distributed.py
         self.tables = None
         if mode == "batch":
