@@ -266,8 +266,8 @@ class NMFBlock(NMFLayer):
         (the forward pass, then the feature boundary's gradient at that point) before anything changes them,
         so the second solve is replaced by a comparison. The memo is dropped whenever W may change."""
         c = self._solve_cache
-        if (self.training and c is not None and c[0].shape == V.shape and c[0].dtype == V.dtype and c[0]._version == c[1]
-                and (c[0] is V or torch.equal(c[0], V))):
+        if (self.training and c is not None and c[0].shape == V.shape and c[0].dtype == V.dtype
+                and c[0]._version == c[1] and (c[0] is V or torch.equal(c[0], V))):
             return c[2]
         H = super().forward(V)
         self._solve_cache = (V, V._version, H) if self.training else None

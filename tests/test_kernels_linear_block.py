@@ -68,7 +68,8 @@ def test_linear_block_auto_on_cpu_never_picks_triton(monkeypatch):
 
 def test_cuda_backend_on_cpu_tensors_is_a_clear_error():
     x, w, b, z, u = _inputs(3, 4, 2, True, "cpu")
-    with pytest.raises(ops.BackendUnavailable, match="backend 'cuda' cannot run linear_block_fwd_bwd: runs on cuda tensors"):
+    with pytest.raises(ops.BackendUnavailable,
+                       match="backend 'cuda' cannot run linear_block_fwd_bwd: runs on cuda tensors"):
         ops.linear_block_fwd_bwd(x, w, b, z, u, rho=1.0, backend="cuda")
 
 

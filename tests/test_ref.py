@@ -35,7 +35,8 @@ def test_aux_dual_update_matches_formula(prox, indexed, step, with_g):
     z0, u0 = z.double().clone(), u.double().clone()
     rows = index if indexed else torch.arange(m)
 
-    res = ops.aux_dual_update(z, u, a, g, rho=rho, lr=lr, dual_step=dual, prox=prox, index=index, step=step, backend="torch")
+    res = ops.aux_dual_update(z, u, a, g, rho=rho, lr=lr, dual_step=dual, prox=prox, index=index, step=step,
+                              backend="torch")
 
     zj, uj = z0[rows], u0[rows]
     d64 = rho * (zj - a.double() + uj) + (g.double() if with_g else 0)
@@ -115,7 +116,8 @@ def test_linear_block_fwd_bwd_matches_autograd(activation, with_bias):
     )
     torch.testing.assert_close(out.double(), out64.detach(), rtol=1e-5, atol=1e-5)
     _assert_loss_and_grads((loss, gx, gw, gb), loss64, grads, atol=1e-5)
-    *_, gx_none, _ = ops.linear_block_fwd_bwd(x.detach().float(), w.detach().float(), None, z.float(), u.float(), rho=rho, activation=activation, need_input_grad=False)
+    *_, gx_none, _ = ops.linear_block_fwd_bwd(x.detach().float(), w.detach().float(), None, z.float(), u.float(),
+                                              rho=rho, activation=activation, need_input_grad=False)
     assert gx_none is None
 
 

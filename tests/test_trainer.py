@@ -41,7 +41,8 @@ def test_one_block_is_plain_training(digits):
             opt.zero_grad()
             nn.functional.cross_entropy(ref_model(x), y).backward()
             opt.step()
-    torch.testing.assert_close(weights(tr), torch.cat([p.detach().flatten() for p in ref_model.parameters()]), rtol=1e-5, atol=1e-6)
+    ref_weights = torch.cat([p.detach().flatten() for p in ref_model.parameters()])
+    torch.testing.assert_close(weights(tr), ref_weights, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["online", "batch"])
@@ -76,7 +77,8 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     first gradient through each hidden block), against plain autograd on every block."""
     model, cuts = small_mlp(activation=activation, hidden=(32, 24, 16))
     # SGD: Adam would amplify the last-bit differences of near-zero gradients into visible ones
-    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order, "k_z": k_z, "k_w": k_w, "sweeps": 3,
+    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order,
+          "k_z": k_z, "k_w": k_w, "sweeps": 3,
               "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
     a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
     b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
@@ -85,7 +87,8 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     assert isinstance(a.engine.terms[-1], LinearHeadTerm)  # the closed-form linear + cross-entropy head
     op_rows = []  # rows of x passed to the fused op: block 0's (64 columns) come only from forwards not kept
     real_op = ops.linear_block_fwd_bwd
-    monkeypatch.setattr(ops, "linear_block_fwd_bwd", lambda x, *args, **kws: (op_rows.append(x.shape[1]), real_op(x, *args, **kws))[1])
+    monkeypatch.setattr(ops, "linear_block_fwd_bwd",
+                        lambda x, *args, **kws: (op_rows.append(x.shape[1]), real_op(x, *args, **kws))[1])
     for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:5]:
         sa, sb = a.step(x, y, i), b.step(x, y, i)
         assert sa.loss == pytest.approx(sb.loss, rel=1e-4)
@@ -102,14 +105,16 @@ def test_online_skips_the_last_dual_update_without_changing_training(digits, mon
     model, cuts = small_mlp(hidden=(32, 24, 16))
     kw = {"blocks": cuts, "input_shape": (64,), "num_samples": len(digits.train), "fused_linear": fused,
               "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
-    online, batch = BlockADMM(copy.deepcopy(model), mode="online", **kw), BlockADMM(copy.deepcopy(model), mode="batch", **kw)
+    online = BlockADMM(copy.deepcopy(model), mode="online", **kw)
+    batch = BlockADMM(copy.deepcopy(model), mode="batch", **kw)
     calls = {}
     for name, tr in (("online", online), ("batch", batch)):
         for term in tr.engine.terms[:-1]:
             real = term.forward
             monkeypatch.setattr(term, "forward", lambda inp, real=real, name=name, **kw: (
                 calls.update({name: calls.get(name, 0) + 1}), real(inp, **kw))[1])
-    for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:4]:  # every row a first visit
+    # every row a first visit
+    for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:4]:
         so, sb = online.step(x, y, i), batch.step(x, y, i)
         assert so.loss == pytest.approx(sb.loss, rel=1e-6)
         assert all(0 <= p < 10 for p in so.primal_residual)  # the residual of the last auxiliary step
@@ -128,7 +133,8 @@ def test_resume_is_bit_identical(digits, tmp_path, mode, storage):
         model, cuts = small_mlp()
         return BlockADMM(
             model, blocks=cuts, input_shape=(64,), mode=mode, num_samples=len(digits.train),
-            table_storage=storage, table_dir=str(tmp_path / f"tables-{tag}"), rho_schedule="adaptive", rho_check_every=5,
+            table_storage=storage, table_dir=str(tmp_path / f"tables-{tag}"), rho_schedule="adaptive",
+            rho_check_every=5,
         )
 
     whole = make("whole")
@@ -233,7 +239,8 @@ def test_split_sequential_and_balanced():
 
 def test_block_shape_mismatch_names_both_blocks():
     blocks = [nn.Sequential(nn.Linear(8, 16), nn.ReLU()), nn.Sequential(nn.Linear(12, 4))]
-    with pytest.raises(ValueError, match=r"block 0 \(Sequential.*outputs per-sample shape \(16,\).*block 1 \(Sequential"):
+    with pytest.raises(ValueError,
+                       match=r"block 0 \(Sequential.*outputs per-sample shape \(16,\).*block 1 \(Sequential"):
         BlockADMM(blocks, input_shape=(8,))
     assert check_chain([nn.Linear(8, 16), nn.Linear(16, 3)], (8,)) == [(16,), (3,)]
 
@@ -287,7 +294,9 @@ def test_resume_with_mismatched_tables_is_an_error(digits, tmp_path):
     tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
     other_model, other_cuts = small_mlp(hidden=(32, 20))  # a different width at boundary 1
     with pytest.raises(ValueError):
-        BlockADMM(other_model, blocks=other_cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train)).load(ckpt)
+        other = BlockADMM(other_model, blocks=other_cuts, input_shape=(64,), mode="batch",
+                          num_samples=len(digits.train))
+        other.load(ckpt)
     # same model, but the saved table files were replaced by ones of another size: the manifest catches it
     import numpy as np
 

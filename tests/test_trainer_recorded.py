@@ -23,7 +23,8 @@ CASES = {
     "mlp3-batch": {"net": "mlp3", "mode": "batch"},
     "mlp3-online-autograd": {"net": "mlp3", "mode": "online", "fused_linear": False},
     "mlp3-batch-jacobi-adam": {"net": "mlp3", "mode": "batch", "order": "jacobi", "aux_step": "adam", "lr_z": 0.05},
-    "mlp3-online-nonneg-bottom-up": {"net": "mlp3", "mode": "online", "order": "bottom-up", "constraints": {0: "nonneg"}},
+    "mlp3-online-nonneg-bottom-up": {"net": "mlp3", "mode": "online", "order": "bottom-up",
+                                     "constraints": {0: "nonneg"}},
     "cnn-online": {"net": "cnn", "mode": "online"},
     "cnn-batch-k2": {"net": "cnn", "mode": "batch", "k_z": 2, "k_w": 2},
 }

@@ -3,7 +3,9 @@ BlockADMM, the distributed trainer, the CLI and the experiments). How each was c
 README's paragraphs on them, results/tune-fast.json, results/experiments/tune-deep-batch and the depth grid."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 @dataclass(frozen=True)
@@ -12,10 +14,13 @@ class Preset:
     mode: the only mode the recipe is for (None: both); shared_optimizer: one optimizer over all blocks."""
 
     name: str
-    config: dict[str, object] = field(default_factory=dict)
+    config: Mapping[str, object] = field(default_factory=dict)
     weight_lr: float = 1e-3
     mode: str | None = None
     shared_optimizer: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "config", MappingProxyType(dict(self.config)))  # a recipe is read-only
 
     # item access, for callers written against the earlier dict form of PRESETS
     def __getitem__(self, key: str):

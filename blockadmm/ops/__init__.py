@@ -94,7 +94,8 @@ def _same_device(**tensors) -> str:
 
 def _check_inplace(name: str, t: torch.Tensor) -> None:
     if not t.is_contiguous():
-        raise ValueError(f"{name} is updated in place and must be contiguous; pass {name}.contiguous() and use the result")
+        raise ValueError(f"{name} is updated in place and must be contiguous; "
+                         f"pass {name}.contiguous() and use the result")
 
 
 def aux_dual_update(
@@ -122,7 +123,8 @@ def aux_dual_update(
             _check_float(name, t)
     device = _same_device(z=z, u=u, a=a, g=g, index=index)
     if u.shape != z.shape or u.dtype != z.dtype:
-        raise ValueError(f"u must match z in shape and dtype: z {tuple(z.shape)} {z.dtype}, u {tuple(u.shape)} {u.dtype}")
+        raise ValueError(f"u must match z in shape and dtype: z {tuple(z.shape)} {z.dtype}, "
+                         f"u {tuple(u.shape)} {u.dtype}")
     _check_inplace("z", z)
     _check_inplace("u", u)
     if index is None:
@@ -130,10 +132,12 @@ def aux_dual_update(
             raise ValueError(f"a has shape {tuple(a.shape)} but z has {tuple(z.shape)}; without index they must match")
     else:
         if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"index must be a 1-D int64/int32 tensor of table rows, got {index.dtype} of shape {tuple(index.shape)}")
+            raise ValueError(f"index must be a 1-D int64/int32 tensor of table rows, "
+                             f"got {index.dtype} of shape {tuple(index.shape)}")
         if index.shape[0] != a.shape[0] or a.shape[1:] != z.shape[1:]:
             raise ValueError(
-                f"with index, a must be (len(index), *z.shape[1:]) = ({index.shape[0]}, {', '.join(map(str, z.shape[1:]))}), got {tuple(a.shape)}"
+                f"with index, a must be (len(index), *z.shape[1:]) = "
+                f"({index.shape[0]}, {', '.join(map(str, z.shape[1:]))}), got {tuple(a.shape)}"
             )
         if index.numel():
             lo, hi = int(index.min()), int(index.max())
@@ -148,7 +152,8 @@ def aux_dual_update(
         raise ValueError(f"step must be 'grad' or 'sign', got {step!r}")
     a = a.contiguous()
     g = g.contiguous() if g is not None else None
-    kwargs = {"rho": float(rho), "lr": float(lr), "dual_step": float(dual_step), "prox": prox, "index": index, "step": step}
+    kwargs = {"rho": float(rho), "lr": float(lr), "dual_step": float(dual_step), "prox": prox, "index": index,
+              "step": step}
     fn = resolve("aux_dual_update", backend, device, kwargs, {"z": z, "u": u, "a": a, "g": g})
     return fn(z, u, a, g, **kwargs)
 
@@ -176,7 +181,8 @@ def nmf_mu_update(
     device = _same_device(V=V, H=H, W=W)
     n, d = V.shape
     if H.shape[0] != n or W.shape[1] != d or H.shape[1] != W.shape[0]:
-        raise ValueError(f"need V (n×d) ≈ H (n×k) @ W (k×d); got V {tuple(V.shape)}, H {tuple(H.shape)}, W {tuple(W.shape)}")
+        raise ValueError(f"need V (n×d) ≈ H (n×k) @ W (k×d); "
+                         f"got V {tuple(V.shape)}, H {tuple(H.shape)}, W {tuple(W.shape)}")
     if which not in ("H", "W", "both"):
         raise ValueError(f"which must be 'H', 'W' or 'both', got {which!r}")
     if eps <= 0 or l1 < 0 or l2 < 0:
@@ -219,7 +225,9 @@ def linear_block_fwd_bwd(
     if activation not in ref.ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {ref.ACTIVATIONS}")
     kwargs = {"rho": float(rho), "activation": activation, "need_input_grad": bool(need_input_grad)}
-    fn = resolve("linear_block_fwd_bwd", backend, device, kwargs, {"x": x, "weight": weight, "bias": bias, "z": z, "u": u})
+    tensors = {"x": x, "weight": weight, "bias": bias, "z": z, "u": u}
+    fn = resolve("linear_block_fwd_bwd", backend, device, kwargs, tensors)
     return fn(
-        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), z.contiguous(), u.contiguous(), **kwargs
+        x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), z.contiguous(),
+        u.contiguous(), **kwargs
     )

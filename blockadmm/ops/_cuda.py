@@ -131,7 +131,9 @@ def load():
         loss = loss_part.sum() * (float(rho) / (2 * m))
         grad_weight = _gemm(gp.T, x, torch.empty((n, k), dtype=weight.dtype, device=dev), n, k, m)
         grad_bias = bias_part.sum(0).to(bias.dtype) if bias is not None else None
-        grad_input = _gemm(gp, weight, torch.empty((m, k), dtype=x.dtype, device=dev), m, k, n) if need_input_grad else None
+        grad_input = None
+        if need_input_grad:
+            grad_input = _gemm(gp, weight, torch.empty((m, k), dtype=x.dtype, device=dev), m, k, n)
         return loss, grad_weight, grad_bias, grad_input, out
 
     return {

@@ -20,7 +20,8 @@ def can_run(op: str, device: str, kwargs: dict) -> str | None:
     if prox is not None and prox.kind == "custom":
         return "a Prox.custom callable runs only on the torch backend"
     if device == "cpu" and not interpreting():
-        return "Triton kernels run on CPU tensors only under the interpreter (set TRITON_INTERPRET=1 before importing blockadmm)"
+        return ("Triton kernels run on CPU tensors only under the interpreter "
+                "(set TRITON_INTERPRET=1 before importing blockadmm)")
     return None
 
 

@@ -3,4 +3,4 @@ from .aux_dual import aux_dual_update
 from .linear_block import ACTIVATIONS, linear_block_fwd_bwd
 from .nmf import nmf_mu_update
 
-__all__ = ["aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "aux_dual_update", "linear_block_fwd_bwd", "nmf_mu_update"]

@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ..prox import Prox
@@ -16,13 +14,13 @@ def aux_dual_update(
     z: torch.Tensor,
     u: torch.Tensor,
     a: torch.Tensor,
-    g: Optional[torch.Tensor],
+    g: torch.Tensor | None,
     *,
     rho: float,
     lr: float,
     dual_step: float = 1.0,
-    prox: Optional[Prox] = None,
-    index: Optional[torch.Tensor] = None,
+    prox: Prox | None = None,
+    index: torch.Tensor | None = None,
     step: str = "grad",
 ) -> torch.Tensor:
     zj = (z if index is None else z[index]).float()
