@@ -60,7 +60,7 @@ def make_trainer(method, splits, model, cuts):
 
     m = copy.deepcopy(model)
     if method.startswith("backprop"):
-        return BlockADMM(m, input_shape=splits.input_shape, optimizer=adam(adam_lr(method)), sweeps=1, seed=0)
+        return BlockADMM(m, blocks=1, input_shape=splits.input_shape, optimizer=adam(adam_lr(method)), sweeps=1, seed=0)
     preset = "fast" if method.endswith("-fast") else None
     return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, mode=method.split("-")[1],
                      num_samples=len(splits.train), preset=preset, seed=0)
@@ -176,7 +176,7 @@ def test_end_to_end_cnn(benchmark):
     def make(method):
         m = copy.deepcopy(model)
         if method == "backprop":
-            return BlockADMM(m, input_shape=splits.input_shape, optimizer=adam(1e-3), sweeps=1, seed=0)
+            return BlockADMM(m, blocks=1, input_shape=splits.input_shape, optimizer=adam(1e-3), sweeps=1, seed=0)
         preset = "fast" if method.endswith("fast") else None
         return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, preset=preset, seed=0)
 

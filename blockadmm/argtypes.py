@@ -13,8 +13,16 @@ import sys
 import traceback
 from typing import Callable, List
 
-__all__ = ["positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_list", "seed_list", "float_list",
-           "str_list", "device", "output_dir", "run_command"]
+__all__ = ["ArgumentParser", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_list", "seed_list",
+           "float_list", "str_list", "device", "output_dir", "run_command"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its usage error on one line, `prog: error: message (see prog --help)`; its
+    subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _number(kind: type, text: str, what: str, ok: Callable[[float], bool]):

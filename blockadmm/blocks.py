@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import sys
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -74,21 +76,58 @@ def split_balanced(model: nn.Sequential, n_blocks: int) -> list[nn.Sequential]:
     return split_sequential(model, cuts)
 
 
+HOW_TO_CUT = ("pass a list of block modules ([block0, block1, ...], each output feeding the next block; a residual "
+              "stage with its skip connection inside is one block), an nn.Sequential with blocks=N (cut into N blocks "
+              "of about equal parameter count) or blocks=[cut indices], or blocks=1 to train the whole model as one "
+              "block (plain backprop)")
+
+
+def _unwrap_compiled(module: nn.Module, where: str) -> nn.Module:
+    """The module a torch.compile wrapper holds: the trainer calls its blocks in several grad modes and shapes, which
+    the wrapper would recompile for (and its state_dict keys carry an `_orig_mod.` prefix). The wrapper shares its
+    parameters with the module, so the user's compiled model sees the training."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+        warnings.warn(f"{where} is a torch.compile'd module: Block-ADMM trains the module inside it (the compiled "
+                      f"wrapper shares its weights); to run the blocks compiled, pass compile=True to the trainer",
+                      stacklevel=3)
+        return module._orig_mod
+    return module
+
+
 def make_blocks(model, blocks=None) -> list[nn.Module]:
-    """Blocks from a model and a spec: a list of modules, an int (balanced), or cut indices."""
+    """Blocks from a model and a spec: a list of modules, an nn.Sequential with blocks=N (balanced) or cut indices,
+    or any module with blocks=1 (one block). Anything else is an error that says how to cut the model."""
     if isinstance(model, (list, tuple, nn.ModuleList)):
         if blocks is not None:
             raise ValueError("pass either a list of block modules or a model with a `blocks` spec, not both")
         mods = list(model)
         if not mods or not all(isinstance(m, nn.Module) for m in mods):
-            raise TypeError("a list of blocks must hold nn.Module objects")
-        return mods
+            raise TypeError(f"a list of blocks must hold nn.Module objects; {HOW_TO_CUT}")
+        return [_unwrap_compiled(m, f"block {k}") for k, m in enumerate(mods)]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the model must be an nn.Module or a list of them, got {type(model).__name__}; {HOW_TO_CUT}")
+    model = _unwrap_compiled(model, "the model")
+    name = type(model).__name__
     if blocks is None:
-        return [model]
-    if isinstance(blocks, int) and not isinstance(blocks, bool):
-        return list(split_balanced(model, blocks))
-    if not isinstance(blocks, (list, tuple)) or not all(isinstance(c, int) and not isinstance(c, bool) for c in blocks):
+        raise ValueError(f"Block-ADMM trains a model cut into blocks, and this {name} was given no cut: "
+                         f"{HOW_TO_CUT}")
+
+    def integer(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not (integer(blocks) or (isinstance(blocks, (list, tuple)) and all(integer(c) for c in blocks))):
         raise TypeError(f"blocks must be a number of blocks (an int) or a list of cut indices (ints), got {blocks!r}")
+    if blocks == 1:
+        return [model]
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"blocks={blocks!r} needs an nn.Sequential to cut, but the model is a {name}, whose forward "
+                        f"the trainer cannot cut: pass its blocks as a list of modules ([block0, block1, ...], each "
+                        f"output feeding the next; a residual stage with its skip connection inside is one block)")
+    if isinstance(blocks, int):
+        if blocks < 1:
+            raise ValueError(f"blocks must be >= 1, got {blocks}")
+        return list(split_balanced(model, blocks))
     return list(split_sequential(model, list(blocks)))
 
 
@@ -138,3 +177,41 @@ def fusable_linear(block: nn.Module) -> tuple[nn.Linear, str] | None:
         return (mods[0], "leaky_relu") if act.negative_slope == 0.01 else None
     name = _FUSABLE_ACTIVATIONS.get(type(act))
     return (mods[0], name) if name else None
+
+
+class CompiledBlock(nn.Module):
+    """A block run through torch.compile, for the trainer's autograd path (BlockADMM(compile=True)).
+
+    The trainer calls a block in three ways (without grad; with grad from a leaf input; with grad, no input grad)
+    and every torch.compile'd module shares one compiled code object, whose cache holds 8 graphs by default: with
+    a few blocks it overflowed and dynamo fell back to eager. Calls here allow `graphs_per_block` graphs per
+    wrapped block. The trainer backpropagates twice through one kept graph (the input gradient, then the weight
+    gradients), which AOTAutograd's donated buffers forbid: they are turned off, process-wide, when a
+    CompiledBlock is built. The wrapper holds the block, so parameters and weights are the block's own; the
+    trainer keeps the plain block for its state_dict and inference.
+    """
+
+    def __init__(self, block: nn.Module, n_compiled: int, graphs_per_block: int = 8, **compile_options):
+        import torch._functorch.config as functorch_config
+
+        super().__init__()
+        functorch_config.donated_buffer = False
+        self.block = block
+        self.compiled = torch.compile(block, **compile_options)
+        self.recompile_limit = max(8, graphs_per_block * n_compiled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._dynamo.config as dynamo_config
+
+        with dynamo_config.patch(recompile_limit=self.recompile_limit):
+            return self.compiled(x)
+
+
+def compile_blocks(blocks: Sequence[nn.Module], options: dict, *, fused_linear: bool) -> list[nn.Module]:
+    """The blocks the trainer steps: each block that goes through autograd wrapped in a CompiledBlock; blocks with
+    their own rules (ADMMBlock) or that the fused linear op runs stay as they are."""
+    from .engine.protocol import ADMMBlock
+
+    chosen = [not isinstance(b, ADMMBlock) and not (fused_linear and fusable_linear(b)) for b in blocks]
+    n = sum(chosen)
+    return [CompiledBlock(b, n, **options) if c else b for b, c in zip(blocks, chosen)]

@@ -133,10 +133,15 @@ class EarlyStopping(Callback):
             return True
         return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
 
+    def on_train_begin(self, trainer):
+        evaluated = ("train_", "val_", "test_")
+        if self.monitor.startswith(evaluated) and self.monitor not in trainer.metric_names:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not evaluate (it evaluates "
+                             f"{sorted(trainer.metric_names)}); pass val= to fit to get val_* entries")
+
     def on_epoch(self, trainer, record):
-        if self.monitor not in record:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, which the history does not have "
-                           f"(it has {sorted(record)}); pass val= to fit to get val_* entries")
+        if self.monitor not in record:  # not evaluated this epoch (fit's eval_every)
+            return
         value = float(record[self.monitor])
         if math.isfinite(value) and self._better(value):
             self.best, self.best_epoch, self._waited = value, int(record.get("epoch", 0)), 0

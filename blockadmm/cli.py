@@ -9,20 +9,20 @@ import sys
 
 import torch
 
-from .argtypes import run_command
+from .argtypes import (
+    ArgumentParser,
+    device,
+    int_list,
+    nonneg_float,
+    nonneg_int,
+    output_dir,
+    positive_float,
+    positive_int,
+    run_command,
+    str_list,
+)
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
-
-
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
+LOGS = ("tensorboard", "csv")
 
 
 def _modes(text: str) -> list[str]:
@@ -32,47 +32,62 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
+def _logs(text: str) -> list[str]:
+    kinds = str_list(text)
+    if any(k not in LOGS for k in kinds):
+        raise argparse.ArgumentTypeError(f"--log takes {', '.join(LOGS)} or both (tensorboard,csv); got {text!r}")
+    return kinds
+
+
 def _train_parser(sub) -> argparse.ArgumentParser:
+    from .data import DATASETS
     from .trainer import AUX_STEPS, ORDERS, PRESETS, ADMMConfig
 
     d = ADMMConfig()
     p = sub.add_parser("train", help="train a network with Block-ADMM (default: MLP 784-256-256-10 on MNIST-5k)")
-    p.add_argument("--data", default="mnist5k", help="digits | mnist5k | mnist1d | mnist | fashion-mnist | cifar10")
+    p.add_argument("--data", default="mnist5k", choices=list(DATASETS))
     p.add_argument("--root", default=None, help="folder with the dataset files (mnist, fashion-mnist, cifar10)")
     p.add_argument("--arch", default="mlp", choices=["mlp", "cnn"])
-    p.add_argument("--hidden", type=_ints, default=[256, 256], help="MLP hidden widths, e.g. 256,256")
+    p.add_argument("--hidden", type=int_list, default=[256, 256], help="MLP hidden widths, e.g. 256,256")
     p.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh", "leaky_relu"])
-    p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: one layer per block)")
+    p.add_argument("--blocks", type=positive_int, default=None, help="number of blocks (default: one layer per block)")
     p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="a named recipe (ADMMConfig.preset: fast = one sweep per mini-batch, online; deep = deep sigmoid "
-                        "nets online, deep-batch = the same in batch mode); the flags below override its fields, --lr its "
-                        "Adam rate and --shared-optimizer its optimizer layout")
-    p.add_argument("--rho", type=float, default=None, help=f"(default {d.rho})")
-    p.add_argument("--lr-z", type=float, default=None, help=f"(default {d.lr_z})")
-    p.add_argument("--sweeps", type=int, default=None, help=f"(default {d.sweeps})")
-    p.add_argument("--k-z", type=int, default=None, help=f"(default {d.k_z})")
-    p.add_argument("--k-w", type=int, default=None, help=f"(default {d.k_w})")
+                   help="a named recipe (ADMMConfig.preset: fast = one sweep per mini-batch, online; deep = deep "
+                        "sigmoid nets online, deep-batch = the same in batch mode); the flags below override its "
+                        "fields, --lr its Adam rate and --shared-optimizer its optimizer layout")
+    p.add_argument("--rho", type=positive_float, default=None, help=f"(default {d.rho})")
+    p.add_argument("--lr-z", type=positive_float, default=None, help=f"(default {d.lr_z})")
+    p.add_argument("--sweeps", type=positive_int, default=None, help=f"(default {d.sweeps})")
+    p.add_argument("--k-z", type=positive_int, default=None, help=f"(default {d.k_z})")
+    p.add_argument("--k-w", type=positive_int, default=None, help=f"(default {d.k_w})")
     p.add_argument("--order", default=None, choices=list(ORDERS), help=f"(default {d.order})")
     p.add_argument("--aux-step", default=None, choices=list(AUX_STEPS), help=f"(default {d.aux_step})")
-    p.add_argument("--dual-step", type=float, default=None, help=f"(default {d.dual_step})")
-    p.add_argument("--rho-schedule", default=None, choices=["constant", "adaptive"], help=f"(default {d.rho_schedule})")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate of every block (default 1e-3, or the preset's)")
+    p.add_argument("--dual-step", type=nonneg_float, default=None, help=f"(default {d.dual_step})")
+    p.add_argument("--rho-schedule", default=None, choices=["constant", "adaptive"],
+                   help=f"(default {d.rho_schedule})")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate of every block (default 1e-3, or the preset's)")
     p.add_argument("--shared-optimizer", action=argparse.BooleanOptionalAction, default=None,
                    help="one Adam over every block instead of one per block: the same updates in one call per step "
                         "(default off, or the preset's)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--val-fraction", type=float, default=0.0, help="carve a validation split from the training data")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--val-fraction", type=nonneg_float, default=0.0,
+                   help="carve a validation split from the training data")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: a Block-ADMM step is many small ops; on a 2-core machine "
                         "shared with one other process, 2 threads ran 40x slower per step than 1)")
     p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
-    p.add_argument("--out", default="runs/train", help="folder for metrics.json, curves.png and checkpoints")
+    p.add_argument("--out", type=output_dir, default="runs/train",
+                   help="folder for metrics.json, curves.png, checkpoints and logs")
+    p.add_argument("--log", type=_logs, default=[], help="tensorboard and/or csv (comma list): per-step and per-epoch "
+                   "losses, residuals, rho, step time under OUT/logs/<run> (tensorboard needs the tensorboard package)")
+    p.add_argument("--log-every", type=positive_int, default=1, help="with --log: write every N-th step")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
                         "the checkpoint's values, the others are the checkpoint's")
@@ -80,12 +95,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stop-on-divergence", action="store_true",
                    help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
                         "without it that is a warning in the log and in metrics.json")
-    p.add_argument("--nproc", type=_positive(int), default=1,
+    p.add_argument("--nproc", type=positive_int, default=1,
                    help="run the blocks on N local processes (blockadmm.distributed), at most one per block and core")
     p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
                    help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
-    p.add_argument("--staleness", type=int, default=None, help="with --schedule pipeline: bound on in-flight batches")
-    p.add_argument("--timeout", type=_positive(float), default=60.0,
+    p.add_argument("--staleness", type=nonneg_int, default=None, help="with --schedule pipeline: bound on in-flight batches")
+    p.add_argument("--timeout", type=positive_float, default=60.0,
                    help="with --nproc: seconds a rank may wait for another before the run stops naming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -102,7 +117,7 @@ def resolve_preset(args) -> None:
     name = args.preset or "default"
     wants = PRESETS[name].get("mode")
     if wants is not None and any(m != wants for m in args.mode):
-        raise SystemExit(f"--preset {name} is the recipe for --mode {wants}, got --mode {','.join(args.mode)}: "
+        raise ValueError(f"--preset {name} is the recipe for --mode {wants}, got --mode {','.join(args.mode)}: "
                          f"pass --mode {wants} or the preset of the other mode")
     base = ADMMConfig.preset(name)
     for f in _CONFIG_FLAGS:
@@ -121,7 +136,16 @@ def build_network(args, input_shape, num_classes):
     try:
         return build(args.arch, input_shape, num_classes, hidden=args.hidden, activation=args.activation, blocks=args.blocks)
     except ValueError as e:
-        raise SystemExit(f"blockadmm train: {e} (--arch {args.arch}, --data {args.data})") from e
+        raise ValueError(f"{e} (--arch {args.arch}, --data {args.data})") from None
+
+
+def _loggers(args, run: str) -> list:
+    """The --log callbacks of one run, writing under OUT/logs/<run>."""
+    from .callbacks import CSVLogger, TensorBoardLogger
+
+    folder = os.path.join(args.out, "logs", run)
+    kinds = {"tensorboard": TensorBoardLogger, "csv": CSVLogger}
+    return [kinds[kind](folder, every=args.log_every) for kind in args.log]
 
 
 def cmd_train(args) -> int:
@@ -134,13 +158,15 @@ def cmd_train(args) -> int:
     earlier = os.path.exists(os.path.join(args.out, "metrics.json")) or any(
         n.startswith("checkpoint") for n in (os.listdir(args.out) if os.path.isdir(args.out) else []))
     if earlier and not (args.resume or args.overwrite):
-        raise SystemExit(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
+        raise ValueError(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to "
+                         f"replace it")
     if args.nproc > 1:
         return launch_train(args, explicit)
     load_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
+    splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed,
+                       image=args.arch == "cnn")
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
@@ -148,38 +174,39 @@ def cmd_train(args) -> int:
     runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
-            copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
-            optimizer=optimizer, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
+            copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode,
+            num_samples=len(splits.train), optimizer=optimizer, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps,
+            k_z=args.k_z, k_w=args.k_w,
             order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
-            table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
-            shared_optimizer=args.shared_optimizer, device=args.device, seed=args.seed,
+            table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"),
+            backend=args.backend, shared_optimizer=args.shared_optimizer, device=args.device, seed=args.seed,
         )
         ckpt = os.path.join(args.out, f"checkpoint-{mode}.pt")
         if args.resume:
             if not os.path.exists(ckpt):
-                raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-            try:
-                changed = trainer.load(ckpt, override=explicit)
-            except (ValueError, OSError) as e:  # a damaged or foreign file, a mismatched model, a bad flag value
-                raise SystemExit(f"--resume: {e}") from None
+                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+            changed = trainer.load(ckpt, override=explicit)  # a damaged, foreign or mismatched file: one error line
             if changed:
                 print(f"resuming {ckpt} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
                       file=sys.stderr)
             for f in _CONFIG_FLAGS:  # metrics.json records the values the run uses
                 setattr(args, f, getattr(trainer.config, f))
-            lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
+            lrs = {g["lr"] for o in trainer.optimizers for g in o.param_groups}
             args.lr = lrs.pop() if len(lrs) == 1 else args.lr
             resumes["admm-" + mode] = trainer.resumes
-        print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}", file=sys.stderr)
+        print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}",
+              file=sys.stderr)
         try:
             runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt,
-                                               stop_on_divergence=args.stop_on_divergence, **fit_kw)
+                                               stop_on_divergence=args.stop_on_divergence,
+                                               callbacks=_loggers(args, "admm-" + mode), **fit_kw)
         except (NonFiniteError, DivergenceError) as e:
-            raise SystemExit(f"admm-{mode}: {e}") from None
+            raise type(e)(f"admm-{mode}: {e}") from None
     if args.compare == "backprop":
         print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
-        bp = BlockADMM(copy.deepcopy(model), input_shape=splits.input_shape, optimizer=optimizer, sweeps=1, device=args.device, seed=args.seed)
-        runs["backprop"] = bp.fit(splits.train, args.epochs, **fit_kw)
+        bp = BlockADMM(copy.deepcopy(model), blocks=1, input_shape=splits.input_shape, optimizer=optimizer, sweeps=1,
+                       device=args.device, seed=args.seed)
+        runs["backprop"] = bp.fit(splits.train, args.epochs, callbacks=_loggers(args, "backprop"), **fit_kw)
     metrics = {
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
@@ -187,16 +214,19 @@ def cmd_train(args) -> int:
         "resumes": resumes,
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
                     "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
-        "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for name, h in runs.items()},
+        "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]}
+                  for name, h in runs.items()},
         "epoch_wall_s": {name: sum(r["wall_s"] for r in h) / len(h) for name, h in runs.items()},
     }
     if "backprop" in runs:
         metrics["wall_ratio_vs_backprop"] = {
-            name: metrics["epoch_wall_s"][name] / metrics["epoch_wall_s"]["backprop"] for name in runs if name != "backprop"
+            name: metrics["epoch_wall_s"][name] / metrics["epoch_wall_s"]["backprop"]
+            for name in runs if name != "backprop"
         }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_curves(runs, os.path.join(args.out, "curves.png"), title=f"{args.data}, {trainer.n_blocks} blocks, batch {args.batch_size}")
+    plot_curves(runs, os.path.join(args.out, "curves.png"),
+                title=f"{args.data}, {trainer.n_blocks} blocks, batch {args.batch_size}")
     print_table(metrics)
     return 0
 
@@ -308,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         from .deepfacto import main as deepfacto_main
 
         return run_command("blockadmm deepfacto", lambda: deepfacto_main(argv[1:]))
-    parser = argparse.ArgumentParser(prog="blockadmm", description="Stochastic Block-ADMM training for PyTorch")
+    parser = ArgumentParser(prog="blockadmm", description="Stochastic Block-ADMM training for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub).set_defaults(func=cmd_train)
     sub.add_parser("info", help="versions and which backends are available, and why not").set_defaults(func=cmd_info)

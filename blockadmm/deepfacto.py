@@ -18,7 +18,6 @@ Recipes (chosen on validation splits):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -192,18 +191,40 @@ class LinearCodeHead(nn.Module):
         return self.linear(h)
 
 
-def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, head: str = "energy", per_class: int = 5,
-                    n_shared: int = 0, n_iter: int = 10, update_epochs: Optional[int] = 3, eg_steps: int = 3,
-                    eg_lr: float = 1.0, learn_head: bool = False, pool_r: Optional[float] = None, l1: float = 0.0,
+def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, basis_from=None, head: str = "energy",
+                    per_class: int = 5, n_shared: int = 0, n_iter: int = 10, update_epochs: Optional[int] = 0,
+                    l1: float = 0.1, contrast: float = 2.0, normalize: bool = True, eg_steps: int = 3,
+                    eg_lr: float = 1.0, learn_head: bool = False, pool_r: Optional[float] = None,
                     backend: str = "auto", reuse_forward: bool = True, solver: str = "op", eg_clip: float = 2.0):
-    """[features, NMF block, head]; reuse_forward wraps the features in ReuseForward (same results, one
-    forward fewer per step)."""
+    """[features, NMF block, head], by default the supervised recipe: unit-RMS features (normalize appends
+    PerSampleNorm to features that do not end in one), a class-specific basis (each class group drawn from its
+    class's features, less `contrast` times the mean feature vector), frozen (update_epochs=0), l1 = 0.1 on the
+    codes. features must end in a non-negative activation (ReLU) and output feat_shape per sample.
+
+    basis_from: (inputs, labels), a few hundred training samples the basis is drawn from (deepfacto.init_basis
+    does the same later from a dataset). Without it, training refuses a basis that stays random and frozen.
+    reuse_forward wraps the features in ReuseForward (same results, one forward fewer per step).
+    """
+    if normalize and not isinstance(list(features.modules())[-1], PerSampleNorm):  # (PerSampleNorm is idempotent)
+        features = nn.Sequential(features, PerSampleNorm())
     if reuse_forward and not isinstance(features, ReuseForward):
         features = ReuseForward(features)
     d = feat_shape[0]
     nmf = NMFBlock(d, n_classes=n_classes, per_class=per_class, n_shared=n_shared, n_iter=n_iter,
                    update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, eg_clip=eg_clip, l1=l1, backend=backend,
                    solver=solver, name="NMF block (block 1)")
+    if basis_from is not None:
+        inputs, labels = basis_from
+        was = features.training
+        features.eval()
+        with torch.no_grad():
+            F = _batched(features, torch.as_tensor(inputs).float())
+        features.train(was)
+        if tuple(F.shape[1:]) != tuple(feat_shape):
+            raise ValueError(f"the features output per-sample shape {tuple(F.shape[1:])}, not feat_shape "
+                             f"{tuple(feat_shape)}")
+        nmf._check_input(F)
+        nmf.init_basis_from(F, torch.as_tensor(labels), contrast=contrast)
     if head == "energy":
         h = GroupEnergyHead(nmf.group, n_classes, learn=learn_head, pool_r=pool_r)
     elif head == "linear":
@@ -703,11 +724,13 @@ def _clean(r: dict) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="blockadmm deepfacto", description="DeepFacto: NMF-layer networks trained by Block-ADMM "
+    from .argtypes import ArgumentParser, seed_list
+
+    p = ArgumentParser(prog="blockadmm deepfacto", description="DeepFacto: NMF-layer networks trained by Block-ADMM "
                                 "(supervised disentangling on MNIST-5k, weakly supervised localization on MNIST-5k pairs).")
     p.add_argument("--data", choices=["mnist5k", "pairs"], default="mnist5k")
     p.add_argument("--epochs", type=int, default=None, help="default 12 (mnist5k) / 4 (pairs, after the curriculum); --quick: 2")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (mnist5k), 0 (pairs)")
+    p.add_argument("--seeds", type=seed_list, default=None, help="comma list (default 0,1,2 for mnist5k, 0 for pairs)")
     p.add_argument("--head", choices=["energy", "linear", "both"], default="both", help="mnist5k: DeepFacto head(s) to train")
     p.add_argument("--arch", choices=["cnn", "mlp"], default="cnn", help="mnist5k feature block")
     p.add_argument("--out", default=None, help="output folder (default runs/deepfacto/<data>)")

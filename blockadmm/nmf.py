@@ -60,6 +60,15 @@ def _from_rows(H: torch.Tensor, spatial):
 class NMFLayer(nn.Module):
     """Non-negative factorization layer: features (n, d[, h, w]) -> codes (n, k[, h, w]) with V ≈ H W.
 
+    Naming: V (n×d) the features, H (n×k) the codes the forward returns, W (k×d) the basis, `layer.W`. scikit-learn
+    writes the same product X ≈ W H with W the codes and H the basis (`components_`): this layer's W is
+    scikit-learn's `components_` (and `blockadmm.nmf.NMF`'s), its H scikit-learn's W.
+
+    The basis starts random (uniform on [0.1, 1.1), seed 0) and the forward never changes it. To learn one:
+    `fit_basis(V)` fits it to features by NMF (blockadmm.nmf.NMF, scikit-learn's multiplicative updates);
+    `init_basis_from(features, labels)` gives each class group components drawn from that class's features;
+    inside Block-ADMM, NMFBlock updates it by multiplicative updates toward the codes' targets (update_epochs).
+
     in_features: d (channels, for conv features). n_classes, per_class, n_shared: the component groups
     (k = n_classes*per_class + n_shared); n_components gives k directly when there are no class groups.
     n_iter: multiplicative updates per forward. l1: sparsity penalty on the codes. name: how errors
@@ -105,14 +114,17 @@ class NMFLayer(nn.Module):
         # a parameter (state_dict, .to(), parameters()) that autograd and optimizers leave alone
         self.W = nn.Parameter(torch.rand(k, self.in_features, generator=g) + 0.1, requires_grad=False)
         self.register_buffer("group", group.long())
+        self.register_buffer("basis_fitted", torch.zeros((), dtype=torch.bool))  # set by fit_basis / init_basis_from
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, n_components={self.n_components}, n_classes={self.n_classes}, n_iter={self.n_iter}"
+        return (f"in_features={self.in_features}, n_components={self.n_components}, n_classes={self.n_classes}, "
+                f"n_iter={self.n_iter}")
 
     # ------------------------------------------------------------------ the solve
     def _check_input(self, V: torch.Tensor) -> None:
         if V.dim() not in (2, 4):
-            raise ValueError(f"{self.name}: features must be (n, d) or conv features (n, d, h, w), got shape {tuple(V.shape)}")
+            raise ValueError(f"{self.name}: features must be (n, d) or conv features (n, d, h, w), "
+                             f"got shape {tuple(V.shape)}")
         if V.shape[1] != self.in_features:
             raise ValueError(f"{self.name}: expected {self.in_features} features (dim 1), got shape {tuple(V.shape)}")
         if V.numel() == 0:
@@ -182,6 +194,18 @@ class NMFLayer(nn.Module):
         """0.5 ‖V − H W‖² summed over the batch (and positions)."""
         return 0.5 * (V - self.reconstruct(H)).square().sum()
 
+    @torch.no_grad()
+    def fit_basis(self, V: torch.Tensor, **nmf_options) -> NMFLayer:
+        """Learn the basis W from features V (n, d[, h, w]; conv features per position) by NMF: W becomes
+        `NMF(n_components=k, **nmf_options).fit(V).components_`. Returns the layer."""
+        self._check_input(V)
+        V2, _ = _to_rows(V)
+        nmf_options.setdefault("backend", self.backend)
+        components = NMF(self.n_components, **nmf_options).fit(V2.detach().float()).components_
+        self.W.data.copy_(torch.as_tensor(components, dtype=self.W.dtype).clamp_min(1e-6))
+        self.basis_fitted.fill_(True)
+        return self
+
     def group_energy(self, H: torch.Tensor) -> torch.Tensor:
         """Per-class code energy: (n, k[, h, w]) -> (n, n_classes[, h, w])."""
         return group_energy(H, self.group, self.n_classes)
@@ -196,6 +220,7 @@ class NMFLayer(nn.Module):
         Shared components get the feature vectors of random samples of any class. contrast > 0 subtracts that
         fraction of the mean (normalized) feature vector first (clamped at 0), so that groups start apart.
         """
+        self.basis_fitted.fill_(True)
         F = features.detach().float()
         if F.dim() == 4:
             F = F.sum((2, 3))
@@ -256,6 +281,10 @@ class NMFBlock(NMFLayer):
         self._solve_cache = None
         return super().init_basis_from(*args, **kw)
 
+    def fit_basis(self, *args, **kw):
+        self._solve_cache = None
+        return super().fit_basis(*args, **kw)
+
     @property
     def frozen(self) -> bool:
         return self.update_epochs is not None and int(self.epoch) >= self.update_epochs
@@ -263,6 +292,12 @@ class NMFBlock(NMFLayer):
     # ------------------------------------------------------------------ trainer hooks
     def admm_set_epoch(self, epoch: int) -> None:
         self.epoch.fill_(int(epoch))
+        if self.frozen and not bool(self.basis_fitted) and int(self.w_updates) == 0:
+            raise ValueError(
+                f"{self.name}: its basis W is still the random start and update_epochs={self.update_epochs} keeps it "
+                f"frozen, so the codes would carry no class information: give it a basis before training "
+                f"(build_deepfacto(..., basis_from=(inputs, labels)), deepfacto.init_basis(blocks, train) or "
+                f"fit_basis(features)), or let training learn it (update_epochs > 0, or None: never frozen)")
 
     @torch.no_grad()
     def admm_local_step(self, inp, target, dual, *, rho, y, loss_fn):

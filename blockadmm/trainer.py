@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -19,7 +18,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from .blocks import check_chain, make_blocks
+from . import loop
+from .blocks import check_chain, compile_blocks, make_blocks
+from .callbacks import Callback
 from .engine import AUX_STEPS, ORDERS, PRESETS, ADMMConfig, Engine, EpochScheduledBlock, get_preset
 from .engine.batch import check_batch, on_device
 from .engine.checkpoint import (
@@ -32,6 +33,7 @@ from .engine.checkpoint import (
     save_checkpoint,
 )
 from .engine.divergence import DivergenceError, DivergenceGuard
+from .loop import is_classification
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -41,6 +43,7 @@ __all__ = [
     "PRESETS",
     "ADMMConfig",
     "BlockADMM",
+    "DivergenceError",
     "NonFiniteError",
     "StepStats",
     "adam",
@@ -50,12 +53,25 @@ __all__ = [
 
 @dataclass
 class StepStats:
+    """What one step measured on its mini-batch; lists hold one value per boundary k (block k's output).
+
+    loss: the network's task loss on the batch, the composed forward F(x) before this step's updates (what a
+    backprop loop reports); acc: F(x)'s accuracy on the batch, for integer class labels only (else None).
+    The augmented Lagrangian's terms in the last sweep's weight step: head_loss, the last block's task loss at its
+    auxiliary input z_{B-2}; penalty[k], (rho_k/2m)|z_k - f_k(z_{k-1}) + u_k|^2 (a block with its own local step:
+    its own objective). primal_residual[k]: |z_k - f_k(z_{k-1})| / |z_k| after the last dual step (online, where
+    the last sweep has no dual step: after the last auxiliary step); dual_residual[k]: rho_k |z_k - z_k(start)| /
+    |z_k|; rho[k]: the penalty used; step_s: the step's wall time in seconds.
+    """
+
     loss: float
-    # per boundary: |z_k - f_k(z_{k-1})| / |z_k| after the last dual step (batch mode); online, where the last
-    # sweep has no dual step, after the last auxiliary step, with the f_k(z_{k-1}) that step used
-    primal: list[float]
-    dual: list[float]  # per boundary: rho_k |z_k(end) - z_k(start)| / |z_k|
+    acc: float | None
+    head_loss: float
+    penalty: list[float]
+    primal_residual: list[float]
+    dual_residual: list[float]
     rho: list[float]
+    step_s: float
 
 
 def adam(lr: float = 1e-3) -> Callable:
@@ -76,11 +92,22 @@ default_optimizer = adam(1e-3)
 class BlockADMM:
     """Train `model` cut into blocks with Stochastic Block-ADMM.
 
-    model: an nn.Sequential (with `blocks` = number of blocks or cut indices) or a list of block modules.
+    model: a list of block modules (each one's output feeds the next; a residual stage with its skip connection
+    inside is one block), or an nn.Sequential with `blocks` = number of blocks (balanced by parameter count) or cut
+    indices; any module with blocks=1 trains as one block (plain backprop). The blocks are trained in place: the
+    model's own state_dict holds the trained weights and works without this library. A torch.compile'd module is
+    unwrapped (trained through the module inside it).
+    compile: True (or a dict of torch.compile options) runs the blocks that go through autograd compiled
+    (blockadmm.blocks.CompiledBlock: a few graphs per block, compiled in the first steps, then reused; the fused
+    linear op, closed-form heads and blocks with their own rules stay as they are); inference stays eager.
     input_shape: per-sample input shape, for the chain check and the tables.
     mode: "online" (variables per mini-batch) or "batch" (per-sample tables; needs num_samples and
     a dataset that yields sample indices).
-    optimizer: factory params -> torch.optim.Optimizer, one per block (default Adam, lr 1e-3).
+    optimizer: factory params -> torch.optim.Optimizer, one per block (default Adam, lr 1e-3). `tr.optimizers`
+    lists the optimizers, each once (one when shared_optimizer); `tr.engine.optimizers[k]` is block k's (None for a
+    block with its own local step or without parameters).
+    scheduler: factory optimizer -> torch.optim.lr_scheduler, applied once per optimizer in `tr.optimizers` and
+    stepped once per epoch by fit (ReduceLROnPlateau with val_loss, else the training loss); saved in checkpoints.
     shared_optimizer: call the factory once, on every trainable block's parameters, instead of once per block
     (the same updates for per-element rules such as Adam or SGD, in one call; an optimizer that couples
     parameters would couple the blocks). Default: the preset's choice, else False.
@@ -113,6 +140,8 @@ class BlockADMM:
         backend: str = "auto",
         fused_linear: bool = True,
         shared_optimizer: bool | None = None,
+        scheduler: Callable | None = None,
+        compile: bool | dict = False,
         device=None,
         seed: int = 0,
         **config_overrides,
@@ -156,7 +185,9 @@ class BlockADMM:
         self.mode, self.backend, self.seed = mode, backend, seed
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self._default_loss = loss is None
-        self.engine = Engine(self.blocks, config=config, rho=[float(r) for r in rho], constraints=self.constraints,
+        stepped = compile_blocks(self.blocks, {} if compile is True else dict(compile),
+                                 fused_linear=fused_linear) if compile else self.blocks
+        self.engine = Engine(stepped, config=config, rho=[float(r) for r in rho], constraints=self.constraints,
                              loss_fn=self.loss_fn, default_loss=loss is None, online=mode == "online",
                              fused_linear=fused_linear, backend=backend)
         trainable = self.engine.trainable
@@ -164,13 +195,17 @@ class BlockADMM:
         if self.shared_optimizer:
             params = [p for b, t in zip(self.blocks, trainable) if t for p in b.parameters()]
             shared = optimizer(params) if params else None
-            self.optimizers = [shared if t else None for t in trainable]  # block k -> its optimizer
+            self.engine.optimizers = [shared if t else None for t in trainable]  # block k -> its optimizer
         else:
-            self.optimizers = [optimizer(list(b.parameters())) if t else None for b, t in zip(self.blocks, trainable)]
-        self.engine.optimizers = self.optimizers
-        # each optimizer once: what a checkpoint holds
-        self._optimizer_list = list({id(o): o for o in self.optimizers if o is not None}.values())
-        self._scheduled = [b for b in self.blocks if isinstance(b, EpochScheduledBlock)]
+            self.engine.optimizers = [optimizer(list(b.parameters())) if t else None
+                                      for b, t in zip(self.blocks, trainable)]
+        # each optimizer once: what the schedulers step and a checkpoint holds
+        self.optimizers = list({id(o): o for o in self.engine.optimizers if o is not None}.values())
+        self.schedulers = [scheduler(o) for o in self.optimizers] if scheduler is not None else []
+        self.epoch_scheduled = [b for b in self.blocks if isinstance(b, EpochScheduledBlock)]
+        self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
+        self.stop_training = False  # a callback sets it to end fit() after the current epoch
+        self.metric_names: set[str] = set()  # the evaluated history keys of the running fit (train_*, val_*, test_*)
         self.tables = None
         if mode == "batch":
             if num_samples is None:
@@ -202,6 +237,15 @@ class BlockADMM:
         self.engine.rho[:] = [float(r) for r in values]
 
     # ---------------------------------------------------------------- one mini-batch
+    def prepare_batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None):
+        """(x, y, index) on the trainer's device in the blocks' dtype, checked (engine.batch); 1-D float targets of
+        a model with one output become a column, so that a regression loss compares (n, 1) with (n, 1) rather than
+        broadcasting to (n, n)."""
+        x, y = on_device(x, y, self.device, self.dtype)
+        if y.is_floating_point() and y.dim() == 1 and self.shapes[-1] == (1,):
+            y = y.unsqueeze(1)
+        return x, y, self._check_batch(x, y, index)
+
     def _check_batch(self, x, y, index):
         """The batch checks (engine.batch), with this trainer's shapes; the index as int64."""
         return check_batch(x, y, index, input_shape=self.input_shape,
@@ -209,9 +253,10 @@ class BlockADMM:
                            num_samples=None if self.tables is None else self.tables.num_samples)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
-        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch."""
-        x, y = self._on_device(x, y)
-        index = self._check_batch(x, y, index)
+        """One Block-ADMM iteration (`sweeps` sweeps) on a mini-batch (x, y[, index]); x is cast to the blocks'
+        dtype and integer labels to int64 (engine.batch)."""
+        t0 = time.perf_counter()
+        x, y, index = self.prepare_batch(x, y, index)
         for b in self.blocks:
             b.train()
         engine, blocks, boundaries = self.engine, range(self.n_blocks), range(self.n_blocks - 1)
@@ -220,22 +265,39 @@ class BlockADMM:
             engine.init_online(state, blocks)
         else:
             engine.init_batch(state, blocks, *self.tables.gather(index))
+        network = self._network_metrics(state)  # F(x) before the update, from the forward the step starts with
         for sweep in range(self.config.sweeps):
             engine.begin_sweep(state, sweep)
             for k in engine.aux_order(boundaries):
                 engine.aux_step(state, k)
-            engine.weight_step(state, blocks)
+            terms = engine.weight_step(state, blocks)
             if not engine.skips_dual(sweep):
                 engine.dual_step(state, boundaries)
-        loss, primal, dual = engine.statistics(state, boundaries)
+        _, primal, dual = engine.statistics(state, boundaries)
         if self.tables is not None:
             self.tables.scatter(index, state.z, state.u)
         self.step_count += 1
-        stats = StepStats(loss=loss, primal=primal, dual=dual, rho=list(self.rho))
+        values = torch.stack(network + terms).float().cpu().tolist()
+        stats = StepStats(loss=values[0], acc=values[1] if len(network) == 2 else None, head_loss=values[-1],
+                          penalty=values[len(network):-1], primal_residual=primal, dual_residual=dual,
+                          rho=list(self.rho), step_s=0.0)
         for k, factor in engine.update_rho(dict(enumerate(primal))).items():
             if self.tables is not None:
                 self.tables.scale_duals(k, factor)  # scaled duals: u = y / rho
+        stats.step_s = time.perf_counter() - t0
         return stats
+
+    @torch.no_grad()
+    def _network_metrics(self, state) -> list[torch.Tensor]:
+        """[task loss of F(x)] and, for integer class labels, [..., accuracy], as 0-d tensors (read back later
+        with the step's other numbers). The last block's kept forward serves when there is one."""
+        last = self.n_blocks - 1
+        kept = state.kept[last]
+        out = kept.value if kept is not None else self.blocks[last](state.forward_in)
+        metrics = [self.loss_fn(out, state.y).detach()]
+        if is_classification(state.y):
+            metrics.append((out.argmax(1) == state.y).float().mean())
+        return metrics
 
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,120 +308,33 @@ class BlockADMM:
 
     __call__ = forward
 
-    @torch.no_grad()
     def evaluate(self, data, batch_size: int = 1000) -> dict[str, float]:
-        """Mean task loss and accuracy of F on a dataset yielding (x, y[, index]) or on a loader."""
-        if isinstance(data, torch.utils.data.DataLoader):
-            loader = data
-        else:
-            loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
-        was = [b.training for b in self.blocks]
-        for b in self.blocks:
-            b.eval()
-        total, loss_sum, correct = 0, 0.0, 0
-        for batch in loader:
-            x, y = self._on_device(batch[0], batch[1])
-            out = self.forward(x)
-            loss_sum += float(self.loss_fn(out, y)) * x.shape[0]
-            if y.dim() == 1:
-                correct += int((out.argmax(1) == y).sum())
-            total += x.shape[0]
-        for b, t in zip(self.blocks, was):
-            b.train(t)
-        if not math.isfinite(loss_sum):
-            raise NonFiniteError("evaluation gave a non-finite loss: the data hold NaN/inf, or the weights do; "
-                                 "check the data (an accuracy from it would mean nothing)")
-        return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}
-
-    def _on_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
-        return on_device(x, y, self.device, dtype)
+        """{"loss": mean task loss of F} on `data` (a Dataset, a DataLoader or an iterable of (x, y[, index])
+        batches), plus {"acc": accuracy} when the targets are integer class labels."""
+        return loop.evaluate(self, data, batch_size=batch_size)
 
     # ---------------------------------------------------------------- epochs
-    def fit(
-        self,
-        train,
-        epochs: int,
-        *,
-        batch_size: int = 100,
-        test=None,
-        val=None,
-        checkpoint: str | None = None,
-        progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None,
-        stop_on_divergence: bool = False,
-    ) -> list[dict]:
-        """Train until `epochs` epochs are done (continuing from self.epoch after a resume).
+    def fit(self, train, epochs: int, *, batch_size: int = 100, val=None, test=None, checkpoint: str | None = None,
+            progress: bool = True, eval_train: bool = True, eval_every: int = 1, callbacks: Sequence[Callback] = (),
+            on_epoch: Callable[[dict], None] | None = None, stop_on_divergence: bool = False) -> list[dict]:
+        """Train until `epochs` epochs are done (continuing from self.epoch after a resume); returns the history.
 
-        Data order is a function of (seed, epoch), so a run resumed from a checkpoint repeats exactly
-        what the uninterrupted run would have done. With `checkpoint`, the state is saved atomically
-        after every epoch; a non-finite value stops training and leaves the last good checkpoint.
-        Divergence without NaN (self.divergence: the loss at chance level or growing) is a warning in the log
-        and the epoch's record ("divergence"), or, with stop_on_divergence, a DivergenceError.
+        train, val, test: a Dataset (batched here, in an order that is a function of (seed, epoch), so a resumed
+        run repeats what the uninterrupted one would have done; positions serve as sample indices for batch mode),
+        a DataLoader or any iterable of (x, y) / (x, y, index) batches. Inputs are cast to the model's dtype.
+        History, one record per epoch: loss (and acc, for class labels) = the means over the epoch's batches of
+        StepStats.loss / .acc (the network's, before each update), head_loss, penalty, primal_residual,
+        dual_residual, step_s (means), rho, lr (each optimizer's, this epoch's), wall_s; then, every `eval_every`
+        epochs and after the last, train_loss / train_acc over the whole training set (eval_train), val_* and
+        test_*. callbacks: blockadmm.callbacks (loggers, EarlyStopping); a callback ends training by setting
+        `stop_training`. checkpoint: saved atomically after every epoch; a non-finite value stops training and
+        leaves the last good checkpoint. on_epoch(record): called after every epoch. Divergence without NaN
+        (self.divergence: the loss at chance level or growing) is a warning in the log and the epoch's record
+        ("divergence"), or, with stop_on_divergence, a DivergenceError.
         """
-        from tqdm.auto import tqdm
-
-        from .data import make_loader
-
-        if len(train) == 0:
-            raise ValueError("the training set is empty")
-        if self.tables is not None and len(train) != self.tables.num_samples:
-            raise ValueError(f"the training set has {len(train)} samples but the batch-mode tables were built for "
-                             f"{self.tables.num_samples}: pass num_samples=len(train)")
-        def last_good() -> str:
-            exists = checkpoint and os.path.exists(checkpoint)
-            return f" The last good checkpoint is {checkpoint} (epoch {self.epoch})." if exists else ""
-
-        for epoch in range(self.epoch, epochs):
-            diverging = None
-            for b in self._scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
-                b.admm_set_epoch(epoch)
-            loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
-            t0 = time.perf_counter()
-            sums, n = None, 0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-            for batch in bar:
-                x, y = batch[0], batch[1]
-                index = batch[2] if len(batch) > 2 else None
-                try:
-                    s = self.step(x, y, index)
-                except NonFiniteError as e:
-                    raise NonFiniteError(f"{e}{last_good()}") from e
-                reason = self.divergence.update(s.loss)
-                if reason and diverging is None:
-                    diverging = f"training diverges at step {self.step_count} (epoch {epoch + 1}): {reason}"
-                    if stop_on_divergence:
-                        raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
-                                              f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
-                    logging.getLogger(__name__).warning("%s", diverging)
-                vec = [s.loss] + s.primal + s.dual
-                sums = vec if sums is None else [a + b for a, b in zip(sums, vec)]
-                n += 1
-                bar.set_postfix(loss=f"{s.loss:.3f}")
-            wall = time.perf_counter() - t0
-            nb = self.n_blocks - 1
-            record = {
-                "epoch": epoch + 1,
-                "loss": sums[0] / n,
-                "primal_residual": [v / n for v in sums[1 : 1 + nb]],
-                "dual_residual": [v / n for v in sums[1 + nb :]],
-                "rho": list(self.rho),
-                "wall_s": wall,
-                "train_acc": self.evaluate(train)["acc"],
-            }
-            for name, ds in (("val", val), ("test", test)):
-                if ds is not None:
-                    ev = self.evaluate(ds)
-                    record[f"{name}_acc"], record[f"{name}_loss"] = ev["acc"], ev["loss"]
-            if diverging:
-                record["divergence"] = diverging
-            self.epoch = epoch + 1
-            self.history.append(record)
-            if checkpoint:
-                self.save(checkpoint)
-            if on_epoch:
-                on_epoch(record)
-        return self.history
+        return loop.fit(self, train, epochs, batch_size=batch_size, val=val, test=test, checkpoint=checkpoint,
+                        progress=progress, eval_train=eval_train, eval_every=eval_every, callbacks=callbacks,
+                        on_epoch=on_epoch, stop_on_divergence=stop_on_divergence)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -370,7 +345,8 @@ class BlockADMM:
             "shapes": self.shapes,
             "blocks": [b.state_dict() for b in self.blocks],
             "shared_optimizer": self.shared_optimizer,
-            "optimizers": [o.state_dict() for o in self._optimizer_list],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [sch.state_dict() for sch in self.schedulers],
             "rho": list(self.rho),
             "rho_window": copy.deepcopy(self.engine.rho_schedule.window),
             "rho_prev": list(self.engine.rho_schedule.prev),
@@ -399,7 +375,9 @@ class BlockADMM:
         for b, sd in zip(self.blocks, state["blocks"]):
             b.load_state_dict(sd)
         lrs = sorted({g["lr"] for sd in state["optimizers"] for g in sd["param_groups"]})
-        for o, sd in zip(self._optimizer_list, state["optimizers"]):
+        for sch, sd in zip(self.schedulers, state["schedulers"]):
+            sch.load_state_dict(sd)
+        for o, sd in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(sd)
             for g in o.param_groups:
                 g["lr"] = g["lr"] if lr is None else lr
@@ -429,15 +407,18 @@ class BlockADMM:
             raise CheckpointError(f"the checkpoint was trained in {state['mode']} mode, "
                                   f"this trainer is in {self.mode} mode")
         shared, optimizer_states = state["shared_optimizer"], state["optimizers"]
-        if shared != self.shared_optimizer or len(optimizer_states) != len(self._optimizer_list):
+        if shared != self.shared_optimizer or len(optimizer_states) != len(self.optimizers):
             raise CheckpointError(f"the checkpoint holds {len(optimizer_states)} optimizer(s) "
-                                  f"(shared_optimizer={shared}), this trainer {len(self._optimizer_list)} "
+                                  f"(shared_optimizer={shared}), this trainer {len(self.optimizers)} "
                                   f"(shared_optimizer={self.shared_optimizer}): "
                                   f"build the trainer with shared_optimizer={shared}")
         for k, (b, sd) in enumerate(zip(self.blocks, state["blocks"])):
             check_module_state(b, sd, f"block {k}'s state")
-        for o, sd in zip(self._optimizer_list, optimizer_states):
+        for o, sd in zip(self.optimizers, optimizer_states):
             check_optimizer_state(o, sd, "an optimizer's state")
+        if len(state["schedulers"]) != len(self.schedulers):
+            raise CheckpointError(f"the checkpoint holds {len(state['schedulers'])} learning-rate scheduler(s), this "
+                                  f"trainer {len(self.schedulers)}: build the trainer with the run's scheduler=")
         if (state["tables"] is None) != (self.tables is None):
             raise TableMismatch("the checkpoint and this trainer disagree on having batch-mode tables")
         if self.tables is not None:

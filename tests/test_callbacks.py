@@ -63,8 +63,18 @@ def test_early_stopping_stops_after_patience_and_restores_the_best():
     assert torch.equal(tr.blocks[0].weight, best_weight)
 
 
-def test_early_stopping_names_a_missing_metric():
-    with pytest.raises(KeyError, match="pass val= to fit"):
-        EarlyStopping("val_loss").on_epoch(fake_trainer(), {"epoch": 1, "loss": 1.0})
+def test_early_stopping_names_a_missing_metric_and_waits_for_evaluated_epochs():
+    tr = fake_trainer()
+    tr.metric_names = {"train_loss", "train_acc"}
+    with pytest.raises(ValueError, match="pass val= to fit"):
+        EarlyStopping("val_loss").on_train_begin(tr)
+    tr.metric_names.add("val_loss")
+    es = EarlyStopping("val_loss", patience=1)
+    es.on_train_begin(tr)
+    es.on_epoch(tr, {"epoch": 1, "val_loss": 1.0})
+    es.on_epoch(tr, {"epoch": 2, "loss": 0.5})  # not evaluated this epoch (fit's eval_every): no patience used
+    assert not tr.stop_training and es.best_epoch == 1
+    es.on_epoch(tr, {"epoch": 3, "val_loss": 1.5})
+    assert tr.stop_training
     with pytest.raises(ValueError, match="patience must be >= 1"):
         EarlyStopping(patience=0)

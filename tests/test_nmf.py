@@ -203,7 +203,7 @@ def test_checkpoint_resume_with_nmf_block(tmp_path, mode):
     t2.fit(ds, 1, batch_size=20, progress=False, checkpoint=ck)
     t3, _ = _tiny_trainer(mode)
     t3.load(ck)
-    assert t3.optimizers[1] is None and int(t3.blocks[1].epoch) == 0
+    assert t3.engine.optimizers[1] is None and int(t3.blocks[1].epoch) == 0
     t3.fit(ds, 2, batch_size=20, progress=False)
     torch.testing.assert_close(t3.blocks[1].W, ref_W)
     for trained in (t, t2, t3):  # every configuration trained here: basis, codes and code tables non-negative

@@ -32,7 +32,7 @@ def weights(tr):
 def test_one_block_is_plain_training(digits):
     model, _ = small_mlp()
     ref_model = copy.deepcopy(model)
-    tr = BlockADMM(model, input_shape=(64,), sweeps=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    tr = BlockADMM(model, blocks=1, input_shape=(64,), sweeps=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
     tr.fit(digits.train, 2, batch_size=50, progress=False)
 
     opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
@@ -116,7 +116,7 @@ def test_online_skips_the_last_dual_update_without_changing_training(digits, mon
     for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:4]:
         so, sb = online.step(x, y, i), batch.step(x, y, i)
         assert so.loss == pytest.approx(sb.loss, rel=1e-6)
-        assert all(0 <= p < 10 for p in so.primal)  # the residual of the last auxiliary step
+        assert all(0 <= p < 10 for p in so.primal_residual)  # the residual of the last auxiliary step
     torch.testing.assert_close(weights(online), weights(batch), rtol=1e-6, atol=1e-7)
     # per step: the initial forward of the 3 hidden blocks, then their dual forwards in sweeps 1 and 2 only
     assert calls["online"] == 4 * (3 + 2 * 3)

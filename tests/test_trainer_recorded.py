@@ -54,7 +54,7 @@ def run_case(net, mode, **options):
         index = torch.arange(step * BATCH, (step + 1) * BATCH) % SAMPLES
         s = trainer.step(x[index], y[index], index)
         if step in RECORDED_STEPS:
-            stats.append({"loss": s.loss, "primal": s.primal, "dual": s.dual})
+            stats.append({"loss": s.head_loss, "primal": s.primal_residual, "dual": s.dual_residual})
     sums = [[float(p.detach().double().sum()), float(p.detach().double().abs().sum())] for b in trainer.blocks
             for p in b.parameters()]
     return {"weight_sums": sums, "stats": stats}

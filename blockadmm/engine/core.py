@@ -82,6 +82,7 @@ class Engine:
         for k in blocks:
             term = self.terms[k]
             if k == self.n_blocks - 1:
+                state.forward_in = h
                 if term.keeps_last:
                     state.kept[k] = term.forward(h, keep_graph=True)
                 break
@@ -107,6 +108,8 @@ class Engine:
             state.z_start[k] = state.z[k].clone()
             if k == 0:
                 state.kept[0] = kept
+        if self.n_blocks - 1 in blocks:
+            state.forward_in = h
 
     # ------------------------------------------------------------------ one sweep
     def skips_dual(self, sweep: int) -> bool:

@@ -17,6 +17,8 @@ class BatchState:
     this sweep (copies under Jacobi, z and u themselves otherwise). kept: each block's forward while its
     input and weights stay. z_start: z at the start of the step (dual residual). memory: the auxiliary rules'
     per-batch state. primal_sq: |z_k - f_k(z_{k-1})|^2 as last measured. losses: the last block's term per sweep.
+    forward_in: the last block's input along the plain forward from x, before any update (its F(x) is the
+    network's output on the batch), set by init_online / init_batch when the range holds the last block.
     """
 
     x: torch.Tensor | None
@@ -34,6 +36,7 @@ class BatchState:
     memory: dict[int, object] = field(default_factory=dict)
     primal_sq: dict[int, torch.Tensor] = field(default_factory=dict)
     losses: list[torch.Tensor] = field(default_factory=list)
+    forward_in: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n_blocks: int, x, y, index=None, *, step: int = 0, epoch: int = 0) -> BatchState:

@@ -15,11 +15,13 @@ import argparse
 import importlib
 from typing import List, Optional
 
+from ..argtypes import ArgumentParser
+
 EXPERIMENTS = ("depth", "blocks", "convergence", "binary", "report")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="blockadmm experiment", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="blockadmm experiment", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="name", required=True, metavar="{" + ",".join(EXPERIMENTS) + "}")
     for name in EXPERIMENTS:
         mod = importlib.import_module(f"{__name__}.{name}")

@@ -231,7 +231,7 @@ def run_admm(run: Run, mode: str = "online", blocks_factory=None, constraints=No
 
     def step(x, y, index):
         s = trainer.step(x, y, index)
-        return {"loss": s.loss, "primal_residual": s.primal, "dual_residual": s.dual}
+        return {"loss": s.loss, "primal_residual": s.primal_residual, "dual_residual": s.dual_residual}
 
     rec = epoch_loop(run, list(trainer.blocks), step, trainer.forward, progress)
     rec["config"] = {k: v for k, v in vars(trainer.config).items()}

@@ -80,7 +80,7 @@ def run_one(splits, schedule, rho, epochs, seed, progress=None):
     for epoch in range(epochs):
         for x, y, idx in bdata.make_loader(splits.train, 100, shuffle=True, seed=seed, epoch=epoch):
             s = trainer.step(x, y, idx)
-            per_step.append({"loss": s.loss, "primal": s.primal, "dual": s.dual, "rho": list(s.rho)})
+            per_step.append({"loss": s.loss, "primal": s.primal_residual, "dual": s.dual_residual, "rho": list(s.rho)})
         m, z_prev = table_metrics(trainer, X, Y, z_prev)
         m.update({"epoch": epoch + 1, "iteration": len(per_step), "rho": list(trainer.rho),
                   "train_acc": C.accuracy(trainer.forward, splits.train), "test_acc": C.accuracy(trainer.forward, splits.test),

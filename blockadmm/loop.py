@@ -1,0 +1,165 @@
+"""The epoch loop and the evaluation of a trainer: data in the forms blockadmm.loader accepts, callbacks, per-epoch
+schedulers, evaluation on a schedule, checkpoints, the history.
+
+Works on any trainer with `step(x, y, index) -> StepStats`, `forward`, `blocks`, `epoch`, `history`, `seed`,
+`schedulers`, `epoch_scheduled` (blocks told the epoch), `divergence` (engine.divergence.DivergenceGuard),
+`save(path)` and `stop_training`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .callbacks import Callback
+from .engine.checkpoint import NonFiniteError
+from .engine.divergence import DivergenceError
+from .loader import epoch_batches, unpack_batch
+
+
+def is_classification(y: torch.Tensor) -> bool:
+    """Integer class labels (one per sample): accuracy is reported; float targets are a regression (loss only)."""
+    return not y.is_floating_point() and y.dim() == 1
+
+
+@torch.no_grad()
+def evaluate(trainer, data, *, batch_size: int = 1000) -> dict[str, float]:
+    """{"loss": mean task loss of F} on `data`, plus {"acc": accuracy} for integer class labels."""
+    was = [b.training for b in trainer.blocks]
+    for b in trainer.blocks:
+        b.eval()
+    total, loss_sum, correct, classification = 0, 0.0, 0, None
+    try:
+        for batch in epoch_batches(data, batch_size, shuffle=False, seed=0, epoch=0):
+            x, y, _ = trainer.prepare_batch(*unpack_batch(batch, dtype=trainer.dtype))
+            out = trainer.forward(x)
+            loss_sum += float(trainer.loss_fn(out, y)) * x.shape[0]
+            classification = is_classification(y)
+            if classification:
+                correct += int((out.argmax(1) == y).sum())
+            total += x.shape[0]
+    finally:
+        for b, t in zip(trainer.blocks, was):
+            b.train(t)
+    if total == 0:
+        raise ValueError("nothing to evaluate: the data yielded no samples")
+    if not math.isfinite(loss_sum):
+        raise NonFiniteError("evaluation gave a non-finite loss: the data hold NaN/inf, or the weights do; "
+                             "check the data (an accuracy from it would mean nothing)")
+    return {"loss": loss_sum / total, **({"acc": correct / total} if classification else {})}
+
+
+def _epoch_means(rows: list[tuple]) -> dict:
+    """Means over an epoch's steps, weighted by batch size: (stats, rows) pairs -> history entries."""
+    n = sum(m for _, m in rows)
+
+    def mean(get):
+        first = get(rows[0][0])
+        if isinstance(first, list):
+            return [sum(get(s)[k] * m for s, m in rows) / n for k in range(len(first))]
+        return sum(get(s) * m for s, m in rows) / n
+
+    record = {"loss": mean(lambda s: s.loss)}
+    if rows[0][0].acc is not None:
+        record["acc"] = mean(lambda s: s.acc)
+    record.update(head_loss=mean(lambda s: s.head_loss), penalty=mean(lambda s: s.penalty),
+                  primal_residual=mean(lambda s: s.primal_residual), dual_residual=mean(lambda s: s.dual_residual),
+                  step_s=sum(s.step_s for s, _ in rows) / len(rows))
+    return record
+
+
+def _step_scheduler(scheduler, record: dict) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(record.get("val_loss", record["loss"]))
+    else:
+        scheduler.step()
+
+
+def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=None, checkpoint: str | None = None,
+        progress: bool = True, eval_train: bool = True, eval_every: int = 1, callbacks: Sequence[Callback] = (),
+        on_epoch: Callable[[dict], None] | None = None, stop_on_divergence: bool = False) -> list[dict]:
+    """Train until `epochs` epochs are done (continuing from trainer.epoch after a resume); see BlockADMM.fit."""
+    from tqdm.auto import tqdm
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_train = len(train.dataset) if isinstance(train, DataLoader) else (len(train) if isinstance(train, Dataset)
+                                                                        else None)
+    if n_train == 0:
+        raise ValueError("the training set is empty")
+    if trainer.tables is not None and n_train is not None and n_train != trainer.tables.num_samples:
+        raise ValueError(f"the training set has {n_train} samples but the batch-mode tables were built for "
+                         f"{trainer.tables.num_samples}: pass num_samples=len(train)")
+    callbacks = list(callbacks)
+    evaluated = {"train": eval_train, "val": val is not None, "test": test is not None}
+    trainer.metric_names = {f"{name}_{m}" for name, on in evaluated.items() if on for m in ("loss", "acc")}
+    trainer.stop_training = False
+
+    def last_good() -> str:
+        exists = checkpoint and os.path.exists(checkpoint)
+        return f" The last good checkpoint is {checkpoint} (epoch {trainer.epoch})." if exists else ""
+
+    for cb in callbacks:
+        cb.on_train_begin(trainer)
+    try:
+        for epoch in range(trainer.epoch, epochs):
+            for block in trainer.epoch_scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
+                block.admm_set_epoch(epoch)
+            t0 = time.perf_counter()
+            rows, diverging = [], None
+            batches = epoch_batches(train, batch_size, shuffle=True, seed=trainer.seed, epoch=epoch)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            for batch in bar:
+                x, y, index = unpack_batch(batch, dtype=trainer.dtype)
+                try:
+                    stats = trainer.step(x, y, index)
+                except NonFiniteError as e:
+                    raise NonFiniteError(f"{e}{last_good()}") from e
+                reason = trainer.divergence.update(stats.loss)
+                if reason and diverging is None:
+                    diverging = f"training diverges at step {trainer.step_count} (epoch {epoch + 1}): {reason}"
+                    if stop_on_divergence:
+                        raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
+                                              f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
+                    logging.getLogger(__name__).warning("%s", diverging)
+                rows.append((stats, x.shape[0]))
+                bar.set_postfix(loss=f"{stats.loss:.3f}")
+                for cb in callbacks:
+                    cb.on_step(trainer, trainer.step_count, dataclasses.asdict(stats))
+            if not rows:
+                raise ValueError("the training data yielded no batches")
+            record = {"epoch": epoch + 1, **_epoch_means(rows), "rho": list(trainer.rho),
+                      "lr": [group["lr"] for o in trainer.optimizers for group in o.param_groups],
+                      "wall_s": time.perf_counter() - t0}
+            if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+                for name, data in (("train", train if eval_train else None), ("val", val), ("test", test)):
+                    if data is not None:
+                        record.update({f"{name}_{k}": v for k, v in evaluate(trainer, data).items()})
+            if diverging:
+                record["divergence"] = diverging
+            for scheduler in trainer.schedulers:
+                _step_scheduler(scheduler, record)
+            trainer.epoch = epoch + 1
+            trainer.history.append(record)
+            for cb in callbacks:
+                cb.on_epoch(trainer, record)
+            if checkpoint:
+                trainer.save(checkpoint)
+            if on_epoch:
+                on_epoch(record)
+            if trainer.stop_training:
+                break
+    finally:
+        for cb in callbacks:
+            cb.on_train_end(trainer)
+    return trainer.history
