@@ -203,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return run(argv[1:])
     if argv and argv[0] == "deepfacto":
-        from .deepfacto import main as deepfacto_main
+        from .experiments.deepfacto_cli import main as deepfacto_main
 
         return deepfacto_main(argv[1:])
     parser = argparse.ArgumentParser(prog="blockadmm", description="Stochastic Block-ADMM training for PyTorch")
