@@ -187,14 +187,6 @@ def cmd_info(args) -> int:
     return info_main()
 
 
-def cmd_report(args) -> int:
-    from .report import update_readme
-
-    for source in update_readme(args.readme, args.results):
-        print(f"{args.readme}: regenerated from {source}")
-    return 0
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # subcommands owned by their modules take their own flags
@@ -210,10 +202,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub).set_defaults(func=cmd_train)
     sub.add_parser("info", help="versions and which backends are available, and why not").set_defaults(func=cmd_info)
-    rep = sub.add_parser("report", help="regenerate README.md's result blocks from the results/ files")
-    rep.add_argument("--readme", default="README.md")
-    rep.add_argument("--results", default="results")
-    rep.set_defaults(func=cmd_report)
     sub.add_parser("experiment", help="the method's claims as experiments (blockadmm experiment --help)")
     sub.add_parser("deepfacto", help="DeepFacto NMF-layer training (blockadmm deepfacto --help)")
     args = parser.parse_args(argv)

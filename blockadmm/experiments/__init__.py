@@ -4,7 +4,6 @@
     blocks       one 8-layer net cut into 1, 2, 4, 8 blocks; top-down, bottom-up, Jacobi
     convergence  batch mode on a small problem: augmented Lagrangian, residuals; constant vs adaptive rho
     binary       MLP with binary {0,1} hidden units: Block-ADMM (projection) vs straight-through backprop
-    report       rewrite README.md's Results section from the committed results files
 
 Each writes results.json and PNG plots under --out (default runs/experiments/<name>/); --quick runs
 a reduced grid in under 2 minutes.
@@ -15,7 +14,7 @@ import argparse
 import importlib
 from typing import List, Optional
 
-EXPERIMENTS = ("depth", "blocks", "convergence", "binary", "report")
+EXPERIMENTS = ("depth", "blocks", "convergence", "binary")
 
 
 def parser() -> argparse.ArgumentParser:

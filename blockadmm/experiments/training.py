@@ -92,7 +92,7 @@ def train_epochs(step: Step, train, epochs: int, *, batch_size: int, seed: int, 
     A record holds "epoch" (1-based), "wall_s" (the time of the batch fetches and steps only) and the mean over
     the epoch of each stat the step returns (lists averaged per entry), then what `evaluate()` returns.
     Outside the timing: `before_epoch(epoch)` before an epoch, `on_batches(n)` after every `every`-th
-    mini-batch (n batches done in the epoch), `on_epoch(record)` after each epoch.
+    mini-batch (n batches done in the epoch), `on_epoch(record)` after each epoch (returning True stops training).
     """
     from tqdm.auto import tqdm
 
@@ -124,8 +124,8 @@ def train_epochs(step: Step, train, epochs: int, *, batch_size: int, seed: int, 
         if evaluate is not None:
             record.update(evaluate())
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
+        if on_epoch is not None and on_epoch(record):
+            break
     return history
 
 
