@@ -1,5 +1,6 @@
 """Results files: `NAME.json` holds each run's record without its per-epoch series (small, plain, diffable),
-`NAME.history.json.gz` beside it the series (lists of per-epoch or per-step dicts); `read_results` joins them.
+`NAME.history.json.gz` beside it the series (lists of per-epoch or per-step dicts, floats to 6 significant digits);
+`read_results` joins them.
 
 Kept apart so that the numbers a claim needs stay small and diffable, and the histories cost a fraction of their
 plain size in the repository.
@@ -10,9 +11,22 @@ import gzip
 import json
 import os
 
+SERIES_DIGITS = 6  # significant digits of the floats in a history file (accuracies k/n with n <= 10^5 stay exact)
+
 
 def _is_series(value) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+
+def _rounded(value):
+    """`value` with every float rounded to SERIES_DIGITS significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.{SERIES_DIGITS}g}")
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 def load_json(path: str):
@@ -40,7 +54,7 @@ def save_results(path: str, results: dict) -> str:
     finals, series = [], []
     for record in results["records"]:
         finals.append({k: v for k, v in record.items() if not _is_series(v)})
-        series.append({k: v for k, v in record.items() if _is_series(v)})
+        series.append({k: _rounded(v) for k, v in record.items() if _is_series(v)})
     with open(path, "w") as f:
         json.dump({**results, "records": finals}, f, indent=1, default=float)
     history = history_path(path)
