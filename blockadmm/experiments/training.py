@@ -5,6 +5,7 @@ gives, so methods run with the same seed see the same mini-batches in the same o
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -17,13 +18,18 @@ from ..models import init_weights
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 
-Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, object] | None]
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]  # returns a dict of stats, a dataclass or None
 
 
-def make_optimizer(params, optimizer: str = "adam", lr: float | None = None) -> torch.optim.Optimizer:
-    """SGD or Adam over `params`; lr defaults to DEFAULT_LR[optimizer]."""
+def make_optimizer(params, optimizer="adam", lr: float | None = None) -> torch.optim.Optimizer:
+    """SGD or Adam over `params` (lr defaults to DEFAULT_LR[optimizer]), or `optimizer(params)` for a factory such
+    as `trainer.adam(lr)`, so that backprop can get exactly the optimizer the Block-ADMM blocks get."""
+    if callable(optimizer):
+        if lr is not None:
+            raise ValueError("lr goes with an optimizer name; an optimizer factory sets its own rate")
+        return optimizer(params)
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)} or pass a factory")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     if not lr > 0:
         raise ValueError(f"the learning rate must be > 0, got {lr}")
@@ -37,7 +43,7 @@ class Backprop:
     under `torch.manual_seed(seed)` when a seed is given, so one model can be trained under each init.
     """
 
-    def __init__(self, model: nn.Module, *, optimizer: str = "adam", lr: float | None = None, loss_fn=None,
+    def __init__(self, model: nn.Module, *, optimizer="adam", lr: float | None = None, loss_fn=None,
                  init: str | None = None, activation: str = "relu", gain: float | None = None,
                  seed: int | None = None):
         if init is not None:
@@ -45,7 +51,6 @@ class Backprop:
                 torch.manual_seed(seed)
             init_weights(model, init, activation, gain)
         self.model = model
-        self.optimizer_name = optimizer
         self.optimizer = make_optimizer(model.parameters(), optimizer, lr)
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
@@ -74,8 +79,11 @@ def accuracy(forward: Callable, ds, batch_size: int = 1000) -> float:
     return correct / max(len(ds.X), 1)
 
 
-def _add(sums: dict, stats: dict) -> None:
-    """Sum the step's stats into `sums` per key; a list stat is summed per entry and stays a list."""
+def _add(sums: dict, stats) -> None:
+    """Sum the step's stats (a dict or a dataclass such as trainer.StepStats) into `sums` per key; a list stat is
+    summed per entry and stays a list."""
+    if dataclasses.is_dataclass(stats):
+        stats = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
     for k, v in stats.items():
         if isinstance(v, (list, tuple)):
             sums[k] = list(v) if k not in sums else [a + b for a, b in zip(sums[k], v)]
@@ -85,14 +93,16 @@ def _add(sums: dict, stats: dict) -> None:
 
 def train_epochs(step: Step, train, epochs: int, *, batch_size: int, seed: int, first_epoch: int = 0,
                  before_epoch: Callable[[int], None] | None = None, evaluate: Callable[[], dict] | None = None,
-                 every: int = 0, on_batches: Callable[[int], None] | None = None,
+                 every: int = 0, on_batches: Callable[[int, float], None] | None = None,
                  on_epoch: Callable[[dict], None] | None = None, progress: bool = False, desc: str = "train") -> list[dict]:
     """Run `step(x, y, index)` over every mini-batch of epochs first_epoch..epochs-1; one record per epoch.
 
     A record holds "epoch" (1-based), "wall_s" (the time of the batch fetches and steps only) and the mean over
-    the epoch of each stat the step returns (lists averaged per entry), then what `evaluate()` returns.
-    Outside the timing: `before_epoch(epoch)` before an epoch, `on_batches(n)` after every `every`-th
-    mini-batch (n batches done in the epoch), `on_epoch(record)` after each epoch (returning True stops training).
+    the epoch of each stat the step returns (a dict or a dataclass; lists averaged per entry), then what
+    `evaluate()` returns.
+    Outside the timing: `before_epoch(epoch)` before an epoch, `on_batches(n, wall_s)` after every `every`-th
+    mini-batch (n batches and wall_s seconds of training so far in the epoch), `on_epoch(record)` after each epoch
+    (returning True stops training).
     """
     from tqdm.auto import tqdm
 
@@ -116,7 +126,7 @@ def train_epochs(step: Step, train, epochs: int, *, batch_size: int, seed: int, 
             _add(sums, stats or {})
             bar.update(1)
             if every and n % every == 0:
-                on_batches(n)
+                on_batches(n, wall)
         bar.close()
         record = {"epoch": epoch + 1, "wall_s": wall}
         for k, v in sums.items():
@@ -129,7 +139,7 @@ def train_epochs(step: Step, train, epochs: int, *, batch_size: int, seed: int, 
     return history
 
 
-def run_backprop(model: nn.Module, train, epochs: int, *, batch_size: int, seed: int, optimizer: str = "adam",
+def run_backprop(model: nn.Module, train, epochs: int, *, batch_size: int, seed: int, optimizer="adam",
                  lr: float | None = None, loss_fn=None, init: str | None = None, activation: str = "relu",
                  gain: float | None = None, evaluate: Callable[[nn.Module], dict] | None = None,
                  progress: bool = False, desc: str = "backprop") -> list[dict]:
