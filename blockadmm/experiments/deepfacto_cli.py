@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--select", action="store_true", help="report validation metrics only (hyperparameter selection; test untouched)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--update-epochs", type=int, default=0, help="epochs in which the NMF basis is updated by multiplicative updates before it is frozen (0: frozen at its class-specific init, best on validation)")
+    p.add_argument("--update-epochs", type=int, default=0, help="epochs in which the NMF basis is updated by multiplicative updates before it is frozen "
+                   "(0: frozen at its class-specific init)")
     p.add_argument("--per-class", type=int, default=None, help="components per class group (default 5)")
     p.add_argument("--sweeps", type=int, default=1)
     p.add_argument("--clutter", type=int, default=0, help="pairs: 8×8 fragments of clutter per canvas")

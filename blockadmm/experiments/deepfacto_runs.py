@@ -240,9 +240,8 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
         cam = nn.Sequential(feature_cnn(1, flatten=False, normalize=False), GAPLinear(64, 10))
 
         def cam_maps(x):
-            # class activation map: the class's linear weights over the last conv features, per position. (The
-            # 0% pointing of the first runs was this map on a net still at chance: every class weight had gone
-            # negative, so the zero background was the maximum and argmax fell on its first pixel, (0, 0).)
+            # class activation map: the class's linear weights over the last conv features, per position (on a net
+            # at chance, with every class weight negative, its argmax is the zero background's first pixel)
             F = cam[0](x)
             return torch.einsum("nchw,kc->nkhw", F, cam[1].linear.weight) + cam[1].linear.bias.view(1, -1, 1, 1)
 
