@@ -272,7 +272,7 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
         L.append("")
         L.append(f"**End to end** ({any_['dataset']}, MLP {any_['hidden']}, {len(any_['hidden']) + 1} blocks for Block-ADMM, "
                  f"batch {any_['batch_size']}, {any_['epochs']} epochs, library defaults unless the name says a preset "
-                 "(`-fast`: the fast preset; backprop-fast: backprop at its best validation Adam rate); epoch = median "
+                 "(`-fast`: the fast preset; backprop-fast: backprop at its best on validation, init × optimizer × rate from the fair grid); epoch = median "
                  "training-loop time over the epochs; time-to-accuracy = training seconds until the test accuracy "
                  f"(taken every {any_.get('eval_every', '?')} mini-batches, outside the timing) first reaches the target)")
         L.append("")

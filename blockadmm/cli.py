@@ -23,6 +23,7 @@ def _modes(text: str) -> List[str]:
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
+    from .models import INITS
     from .trainer import AUX_STEPS, ORDERS, PRESETS, ADMMConfig
 
     d = ADMMConfig()
@@ -32,6 +33,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="mlp", choices=["mlp", "cnn"])
     p.add_argument("--hidden", type=_ints, default=[256, 256], help="MLP hidden widths, e.g. 256,256")
     p.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh", "leaky_relu"])
+    p.add_argument("--init", default="default", choices=list(INITS),
+                   help="weight init: PyTorch's (default), Glorot-uniform with the activation's gain (xavier: 4 sigmoid, "
+                        "5/3 tanh), He (kaiming), orthogonal")
     p.add_argument("--blocks", type=int, default=None, help="number of blocks (default: one layer per block)")
     p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
@@ -97,7 +101,7 @@ def resolve_preset(args) -> None:
 
 def build_network(args, input_shape, num_classes):
     """(model, cut indices) for --arch/--hidden/--activation/--blocks."""
-    from .models import mlp_blocks, small_cnn
+    from .models import init_weights, mlp_blocks, small_cnn
 
     if args.arch == "mlp":
         in_features = 1
@@ -105,10 +109,10 @@ def build_network(args, input_shape, num_classes):
             in_features *= s
         if len(input_shape) != 1:
             raise SystemExit(f"--arch mlp needs flat inputs; {args.data} gives {input_shape}: use --arch cnn")
-        return mlp_blocks(in_features, args.hidden, num_classes, args.activation, args.blocks)
+        return mlp_blocks(in_features, args.hidden, num_classes, args.activation, args.blocks, init=args.init)
     if len(input_shape) != 3:
         raise SystemExit(f"--arch cnn needs image inputs (C,H,W); {args.data} gives {input_shape}")
-    model = small_cnn(input_shape[0], num_classes, image_size=input_shape[1])
+    model = init_weights(small_cnn(input_shape[0], num_classes, image_size=input_shape[1]), args.init, "relu")
     n = args.blocks or len(model)
     return model, n
 

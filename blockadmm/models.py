@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -12,7 +12,7 @@ INITS = ("default", "xavier", "kaiming", "orthogonal")
 INIT_GAINS = {"sigmoid": 4.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0), "leaky_relu": nn.init.calculate_gain("leaky_relu")}
 
 
-def init_weights(model: nn.Module, init: str = "default", activation: str = "relu", gain: Optional[float] = None) -> nn.Module:
+def init_weights(model: nn.Module, init: str = "default", activation: str = "relu", gain: float | None = None) -> nn.Module:
     """Re-initialize every Linear/Conv layer of `model` in place; "default" keeps PyTorch's init.
 
     xavier: Glorot-uniform, kaiming: He-normal (fan-in), orthogonal: orthogonal rows; biases zero. Hidden layers get
@@ -53,7 +53,7 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     return init_weights(nn.Sequential(*layers), init, activation)
 
 
-def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu", n_blocks: int = None,
+def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu", n_blocks: int | None = None,
                init: str = "default"):
     """The MLP and its natural cut: one hidden layer per block, the output layer its own block.
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from blockadmm.experiments.common import METHODS, mean
 from blockadmm.experiments.results_io import read_results
+from tools import readme_fair
 
 ORDER = ("depth", "binary", "blocks", "convergence")
 
@@ -37,10 +38,13 @@ def render_depth(res, rel) -> list[str]:
     for r in recs:
         t[(r["activation"], r["method"], r["depth"])].append(r)
     m = res["meta"]
-    out = [f"### Deep MLPs where backprop stalls (`{_cmd(res, 'depth')} --out {rel}`)", "",
+    out = [f"### Robust to a poor init: every method from PyTorch's default init (`{_cmd(res, 'depth')} --out {rel}`)", "",
            (f"MNIST-5k, {m['train']} train / {m['val']} val / {m['test']} test, MLP 784 → L×{m['width']} → 10, batch "
-           f"{m['batch_size']}, {m['epochs']} epochs, same batches and initial weights for every method. Test accuracy (%) "
-           "at the last epoch, mean over seeds (worst seed in brackets where there are several)."), ""]
+           f"{m['batch_size']}, {m['epochs']} epochs, same batches and initial weights for every method. Every net starts "
+           "from PyTorch's default `nn.Linear` init, which saturates deep sigmoid nets (Glorot & Bengio 2010), and every "
+           "method runs one fixed recipe (backprop SGD 0.1 / Adam 1e-3): this table measures robustness to a poor init, "
+           "not each method at its best — that is the fair table above, where a careful init lets backprop train these "
+           "nets. Test accuracy (%) at the last epoch, mean over seeds (worst seed in brackets where there are several)."), ""]
     acts = [a for a in ("sigmoid", "tanh", "relu") if any(r["activation"] == a for r in recs)]
     depths = sorted({r["depth"] for r in recs})
     methods = [x for x in METHODS if any(r["method"] == x for r in recs)]
@@ -67,23 +71,29 @@ def render_depth(res, rel) -> list[str]:
         worst = min(r["test_acc"] for r in s8)
         bp = t.get(("sigmoid", "backprop-sgd", 8), []) + t.get(("sigmoid", "backprop-adam", 8), [])
         bp_max = max((r["test_acc"] for r in bp), default=float("nan"))
-        ok = mean_ >= 0.85 and worst >= 0.80 and bp and bp_max < 0.30
-        claims.append(f"- Depth 8 sigmoid, Block-ADMM (preset `deep`), seeds {sorted(r['seed'] for r in s8)}: mean {pct(mean_)}%, "
+        base = max(((mean(r["test_acc"] for r in t[("sigmoid", x, 8)]), x) for x in ("backprop-sgd", "backprop-adam", "local-greedy")
+                    if t.get(("sigmoid", x, 8))), default=(float("nan"), "none"))
+        ok = mean_ >= 0.85 and worst >= 0.80 and mean_ >= base[0] - 0.005
+        claims.append(f"- Depth 8 sigmoid from the default init, Block-ADMM (preset `deep`), seeds {sorted(r['seed'] for r in s8)}: mean {pct(mean_)}%, "
                       f"worst seed {pct(worst)}% (per seed: {', '.join(pct(r['test_acc']) for r in sorted(s8, key=lambda r: r['seed']))}); "
-                      f"backprop SGD/Adam in the same runs at most {pct(bp_max)}%. Target ≥ 85% mean, every seed ≥ 80%, "
-                      f"backprop < 30%: {_verdict(bool(ok))}.")
+                      f"backprop SGD/Adam in the same runs at most {pct(bp_max)}%, the strongest baseline of this table {base[1]} "
+                      f"{pct(base[0])}%. Target ≥ 85% mean, every seed ≥ 80%, at or above the strongest baseline of this table: "
+                      f"{_verdict(bool(ok))} — from a poor init only: with the activation's gain init backprop does better "
+                      "(fair table above).")
     s16 = t.get(("sigmoid", "admm-online", 16), [])
     if s16:
         v = mean(r["test_acc"] for r in s16)
         claims.append(f"- Depth 16 sigmoid, Block-ADMM online: {pct(v)}% (target ≥ 80%: {_verdict(v >= 0.80)}); "
                       f"backprop Adam {pct(mean(r['test_acc'] for r in t.get(('sigmoid', 'backprop-adam', 16), [])))}%.")
-    th, tb = t.get(("tanh", "admm-online", 8), []), t.get(("tanh", "backprop-adam", 8), [])
+    th = t.get(("tanh", "admm-online", 8), [])
+    tname, tb = max(((x, t[("tanh", x, 8)]) for x in ("backprop-adam", "backprop-sgd", "local-greedy") if t.get(("tanh", x, 8))),
+                    key=lambda xr: mean(r["test_acc"] for r in xr[1]), default=(None, []))
     if th and tb:
         a, b = mean(r["test_acc"] for r in th), mean(r["test_acc"] for r in tb)
         seeds = f", seeds {sorted(r['seed'] for r in th)}" if len(th) > 1 else ""
         worst = lambda rs: f" (worst {pct(min(r['test_acc'] for r in rs))}%)" if len(rs) > 1 else ""
-        claims.append(f"- Depth 8 tanh{seeds}: Block-ADMM online {pct(a)}%{worst(th)} vs backprop Adam {pct(b)}%{worst(tb)} "
-                      f"(target within 3 points: {_verdict(a >= b - 0.03)}).")
+        claims.append(f"- Depth 8 tanh{seeds}: Block-ADMM online {pct(a)}%{worst(th)} vs the strongest baseline of this table, "
+                      f"{tname}, {pct(b)}%{worst(tb)} (target within 3 points: {_verdict(a >= b - 0.03)}).")
     sb = t.get(("sigmoid", "admm-batch", 8), [])
     if sb:
         v = mean(r["test_acc"] for r in sb)
@@ -289,11 +299,14 @@ def render(root: str = "results/experiments", link_root: str | None = None) -> s
     link_root = link_root if link_root is not None else root
     parts = [("Generated by `python tools/readme.py` from the committed `results.json` files; "
              "each heading gives the command that reproduces it. Hyperparameters were chosen on a validation split "
-             "carved from the training data, never on the test set. Reproduce everything (about 1 h on 2 shared CPU "
-             "cores, single-threaded runs): `for e in depth binary blocks convergence; do blockadmm experiment $e "
-             "--out results/experiments/$e; done && python tools/readme.py`; each command takes `--quick` "
-             "(under 2 minutes)."), ""]
-    found = False
+             "carved from the training data, never on the test set. Reproduce everything (single-threaded runs; the "
+             "fair grid, the robustness map and the DeepFacto comparison are the issue-17 grid, the others about 1 h on 2 "
+             "shared CPU cores): `for e in fair robustness deepfacto_unrolled depth binary blocks convergence; do blockadmm "
+             "experiment $e --out results/experiments/$e; done && blockadmm experiment robustness --parts noise,budget --out "
+             "results/experiments/settings && python tools/readme.py`; each command takes `--quick` (under 2 minutes)."), ""]
+    fair_sections = readme_fair.render(root, link_root)
+    parts.append(fair_sections)
+    found = bool(fair_sections)
     for name in ORDER:
         res = _load(root, name)
         if res is None:

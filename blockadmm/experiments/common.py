@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import data as bdata
-from ..models import init_weights, mlp_blocks
+from ..models import INITS, init_weights, mlp_blocks
 from ..trainer import PRESETS, ADMMConfig, BlockADMM
 from .results_io import read_results, save_results, write_results  # noqa: F401 (the experiments' results files)
 from .training import Backprop, accuracy, train_epochs
@@ -38,6 +38,12 @@ RECORD_KEYS = ("method", "depth", "activation", "seed", "init", "test_acc", "tra
 def setup_threads() -> None:
     """Experiments are single-threaded: the machines they run on are shared."""
     torch.set_num_threads(int(os.environ.get("BLOCKADMM_THREADS", "1")))
+
+
+def add_init_arg(p) -> None:
+    """The experiments' --init flag (models.init_weights; recorded in every record)."""
+    p.add_argument("--init", default="default", choices=list(INITS),
+                   help="weight init of every net (default: PyTorch's; xavier: Glorot with the activation's gain)")
 
 
 _DATA_CACHE: Dict[tuple, bdata.DataSplits] = {}
