@@ -44,14 +44,16 @@ AUX_ADAM_EPS = 1e-8
 # the per-block optimizers that BlockADMM uses when no optimizer is passed.
 _DEEP = {"rho": 1.0, "lr_z": 0.3, "sweeps": 3, "k_z": 1, "k_w": 1, "order": "top-down", "dual_step": 1.0, "aux_step": "sign"}
 PRESETS = {
-    # the defaults: shallow nets (a few blocks) and ReLU MLPs of any depth tried (2-8 hidden layers)
+    # the defaults: shallow nets (a few blocks) and ReLU MLPs of any depth tried (2-8 hidden layers); tuned from
+    # PyTorch's default init
     "default": {"config": {}, "weight_lr": 1e-3},
     # one sweep per mini-batch with a softer penalty and a faster Adam, online: about a third of the default's
     # work per step at its validation accuracy on shallow MLPs (results/tune-fast.json, chosen on
     # validation among rho x lr_z x Adam rate); one optimizer over all blocks (shared_optimizer)
     "fast": {"config": {"sweeps": 1, "rho": 0.125, "lr_z": 0.3}, "weight_lr": 5e-3, "mode": "online", "shared_optimizer": True},
     # deep narrow saturating nets (8+ sigmoid layers of 256, one layer per block) where backprop stalls
-    # from forward-signal collapse: fixed-size sign step on z, top-down, 3 sweeps, Adam 3e-3 per block
+    # from forward-signal collapse: fixed-size sign step on z, top-down, 3 sweeps, Adam 3e-3 per block.
+    # Tuned for PyTorch's default init: from Glorot gain 4 (init="xavier") it fails, the defaults do better there
     "deep": {"config": _DEEP, "weight_lr": 3e-3},
     # the same nets in batch mode (per-sample tables): a softer penalty, chosen on validation
     # (results/experiments/tune-deep-batch); online, rho 0.25 fails. "mode": BlockADMM refuses the other one
@@ -112,6 +114,7 @@ class ADMMConfig:
     def preset(cls, name: str, **overrides) -> "ADMMConfig":
         """A named recipe, with any field overridden.
 
+        Every preset was tuned from PyTorch's default init (models.init_weights, init="default").
         "default": the ADMMConfig defaults (plain gradient step on z, lr_z 0.3, top-down, 3 sweeps) — shallow nets
         and ReLU MLPs. "fast": one sweep, rho=0.125, with Adam 5e-3 and one shared optimizer (BlockADMM), online
         only: on MNIST-5k's 3-block MLP it matched the defaults' validation accuracy (10 epochs, 3 seeds, worst of

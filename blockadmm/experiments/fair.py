@@ -23,6 +23,8 @@ QUICK_NETS = ((2, "sigmoid"), (4, "sigmoid"))
 SEEDS = (0, 1, 2)
 SEED0_ONLY_FROM = 32  # nets this deep run the chosen candidates with seed 0 only
 BACKPROP_RATES = {"backprop-sgd": (0.1, 0.3), "backprop-adam": (3e-4, 1e-3, 3e-3)}
+DEEP_NET = 16  # from this depth on: backprop Adam 3e-4 / 1e-3 for every init, SGD 0.1 from the activation's gain init
+DEEP_NET_RATES = {"backprop-sgd": (0.1,), "backprop-adam": (3e-4, 1e-3)}
 # the deep preset re-tuned for the activation-gain init, where its default lr_z (0.3, tuned on PyTorch's init) fails
 DEEP_RETUNED = ({"lr_z": 0.01},)
 CHANCE_MARGIN = 1.2  # a selection run whose validation accuracy is <= 1.2 / n_classes after half its epochs is stopped
@@ -39,6 +41,10 @@ def candidates(activation: str, depth: int, quick: bool = False) -> list[dict]:
     out = []
     for init in inits + ([] if quick else ["orthogonal"]):
         for method, rates in BACKPROP_RATES.items():
+            if depth >= DEEP_NET:  # fewer candidates on the slow nets: the rates that can train them
+                rates = DEEP_NET_RATES[method] if method == "backprop-adam" or init == good_init(activation) else ()
+            if depth >= SEED0_ONLY_FROM:  # the slowest nets: Adam 1e-3 from every init, 3e-4 from the gain init
+                rates = (1e-3,) + ((3e-4,) if init == good_init(activation) else ()) if method == "backprop-adam" else ()
             for lr in rates[:1] if quick else rates:
                 out.append({"family": "backprop", "method": method, "init": init, "lr": lr, "overrides": {}})
     for init in inits:
@@ -48,11 +54,12 @@ def candidates(activation: str, depth: int, quick: bool = False) -> list[dict]:
         for preset in presets:
             overrides = {"preset": preset, "sweeps": 3} if preset == "default" else {"preset": preset}
             out.append({"family": "block-admm", "method": "admm-online", "init": init, "lr": None, "overrides": overrides})
-        if activation == "sigmoid" and init != "default" and depth >= 8 and not quick:
+        if activation == "sigmoid" and init != "default" and 8 <= depth < SEED0_ONLY_FROM and not quick:
             for tuned in DEEP_RETUNED:
                 out.append({"family": "block-admm", "method": "admm-online", "init": init, "lr": None,
                             "overrides": {"preset": "deep", **tuned}})
-        out.append({"family": "local-greedy", "method": "local-greedy", "init": init, "lr": 1e-3, "overrides": {}})
+        if depth < SEED0_ONLY_FROM or init != "default":
+            out.append({"family": "local-greedy", "method": "local-greedy", "init": init, "lr": 1e-3, "overrides": {}})
     for c in out:
         c["label"] = label(c)
     return out
