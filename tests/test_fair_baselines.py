@@ -94,6 +94,10 @@ def test_comparison_takes_the_strongest_baseline_and_needs_a_gap_above_the_seed_
     assert fair.comparisons(rows)[0]["verdict"] == "match"
     rows[2] = _row("block-admm", [0.70, 0.71, 0.72])
     assert fair.comparisons(rows)[0]["verdict"] == "loss"
+    chance = [_row(f, [0.10, 0.10, 0.11]) for f in fair.FAMILIES]
+    assert fair.comparisons(chance)[0]["verdict"] == "no-training"
+    one_seed = [_row("backprop", [0.80]), _row("block-admm", [0.90])]
+    assert fair.comparisons(one_seed)[0]["verdict"] == "match"  # ahead, but one seed is no win
 
 
 def test_choose_picks_the_best_validation_of_seed_0():
@@ -147,11 +151,14 @@ def test_label_noise_flips_the_fraction_to_another_class(tiny_splits):
 
 
 def test_map_runs_each_gain_and_plots(tmp_path, tiny_splits):
-    results = fair.ResultsFile(str(tmp_path), "robustness", {"epochs": 1, "train": 200}, robustness.key)
-    robustness.run_map(results, tiny_splits, 1, quick=True, bar=None)
-    rows = robustness.map_rows(results.records)
+    info = {"epochs": 1, "train": 200}
+    files = {g: fair.ResultsFile(str(tmp_path), "robustness", info, robustness.key, f"map-g{g:g}.json") for g in (0.5, 4.0)}
+    robustness.run_map(files, tiny_splits, 1, quick=True, bar=None)
+    records = robustness.read_all(str(tmp_path))
+    rows = robustness.map_rows(records)
     assert {(r["gain"], r["method"]) for r in rows} == {(g, m) for g in (0.5, 4.0) for m in robustness.MAP_ROWS}
-    assert all(r["init_gain"] in (0.5, 4.0) for r in results.records)
+    assert all(len(r["test_accs"]) == 2 for r in rows)  # seeds 0 and 1 of every chosen candidate
+    assert all(r["init_gain"] == r["gain"] for r in records) and len(files[0.5].records) == len(records) // 2
     robustness.plot_map(rows, str(tmp_path / "map.png"))
     assert (tmp_path / "map.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="no fair-grid results for 8xsigmoid"):

@@ -3,6 +3,7 @@ DeepFacto against the unrolled-NMF backprop layer, with the claims stated agains
 Built only from the results files under results/experiments; numbers are never typed by hand."""
 from __future__ import annotations
 
+import glob
 import math
 import os
 
@@ -11,6 +12,7 @@ from blockadmm.experiments.common import mean
 from blockadmm.experiments.deepfacto_unrolled import summary_rows as unrolled_rows
 from blockadmm.experiments.results_io import read_results
 
+CHANCE = 0.12  # below this mean test accuracy a 10-class net has not trained
 WIN = 0.03  # the issue's bar: Block-ADMM ahead of the strongest baseline by >= 3 points, more than the seed spread
 TITLE = {"backprop": "backprop", "block-admm": "Block-ADMM", "local-greedy": "local-greedy"}
 
@@ -24,13 +26,20 @@ def _stat(accs) -> str:
     return f"{pct(mean(accs))} ({pct(min(accs))}, n={len(accs)})" if len(accs) > 1 else f"{pct(accs[0])} (n=1)"
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
 def _config(label: str) -> str:
     """A candidate label without its method prefix where the column says it (e.g. "adam lr=0.001 init=xavier")."""
     return (label.replace("backprop-", "").replace("admm-online ", "").replace("local-greedy ", "")
             .replace("preset=", "").replace(" init=", ", init "))
 
 
-def _verdict(gap: float, spread: float, seeds: int) -> str:
+def _verdict(gap: float, spread: float, seeds: int, best: float = 1.0) -> str:
+    """How Block-ADMM stands against the strongest baseline; `best`: the higher of the two means."""
+    if best < CHANCE:
+        return "no method trains (all at chance)"
     if gap >= WIN and gap > spread and seeds >= 3:
         return f"**Block-ADMM wins** by {100 * gap:.1f}"
     if gap >= -0.005:
@@ -55,7 +64,10 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
             "activation's gain: 4 sigmoid, 5/3 tanh; He for ReLU; orthogonal) × SGD 0.1 / 0.3 × Adam 3e-4 / 1e-3 / 3e-3; "
             "Block-ADMM online: init (default, the activation's gain init) × preset (defaults, `deep` for sigmoid/tanh, `fast` "
             "up to 8 layers; from 16 layers only the activation's recipe) plus `deep` with lr_z 0.01 on the gain-4 init (its "
-            "lr_z 0.3 was tuned on the default init and fails there); local-greedy: the two inits, Adam 1e-3 "
+            "lr_z 0.3 was tuned on the default init and fails there); local-greedy: the two inits, Adam 1e-3. Fewer "
+            "candidates on the slow nets: from 16 layers backprop Adam 3e-4 / 1e-3 from every init and SGD 0.1 from the "
+            "gain init; at 32 layers Adam 1e-3 from every init and 3e-4 from the gain init, local-greedy from the gain "
+            "init only, no re-tuned `deep` "
             f"({', '.join(f'{TITLE[f]} {max(v)}' for f, v in n_candidates.items() if v)} candidates per net at most). "
             "A selection run whose validation accuracy is still at chance after half its epochs is stopped. Test accuracy (%) "
             "at the last epoch: mean (worst seed, n seeds); the chosen candidate under each."), "",
@@ -66,11 +78,13 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
             r = by.get((depth, act, f))
             cells.append(f"{_stat(r['test_accs'])}<br>{_config(r['config'])}" if r else "")
         c = comps.get((depth, act))
-        cells.append(f"{_verdict(c['gap'], c['seed_spread'], c['seeds'])} vs {TITLE[c['baseline']]} "
+        cells.append(f"{_verdict(c['gap'], c['seed_spread'], c['seeds'], max(c['admm_mean'], c['baseline_mean']))} vs "
+                     f"{TITLE[c['baseline']]} "
                      f"(seed spread {100 * c['seed_spread']:.1f})" if c else "")
         out.append(f"| {depth}×{act} | " + " | ".join(cells) + " |")
     out.append("")
-    reached = [f"{d}×{a}" for (d, a), c in comps.items() if c["gap"] >= -0.005]
+    reached = [f"{d}×{a}" for (d, a), c in comps.items()
+               if c["gap"] >= -0.005 and max(c["admm_mean"], c["baseline_mean"]) >= CHANCE]
     bp_wins = [f"{d}×{a} ({pct(c['baseline_mean'])} vs {pct(c['admm_mean'])})" for (d, a), c in comps.items()
                if c["gap"] < -0.005 and c["baseline"] == "backprop"]
     local_wins = [f"{d}×{a} ({pct(c['baseline_mean'])} vs {pct(c['admm_mean'])})" for (d, a), c in comps.items()
@@ -87,7 +101,7 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
                + (f" (PyTorch's default chosen at {', '.join(bp_default)})" if bp_default else " (never PyTorch's default)")
                + ".")
     out.append("")
-    settings = [f"{d}×{a} ({c['seeds']} seeds)" for (d, a), c in comps.items()]
+    settings = [f"{d}×{a} ({_seeds(c['seeds'])})" for (d, a), c in comps.items()]
     wins = [f"{d}×{a}: +{100 * c['gap']:.1f} over {TITLE[c['baseline']]}" for (d, a), c in comps.items()
             if _verdict(c["gap"], c["seed_spread"], c["seeds"]).startswith("**Block-ADMM wins")]
     return out, [("the fair grid", settings, wins)]
@@ -109,13 +123,13 @@ def _part_table(rows: list[dict], title: str) -> tuple[list[str], list[tuple]]:
     return out + [""], found
 
 
-def render_robustness(res: dict, rel: str) -> tuple[list[str], list[tuple]]:
-    """The init-gain map and/or the label-noise and time-budget tables of one robustness results file."""
-    rows = {"map": robustness.map_rows(res["records"]), "noise": robustness.part_rows(res["records"], "noise"),
-            "budget": robustness.part_rows(res["records"], "budget")}
+def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[str], list[tuple]]:
+    """The init-gain map and/or the label-noise and time-budget tables of one robustness folder."""
+    rows = {"map": robustness.map_rows(records), "noise": robustness.part_rows(records, "noise"),
+            "budget": robustness.part_rows(records, "budget")}
     heading = ("Where does Block-ADMM train when backprop does not?" if rows["map"]
                else "Label noise and a fixed time budget")
-    out = [f"### {heading} (`{res['meta']['command']} --out {rel}`)", ""]
+    out = [f"### {heading} (`{meta['command']} --out {rel}`)", ""]
     tried = []
     if rows["map"]:
         gains = sorted({r["gain"] for r in rows["map"]})
@@ -132,7 +146,7 @@ def render_robustness(res: dict, rel: str) -> tuple[list[str], list[tuple]]:
             out.append(f"| {method} | " + " | ".join(_stat(mine[g]["test_accs"]) if g in mine else "" for g in gains)
                        + f" | {', '.join(band) if band else 'none'} |")
         out += ["", f"![init-gain map]({rel}/map.png)", ""]
-        map_wins, map_settings = [], []
+        map_wins, map_settings, near = [], [], []
         for g in gains:
             at = [r for r in rows["map"] if r["gain"] == g]
             admm = max((r for r in at if r["method"].startswith("admm")), key=lambda r: r["mean_test"], default=None)
@@ -141,14 +155,20 @@ def render_robustness(res: dict, rel: str) -> tuple[list[str], list[tuple]]:
                 spread = max(max(r["test_accs"]) - min(r["test_accs"]) for r in (admm, base))
                 n = min(len(admm["test_accs"]), len(base["test_accs"]))
                 gap = admm["mean_test"] - base["mean_test"]
-                map_settings.append(f"gain {g:g} ({n} seeds)")
+                map_settings.append(f"gain {g:g} ({_seeds(n)})")
                 if gap >= WIN and gap > spread and n >= 3:
                     map_wins.append(f"gain {g:g}: {admm['method']} +{100 * gap:.1f} over {base['method']}")
+                elif gap >= WIN:
+                    near.append(f"gain {g:g} (+{100 * gap:.1f} mean, seeds spread over {100 * spread:.1f})")
                 out.append(f"- Gain {g:g}: best Block-ADMM ({admm['method']}) {pct(admm['mean_test'])} vs best baseline "
-                           f"({base['method']}) {pct(base['mean_test'])}: {_verdict(gap, spread, n)}.")
+                           f"({base['method']}) {pct(base['mean_test'])}, {_seeds(n)}, seed spread {100 * spread:.1f}: "
+                           f"{_verdict(gap, spread, n, max(admm['mean_test'], base['mean_test']))}.")
+        if near:
+            out.append("- Block-ADMM leads the strongest baseline by ≥ 3 points in mean at " + "; ".join(near)
+                       + ", but not by more than the seed spread: short of a win by the bar of the summary below.")
         out.append("")
         tried.append(("the init-gain map (8×sigmoid)", map_settings, map_wins))
-    for part, title, text in (("noise", "label noise", (f"{int(100 * res['meta'].get('noise_fraction', 0.3))}% of the training "
+    for part, title, text in (("noise", "label noise", (f"{int(100 * meta.get('noise_fraction', 0.3))}% of the training "
                                                         "labels replaced by another class (validation and test clean), each "
                                                         "method's choice from the fair grid, 10 epochs.")),
                               ("budget", "time budget", ("A fixed training time: each method's choice from the fair grid "
@@ -158,9 +178,10 @@ def render_robustness(res: dict, rel: str) -> tuple[list[str], list[tuple]]:
             table, found = _part_table(rows[part], title)
             out += [f"**{title.capitalize()}.** {text}", ""] + table
             for net, gap, spread, n, base in found:
-                out.append(f"- {title.capitalize()}, {net}: Block-ADMM vs {TITLE[base['family']]}: {_verdict(gap, spread, n)}.")
+                out.append(f"- {title.capitalize()}, {net}: Block-ADMM vs {TITLE[base['family']]}: "
+                           f"{_verdict(gap, spread, n, max(gap + base['mean_test'], base['mean_test']))}.")
             out.append("")
-            tried.append((title, [f"{net} ({n} seeds)" for net, _, _, n, _ in found],
+            tried.append((title, [f"{net} ({_seeds(n)})" for net, _, _, n, _ in found],
                           [f"{net}: +{100 * gap:.1f}" for net, gap, spread, n, _ in found if gap >= WIN and gap > spread and n >= 3]))
     return out, tried
 
@@ -173,8 +194,8 @@ def render_win_search(tried: list[tuple]) -> list[str]:
         return [(f"**Where Block-ADMM beats the strongest baseline by ≥ 3 points** (mean over 3 seeds, more than the seed "
                 f"spread, chosen on validation): {'; '.join(wins)}. Settings tried: {listing}."), ""]
     return [(f"**No setting was found where Block-ADMM beats the strongest baseline by ≥ 3 points** (mean over 3 seeds, "
-            f"more than the seed spread) among the settings tried: {listing}. Not tried: 64-layer nets, small batches, "
-            "other datasets."), ""]
+            f"more than the seed spread) among the settings tried: {listing}. Every net has no normalization layers. Not "
+            "tried: 64-layer nets, small batches, other datasets."), ""]
 
 
 def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
@@ -201,6 +222,11 @@ def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
         out.append("")
         df = next((r for r in mine if r["method"] == "deepfacto"), None)
         un = next((r for r in mine if r["method"] == "unrolled-nmf"), None)
+        cam = next((r for r in mine if r["method"] == "cam"), None)
+        if task == "pairs" and cam and "test_pointing" in cam and cam["test_pointing"]["mean"] < 0.1:
+            out.append(f"- On this reduced pairs protocol CAM did not train (pointing {pct(cam['test_pointing']['mean'])}%) and "
+                       "no method names both digits of most canvases: the pairs comparison is weak evidence either way; "
+                       "DeepFacto's own section above has the full-size run (DeepFacto and CAM only).")
         if df and un:
             for m in metrics:
                 if m in df and m in un:
@@ -221,9 +247,11 @@ def render(root: str = "results/experiments", link_root: str | None = None) -> s
         lines, t = render_fair(os.path.join(root, "fair"), f"{link_root}/fair")
         out, tried = out + lines, tried + t
     for name in ("robustness", "settings"):
-        path = os.path.join(root, name, "results.json")
-        if os.path.exists(path):
-            lines, t = render_robustness(read_results(path), f"{link_root}/{name}")
+        paths = sorted(glob.glob(os.path.join(root, name, "map-g*.json"))) + [os.path.join(root, name, "results.json")]
+        path = next((p for p in paths if os.path.exists(p)), None)
+        if path is not None:
+            lines, t = render_robustness(robustness.read_all(os.path.dirname(path)), read_results(path)["meta"],
+                                         f"{link_root}/{name}")
             out, tried = out + lines, tried + t
     if tried:
         out += render_win_search(tried)

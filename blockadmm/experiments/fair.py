@@ -198,8 +198,18 @@ def comparisons(rows: list[dict]) -> list[dict]:
                     "baseline": base["family"], "baseline_config": base["config"], "baseline_mean": base["mean_test"],
                     "baseline_worst": base["worst_test"], "gap": gap, "seed_spread": spread,
                     "seeds": min(len(admm["test_accs"]), len(base["test_accs"])),
-                    "verdict": "win" if gap >= 0.03 and gap > spread else ("match" if gap >= -0.005 else "loss")})
+                    "verdict": verdict(admm, base, gap, spread)})
     return out
+
+
+def verdict(admm: dict, base: dict, gap: float, spread: float) -> str:
+    """"win": >= 3 points ahead over 3 seeds, more than the seed spread; "match": within half a point or ahead;
+    "no-training": both at chance."""
+    if max(admm["mean_test"], base["mean_test"]) < 0.12:
+        return "no-training"
+    if gap >= 0.03 and gap > spread and min(len(admm["test_accs"]), len(base["test_accs"])) >= 3:
+        return "win"
+    return "match" if gap >= -0.005 else "loss"
 
 
 def summary(records: list[dict]) -> str:
