@@ -3,18 +3,17 @@
     python -m bench                  full sizes (the published numbers); several minutes
     python -m bench --quick          smaller sizes and fewer iterations, under 2 minutes
     python -m bench --no-timing      tiny sizes, pytest-benchmark disabled: proves every path runs (CI)
-    python -m bench --update-readme  re-render README.md's bench block from bench/results/*.json (no run)
 
 A run writes bench/results/<machine>.json (machine, versions, command, load average at start and
 end, the machine's limits, every row, the targets), <machine>.md (the table) and <machine>-*.png.
 Suites: bench_limits (run first and again last), bench_ops, bench_nmf, bench_end_to_end; each is a
-pytest-benchmark file that also runs on its own (`pytest bench/bench_nmf.py`).
+pytest-benchmark file that also runs on its own (`pytest bench/bench_nmf.py`). README.md's bench block is
+rendered from the results folder by `python tools/readme.py`.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import json
 import os
 import shlex
@@ -26,7 +25,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SUITES = {"ops": "bench_ops.py", "nmf": "bench_nmf.py", "end_to_end": "bench_end_to_end.py"}
-README_MARK = "bench"
 KERNEL_SUITE = "bench_ops_cpu.py"  # written for the kernels issue; pytest-benchmark JSON only, harvested below
 
 
@@ -117,35 +115,7 @@ def run(args) -> int:
         with open(log) as f:
             tail = f.read()[-6000:]
         print(f"bench: pytest exited {rc}; the end of its log:\n{tail}", file=sys.stderr)
-    if args.update_readme:
-        update_readme(args)
     return rc
-
-
-def update_readme(args) -> int:
-    sys.path.insert(0, ROOT)
-    from blockadmm.report import replace_section
-
-    from bench import report
-
-    results = {}
-    for p in sorted(glob.glob(os.path.join(args.out, "*.json"))):
-        with open(p) as f:
-            r = json.load(f)
-        if "machine" in r and "targets" in r:
-            results[os.path.basename(p)] = r
-    rel = os.path.relpath(args.out, ROOT)
-    body = report.render_readme(results, results_dir=rel)
-    path = args.readme
-    with open(path) as f:
-        text = f.read()
-    start, end = f"<!-- {README_MARK}:start -->", f"<!-- {README_MARK}:end -->"
-    if start not in text:
-        text = text.rstrip("\n") + f"\n\n{start}\n{end}\n"
-    with open(path, "w") as f:
-        f.write(replace_section(text, README_MARK, body))
-    print(f"bench: updated the {README_MARK} block of {path} from {len(results)} results file(s)", file=sys.stderr)
-    return 0
 
 
 def main(argv=None) -> int:
@@ -157,13 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="", help="results file stem (default: the machine's name)")
     p.add_argument("--threads", type=int, default=0,
                    help="threads for torch, MKL and OpenBLAS (default: their defaults, one per core)")
-    p.add_argument("--update-readme", action="store_true",
-                   help="re-render README.md's bench block from the results folder; alone, it runs nothing")
-    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
     args = p.parse_args(argv)
     args.out = os.path.abspath(args.out)
-    if args.update_readme and not (args.quick or args.no_timing or args.suites):
-        return update_readme(args)
     return run(args)
 
 

@@ -5,16 +5,16 @@
 The foundation issue's default run: MLP 784-256-256-10 cut into 3 blocks, MNIST-5k (4000 train /
 1000 test), batch 100, the library's Adam 1e-3 per block (trainer.adam), 10 epochs, the trainer's
 defaults otherwise, whatever they are when the bench runs (the sweeps are recorded per method).
-Backprop is the same trainer with no blocks and sweeps=1, which is exactly plain training with the
-same optimizer. Beside them: `admm-online-fast`, the "fast" preset (one sweep, its own rho, lr_z and
+Backprop is the experiments' baseline (blockadmm.experiments.training.Backprop) with the same Adam
+factory as the blocks (trainer.adam). Beside them: `admm-online-fast`, the "fast" preset (one sweep, its own rho, lr_z and
 Adam rate, one shared optimizer; chosen on validation, results/tune-fast.json), and (full runs)
-`backprop-fast`, backprop at the Adam rate that scored best for it in the same tuning, so that neither
-side's time-to-accuracy gains from a learning rate the other was denied. All start from the same
-initial weights and see the same batches (as `blockadmm train` does).
+`backprop-fast`, backprop at its best on this net: the init, optimizer and rate the fair grid chose for it on
+validation (`blockadmm experiment fair`, 2×relu), so that neither side's time-to-accuracy gains from a setting the
+other was denied. All see the same batches; all but backprop-fast start from the same initial weights.
 
-Training runs `BlockADMM.step` over the loader that `fit` uses (same order, same steps), timed as `fit`
-times an epoch (batch fetch + step), with the test accuracy taken every EVAL_EVERY mini-batches outside
-the timing. The methods train in lockstep: epoch e of every method, in an order rotated each epoch, so
+Training runs each method's step over the loader that `fit` uses (same order, same steps) through the
+experiments' epoch loop (training.train_epochs), timed as `fit` times an epoch (batch fetch + step), with
+the test accuracy taken every EVAL_EVERY mini-batches outside the timing. The methods train in lockstep: epoch e of every method, in an order rotated each epoch, so
 that the machine's drift over the run (other load, clock changes) reaches all of them alike and the
 epoch-time ratios compare epochs run side by side. Recorded per method: every epoch's training-loop wall
 time and test accuracy, and the curve (training seconds, test accuracy), so the report gives the epoch
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 
 import torch
 
@@ -37,8 +36,9 @@ EPOCHS = pick(10, 4, 1)
 TARGETS = [0.85, 0.90, 0.92]
 EVAL_EVERY = pick(8, 10, 5)  # mini-batches between test evaluations (an epoch of MNIST-5k is 40)
 METHODS = ["backprop", "admm-online", "admm-batch", "admm-online-fast"] + pick(["backprop-fast"], [], [])
-# backprop's best Adam rate on the validation split of results/tune-fast.json (1e-3 / 2e-3 / 3e-3 / 5e-3 tried)
+# backprop at its best on this net: the fair grid's choice on validation (results/experiments/fair/2xrelu.json)
 BACKPROP_FAST_LR = 3e-3
+BACKPROP_FAST_INIT = "kaiming"
 _CACHE: dict = {}
 
 
@@ -56,11 +56,13 @@ def _setup():
 
 def make_trainer(method, splits, model, cuts):
     """The trainer of one method, from a copy of the shared initial weights."""
+    from blockadmm.experiments.training import Backprop
     from blockadmm.trainer import BlockADMM, adam
 
     m = copy.deepcopy(model)
     if method.startswith("backprop"):
-        return BlockADMM(m, blocks=1, input_shape=splits.input_shape, optimizer=adam(adam_lr(method)), sweeps=1, seed=0)
+        init = BACKPROP_FAST_INIT if method == "backprop-fast" else None
+        return Backprop(m, optimizer=adam(adam_lr(method)), init=init, activation="relu", seed=0)
     preset = "fast" if method.endswith("-fast") else None
     return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, mode=method.split("-")[1],
                      num_samples=len(splits.train), preset=preset, seed=0)
@@ -73,41 +75,35 @@ def adam_lr(method):
 
 
 class Run:
-    """One method's training as `BlockADMM.fit` does it (same loader order, same steps), an epoch at a time,
-    with the test accuracy also taken every `eval_every` mini-batches outside the timing: per-epoch records
-    (wall_s = training-loop time, batch fetch and step, as fit measures it) and the curve [(train s, test acc)]."""
+    """One method's training, an epoch at a time (training.train_epochs over the loader `fit` uses), with the test
+    accuracy also taken every `eval_every` mini-batches outside the timing: per-epoch records (wall_s =
+    training-loop time, batch fetch and step, as fit measures it) and the curve [(train s, test acc)]."""
 
-    def __init__(self, trainer, splits, eval_every):
-        self.tr, self.splits, self.eval_every = trainer, splits, eval_every
+    def __init__(self, trainer, splits, eval_every, seed=0):
+        self.tr, self.splits, self.eval_every, self.seed = trainer, splits, eval_every, seed
         self.total, self.history = 0.0, []
-        self.curve = [(0.0, trainer.evaluate(splits.test)["acc"])]
+        self.curve = [(0.0, self.test_acc())]
+
+    def test_acc(self):
+        from blockadmm.experiments.training import accuracy
+
+        return accuracy(self.tr.forward, self.splits.test)
 
     def epoch(self):
-        from blockadmm.data import make_loader
+        from blockadmm.experiments.training import train_epochs
 
-        tr, epoch = self.tr, self.tr.epoch
-        for b in tr.blocks:
-            if hasattr(b, "admm_set_epoch"):
-                b.admm_set_epoch(epoch)
-        it = iter(make_loader(self.splits.train, 100, shuffle=True, seed=tr.seed, epoch=epoch))
-        wall, i = 0.0, 0
-        while True:
-            t0 = time.perf_counter()
-            batch = next(it, None)
-            if batch is not None:
-                tr.step(batch[0], batch[1], batch[2])
-            dt = time.perf_counter() - t0
-            wall, self.total = wall + dt, self.total + dt
-            if batch is None:
-                break
-            i += 1
-            if i % self.eval_every == 0:
-                self.curve.append((self.total, tr.evaluate(self.splits.test)["acc"]))
-        tr.epoch = epoch + 1
-        acc = tr.evaluate(self.splits.test)["acc"]
+        epoch = len(self.history)
+
+        def on_batches(n, wall):
+            self.curve.append((self.total + wall, self.test_acc()))
+
+        (rec,) = train_epochs(self.tr.step, self.splits.train, epoch + 1, first_epoch=epoch, batch_size=100,
+                              seed=self.seed, every=self.eval_every, on_batches=on_batches)
+        self.total += rec["wall_s"]
+        acc = self.test_acc()
         if self.curve[-1][0] != self.total:
             self.curve.append((self.total, acc))
-        self.history.append({"epoch": epoch + 1, "wall_s": wall, "test_acc": acc})
+        self.history.append({"epoch": epoch + 1, "wall_s": rec["wall_s"], "test_acc": acc})
 
 
 def time_to_accuracy(curve, target):
@@ -136,7 +132,8 @@ def test_end_to_end(benchmark):
     for method, r in out.items():
         walls = [h["wall_s"] for h in r.history]
         record("end_to_end", method, method=method, dataset=DATASET, hidden=HIDDEN, epochs=EPOCHS, batch_size=100,
-               sweeps=getattr(r.tr.config, "sweeps", 1), adam_lr=adam_lr(method), threads=torch.get_num_threads(),
+               sweeps=r.tr.config.sweeps if method.startswith("admm") else 1, adam_lr=adam_lr(method), threads=torch.get_num_threads(),
+               init=BACKPROP_FAST_INIT if method == "backprop-fast" else "default",
                epoch_wall_s=walls, epoch_s=statistics.median(walls), epoch_min_s=min(walls),
                test_acc=[h["test_acc"] for h in r.history], final_test_acc=r.history[-1]["test_acc"],
                best_test_acc=max(h["test_acc"] for h in r.history),

@@ -41,6 +41,7 @@ def _logs(text: str) -> list[str]:
 
 def _train_parser(sub) -> argparse.ArgumentParser:
     from .data import DATASETS
+    from .models import INITS
     from .trainer import AUX_STEPS, ORDERS, PRESETS, ADMMConfig
 
     d = ADMMConfig()
@@ -51,6 +52,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int_list, default=[256, 256], help="MLP hidden widths, e.g. 256,256")
     p.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh", "leaky_relu"])
     p.add_argument("--blocks", type=positive_int, default=None, help="number of blocks (default: one layer per block)")
+    p.add_argument("--init", default="default", choices=list(INITS),
+                   help="weight init: PyTorch's (default), Glorot-uniform with the activation's gain (xavier: 4 sigmoid, "
+                        "5/3 tanh), He (kaiming), orthogonal")
     p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -134,7 +138,8 @@ def build_network(args, input_shape, num_classes):
     from .models import build_network as build
 
     try:
-        return build(args.arch, input_shape, num_classes, hidden=args.hidden, activation=args.activation, blocks=args.blocks)
+        return build(args.arch, input_shape, num_classes, hidden=args.hidden, activation=args.activation, blocks=args.blocks,
+                     init=args.init)
     except ValueError as e:
         raise ValueError(f"{e} (--arch {args.arch}, --data {args.data})") from None
 
@@ -319,14 +324,6 @@ def cmd_info(args) -> int:
     return info_main()
 
 
-def cmd_report(args) -> int:
-    from .report import update_readme
-
-    for source in update_readme(args.readme, args.results):
-        print(f"{args.readme}: regenerated from {source}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # subcommands owned by their modules take their own flags
@@ -335,17 +332,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_command("blockadmm experiment", lambda: run(argv[1:]))
     if argv and argv[0] == "deepfacto":
-        from .deepfacto import main as deepfacto_main
+        from .experiments.deepfacto_cli import main as deepfacto_main
 
         return run_command("blockadmm deepfacto", lambda: deepfacto_main(argv[1:]))
     parser = ArgumentParser(prog="blockadmm", description="Stochastic Block-ADMM training for PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub).set_defaults(func=cmd_train)
     sub.add_parser("info", help="versions and which backends are available, and why not").set_defaults(func=cmd_info)
-    rep = sub.add_parser("report", help="regenerate README.md's result blocks from the results/ files")
-    rep.add_argument("--readme", default="README.md")
-    rep.add_argument("--results", default="results")
-    rep.set_defaults(func=cmd_report)
     sub.add_parser("experiment", help="the method's claims as experiments (blockadmm experiment --help)")
     sub.add_parser("deepfacto", help="DeepFacto NMF-layer training (blockadmm deepfacto --help)")
     args = parser.parse_args(argv)

@@ -53,9 +53,10 @@ def test_bench_runs_without_timing(tmp_path):
     assert {"backprop", "admm-online", "admm-batch"} <= set(res["end_to_end"])
     assert (out / "ci.md").read_text().startswith("###")
     assert res["plots"] and all((out / p).exists() for p in res["plots"])
-    # the README block is rendered from the results folder, between markers it adds when absent
-    p = subprocess.run([sys.executable, "-m", "bench", "--update-readme", "--out", str(out), "--readme", str(readme)],
-                       check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    # the README block is rendered from the results folder by tools/readme.py, between markers it adds when absent
+    p = subprocess.run([sys.executable, os.path.join("tools", "readme.py"), "--bench-results", str(out),
+                        "--results", str(tmp_path / "none"), "--readme", str(readme)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     text = readme.read_text()
     assert "<!-- bench:start -->" in text and "<!-- bench:end -->" in text and "No GPU was lent" in text

@@ -1,5 +1,6 @@
 """The command line: train (with the backprop comparison), resume, info."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -73,13 +74,21 @@ def test_train_nproc_runs_the_blocks_on_local_processes(tmp_path, capsys):
     assert name in capsys.readouterr().out
 
 
-def test_report_regenerates_the_readme_blocks(tmp_path):
+def test_readme_tool_regenerates_the_train_block(tmp_path):
+    """README rendering is the repository tool tools/readme.py (no `blockadmm report` command)."""
     out = tmp_path / "results" / "train-mnist5k"
     assert main(["train", "--data", "digits", "--hidden", "16", "--epochs", "1", "--compare", "backprop",
                  "--out", str(out), "--quiet"]) == 0
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- train-results:start -->\nstale\n<!-- train-results:end -->\ntail\n")
-    assert main(["report", "--readme", str(readme), "--results", str(tmp_path / "results")]) == 0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "tools", "readme.py"), "--readme", str(readme),
+                        "--results", str(tmp_path / "results"), "--bench-results", str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
     text = readme.read_text()
     assert "stale" not in text and text.endswith("tail\n")
     assert "| admm-online |" in text and "| backprop |" in text and "load average" in text
+    assert "](results/train-mnist5k/curves.png)" in text  # links relative to the README
+    with pytest.raises(SystemExit):
+        main(["report"])

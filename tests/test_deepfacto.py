@@ -8,9 +8,9 @@ from blockadmm.deepfacto import (
     class_group_matrix,
     feature_mlp,
     init_basis,
-    ink_proposals,
     pointing_game,
 )
+from blockadmm.experiments.deepfacto_runs import ink_proposals
 from blockadmm.nmf import disentangling_score
 from blockadmm.pairs import make_pairs
 from blockadmm.trainer import BlockADMM
@@ -184,7 +184,7 @@ def test_pairs_command_writes_metrics_and_figures(tmp_path):
     metrics.json with the pointing and accuracy keys, the figures."""
     import json
 
-    from blockadmm.deepfacto import main
+    from blockadmm.experiments.deepfacto_cli import main
 
     out = tmp_path / "pairs"
     args = ["--data", "pairs", "--quick", "--n-train", "120", "--n-test", "40", "--epochs", "1",

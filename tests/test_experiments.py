@@ -1,5 +1,4 @@
-"""The experiment commands on tiny sub-grids: files, keys, plots, the report (fast; the full --quick runs are CI's)."""
-import glob
+"""The experiment commands on tiny sub-grids: files, keys, plots (fast; the full --quick runs are CI's)."""
 import json
 import math
 import os
@@ -8,14 +7,13 @@ import pytest
 import torch
 
 from blockadmm.experiments import common as C
-from blockadmm.experiments import report, run
+from blockadmm.experiments import run
 
 TINY = ["--epochs", "1", "--train-size", "200", "--no-progress"]
 
 
 def _records(out):
-    with open(os.path.join(out, "results.json")) as f:
-        return json.load(f)["records"]
+    return C.read_results(os.path.join(out, "results.json"))["records"]
 
 
 def test_depth_tiny(tmp_path):
@@ -177,47 +175,9 @@ def test_convergence_tiny(tmp_path):
     assert os.path.getsize(os.path.join(out, "convergence.png")) > 1000
 
 
-def test_report_renders_and_rewrites_markers(tmp_path):
-    root = tmp_path / "res"
-    run(["binary", "--depths", "1", "--seeds", "0", "--out", str(root / "binary")] + TINY)
-    md = report.render(str(root), "res")
-    assert "Binary hidden units" in md and "admm-online" in md
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n\nintro\n")
-    assert run(["report", "--results", str(root), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert report.START in text and report.END in text and "Binary hidden units" in text
-    # idempotent: a second rewrite replaces the block instead of appending another
-    run(["report", "--results", str(root), "--readme", str(readme)])
-    assert readme.read_text().count(report.START) == 1
-
-
 def test_unknown_method_rejected(tmp_path):
     with pytest.raises(SystemExit):
         run(["depth", "--methods", "backprop-magic", "--out", str(tmp_path)] + TINY)
-
-
-def test_long_depth_runs_choose_epochs_on_validation():
-    """E is the epoch count with the best mean validation accuracy; the test accuracy is read there, even
-    when a later epoch has a better test accuracy; the claim comes from the longest run of the net."""
-    def rec(seed, val, test):
-        hist = [{"val_acc": v, "test_acc": t} for v, t in zip(val, test)]
-        return {"method": "admm-batch", "activation": "sigmoid", "depth": 16, "seed": seed, "history": hist}
-
-    val = [0.1] * 19 + [0.85] + [0.5] * 20      # best at epoch 20
-    test = [0.1] * 19 + [0.83] + [0.95] * 20     # test would favour 30/40
-    res = {"records": [rec(0, val, test), rec(1, val, [t - 0.02 for t in test])], "meta": {"command": "cmd"}}
-    short = {"records": [rec(0, val[:10], test[:10])], "meta": {"command": "short"}}  # a 10-epoch run of the same net
-    md = "\n".join(report.render_depth_long([(short, "a"), (res, "b")]))
-    row = next(line for line in md.splitlines() if line.startswith("| sigmoid L=16 | admm-batch") and "| 2 |" in line)
-    assert row.endswith("| 20 | 82.0 (81.0) |"), row
-    claims = [line for line in md.splitlines() if line.startswith("- Depth 16")]
-    assert claims == [
-        (
-            "- Depth 16 sigmoid, Block-ADMM in batch mode (per-sample tables), E = 20 of 40 epochs chosen "
-            "on validation: test mean 82.0%, worst seed 81.0% (depth-16 target ≥ 80%: **reached**)."
-        )
-    ], claims
 
 
 def test_depth_update_replaces_only_the_rerun_cells(tmp_path):
@@ -227,8 +187,7 @@ def test_depth_update_replaces_only_the_rerun_cells(tmp_path):
     first = {r["method"]: r for r in _records(out)}
     assert first["admm-batch"]["recipe"] == "deep-batch" and first["admm-batch"]["config"]["rho"] == 0.25
     assert run(base + ["--methods", "admm-batch", "--rho", "0.5", "--update"]) == 0
-    with open(os.path.join(out, "results.json")) as f:
-        res = json.load(f)
+    res = C.read_results(os.path.join(out, "results.json"))
     after = {r["method"]: r for r in res["records"]}
     assert set(after) == {"backprop-adam", "admm-batch"} and len(res["records"]) == 2
     assert after["backprop-adam"] == first["backprop-adam"] and after["admm-batch"]["config"]["rho"] == 0.5
@@ -240,51 +199,3 @@ def test_depth_update_replaces_only_the_rerun_cells(tmp_path):
         )
 
 
-def test_rho_tuning_picks_the_best_validation_and_the_preset_follows_it():
-    from blockadmm.trainer import PRESETS
-
-    def res(rho, val_last, test_last):
-        hist = [{"val_acc": 0.1, "test_acc": 0.1}] * 9 + [{"val_acc": val_last, "test_acc": test_last}]
-        return {"records": [{"activation": "sigmoid", "depth": 8, "seed": 0, "history": hist, "config": {"rho": rho}}],
-                "meta": {"command": f"cmd --rho {rho}"}}
-
-    runs = [res(1.0, 0.7, 0.99), res(0.25, 0.9, 0.5)]  # the test set would pick rho 1
-    assert report.chosen_rho(runs) == 0.25
-    md = "\n".join(report.render_rho_tuning([(r, f"out-{i}") for i, r in enumerate(runs)]))
-    assert (
-        "**rho = 0.25**" in md and "| 0.25 | sigmoid L=8 | 1 | 90.0 |" in md and "| 1 | sigmoid L=8 | 1 | 70.0 |" in md
-    )
-    assert "--rho 0.25 --out out-1`" in md  # each command with its output folder
-    # the shipped preset is the committed tuning's choice
-    paths = sorted(
-        glob.glob(
-            os.path.join(
-                os.path.dirname(__file__), "..", "results", "experiments", "tune-deep-batch", "rho-*", "results.json"
-            )
-        )
-    )
-    if not paths:
-        pytest.skip("no committed tuning results")
-    committed = [C.read_results(p) for p in paths]
-    assert report.chosen_rho(committed) == PRESETS["deep-batch"]["config"]["rho"]
-
-
-def test_depth_report_states_fast_against_the_defaults_and_where_it_falls_behind():
-    def rec(method, depth, act, seed, acc):
-        return {"method": method, "depth": depth, "activation": act, "seed": seed, "test_acc": acc}
-
-    recs = [rec("admm-fast", 2, "relu", s, a) for s, a in enumerate((0.94, 0.93, 0.95))]
-    recs += [rec("admm-online", 2, "relu", s, a) for s, a in enumerate((0.92, 0.93, 0.94))]
-    recs += [rec("admm-fast", 8, "relu", 0, 0.30), rec("admm-online", 8, "relu", 0, 0.93),
-             rec("admm-fast", 4, "relu", 0, 0.935), rec("admm-online", 4, "relu", 0, 0.94)]
-    res = {
-        "records": recs,
-        "meta": {"train": 3200, "val": 800, "test": 1000, "width": 256, "batch_size": 100, "epochs": 10},
-    }
-    md = "\n".join(report.render_depth(res, "r"))
-    assert (
-        "- Depth 2 relu (the foundation issue's net), seeds [0, 1, 2]: preset `fast` (one sweep) 94.0% (worst 93.0%), "
-        "the defaults (3 sweeps) 93.0% (worst 92.0%)."
-    ) in md
-    # 4 layers is within 2 points, 8 is not
-    assert "falls more than 2 points below Block-ADMM online's recipe at: relu L=8 (30.0 vs 93.0)." in md

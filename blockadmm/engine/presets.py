@@ -1,6 +1,7 @@
 """Named recipes: ADMMConfig fields plus the optimizer and mode choices that go with them (one home for
 BlockADMM, the distributed trainer, the CLI and the experiments). How each was chosen and where it fails: the
-README's paragraphs on them, results/tune-fast.json, results/experiments/tune-deep-batch and the depth grid."""
+README's paragraphs on them. Every preset was tuned from PyTorch's default init (models.init_weights, init="default");
+from the Glorot gain-4 init of sigmoid nets the deep presets fail (the README's fair-baseline table)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -39,7 +40,8 @@ PRESETS: dict[str, Preset] = {
     # one sweep per mini-batch, a softer penalty, a faster Adam over all blocks at once: shallow nets only, online
     "fast": Preset("fast", {"sweeps": 1, "rho": 0.125, "lr_z": 0.3}, weight_lr=5e-3, mode="online",
                    shared_optimizer=True),
-    # deep narrow saturating nets (8+ sigmoid layers, one per block): the fixed-size sign step on z (unstable on ReLU)
+    # deep narrow saturating nets (8+ sigmoid layers, one per block) from PyTorch's default init: the fixed-size sign
+    # step on z (unstable on ReLU; fails from the gain-4 xavier init, where the defaults do better)
     "deep": Preset("deep", _DEEP, weight_lr=3e-3),
     # the same nets in batch mode (per-sample tables), where they need a softer penalty
     "deep-batch": Preset("deep-batch", {**_DEEP, "rho": 0.25}, weight_lr=3e-3, mode="batch"),

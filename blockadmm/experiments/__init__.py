@@ -1,10 +1,12 @@
 """The method's claims as experiments: `blockadmm experiment <name> [flags]`.
 
     depth        deep MLPs (2-16 sigmoid/tanh/ReLU layers): Block-ADMM vs backprop, no-dual, local-greedy
+    fair         every method at its best (init x optimizer x rate / preset chosen on validation), 3 seeds
+    robustness   init-gain map on 8 sigmoid layers; label noise; a fixed training-time budget
+    deepfacto_unrolled  DeepFacto vs its NMF layer trained by backprop through unrolled updates (one-step gradient)
     blocks       one 8-layer net cut into 1, 2, 4, 8 blocks; top-down, bottom-up, Jacobi
     convergence  batch mode on a small problem: augmented Lagrangian, residuals; constant vs adaptive rho
     binary       MLP with binary {0,1} hidden units: Block-ADMM (projection) vs straight-through backprop
-    report       rewrite README.md's Results section from the committed results files
 
 Each writes results.json and PNG plots under --out (default runs/experiments/<name>/); --quick runs
 a reduced grid in under 2 minutes.
@@ -17,7 +19,7 @@ from typing import List, Optional
 
 from ..argtypes import ArgumentParser
 
-EXPERIMENTS = ("depth", "blocks", "convergence", "binary", "report")
+EXPERIMENTS = ("depth", "fair", "robustness", "deepfacto_unrolled", "blocks", "convergence", "binary")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 3)")
     p.add_argument("--train-size", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="sigmoid; 1, 4, 9 blocks; top-down, jacobi; 3 epochs")
+    C.add_init_arg(p)
     p.add_argument("--out", default="runs/experiments/blocks")
     p.add_argument("--no-progress", action="store_true")
 
@@ -50,13 +51,15 @@ def main(args) -> int:
                     cells.append((act, s, nb, order))
     meta = {"dataset": "mnist5k", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
             "depth": args.depth, "epochs": epochs, "batch_size": 100, "quick": bool(args.quick),
-            "command": "blockadmm experiment blocks" + (" --quick" if args.quick else "")}
+            "init": args.init,
+            "command": "blockadmm experiment blocks" + (" --quick" if args.quick else "")
+                       + (f" --init {args.init}" if args.init != "default" else "")}
     records = []
     bar = tqdm(cells, desc="blocks", disable=args.no_progress)
     for act, s, nb, order in bar:
         method = "backprop (1 block)" if nb == 1 else f"admm {order}"
         run = C.Run(method=method, depth=args.depth, activation=act, seed=s, epochs=epochs, splits=splits, n_blocks=nb,
-                    overrides={} if nb == 1 else {"order": order})
+                    overrides={} if nb == 1 else {"order": order}, init=args.init)
         rec = C.run_admm(run, "online", progress=bar)
         rec.update({"n_blocks": nb, "order": order, "recipe": C.admm_recipe(act, args.depth)["preset"]})
         records.append(rec)

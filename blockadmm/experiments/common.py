@@ -1,12 +1,13 @@
 """What every experiment shares: data, the method runners, the epoch loop, results files, plots.
 
 Every method sees the same mini-batches: `make_loader(train, batch_size, shuffle=True, seed=seed,
-epoch=e)`, and the same initial weights (the model is built after `torch.manual_seed(seed)`).
+epoch=e)`, and the same initial weights (the model is built after `torch.manual_seed(seed)`, then
+re-initialized by `Run.init`; every record says its init).
 A runner returns one record (the documented keys plus extras) with a per-epoch history.
 
 Methods (names are the ones the experiments and results files use):
-  backprop-sgd   plain backprop, SGD lr 0.1
-  backprop-adam  plain backprop, Adam lr 1e-3
+  backprop-sgd   plain backprop, SGD (lr 0.1 unless Run.lr)
+  backprop-adam  plain backprop, Adam (lr 1e-3 unless Run.lr)
   admm-online    Block-ADMM, online mode, with the preset that suits the activation (`admm_recipe`)
   admm-batch     the recipe for batch mode (per-sample z/u tables)
   admm-fast      Block-ADMM online with the "fast" preset (one sweep, rho 0.125, Adam 5e-3), whatever the activation
@@ -17,9 +18,7 @@ Methods (names are the ones the experiments and results files use):
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -27,16 +26,24 @@ import torch
 from torch import nn
 
 from .. import data as bdata
-from ..models import mlp_blocks
+from ..models import INITS, init_weights, mlp_blocks
 from ..trainer import PRESETS, ADMMConfig, BlockADMM
+from .results_io import read_results, save_results, write_results  # noqa: F401 (the experiments' results files)
+from .training import Backprop, accuracy, train_epochs
 
 METHODS = ("backprop-sgd", "backprop-adam", "admm-online", "admm-batch", "admm-fast", "admm-nodual", "local-greedy")
-RECORD_KEYS = ("method", "depth", "activation", "seed", "test_acc", "train_acc", "best_test_acc", "wall_s")
+RECORD_KEYS = ("method", "depth", "activation", "seed", "init", "test_acc", "train_acc", "best_test_acc", "wall_s")
 
 
 def setup_threads() -> None:
     """Experiments are single-threaded: the machines they run on are shared."""
     torch.set_num_threads(int(os.environ.get("BLOCKADMM_THREADS", "1")))
+
+
+def add_init_arg(p) -> None:
+    """The experiments' --init flag (models.init_weights; recorded in every record)."""
+    p.add_argument("--init", default="default", choices=list(INITS),
+                   help="weight init of every net (default: PyTorch's; xavier: Glorot with the activation's gain)")
 
 
 _DATA_CACHE: Dict[tuple, bdata.DataSplits] = {}
@@ -94,25 +101,22 @@ class Run:
     n_blocks: Optional[int] = None  # None: one layer per block
     overrides: dict = field(default_factory=dict)  # ADMMConfig fields over the recipe
     extra: dict = field(default_factory=dict)  # copied into the record
+    init: str = "default"  # models.init_weights
+    init_gain: Optional[float] = None  # None: the activation's usual gain
+    lr: Optional[float] = None  # backprop / local-greedy learning rate (None: the method's default)
+    eval_train_each_epoch: bool = True  # False: train accuracy and spreads only after the last epoch (val/test every epoch)
+    stop_at_chance: Optional[int] = None  # stop after this epoch if validation accuracy is still <= 1.2 / n_classes
 
 
 def build_mlp(run: Run, in_features: int, n_classes: int):
     torch.manual_seed(run.seed)
-    return mlp_blocks(in_features, [run.width] * run.depth, n_classes, run.activation, run.n_blocks)
+    model, cuts = mlp_blocks(in_features, [run.width] * run.depth, n_classes, run.activation, run.n_blocks)
+    return init_weights(model, run.init, run.activation, run.init_gain), cuts
 
 
 def block_list(model: nn.Sequential, cuts) -> List[nn.Module]:
     bounds = [0, *cuts, len(model)]
     return [model[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-@torch.no_grad()
-def accuracy(forward: Callable, ds) -> float:
-    x, y = ds.X, ds.Y
-    correct = 0
-    for i in range(0, len(x), 1000):
-        correct += int((forward(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum())
-    return correct / max(len(x), 1)
 
 
 @torch.no_grad()
@@ -126,54 +130,48 @@ def block_spread(blocks: List[nn.Module], x: torch.Tensor) -> List[float]:
 
 
 def epoch_loop(run: Run, blocks: List[nn.Module], step: Callable, forward: Callable, progress=None) -> dict:
-    """Train `epochs` epochs with `step(x, y, index) -> dict`; evaluate after each; return the record."""
+    """Train `epochs` epochs with `step(x, y, index) -> dict` (training.train_epochs); evaluate after each; return the record."""
     sp = run.splits
     probe = sp.train.X[:500]
-    history, wall = [], 0.0
-    for epoch in range(run.epochs):
-        loader = bdata.make_loader(sp.train, run.batch_size, shuffle=True, seed=run.seed, epoch=epoch)
-        t0 = time.perf_counter()
-        sums: Dict[str, list] = {}
-        n = 0
-        for batch in loader:
-            for b in blocks:
-                b.train()
-            stats = step(batch[0], batch[1], batch[2]) or {}
-            for k, v in stats.items():
-                v = v if isinstance(v, list) else [v]
-                sums[k] = v if k not in sums else [a + b for a, b in zip(sums[k], v)]
-            n += 1
-        dt = time.perf_counter() - t0
-        wall += dt
+
+    def evaluate(epoch: int) -> dict:
         for b in blocks:
             b.eval()
-        rec = {
-            "epoch": epoch + 1,
-            "wall_s": dt,
-            "train_acc": accuracy(forward, sp.train),
-            "val_acc": accuracy(forward, sp.val) if sp.val is not None and len(sp.val) else None,
-            "test_acc": accuracy(forward, sp.test),
-            "spread": block_spread(blocks, probe),
-        }
-        for k, v in sums.items():
-            vals = [x / n for x in v]
-            rec[k] = vals if len(vals) > 1 or k in ("primal_residual", "dual_residual") else vals[0]
-        history.append(rec)
+        val_acc = accuracy(forward, sp.val) if sp.val is not None and len(sp.val) else None
+        stop = run.stop_at_chance == epoch and val_acc is not None and val_acc <= 1.2 / sp.num_classes
+        full = run.eval_train_each_epoch or epoch == run.epochs or stop
+        return {"train_acc": accuracy(forward, sp.train) if full else None, "val_acc": val_acc,
+                "test_acc": accuracy(forward, sp.test), "spread": block_spread(blocks, probe) if full else None,
+                "stopped_at_chance": stop}
+
+    def after_epoch(rec: dict) -> bool:
+        rec.update(evaluate(rec["epoch"]))
         if progress is not None:
-            progress.set_postfix_str(f"{run.method} d{run.depth} {run.activation} s{run.seed} ep{epoch + 1} test {rec['test_acc']:.3f}")
+            progress.set_postfix_str(f"{run.method} d{run.depth} {run.activation} s{run.seed} ep{rec['epoch']} test {rec['test_acc']:.3f}")
+        return rec.pop("stopped_at_chance")
+
+    def train_step(x, y, index):
+        for b in blocks:
+            b.train()
+        return step(x, y, index)
+
+    history = train_epochs(train_step, sp.train, run.epochs, batch_size=run.batch_size, seed=run.seed, on_epoch=after_epoch)
+    wall = sum(h["wall_s"] for h in history)
     last = history[-1]
     record = {
         "method": run.method,
         "depth": run.depth,
         "activation": run.activation,
         "seed": run.seed,
+        "init": run.init,
+        "init_gain": run.init_gain,
         "test_acc": last["test_acc"],
         "train_acc": last["train_acc"],
         "best_test_acc": max(h["test_acc"] for h in history),
         "wall_s": wall,
         "val_acc": last["val_acc"],
-        "epochs": run.epochs,
-        "time_per_epoch_s": wall / run.epochs,
+        "epochs": len(history),
+        "time_per_epoch_s": wall / len(history),
         "history": history,
     }
     record.update(run.extra)
@@ -190,19 +188,10 @@ def model_and_blocks(run: Run, blocks_factory=None):
 
 
 def run_backprop(run: Run, optimizer: str = "sgd", lr: Optional[float] = None, blocks_factory=None, progress=None) -> dict:
+    """Plain backprop of the run's net (training.Backprop); lr None: the optimizer's default."""
     model, blocks = model_and_blocks(run, blocks_factory)
-    lr = lr if lr is not None else (0.1 if optimizer == "sgd" else 1e-3)
-    opt = torch.optim.SGD(model.parameters(), lr=lr) if optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step(x, y, index):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return {"loss": float(loss.detach())}
-
-    return epoch_loop(run, blocks, step, model, progress)
+    learner = Backprop(model, optimizer=optimizer, lr=lr)
+    return epoch_loop(run, blocks, learner.step, model, progress)
 
 
 def make_admm(run: Run, blocks: List[nn.Module], mode: str, constraints=None, weight_lr: Optional[float] = None) -> BlockADMM:
@@ -287,9 +276,9 @@ def run_method(run: Run, progress=None, blocks_factory=None) -> dict:
     """Dispatch on run.method (one of METHODS)."""
     m = run.method
     if m == "backprop-sgd":
-        return run_backprop(run, "sgd", 0.1, blocks_factory, progress)
+        return run_backprop(run, "sgd", run.lr if run.lr is not None else 0.1, blocks_factory, progress)
     if m == "backprop-adam":
-        return run_backprop(run, "adam", 1e-3, blocks_factory, progress)
+        return run_backprop(run, "adam", run.lr if run.lr is not None else 1e-3, blocks_factory, progress)
     if m == "admm-online":
         return run_admm(run, "online", blocks_factory, progress=progress)
     if m == "admm-batch":
@@ -301,24 +290,11 @@ def run_method(run: Run, progress=None, blocks_factory=None) -> dict:
         run.overrides = {**run.overrides, "dual_step": 0.0}
         return run_admm(run, "online", blocks_factory, progress=progress)
     if m == "local-greedy":
-        return run_local_greedy(run, 1e-3, blocks_factory, progress)
+        return run_local_greedy(run, run.lr if run.lr is not None else 1e-3, blocks_factory, progress)
     raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
 
 
 # ------------------------------------------------------------------------------------------ files
-def write_results(out: str, experiment: str, records: List[dict], meta: dict) -> str:
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "results.json")
-    with open(path, "w") as f:
-        json.dump({"experiment": experiment, "meta": meta, "records": records}, f, indent=1, default=float)
-    return path
-
-
-def read_results(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def plt():
     import matplotlib
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import data as bdata
 from . import common as C
+from .training import train_epochs
 
 SCHEDULES = ("constant", "adaptive", "adaptive-slow")
 # adaptive: the trainer's default check (every 40 mini-batch steps); adaptive-slow: every 10 epochs,
@@ -77,18 +78,23 @@ def run_one(splits, schedule, rho, epochs, seed, progress=None):
     trainer = C.make_admm(run, blocks, "batch")
     X, Y = splits.train.X, splits.train.Y
     per_epoch, per_step, z_prev = [], [], None
-    for epoch in range(epochs):
-        for x, y, idx in bdata.make_loader(splits.train, 100, shuffle=True, seed=seed, epoch=epoch):
-            s = trainer.step(x, y, idx)
-            per_step.append({"loss": s.loss, "primal": s.primal_residual, "dual": s.dual_residual, "rho": list(s.rho)})
+
+    def step(x, y, idx):
+        s = trainer.step(x, y, idx)
+        per_step.append({"loss": s.loss, "primal": s.primal_residual, "dual": s.dual_residual, "rho": list(s.rho)})
+
+    def after_epoch(rec):
+        nonlocal z_prev
         m, z_prev = table_metrics(trainer, X, Y, z_prev)
-        m.update({"epoch": epoch + 1, "iteration": len(per_step), "rho": list(trainer.rho),
+        m.update({"epoch": rec["epoch"], "iteration": len(per_step), "rho": list(trainer.rho),
                   "train_acc": C.accuracy(trainer.forward, splits.train), "test_acc": C.accuracy(trainer.forward, splits.test),
                   "forward_loss": _forward_loss(trainer, X, Y)})
         per_epoch.append(m)
         if progress is not None:
-            progress.set_postfix_str(f"{schedule} ep{epoch + 1} L {m['lagrangian']:.3f} primal {max(m['primal']):.3g}")
+            progress.set_postfix_str(f"{schedule} ep{rec['epoch']} L {m['lagrangian']:.3f} primal {max(m['primal']):.3g}")
             progress.update(1)
+
+    train_epochs(step, splits.train, epochs, batch_size=100, seed=seed, on_epoch=after_epoch)
     return {"method": run.method, "schedule": schedule, "rho0": rho, "seed": seed, "epochs": epochs,
             "iterations": len(per_step), "test_acc": per_epoch[-1]["test_acc"], "train_acc": per_epoch[-1]["train_acc"],
             "final": {k: per_epoch[-1][k] for k in ("lagrangian", "primal", "dual", "rho", "forward_loss")},

@@ -33,6 +33,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="run only the selected cells and replace their records in the --out results, keeping the others "
                         "and the command that made them (a cell's run depends only on its method, net and seed: with the same code it "
                         "gives what the full grid gives)")
+    C.add_init_arg(p)
     p.add_argument("--out", default="runs/experiments/depth")
     p.add_argument("--no-progress", action="store_true")
 
@@ -74,7 +75,8 @@ def main(args) -> int:
     bar = tqdm(cells, desc="depth", disable=args.no_progress)
     for m, d, act, s in bar:
         overrides = {"rho": args.rho} if args.rho is not None and m.startswith("admm") else {}
-        run = C.Run(method=m, depth=d, activation=act, seed=s, epochs=epochs, splits=splits, overrides=overrides)
+        run = C.Run(method=m, depth=d, activation=act, seed=s, epochs=epochs, splits=splits, overrides=overrides,
+                    init=args.init)
         rec = C.run_method(run, progress=bar)
         rec["recipe"] = ("fast" if m == "admm-fast" else C.admm_recipe(act, d, "batch" if m == "admm-batch" else "online")["preset"]) \
             if m.startswith("admm") else None
@@ -98,8 +100,8 @@ def meta(args, epochs, train_size, splits):
 
 def command(args) -> str:
     """The command line that reproduces this run (the grid flags given, the output folder)."""
-    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("depths", "activations", "methods", "seeds", "epochs", "train_size", "rho")
-             if getattr(args, name, None) is not None]
+    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("depths", "activations", "methods", "seeds", "epochs", "train_size", "rho", "init")
+             if getattr(args, name, None) not in (None, "default")]
     return " ".join(["blockadmm experiment depth"] + (["--quick"] if args.quick else []) + flags)
 
 
