@@ -86,7 +86,7 @@ def render_deepfacto(results: str, link: str) -> str:
         folder = f"{link}/deepfacto/mnist5k"
         lines += [
             (f"**Supervised disentangling, MNIST-5k** ({m['epochs']} epochs, seeds {m['seeds']}; "
-            f"`blockadmm deepfacto --data mnist5k --epochs {m['epochs']} --seeds {' '.join(map(str, m['seeds']))} "
+            f"`blockadmm deepfacto --data mnist5k --epochs {m['epochs']} --seeds {','.join(map(str, m['seeds']))} "
             f"--head both --out {folder}`; {folder}/metrics.json)"),
             "",
             "| model | test acc | disentangling |",
@@ -122,7 +122,7 @@ def render_deepfacto(results: str, link: str) -> str:
             f"labels only; {first}, then {m['epochs']} epochs on the canvases; CAM gets the same curriculum; "
             f"seeds {m['seeds']}; `blockadmm deepfacto --data pairs --curriculum {curriculum} "
             f"--curriculum-epochs {args.get('curriculum_epochs')} --epochs {m['epochs']} "
-            f"--seeds {' '.join(map(str, m['seeds']))} --cam-epochs {args.get('cam_epochs')} --out {folder}`; "
+            f"--seeds {','.join(map(str, m['seeds']))} --cam-epochs {args.get('cam_epochs')} --out {folder}`; "
             f"{folder}/metrics.json)"),
             "",
             "| method | pointing game | both labels right |",
