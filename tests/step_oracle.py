@@ -20,7 +20,8 @@ it fixes, beyond the formulas of DESIGN §1:
   sweep (those duals leave with the mini-batch);
 - returned beside the results: the smallest non-zero |d| a sign or Adam step met ("sign_margin"), below which
   a float32 run may legitimately take the other sign;
-- reported: loss = the last block's term in the last weight step (before that update); primal_k =
+- reported: network_loss = the mean task loss of the composed forward F(x) with the weights the step starts
+  from; loss = the last block's term in the last weight step (before that update); primal_k =
   |z_k - a_k| / |z_k| with a_k of the last dual step (online: of the last auxiliary step); dual_k =
   rho_k |z_k(end) - z_k(step start)| / |z_k(end)|.
 """
@@ -110,6 +111,11 @@ def oracle_step(
     jacobi = order == "jacobi"
     adam = {}
     primal_sq, loss = [None] * nb, None
+    with torch.no_grad():
+        h = x
+        for block in blocks:
+            h = block(h)
+        network_loss = float(F.cross_entropy(h, y))
     # the smallest |d| a sign (or Adam) step saw: float32 cannot follow a sign decided by rounding
     margin = float("inf")
 
@@ -174,4 +180,5 @@ def oracle_step(
     norms = [zk.norm().clamp_min(1e-15) for zk in z]
     primal = [float(p.sqrt() / n) for p, n in zip(primal_sq, norms)]
     dual = [float(r * (zk - z0).norm() / n) for r, zk, z0, n in zip(rho, z, z_start, norms)]
-    return {"blocks": blocks, "z": z, "u": u, "loss": loss, "primal": primal, "dual": dual, "sign_margin": margin}
+    return {"blocks": blocks, "z": z, "u": u, "loss": loss, "network_loss": network_loss, "primal": primal,
+            "dual": dual, "sign_margin": margin}

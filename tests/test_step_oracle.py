@@ -121,9 +121,10 @@ def run_and_compare(
     torch.testing.assert_close(
         _flat(tr.blocks), _flat(want["blocks"]), rtol=1e-4, atol=2e-5, msg=lambda m: f"weights: {m}"
     )
-    assert stats.loss == pytest.approx(want["loss"], rel=1e-5, abs=1e-6)
-    assert stats.primal == pytest.approx(want["primal"], rel=1e-4, abs=1e-6)
-    assert stats.dual == pytest.approx(want["dual"], rel=1e-4, abs=1e-6)
+    assert stats.loss == pytest.approx(want["network_loss"], rel=1e-5, abs=1e-6)
+    assert stats.head_loss == pytest.approx(want["loss"], rel=1e-5, abs=1e-6)
+    assert stats.primal_residual == pytest.approx(want["primal"], rel=1e-4, abs=1e-6)
+    assert stats.dual_residual == pytest.approx(want["dual"], rel=1e-4, abs=1e-6)
     assert stats.rho == RHO
     if mode == "batch":
         seen, z, u = tr.tables.gather(index)

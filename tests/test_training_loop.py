@@ -62,7 +62,7 @@ def test_backprop_equals_the_one_block_trainer_with_the_same_optimizer():
     train = _data(n=64, d=9)
     torch.manual_seed(0)
     model, _ = mlp_blocks(9, [8, 6], 3, "tanh")
-    one_block = BlockADMM(copy.deepcopy(model), input_shape=(9,), optimizer=adam(3e-3), sweeps=1, seed=0)
+    one_block = BlockADMM(copy.deepcopy(model), blocks=1, input_shape=(9,), optimizer=adam(3e-3), sweeps=1, seed=0)
     backprop = Backprop(copy.deepcopy(model), optimizer=adam(3e-3))
     for learner in (one_block, backprop):
         train_epochs(learner.step, train, 2, batch_size=16, seed=0)
