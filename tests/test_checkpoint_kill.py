@@ -87,6 +87,7 @@ def test_kill_9_during_saves_leaves_a_whole_consistent_checkpoint(tmp_path):
     forker = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     rng = np.random.default_rng(0)
     last, mid_save, pid = 2, 0, None
+    window = 3 * save_s  # widened while kills find a child that has not begun to save (a loaded machine)
     try:
         assert forker.stdout.readline().strip() == "ready"
         t0 = time.perf_counter()
@@ -94,14 +95,17 @@ def test_kill_9_during_saves_leaves_a_whole_consistent_checkpoint(tmp_path):
             forker.stdin.write(f"{last + 1}\n")
             forker.stdin.flush()
             pid = int(forker.stdout.readline())
-            time.sleep(float(rng.uniform(0.0, 3 * save_s)))
+            time.sleep(float(rng.uniform(0.0, window)))
             os.kill(pid, signal.SIGKILL)
             pid = None
             names = os.listdir(folder)
             # a kill between a save's first new file and its clean-up leaves a temp file or a second table folder
-            mid_save += any(".tmp-" in n for n in names) or sum(n.startswith("c.pt.tables-") for n in names) > 1
+            inside = any(".tmp-" in n for n in names) or sum(n.startswith("c.pt.tables-") for n in names) > 1
+            mid_save += inside
             value = _saved_value(checker, path)
             assert value >= last, f"the checkpoint went back from save {last} to {value}"
+            if value == last and not inside:
+                window = min(1.5 * window, 30 * save_s)
             last = value
         elapsed = time.perf_counter() - t0
     finally:
