@@ -10,6 +10,7 @@ Suites: bench_limits (run first and again last), bench_ops, bench_nmf, bench_end
 pytest-benchmark file that also runs on its own (`pytest bench/bench_nmf.py`). README.md's bench block is
 rendered from the results folder by `python tools/readme.py`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,34 @@ def _harvest(path):
         if KERNEL_SUITE not in b.get("fullname", ""):
             continue
         st = b["stats"]
-        out.append({"suite": "ops_cpu", "name": b["name"], "s": st["min"], "median_s": st["median"],
-                    "rounds": st["rounds"], "GBps": b.get("extra_info", {}).get("GB/s")})
+        out.append(
+            {
+                "suite": "ops_cpu",
+                "name": b["name"],
+                "s": st["min"],
+                "median_s": st["median"],
+                "rounds": st["rounds"],
+                "GBps": b.get("extra_info", {}).get("GB/s"),
+            }
+        )
     return out
 
 
 def _pytest(files, env, extra, log):
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", ROOT,
-           *[os.path.join(HERE, f) for f in files], *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "--rootdir",
+        ROOT,
+        *[os.path.join(HERE, f) for f in files],
+        *extra,
+    ]
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
@@ -61,7 +82,12 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="bench-")
     records, log = os.path.join(work, "records.jsonl"), os.path.join(work, "pytest.log")
-    env = dict(os.environ, BENCH_MODE=mode, BENCH_RECORDS=records, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        BENCH_MODE=mode,
+        BENCH_RECORDS=records,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     if args.threads:  # torch (intra-op), MKL and OpenBLAS (scikit-learn's numpy) alike
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(args.threads)
@@ -70,12 +96,22 @@ def run(args) -> int:
 
     load_start, t0 = _common.load_avg(), time.time()
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"bench: mode {mode}, load average {load_start}, suites {', '.join(suites)}; pytest log {log}", file=sys.stderr)
+    print(
+        f"bench: mode {mode}, load average {load_start}, suites {', '.join(suites)}; pytest log {log}", file=sys.stderr
+    )
     if mode == "full" and "bench_ops.py" in suites and os.path.exists(os.path.join(HERE, KERNEL_SUITE)):
         suites.append(KERNEL_SUITE)  # the kernel issue's CPU checks: its indexed (batch-mode) rows join the report
     rc = _pytest(["bench_limits.py", *suites], dict(env, BENCH_PHASE="start"), extra, log)
     if not args.no_timing:  # the limits again, so a disturbed first measurement cannot flatter the ops
-        rc = _pytest(["bench_limits.py"], dict(env, BENCH_PHASE="end"), ["--benchmark-json", os.path.join(work, "limits-end.json")], log) or rc
+        rc = (
+            _pytest(
+                ["bench_limits.py"],
+                dict(env, BENCH_PHASE="end"),
+                ["--benchmark-json", os.path.join(work, "limits-end.json")],
+                log,
+            )
+            or rc
+        )
     load_end = _common.load_avg()
 
     recs = []
@@ -89,7 +125,9 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = _common.machine_info()
-    name = args.name or machine["name"] + (f"-{args.threads}t" if args.threads else "") + ("-notiming" if args.no_timing else "")
+    name = args.name or machine["name"] + (f"-{args.threads}t" if args.threads else "") + (
+        "-notiming" if args.no_timing else ""
+    )
     meta = {
         "machine": dict(machine, name=name),
         "versions": _common.versions(),
@@ -110,7 +148,10 @@ def run(args) -> int:
     with open(base + ".md", "w") as f:
         f.write(report.render(res, plots_prefix="") + "\n")
     print(report.render(res))
-    print(f"\nbench: wrote {base}.json, {base}.md and {len(res['plots'])} plots in {time.time() - t0:.0f} s", file=sys.stderr)
+    print(
+        f"\nbench: wrote {base}.json, {base}.md and {len(res['plots'])} plots in {time.time() - t0:.0f} s",
+        file=sys.stderr,
+    )
     if rc != 0:
         with open(log) as f:
             tail = f.read()[-6000:]
@@ -119,14 +160,20 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer iterations (< 2 minutes)")
     p.add_argument("--no-timing", action="store_true", help="tiny sizes, pytest-benchmark disabled (CI smoke run)")
     p.add_argument("--suites", default="", help=f"comma-separated subset of {','.join(SUITES)} (limits always run)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder (default bench/results)")
     p.add_argument("--name", default="", help="results file stem (default: the machine's name)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="threads for torch, MKL and OpenBLAS (default: their defaults, one per core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for torch, MKL and OpenBLAS (default: their defaults, one per core)",
+    )
     args = p.parse_args(argv)
     args.out = os.path.abspath(args.out)
     return run(args)

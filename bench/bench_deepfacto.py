@@ -5,6 +5,7 @@ ReuseForward, in interleaved rounds on the same batches; the ratio uses each one
     python -m bench.bench_deepfacto [--steps 40] [--rounds 3] [--out speed.json]
     pytest bench/bench_deepfacto.py -s
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,38 @@ def speed_benchmark(*, steps: int = 40, rounds: int = 3, batch_size: int = 64, l
 
     def df(solver, reuse=True):
         torch.manual_seed(0)
-        blocks = build_deepfacto(feature_cnn(1), (3136,), 10, normalize=False, head="energy", per_class=5, update_epochs=0, l1=0.1,
-                                 solver=solver, reuse_forward=reuse)
+        blocks = build_deepfacto(
+            feature_cnn(1),
+            (3136,),
+            10,
+            normalize=False,
+            head="energy",
+            per_class=5,
+            update_epochs=0,
+            l1=0.1,
+            solver=solver,
+            reuse_forward=reuse,
+        )
         init_basis(blocks, train, contrast=2.0)
-        t = BlockADMM(blocks, input_shape=(1, 28, 28), mode="online", constraints={0: "nonneg", 1: "nonneg"}, rho=1.0,
-                      lr_z=0.5, sweeps=1, dual_step=0.5, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+        t = BlockADMM(
+            blocks,
+            input_shape=(1, 28, 28),
+            mode="online",
+            constraints={0: "nonneg", 1: "nonneg"},
+            rho=1.0,
+            lr_z=0.5,
+            sweeps=1,
+            dual_step=0.5,
+            optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
+        )
         return lambda: [t.step(x, y, i) for x, y, i in batches]
 
-    runs = {"backprop": bp_steps, "deepfacto_op": df("op"), "deepfacto_gram": df("gram"),
-            "deepfacto_op_no_reuse": df("op", reuse=False)}
+    runs = {
+        "backprop": bp_steps,
+        "deepfacto_op": df("op"),
+        "deepfacto_gram": df("gram"),
+        "deepfacto_op_no_reuse": df("op", reuse=False),
+    }
     times = {k: [] for k in runs}
     for _ in range(rounds):
         for k, fn in runs.items():
@@ -53,8 +77,12 @@ def speed_benchmark(*, steps: int = 40, rounds: int = 3, batch_size: int = 64, l
             fn()
             times[k].append(time.perf_counter() - t0)
     best = {k: min(v) for k, v in times.items()}
-    out = {"steps": steps, "rounds": rounds, "seconds": times,
-           "ratio_to_backprop": {k: best[k] / best["backprop"] for k in runs if k != "backprop"}}
+    out = {
+        "steps": steps,
+        "rounds": rounds,
+        "seconds": times,
+        "ratio_to_backprop": {k: best[k] / best["backprop"] for k in runs if k != "backprop"},
+    }
     log(f"[speed] {out['ratio_to_backprop']}")
     return out
 

@@ -216,7 +216,8 @@ def nccl(epochs=1):
         float((got[k][n] - t.cpu()).abs().max()) for k, b in enumerate(ref.blocks) for n, t in b.state_dict().items()
     )
     return {
-        "what": f"NCCL, {nproc} rank(s) on {n} GPU(s), sync Jacobi vs single-process Jacobi on cuda:0, {epochs} epoch(s)",
+        "what": f"NCCL, {nproc} rank(s) on {n} GPU(s), sync Jacobi vs single-process Jacobi on cuda:0, "
+        f"{epochs} epoch(s)",
         "max_abs_weight_diff": err,
         "dist_epoch_s": hist[-1]["wall_s"],
         "single_epoch_s": ref_hist[-1]["wall_s"],

@@ -6,21 +6,23 @@ The foundation issue's default run: MLP 784-256-256-10 cut into 3 blocks, MNIST-
 1000 test), batch 100, the library's Adam 1e-3 per block (trainer.adam), 10 epochs, the trainer's
 defaults otherwise, whatever they are when the bench runs (the sweeps are recorded per method).
 Backprop is the experiments' baseline (blockadmm.experiments.training.Backprop) with the same Adam
-factory as the blocks (trainer.adam). Beside them: `admm-online-fast`, the "fast" preset (one sweep, its own rho, lr_z and
-Adam rate, one shared optimizer; chosen on validation, results/tune-fast.json), and (full runs)
+factory as the blocks (trainer.adam). Beside them: `admm-online-fast`, the "fast" preset (one sweep, its own rho,
+lr_z and Adam rate, one shared optimizer; chosen on validation, results/tune-fast.json), and (full runs)
 `backprop-fast`, backprop at its best on this net: the init, optimizer and rate the fair grid chose for it on
 validation (`blockadmm experiment fair`, 2×relu), so that neither side's time-to-accuracy gains from a setting the
 other was denied. All see the same batches; all but backprop-fast start from the same initial weights.
 
 Training runs each method's step over the loader that `fit` uses (same order, same steps) through the
 experiments' epoch loop (training.train_epochs), timed as `fit` times an epoch (batch fetch + step), with
-the test accuracy taken every EVAL_EVERY mini-batches outside the timing. The methods train in lockstep: epoch e of every method, in an order rotated each epoch, so
+the test accuracy taken every EVAL_EVERY mini-batches outside the timing. The methods train in lockstep: epoch e of
+every method, in an order rotated each epoch, so
 that the machine's drift over the run (other load, clock changes) reaches all of them alike and the
 epoch-time ratios compare epochs run side by side. Recorded per method: every epoch's training-loop wall
 time and test accuracy, and the curve (training seconds, test accuracy), so the report gives the epoch
 time (median over epochs), its ratio to backprop, and the time-to-accuracy: training seconds until the
 test accuracy first reaches each target (resolution: EVAL_EVERY mini-batches).
 """
+
 from __future__ import annotations
 
 import copy
@@ -64,8 +66,15 @@ def make_trainer(method, splits, model, cuts):
         init = BACKPROP_FAST_INIT if method == "backprop-fast" else None
         return Backprop(m, optimizer=adam(adam_lr(method)), init=init, activation="relu", seed=0)
     preset = "fast" if method.endswith("-fast") else None
-    return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, mode=method.split("-")[1],
-                     num_samples=len(splits.train), preset=preset, seed=0)
+    return BlockADMM(
+        m,
+        blocks=cuts,
+        input_shape=splits.input_shape,
+        mode=method.split("-")[1],
+        num_samples=len(splits.train),
+        preset=preset,
+        seed=0,
+    )
 
 
 def adam_lr(method):
@@ -97,8 +106,16 @@ class Run:
         def on_batches(n, wall):
             self.curve.append((self.total + wall, self.test_acc()))
 
-        (rec,) = train_epochs(self.tr.step, self.splits.train, epoch + 1, first_epoch=epoch, batch_size=100,
-                              seed=self.seed, every=self.eval_every, on_batches=on_batches)
+        (rec,) = train_epochs(
+            self.tr.step,
+            self.splits.train,
+            epoch + 1,
+            first_epoch=epoch,
+            batch_size=100,
+            seed=self.seed,
+            every=self.eval_every,
+            on_batches=on_batches,
+        )
         self.total += rec["wall_s"]
         acc = self.test_acc()
         if self.curve[-1][0] != self.total:
@@ -131,14 +148,31 @@ def test_end_to_end(benchmark):
     t = timed(benchmark, run, rounds=1, warmup=0)
     for method, r in out.items():
         walls = [h["wall_s"] for h in r.history]
-        record("end_to_end", method, method=method, dataset=DATASET, hidden=HIDDEN, epochs=EPOCHS, batch_size=100,
-               sweeps=r.tr.config.sweeps if method.startswith("admm") else 1, adam_lr=adam_lr(method), threads=torch.get_num_threads(),
-               init=BACKPROP_FAST_INIT if method == "backprop-fast" else "default",
-               epoch_wall_s=walls, epoch_s=statistics.median(walls), epoch_min_s=min(walls),
-               test_acc=[h["test_acc"] for h in r.history], final_test_acc=r.history[-1]["test_acc"],
-               best_test_acc=max(h["test_acc"] for h in r.history),
-               curve=r.curve, eval_every=EVAL_EVERY, lockstep=True,
-               tta={str(a): time_to_accuracy(r.curve, a) for a in TARGETS}, train_s=r.total, timing=t["s"] is not None)
+        record(
+            "end_to_end",
+            method,
+            method=method,
+            dataset=DATASET,
+            hidden=HIDDEN,
+            epochs=EPOCHS,
+            batch_size=100,
+            sweeps=r.tr.config.sweeps if method.startswith("admm") else 1,
+            adam_lr=adam_lr(method),
+            threads=torch.get_num_threads(),
+            init=BACKPROP_FAST_INIT if method == "backprop-fast" else "default",
+            epoch_wall_s=walls,
+            epoch_s=statistics.median(walls),
+            epoch_min_s=min(walls),
+            test_acc=[h["test_acc"] for h in r.history],
+            final_test_acc=r.history[-1]["test_acc"],
+            best_test_acc=max(h["test_acc"] for h in r.history),
+            curve=r.curve,
+            eval_every=EVAL_EVERY,
+            lockstep=True,
+            tta={str(a): time_to_accuracy(r.curve, a) for a in TARGETS},
+            train_s=r.total,
+            timing=t["s"] is not None,
+        )
 
 
 # ------------------------------------------------------------------ the small CNN
@@ -153,9 +187,11 @@ def cnn_blocks(in_channels, image_size, num_classes, widths):
 
     c1, c2 = widths
     side = image_size // 2
-    model = nn.Sequential(nn.Sequential(nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-                          nn.Sequential(nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.Flatten()),
-                          nn.Linear(c2 * side * side, num_classes))
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.Flatten()),
+        nn.Linear(c2 * side * side, num_classes),
+    )
     return model, [1, 2]
 
 
@@ -195,12 +231,30 @@ def test_end_to_end_cnn(benchmark):
     backprop_s = statistics.median(h["wall_s"] for h in runs["backprop"].history)
     for method, r in runs.items():
         walls = [h["wall_s"] for h in r.history]
-        record("end_to_end_cnn", method, method=method, dataset=DATASET, widths=list(CNN_WIDTHS), epochs=CNN_EPOCHS,
-               batch_size=100, sweeps=r.tr.config.sweeps, adam_lr=r.tr.optimizers[0].param_groups[0]["lr"],
-               threads=torch.get_num_threads(), epoch_wall_s=walls, epoch_s=statistics.median(walls),
-               epoch_vs_backprop=statistics.median(walls) / backprop_s,
-               test_acc=[h["test_acc"] for h in r.history], final_test_acc=r.history[-1]["test_acc"],
-               best_test_acc=max(h["test_acc"] for h in r.history), curve=r.curve, eval_every=EVAL_EVERY,
-               lockstep=True, train_s=r.total, timing=t["s"] is not None)
-        print(f"cnn {method}: epoch {statistics.median(walls):.3f} s ({statistics.median(walls) / backprop_s:.2f}x "
-              f"backprop), test accuracy per epoch {[round(100 * h['test_acc'], 1) for h in r.history]}")
+        record(
+            "end_to_end_cnn",
+            method,
+            method=method,
+            dataset=DATASET,
+            widths=list(CNN_WIDTHS),
+            epochs=CNN_EPOCHS,
+            batch_size=100,
+            sweeps=r.tr.config.sweeps,
+            adam_lr=r.tr.optimizers[0].param_groups[0]["lr"],
+            threads=torch.get_num_threads(),
+            epoch_wall_s=walls,
+            epoch_s=statistics.median(walls),
+            epoch_vs_backprop=statistics.median(walls) / backprop_s,
+            test_acc=[h["test_acc"] for h in r.history],
+            final_test_acc=r.history[-1]["test_acc"],
+            best_test_acc=max(h["test_acc"] for h in r.history),
+            curve=r.curve,
+            eval_every=EVAL_EVERY,
+            lockstep=True,
+            train_s=r.total,
+            timing=t["s"] is not None,
+        )
+        print(
+            f"cnn {method}: epoch {statistics.median(walls):.3f} s ({statistics.median(walls) / backprop_s:.2f}x "
+            f"backprop), test accuracy per epoch {[round(100 * h['test_acc'], 1) for h in r.history]}"
+        )

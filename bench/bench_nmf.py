@@ -26,6 +26,7 @@ algorithm, not of a particular way to do it), and reported as GFLOP/s next to th
   torchnmf          torchnmf.nmf.NMF(...).fit(V, beta=2, tol=-inf): autograd-derived MU; it updates
                     the basis before the codes, so its error differs slightly
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,8 @@ import numpy as np
 import pytest
 import torch
 
-from blockadmm import ops
 from bench._common import pick, record, timed
+from blockadmm import ops
 
 RANK = pick(64, 64, 8)
 ITERS = pick(200, 30, 2)
@@ -110,8 +111,9 @@ def test_nmf(benchmark, dataset, impl):
             mod = _native.load("_cpu")
 
             def mu(X, num, den):
-                mod.nmf_mu_epilogue(X.data_ptr(), num.data_ptr(), den.data_ptr(), X.numel(), 0.0, 0.0, 1e-12,
-                                    torch.get_num_threads())
+                mod.nmf_mu_epilogue(
+                    X.data_ptr(), num.data_ptr(), den.data_ptr(), X.numel(), 0.0, 0.0, 1e-12, torch.get_num_threads()
+                )
 
             def run():
                 Vb = V.bfloat16()
@@ -122,6 +124,7 @@ def test_nmf(benchmark, dataset, impl):
                     num = torch.mm(Ht.bfloat16(), Vb).float()
                     mu(W, num, torch.mm(torch.mm(Ht, H), W))
         else:
+
             def run():
                 for _ in range(ITERS):
                     ops.nmf_mu_update(V, H, W, which="both", backend=backend)
@@ -138,8 +141,11 @@ def test_nmf(benchmark, dataset, impl):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 Hs = m.fit_transform(Vn, W=H0n.copy(), H=W0n.copy())
-            out.update(H=torch.from_numpy(np.ascontiguousarray(Hs)), W=torch.from_numpy(np.ascontiguousarray(m.components_)),
-                       dtype=str(Hs.dtype))
+            out.update(
+                H=torch.from_numpy(np.ascontiguousarray(Hs)),
+                W=torch.from_numpy(np.ascontiguousarray(m.components_)),
+                dtype=str(Hs.dtype),
+            )
 
         t = timed(benchmark, run, rounds=ROUNDS, warmup=0)
     else:  # torchnmf
@@ -160,8 +166,19 @@ def test_nmf(benchmark, dataset, impl):
     flops = 4 * n * d * k + 4 * k * k * (n + d)
     err = _rel_err(V, out["H"], out["W"])
     assert math.isfinite(err)
-    record("nmf", f"{dataset} {impl}", dataset=dataset, impl=impl, shape=[n, d, k], iters=ITERS,
-           flops_per_iter=flops, rel_err=err, dtype=out.get("dtype", str(out["H"].dtype)), s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)
+    record(
+        "nmf",
+        f"{dataset} {impl}",
+        dataset=dataset,
+        impl=impl,
+        shape=[n, d, k],
+        iters=ITERS,
+        flops_per_iter=flops,
+        rel_err=err,
+        dtype=out.get("dtype", str(out["H"].dtype)),
+        s_per_iter=None if t["s"] is None else t["s"] / ITERS,
+        **t,
+    )
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -181,5 +198,13 @@ def test_nmf_big_gemms(benchmark, dataset):
             torch.mm(H.T, V, out=num_w)
 
     t = timed(benchmark, run, rounds=ROUNDS, warmup=0)
-    record("nmf_big_gemms", f"{dataset} big GEMMs torch.mm", dataset=dataset, shape=[n, d, RANK], iters=ITERS,
-           flops_per_iter=4 * n * d * RANK, s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)
+    record(
+        "nmf_big_gemms",
+        f"{dataset} big GEMMs torch.mm",
+        dataset=dataset,
+        shape=[n, d, RANK],
+        iters=ITERS,
+        flops_per_iter=4 * n * d * RANK,
+        s_per_iter=None if t["s"] is None else t["s"] / ITERS,
+        **t,
+    )

@@ -15,13 +15,14 @@ the copy bandwidth and GFLOP/s against torch.mm, both measured in the same run (
 bench_ops_cpu.py (the kernel issue's file) holds the CPU acceptance checks of the aux/dual kernel,
 the indexed (batch-mode) variant among them; this file is the matrix the README table is made from.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from blockadmm import ops, ref
 from bench._common import MODE, compiled, pick, record, timed
+from blockadmm import ops, ref
 
 GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
@@ -83,7 +84,12 @@ def _impl_fn(op: str, impl: str, size: str):
             if err:
                 _skip(op, impl, size, f"{backend} backend unavailable: {err}")
             if impl == "triton" and not GPU:
-                _skip(op, impl, size, "no GPU: Triton runs on CPU tensors only under its interpreter, which is not a speed")
+                _skip(
+                    op,
+                    impl,
+                    size,
+                    "no GPU: Triton runs on CPU tensors only under its interpreter, which is not a speed",
+                )
         fn = getattr(ops, op)
         return lambda *a, **k: fn(*a, backend=backend, **k), device
     # compile
@@ -116,8 +122,18 @@ def test_aux_dual_update(benchmark, size, impl):
     except Exception as e:
         _skip(op, impl, size, f"{type(e).__name__}: {e}")
     t = timed(benchmark, run, rounds=_rounds(nbytes, impl == "eager"), warmup=2 if device == "cuda" else 1)
-    record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, device=device, shape=[n // cols, cols],
-           bytes=nbytes, bound="memory", **t)
+    record(
+        "ops",
+        f"{op} {impl} {size}",
+        op=op,
+        impl=impl,
+        size=size,
+        device=device,
+        shape=[n // cols, cols],
+        bytes=nbytes,
+        bound="memory",
+        **t,
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -141,8 +157,18 @@ def test_nmf_mu_update(benchmark, size, impl):
     except Exception as e:
         _skip(op, impl, size, f"{type(e).__name__}: {e}")
     t = timed(benchmark, run, rounds=_rounds(flops, impl == "eager"), warmup=1)
-    record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, device=device, shape=[n, d, k],
-           flops=flops, bound="gemm", **t)
+    record(
+        "ops",
+        f"{op} {impl} {size}",
+        op=op,
+        impl=impl,
+        size=size,
+        device=device,
+        shape=[n, d, k],
+        flops=flops,
+        bound="gemm",
+        **t,
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -168,5 +194,15 @@ def test_linear_block_fwd_bwd(benchmark, size, impl):
     except Exception as e:
         _skip(op, impl, size, f"{type(e).__name__}: {e}")
     t = timed(benchmark, run, rounds=_rounds(flops, impl == "eager"), warmup=1)
-    record("ops", f"{op} {impl} {size}", op=op, impl=impl, size=size, device=device, shape=[m, kin, nout],
-           flops=flops, bound="gemm", **t)
+    record(
+        "ops",
+        f"{op} {impl} {size}",
+        op=op,
+        impl=impl,
+        size=size,
+        device=device,
+        shape=[m, kin, nout],
+        flops=flops,
+        bound="gemm",
+        **t,
+    )

@@ -18,6 +18,7 @@ The summary at the end prints GB/s and the ratios; the targets are cpu >= 0.85 x
 cpu >= compiled, cpu >= 5 x eager, indexed cpu >= 2 x indexed eager. Speed is measured here, never
 asserted in tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,9 +57,15 @@ def summary():
             lines.append(f"  {label:<52} {r[b]['s'] / r[a]['s']:6.2f}x")
 
     if "aux cpu" in gbs and "copy" in gbs:
-        lines.append(f"  {'aux cpu bandwidth / copy bandwidth (8M copy)':<52} {gbs['aux cpu'] / gbs['copy']:6.2f}  (target >= 0.85)")
+        lines.append(
+            f"  {'aux cpu bandwidth / copy bandwidth (8M copy)':<52} {gbs['aux cpu'] / gbs['copy']:6.2f}  (target >= "
+            f"0.85)"
+        )
     if "aux cpu" in gbs and "copy 192MB" in gbs:
-        lines.append(f"  {'aux cpu bandwidth / copy bandwidth (same 192 MB)':<52} {gbs['aux cpu'] / gbs['copy 192MB']:6.2f}  (target >= 0.85)")
+        lines.append(
+            f"  {'aux cpu bandwidth / copy bandwidth (same 192 MB)':<52} {gbs['aux cpu'] / gbs['copy 192MB']:6.2f}  "
+            f"(target >= 0.85)"
+        )
     ratio("aux cpu", "aux torch.compile", "aux cpu speedup over torch.compile(reference)   ")
     ratio("aux cpu", "aux eager", "aux cpu speedup over eager reference  (target >= 5)")
     ratio("aux indexed cpu", "aux indexed eager", "indexed cpu over eager gather+update+scatter (>= 2)")
@@ -114,7 +121,9 @@ def test_aux_cpu(benchmark):
 
 def test_aux_eager(benchmark):
     z, u, a, g, _ = _aux_inputs()
-    benchmark.pedantic(lambda: ref.aux_dual_update(z, u, a, g, index=None, **KW), rounds=max(5, ROUNDS // 3), warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: ref.aux_dual_update(z, u, a, g, index=None, **KW), rounds=max(5, ROUNDS // 3), warmup_rounds=1
+    )
     _record(benchmark, "aux eager", AUX_BYTES)
 
 
@@ -139,7 +148,9 @@ def test_aux_indexed_cpu(benchmark):
 
 def test_aux_indexed_eager(benchmark):
     z, u, a, g, index = _aux_inputs(indexed=True)
-    benchmark.pedantic(lambda: ref.aux_dual_update(z, u, a, g, index=index, **KW), rounds=max(5, ROUNDS // 3), warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: ref.aux_dual_update(z, u, a, g, index=index, **KW), rounds=max(5, ROUNDS // 3), warmup_rounds=1
+    )
     _record(benchmark, "aux indexed eager", AUX_BYTES)
 
 
@@ -165,19 +176,30 @@ def test_nmf_eager(benchmark):
 def _linear_inputs():
     g = torch.Generator().manual_seed(0)
     m, k, n = 1024, 784, 512
-    return (torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) / 28, torch.randn(n, generator=g),
-            torch.randn(m, n, generator=g), torch.randn(m, n, generator=g) * 0.1)
+    return (
+        torch.randn(m, k, generator=g),
+        torch.randn(n, k, generator=g) / 28,
+        torch.randn(n, generator=g),
+        torch.randn(m, n, generator=g),
+        torch.randn(m, n, generator=g) * 0.1,
+    )
 
 
 def test_linear_cpu(benchmark):
     _cpu_available()
     x, w, b, z, u = _linear_inputs()
     fn = ops.backends()["cpu"].ops()["linear_block_fwd_bwd"]
-    benchmark.pedantic(lambda: fn(x, w, b, z, u, rho=1.0, activation="tanh"), rounds=max(5, ROUNDS // 2), warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: fn(x, w, b, z, u, rho=1.0, activation="tanh"), rounds=max(5, ROUNDS // 2), warmup_rounds=1
+    )
     _record(benchmark, "linear cpu")
 
 
 def test_linear_eager(benchmark):
     x, w, b, z, u = _linear_inputs()
-    benchmark.pedantic(lambda: ref.linear_block_fwd_bwd(x, w, b, z, u, rho=1.0, activation="tanh"), rounds=max(5, ROUNDS // 2), warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: ref.linear_block_fwd_bwd(x, w, b, z, u, rho=1.0, activation="tanh"),
+        rounds=max(5, ROUNDS // 2),
+        warmup_rounds=1,
+    )
     _record(benchmark, "linear eager")

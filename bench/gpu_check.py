@@ -16,6 +16,7 @@
 
 Without a GPU it says so and exits with status 2 (nothing is built or run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,14 @@ def build() -> bool:
         env["BLOCKADMM_CUDA_ARCH"] = f"{major}{minor}"
     _say(f"[build] setup.py build_ext --inplace (BLOCKADMM_CUDA_ARCH={env['BLOCKADMM_CUDA_ARCH']})")
     t0 = time.time()
-    p = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT, env=env,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if p.returncode != 0:
         _say(p.stdout[-4000:])
         _say(f"[build] FAILED after {time.time() - t0:.0f}s")
@@ -62,8 +69,11 @@ def build() -> bool:
 
 def run_tests() -> bool:
     env = dict(os.environ, TRITON_INTERPRET="0")
-    files = [os.path.join("tests", f) for f in sorted(os.listdir(os.path.join(ROOT, "tests")))
-             if f.startswith("test_kernels_") or f == "test_build.py"]
+    files = [
+        os.path.join("tests", f)
+        for f in sorted(os.listdir(os.path.join(ROOT, "tests")))
+        if f.startswith("test_kernels_") or f == "test_build.py"
+    ]
     _say(f"[tests] pytest {' '.join(files)} (TRITON_INTERPRET=0: Triton and CUDA on the GPU)")
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT, env=env)
     return p.returncode == 0
@@ -109,7 +119,7 @@ def timings(backends):
     t = _time(lambda: dst.copy_(src))
     copy_gbs = 2 * src.numel() * 4 / t / 1e9
     rows.append(("copy (device limit)", "torch", "fp32", t, f"{copy_gbs:.0f} GB/s", "", ""))
-    del src, dst
+    src = dst = None  # free the buffers (the timed lambda above keeps the names)
 
     for dtype in (torch.float32, torch.bfloat16):
         tag = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
@@ -118,8 +128,12 @@ def timings(backends):
         m, d = 2**17, 256
         for indexed in (False, True):
             N = 2 * m if indexed else m
-            base = [torch.randn(N, d, device=dev).to(dtype), (torch.randn(N, d, device=dev) * 0.1).to(dtype),
-                    torch.randn(m, d, device=dev).to(dtype), torch.randn(m, d, device=dev).to(dtype)]
+            base = [
+                torch.randn(N, d, device=dev).to(dtype),
+                (torch.randn(N, d, device=dev) * 0.1).to(dtype),
+                torch.randn(m, d, device=dev).to(dtype),
+                torch.randn(m, d, device=dev).to(dtype),
+            ]
             index = torch.randperm(N, device=dev)[:m] if indexed else None
             kw = dict(rho=1.0, lr=0.1, prox=Prox.box(-2.0, 2.0), index=index)
             nbytes = 6 * m * d * es
@@ -135,8 +149,17 @@ def timings(backends):
                 err = max(_maxerr(z, zr), _maxerr(u, ur))
                 t = _time(lambda: ops.aux_dual_update(z, u, base[2], base[3], backend=be, **kw))
                 gbs = nbytes / t / 1e9
-                rows.append((f"aux_dual {'indexed' if indexed else 'plain'} {m}x{d}", be, tag, t, f"{gbs:.0f} GB/s",
-                             f"{gbs / copy_gbs:.0%} of copy", f"{err:.1e}"))
+                rows.append(
+                    (
+                        f"aux_dual {'indexed' if indexed else 'plain'} {m}x{d}",
+                        be,
+                        tag,
+                        t,
+                        f"{gbs:.0f} GB/s",
+                        f"{gbs / copy_gbs:.0%} of copy",
+                        f"{err:.1e}",
+                    )
+                )
 
         # NMF, which="both"
         n, k, dd = 16384, 64, 4096
@@ -171,10 +194,14 @@ def timings(backends):
             except Exception as e:
                 rows.append(("linear tanh", be, tag, None, str(e)[:60], "", ""))
                 continue
-            rel = max(_maxerr(g, r) / max(float(r.double().abs().max()), 1e-30) for g, r in zip(got, ref) if r is not None)
+            rel = max(
+                _maxerr(g, r) / max(float(r.double().abs().max()), 1e-30) for g, r in zip(got, ref) if r is not None
+            )
             t = _time(lambda: ops.linear_block_fwd_bwd(x, w, b, z, u, rho=1.0, activation="tanh", backend=be), reps=10)
-            rows.append((f"linear tanh {m2}x{k2}->{n2}", be, tag, t, f"{flops / t / 1e12:.2f} TFLOP/s", "", f"{rel:.1e} rel"))
-        del x, w, b, z, u, V, H0, W0
+            rows.append(
+                (f"linear tanh {m2}x{k2}->{n2}", be, tag, t, f"{flops / t / 1e12:.2f} TFLOP/s", "", f"{rel:.1e} rel")
+            )
+        x = w = b = z = u = V = H0 = W0 = None  # free before the next dtype (the timed lambdas keep the names)
         torch.cuda.empty_cache()
 
     head = ("op", "backend", "dtype", "ms", "rate", "fraction", "max err vs ref")

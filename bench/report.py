@@ -5,6 +5,7 @@ table in the README).
     render(results) -> markdown             (bench/results/<machine>.md)
     plots(results, folder) -> [png paths]
 """
+
 from __future__ import annotations
 
 import os
@@ -91,13 +92,20 @@ def summarize(records: List[dict], meta: dict) -> dict:
                 row["vs_sklearn"] = sk["s_per_iter"] / spi
         nmf_rows.append(row)
 
-    # the two n x d x k GEMMs of an iteration alone through torch.mm (bench_nmf.test_nmf_big_gemms): what the shapes allow it
-    nmf_big_gemms = {r["dataset"]: r["flops_per_iter"] / r["s_per_iter"] / 1e9 / mm
-                     for r in records if r["suite"] == "nmf_big_gemms" and r.get("s_per_iter") and mm}
+    # the two n x d x k GEMMs of an iteration alone through torch.mm (bench_nmf.test_nmf_big_gemms):
+    # what the shapes allow it
+    nmf_big_gemms = {
+        r["dataset"]: r["flops_per_iter"] / r["s_per_iter"] / 1e9 / mm
+        for r in records
+        if r["suite"] == "nmf_big_gemms" and r.get("s_per_iter") and mm
+    }
 
     # ---- end to end
-    e2e = {r["method"]: {k: v for k, v in r.items() if k not in ("suite", "name")}
-           for r in records if r["suite"] == "end_to_end"}
+    e2e = {
+        r["method"]: {k: v for k, v in r.items() if k not in ("suite", "name")}
+        for r in records
+        if r["suite"] == "end_to_end"
+    }
     bp = e2e.get("backprop")
     for m, r in e2e.items():
         if bp and bp.get("epoch_s") and m != "backprop" and meta.get("timing", True):
@@ -107,8 +115,16 @@ def summarize(records: List[dict], meta: dict) -> dict:
     for r in kernel_rows:
         if r.get("GBps") and copy_bw:
             r["limit_fraction"] = r["GBps"] / copy_bw
-    results = dict(meta, limits=limits, ops=ops_rows, nmf=nmf_rows, nmf_big_gemms=nmf_big_gemms, end_to_end=e2e, skipped=skipped,
-                   kernel_checks=kernel_rows)
+    results = dict(
+        meta,
+        limits=limits,
+        ops=ops_rows,
+        nmf=nmf_rows,
+        nmf_big_gemms=nmf_big_gemms,
+        end_to_end=e2e,
+        skipped=skipped,
+        kernel_checks=kernel_rows,
+    )
     results["targets"] = targets(results)
     return results
 
@@ -126,26 +142,46 @@ def targets(res: dict) -> List[dict]:
         out.append({"what": what, "value": value, "target": target, "better": better, "reached": reached, "note": note})
 
     aux = _find(res["ops"], op="aux_dual_update", size="large", impl="cpu")
-    add("aux/dual cpu, 8M float32: bandwidth / copy bandwidth", aux and aux.get("limit_fraction"), TARGETS["aux_copy_fraction"])
-    add("aux/dual cpu, 8M: speedup over torch.compile(reference)", aux and aux.get("vs_compile"), TARGETS["aux_vs_compile"])
+    add(
+        "aux/dual cpu, 8M float32: bandwidth / copy bandwidth",
+        aux and aux.get("limit_fraction"),
+        TARGETS["aux_copy_fraction"],
+    )
+    add(
+        "aux/dual cpu, 8M: speedup over torch.compile(reference)",
+        aux and aux.get("vs_compile"),
+        TARGETS["aux_vs_compile"],
+    )
     add("aux/dual cpu, 8M: speedup over eager reference", aux and aux.get("vs_eager"), TARGETS["aux_vs_eager"])
     nmf = _find(res["nmf"], dataset="mnist5k", impl="blockadmm cpu")
     big = res.get("nmf_big_gemms", {}).get("mnist5k")
-    add("NMF MU cpu, MNIST-5k k=64: GFLOP/s / torch.mm GFLOP/s", nmf and nmf.get("mm_fraction"), TARGETS["nmf_mm_fraction"],
-        note="" if big is None else f"its two 5000×784×64 GEMMs alone through torch.mm, nothing else: {big:.2f}")
+    add(
+        "NMF MU cpu, MNIST-5k k=64: GFLOP/s / torch.mm GFLOP/s",
+        nmf and nmf.get("mm_fraction"),
+        TARGETS["nmf_mm_fraction"],
+        note="" if big is None else f"its two 5000×784×64 GEMMs alone through torch.mm, nothing else: {big:.2f}",
+    )
     note = ""
     if nmf and nmf.get("err_vs_sklearn") is not None:
         note = f"error {nmf['rel_err']:.5f}, {100 * nmf['err_vs_sklearn']:+.3f}% vs scikit-learn"
-    add("NMF MU cpu, MNIST-5k k=64: speedup over scikit-learn mu (equal error)", nmf and nmf.get("vs_sklearn"),
-        TARGETS["nmf_vs_sklearn"], note=note)
+    add(
+        "NMF MU cpu, MNIST-5k k=64: speedup over scikit-learn mu (equal error)",
+        nmf and nmf.get("vs_sklearn"),
+        TARGETS["nmf_vs_sklearn"],
+        note=note,
+    )
     if nmf and out[-1]["reached"] and abs(nmf.get("err_vs_sklearn") or 0.0) > EQUAL_ERR_RTOL:
         out[-1]["reached"] = False
         out[-1]["note"] += f" — not equal error (tolerance {EQUAL_ERR_RTOL:.0e} relative)"
     bf = _find(res["nmf"], dataset="mnist5k", impl="blockadmm cpu bf16-gemm")
     if bf:
         note = f"optional; error {bf['rel_err']:.5f}, {100 * bf.get('err_vs_sklearn', 0.0):+.3f}% vs scikit-learn"
-        add("NMF bf16-GEMM variant, MNIST-5k: speedup over scikit-learn mu", bf.get("vs_sklearn"), TARGETS["nmf_vs_sklearn"],
-            note=note)
+        add(
+            "NMF bf16-GEMM variant, MNIST-5k: speedup over scikit-learn mu",
+            bf.get("vs_sklearn"),
+            TARGETS["nmf_vs_sklearn"],
+            note=note,
+        )
         if out[-1]["reached"] and abs(bf.get("err_vs_sklearn") or 0.0) > EQUAL_ERR_RTOL:
             out[-1]["reached"] = False
             out[-1]["note"] += f" — not equal error (tolerance {EQUAL_ERR_RTOL:.0e} relative)"
@@ -154,14 +190,23 @@ def targets(res: dict) -> List[dict]:
     note = ""
     if on and bp:
         note = f"final test acc {100 * on['final_test_acc']:.1f}% (backprop {100 * bp['final_test_acc']:.1f}%)"
-    add("Block-ADMM online epoch / backprop epoch", on and on.get("epoch_vs_backprop"), TARGETS["online_epoch_vs_backprop"],
-        better="lower", note=note)
+    add(
+        "Block-ADMM online epoch / backprop epoch",
+        on and on.get("epoch_vs_backprop"),
+        TARGETS["online_epoch_vs_backprop"],
+        better="lower",
+        note=note,
+    )
     fast = res["end_to_end"].get("admm-online-fast")
     if fast and on:
         gap = fast["final_test_acc"] - on["final_test_acc"]
-        add("Block-ADMM online epoch, preset fast / backprop epoch", fast.get("epoch_vs_backprop"),
-            TARGETS["online_epoch_vs_backprop"], better="lower",
-            note=f"final test acc {100 * fast['final_test_acc']:.1f}% (defaults {100 * on['final_test_acc']:.1f}%)")
+        add(
+            "Block-ADMM online epoch, preset fast / backprop epoch",
+            fast.get("epoch_vs_backprop"),
+            TARGETS["online_epoch_vs_backprop"],
+            better="lower",
+            note=f"final test acc {100 * fast['final_test_acc']:.1f}% (defaults {100 * on['final_test_acc']:.1f}%)",
+        )
         if out[-1]["reached"] and gap < -SAME_ACC_POINTS / 100:
             out[-1]["reached"] = False
             out[-1]["note"] += f" — not the defaults' accuracy (tolerance {SAME_ACC_POINTS} points)"
@@ -172,6 +217,7 @@ def targets(res: dict) -> List[dict]:
 
 
 # ------------------------------------------------------------------ markdown
+
 
 def _f(x, fmt="{:.2f}", none="—"):
     return none if x is None else fmt.format(x)
@@ -188,28 +234,44 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
         L.append(f"### {m['cpu']} — {m['cores']} cores{', ' + m['gpu'] if m.get('gpu') else ''}")
         L.append("")
     v = res.get("versions", {})
-    L.append(f"Command: `{res['command']}` — {res.get('started', '?')}, {res.get('duration_s', 0):.0f} s; "
-             f"torch {v.get('torch')}, {m.get('torch_threads')} threads, scikit-learn {v.get('sklearn')}, "
-             f"torchnmf {v.get('torchnmf') or 'not installed'}, git {v.get('git')}.")
-    L.append(f"Machine: {m['cpu']}, {m['cores']} cores{' (' + ', '.join(m['isa']) + ')' if m.get('isa') else ''}, "
-             f"{m.get('memory_gb')} GB, GPU: {m.get('gpu') or 'none'}; {m.get('platform')}.")
+    L.append(
+        f"Command: `{res['command']}` — {res.get('started', '?')}, {res.get('duration_s', 0):.0f} s; "
+        f"torch {v.get('torch')}, {m.get('torch_threads')} threads, scikit-learn {v.get('sklearn')}, "
+        f"torchnmf {v.get('torchnmf') or 'not installed'}, git {v.get('git')}."
+    )
+    L.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores{' (' + ', '.join(m['isa']) + ')' if m.get('isa') else ''}, "
+        f"{m.get('memory_gb')} GB, GPU: {m.get('gpu') or 'none'}; {m.get('platform')}."
+    )
     la = res.get("load_avg", {})
-    L.append(f"Load average (1/5/15 min) at start {la.get('start')}, at end {la.get('end')} "
-             f"(the machine has {m['cores']} cores; a load above that means other work shared it).")
+    L.append(
+        f"Load average (1/5/15 min) at start {la.get('start')}, at end {la.get('end')} "
+        f"(the machine has {m['cores']} cores; a load above that means other work shared it)."
+    )
     if m.get("torch_threads") and m.get("cores") and m["torch_threads"] < m["cores"]:
-        L.append(f"Run with {m['torch_threads']} thread(s) on {m['cores']} cores (`--threads`): with other work on the "
-                 "machine, multi-threaded BLAS and OpenMP regions stall whenever one of their threads is descheduled, "
-                 "so single-thread numbers are the stable ones; limits and rows use the same thread count.")
+        L.append(
+            f"Run with {m['torch_threads']} thread(s) on {m['cores']} cores (`--threads`): with other work on the "
+            "machine, multi-threaded BLAS and OpenMP regions stall whenever one of their threads is descheduled, "
+            "so single-thread numbers are the stable ones; limits and rows use the same thread count."
+        )
     if not res.get("timing", True):
         L.append("")
-        L.append("**Timing disabled** (`--no-timing`): every path ran once on tiny sizes; no speed below is meaningful.")
+        L.append(
+            "**Timing disabled** (`--no-timing`): every path ran once on tiny sizes; no speed below is meaningful."
+        )
     L.append("")
-    L.append(f"Machine limits, measured in this run (best of start and end): copy **{_f(lim['copy_GBps'], '{:.1f}')} GB/s** "
-             f"(read + write, 192 MB moved, as the 8M aux/dual update moves; a 64 MB copy: {_f(lim.get('copy_8M_GBps'), '{:.1f}')} GB/s), float32 `torch.mm` **{_f(lim['mm_GFLOPs'], '{:.0f}')} GFLOP/s**, "
-             f"bf16 `torch.mm` {_f(lim.get('mm_bf16_GFLOPs'), '{:.0f}')} GFLOP/s.")
+    L.append(
+        f"Machine limits, measured in this run (best of start and end): copy **{_f(lim['copy_GBps'], '{:.1f}')} GB/s** "
+        f"(read + write, 192 MB moved, as the 8M aux/dual update moves; a 64 MB copy: "
+        f"{_f(lim.get('copy_8M_GBps'), '{:.1f}')} GB/s), float32 `torch.mm` **{_f(lim['mm_GFLOPs'], '{:.0f}')} "
+        f"GFLOP/s**, "
+        f"bf16 `torch.mm` {_f(lim.get('mm_bf16_GFLOPs'), '{:.0f}')} GFLOP/s."
+    )
     if lim.get("copy_cuda_GBps") or lim.get("mm_cuda_GFLOPs"):
-        L.append(f"GPU limits: copy {_f(lim.get('copy_cuda_GBps'), '{:.0f}')} GB/s, float32 `torch.mm` "
-                 f"{_f(lim.get('mm_cuda_GFLOPs'), '{:.0f}')} GFLOP/s; GPU rows (device cuda) are reported against these.")
+        L.append(
+            f"GPU limits: copy {_f(lim.get('copy_cuda_GBps'), '{:.0f}')} GB/s, float32 `torch.mm` "
+            f"{_f(lim.get('mm_cuda_GFLOPs'), '{:.0f}')} GFLOP/s; GPU rows (device cuda) are reported against these."
+        )
     L.append("")
     L.append("**Targets (issue #8)**")
     L.append("")
@@ -218,50 +280,75 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
     for t in res["targets"]:
         mark = "—" if t["reached"] is None else ("yes" if t["reached"] else "**no**")
         cmp_ = "≥" if t["better"] == "higher" else "≤"
-        L.append(f"| {t['what']} | {_f(t['value'])}{' (' + t['note'] + ')' if t['note'] else ''} | {cmp_} {t['target']} | {mark} |")
+        L.append(
+            f"| {t['what']} | {_f(t['value'])}{' (' + t['note'] + ')' if t['note'] else ''} | {cmp_} {t['target']} | "
+            f"{mark} |"
+        )
     L.append("")
-    L.append("**Ops** (min of the rounds; fraction of the limit: GB/s ÷ copy GB/s for the memory-bound aux/dual update, "
-             "GFLOP/s ÷ `torch.mm` GFLOP/s for the GEMM-bound NMF update and linear block)")
+    L.append(
+        "**Ops** (min of the rounds; fraction of the limit: GB/s ÷ copy GB/s for the memory-bound aux/dual update, "
+        "GFLOP/s ÷ `torch.mm` GFLOP/s for the GEMM-bound NMF update and linear block)"
+    )
     L.append("")
-    L.append("A fraction above 1 means the row beat the reference: cache-resident sizes, or (aux/dual) more "
-             "concurrent memory streams than one copy keeps in flight.")
+    L.append(
+        "A fraction above 1 means the row beat the reference: cache-resident sizes, or (aux/dual) more "
+        "concurrent memory streams than one copy keeps in flight."
+    )
     L.append("")
     L.append("| op | size | shape | impl | device | ms | GB/s or GFLOP/s | of limit | × eager | × compile |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in res["ops"]:
         rate = _f(r.get("GBps"), "{:.1f} GB/s") if "GBps" in r else _f(r.get("GFLOPs"), "{:.1f} GFLOP/s")
-        L.append(f"| {r['op']} | {r['size']} | {'×'.join(map(str, r.get('shape', [])))} | {r['impl']} | {r.get('device', '')} | {_f(r['ms'], '{:.3f}')} | "
-                 f"{rate} | {_f(r.get('limit_fraction'))} | {_x(r.get('vs_eager'))} | {_x(r.get('vs_compile'))} |")
+        L.append(
+            f"| {r['op']} | {r['size']} | {'×'.join(map(str, r.get('shape', [])))} | {r['impl']} | "
+            f"{r.get('device', '')} | {_f(r['ms'], '{:.3f}')} | "
+            f"{rate} | {_f(r.get('limit_fraction'))} | {_x(r.get('vs_eager'))} | {_x(r.get('vs_compile'))} |"
+        )
     if res.get("kernel_checks"):
         L.append("")
-        L.append("From `bench/bench_ops_cpu.py` (the kernel issue's CPU checks, same run; 8M elements; indexed = batch "
-                 "mode through an index into tables twice the batch's size):")
+        L.append(
+            "From `bench/bench_ops_cpu.py` (the kernel issue's CPU checks, same run; 8M elements; indexed = batch "
+            "mode through an index into tables twice the batch's size):"
+        )
         L.append("")
         L.append("| benchmark | ms (min) | GB/s | of copy |")
         L.append("|---|---|---|---|")
         for r in [r for r in res["kernel_checks"] if r.get("GBps")]:
-            L.append(f"| {r['name']} | {_f(r['s'] and r['s'] * 1e3, '{:.3f}')} | {_f(r.get('GBps'), '{:.1f}')} | "
-                     f"{_f(r.get('limit_fraction'))} |")
-    skipped_impls = sorted({s["reason"] for s in res.get("skipped", []) if "triton" in s["name"] or "cuda" in s["name"]})
+            L.append(
+                f"| {r['name']} | {_f(r['s'] and r['s'] * 1e3, '{:.3f}')} | {_f(r.get('GBps'), '{:.1f}')} | "
+                f"{_f(r.get('limit_fraction'))} |"
+            )
+    skipped_impls = sorted(
+        {s["reason"] for s in res.get("skipped", []) if "triton" in s["name"] or "cuda" in s["name"]}
+    )
     if skipped_impls:
         L.append("")
         L.append("Not run here: " + "; ".join(skipped_impls) + ".")
     if res["nmf"]:
         r0 = res["nmf"][0]
         L.append("")
-        L.append(f"**NMF** (rank {r0['shape'][2]}, {r0['iters']} iterations from the same initial factors, float32; "
-                 "FLOPs per iteration counted as 4ndk + 4k²(n+d) for every implementation; error = ‖V − HW‖_F / ‖V‖_F; "
-                 "`blockadmm cpu` flushes factor entries below sqrt(FLT_MIN) ≈ 1.1e-19 to zero: multiplicative updates on MNIST "
-                 "drive tens of thousands that low, and their subnormal products slow every GEMM that reads them; time per iteration is the "
-                 "whole run's time divided by the iterations)")
+        L.append(
+            f"**NMF** (rank {r0['shape'][2]}, {r0['iters']} iterations from the same initial factors, float32; "
+            "FLOPs per iteration counted as 4ndk + 4k²(n+d) for every implementation; error = ‖V − HW‖_F / ‖V‖_F; "
+            "`blockadmm cpu` flushes factor entries below sqrt(FLT_MIN) ≈ 1.1e-19 to zero: multiplicative updates on "
+            "MNIST "
+            "drive tens of thousands that low, and their subnormal products slow every GEMM that reads them; time per "
+            "iteration is the "
+            "whole run's time divided by the iterations)"
+        )
         L.append("")
         L.append("| data | impl | ms / iter | GFLOP/s | of torch.mm | error | error vs sklearn | × sklearn |")
         L.append("|---|---|---|---|---|---|---|---|")
         for r in res["nmf"]:
-            L.append(f"| {r['dataset']} {'×'.join(map(str, r['shape'][:2]))} | {r['impl']} | {_f(r['ms_per_iter'], '{:.2f}')} | "
-                     f"{_f(r.get('GFLOPs'), '{:.1f}')} | {_f(r.get('mm_fraction'))} | {r['rel_err']:.5f} | "
-                     f"{_f(r.get('err_vs_sklearn'), '{:+.2e}')} | {_x(r.get('vs_sklearn'))} |")
-    nmf_skips = [s for s in res.get("skipped", []) if s["name"].split(" ")[0] in ("mnist5k", "random8192x512", "digits")]
+            L.append(
+                f"| {r['dataset']} {'×'.join(map(str, r['shape'][:2]))} | {r['impl']} | "
+                f"{_f(r['ms_per_iter'], '{:.2f}')} | "
+                f"{_f(r.get('GFLOPs'), '{:.1f}')} | {_f(r.get('mm_fraction'))} | {r['rel_err']:.5f} | "
+                f"{_f(r.get('err_vs_sklearn'), '{:+.2e}')} | {_x(r.get('vs_sklearn'))} |"
+            )
+    nmf_skips = [
+        s for s in res.get("skipped", []) if s["name"].split(" ")[0] in ("mnist5k", "random8192x512", "digits")
+    ]
     for s in {s["reason"]: s for s in nmf_skips}.values():
         L.append("")
         L.append(f"Not run: {s['name'].split(' ', 1)[1]} — {s['reason']}.")
@@ -270,20 +357,29 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
         any_ = next(iter(e2e.values()))
         tgts = list(any_["tta"])
         L.append("")
-        L.append(f"**End to end** ({any_['dataset']}, MLP {any_['hidden']}, {len(any_['hidden']) + 1} blocks for Block-ADMM, "
-                 f"batch {any_['batch_size']}, {any_['epochs']} epochs, library defaults unless the name says a preset "
-                 "(`-fast`: the fast preset; backprop-fast: backprop at its best on validation, init × optimizer × rate from the fair grid); epoch = median "
-                 "training-loop time over the epochs; time-to-accuracy = training seconds until the test accuracy "
-                 f"(taken every {any_.get('eval_every', '?')} mini-batches, outside the timing) first reaches the target)")
+        L.append(
+            f"**End to end** ({any_['dataset']}, MLP {any_['hidden']}, {len(any_['hidden']) + 1} blocks for "
+            f"Block-ADMM, "
+            f"batch {any_['batch_size']}, {any_['epochs']} epochs, library defaults unless the name says a preset "
+            "(`-fast`: the fast preset; backprop-fast: backprop at its best on validation, init × optimizer × rate "
+            "from the fair grid); epoch = median "
+            "training-loop time over the epochs; time-to-accuracy = training seconds until the test accuracy "
+            f"(taken every {any_.get('eval_every', '?')} mini-batches, outside the timing) first reaches the target)"
+        )
         L.append("")
-        L.append("| method | sweeps | Adam lr | epoch s | × backprop | final test acc | best test acc | " +
-                 " | ".join(f"time to {100 * float(t):.0f}%" for t in tgts) + " |")
+        L.append(
+            "| method | sweeps | Adam lr | epoch s | × backprop | final test acc | best test acc | "
+            + " | ".join(f"time to {100 * float(t):.0f}%" for t in tgts)
+            + " |"
+        )
         L.append("|---|---|---|---|---|---|---|" + "---|" * len(tgts))
         for name, r in e2e.items():
             tta = " | ".join(_f(r["tta"][t], "{:.2f} s", "not reached") for t in tgts)
-            L.append(f"| {name} | {r.get('sweeps', '')} | {_f(r.get('adam_lr'), '{:g}')} | {_f(r['epoch_s'], '{:.3f}')} | "
-                     f"{_x(r.get('epoch_vs_backprop'))} | "
-                     f"{100 * r['final_test_acc']:.1f}% | {100 * r['best_test_acc']:.1f}% | {tta} |")
+            L.append(
+                f"| {name} | {r.get('sweeps', '')} | {_f(r.get('adam_lr'), '{:g}')} | {_f(r['epoch_s'], '{:.3f}')} | "
+                f"{_x(r.get('epoch_vs_backprop'))} | "
+                f"{100 * r['final_test_acc']:.1f}% | {100 * r['best_test_acc']:.1f}% | {tta} |"
+            )
     if plots_prefix is not None and res.get("plots"):
         L.append("")
         L.append(" ".join(f"![{os.path.basename(p)}]({plots_prefix}{os.path.basename(p)})" for p in res["plots"]))
@@ -291,6 +387,7 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
 
 
 # ------------------------------------------------------------------ plots
+
 
 def plots(res: dict, folder: str) -> List[str]:
     import matplotlib
@@ -305,14 +402,24 @@ def plots(res: dict, folder: str) -> List[str]:
     if rows:
         fig, ax = plt.subplots(figsize=(10, 4))
         labels = [f"{r['op'].split('_')[0]} {r['size']}\n{r['impl']}" for r in rows]
-        colors = {"eager": "#999999", "compile": "#5b8ff9", "cpu": "#e8684a", "eager cuda": "#666666",
-                  "compile cuda": "#2a5bd7", "triton": "#5ad8a6", "cuda": "#f6bd16"}
+        colors = {
+            "eager": "#999999",
+            "compile": "#5b8ff9",
+            "cpu": "#e8684a",
+            "eager cuda": "#666666",
+            "compile cuda": "#2a5bd7",
+            "triton": "#5ad8a6",
+            "cuda": "#f6bd16",
+        }
         ax.bar(range(len(rows)), [r["limit_fraction"] for r in rows], color=[colors.get(r["impl"], "k") for r in rows])
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=c, label=i) for i, c in colors.items() if any(r["impl"] == i for r in rows)],
-                  fontsize=7, loc="upper left")
+        ax.legend(
+            handles=[Patch(color=c, label=i) for i, c in colors.items() if any(r["impl"] == i for r in rows)],
+            fontsize=7,
+            loc="upper left",
+        )
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(labels, fontsize=6, rotation=90)
         ax.set_ylabel("fraction of machine limit\n(copy GB/s or torch.mm GFLOP/s)")
@@ -353,7 +460,11 @@ def plots(res: dict, folder: str) -> List[str]:
             ax.axhline(100 * float(tgt), color="k", lw=0.5, ls=":")
         ax.set_xlabel("training wall time, s")
         ax.set_ylabel("test accuracy, %")
-        ax.set_title(f"time to accuracy (test accuracy every {next(iter(res['end_to_end'].values())).get('eval_every', '?')} mini-batches)", fontsize=9)
+        ax.set_title(
+            f"time to accuracy (test accuracy every {next(iter(res['end_to_end'].values())).get('eval_every', '?')} "
+            f"mini-batches)",
+            fontsize=9,
+        )
         ax.set_ylim(bottom=max(0, min(100 * a for r in res["end_to_end"].values() for _, a in r["curve"][1:]) - 5))
         ax.legend(fontsize=7)
         fig.tight_layout()

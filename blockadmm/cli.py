@@ -1,4 +1,5 @@
 """The `blockadmm` command: train, info, and the subcommands of the experiment modules."""
+
 from __future__ import annotations
 
 import argparse
@@ -52,15 +53,23 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int_list, default=[256, 256], help="MLP hidden widths, e.g. 256,256")
     p.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh", "leaky_relu"])
     p.add_argument("--blocks", type=positive_int, default=None, help="number of blocks (default: one layer per block)")
-    p.add_argument("--init", default="default", choices=list(INITS),
-                   help="weight init: PyTorch's (default), Glorot-uniform with the activation's gain (xavier: 4 sigmoid, "
-                        "5/3 tanh), He (kaiming), orthogonal")
+    p.add_argument(
+        "--init",
+        default="default",
+        choices=list(INITS),
+        help="weight init: PyTorch's (default), Glorot-uniform with the activation's gain (xavier: 4 sigmoid, "
+        "5/3 tanh), He (kaiming), orthogonal",
+    )
     p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="a named recipe (ADMMConfig.preset: fast = one sweep per mini-batch, online; deep = deep "
-                        "sigmoid nets online, deep-batch = the same in batch mode); the flags below override its "
-                        "fields, --lr its Adam rate and --shared-optimizer its optimizer layout")
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="a named recipe (ADMMConfig.preset: fast = one sweep per mini-batch, online; deep = deep "
+        "sigmoid nets online, deep-batch = the same in batch mode); the flags below override its "
+        "fields, --lr its Adam rate and --shared-optimizer its optimizer layout",
+    )
     p.add_argument("--rho", type=positive_float, default=None, help=f"(default {d.rho})")
     p.add_argument("--lr-z", type=positive_float, default=None, help=f"(default {d.lr_z})")
     p.add_argument("--sweeps", type=positive_int, default=None, help=f"(default {d.sweeps})")
@@ -69,43 +78,81 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--order", default=None, choices=list(ORDERS), help=f"(default {d.order})")
     p.add_argument("--aux-step", default=None, choices=list(AUX_STEPS), help=f"(default {d.aux_step})")
     p.add_argument("--dual-step", type=nonneg_float, default=None, help=f"(default {d.dual_step})")
-    p.add_argument("--rho-schedule", default=None, choices=["constant", "adaptive"],
-                   help=f"(default {d.rho_schedule})")
-    p.add_argument("--lr", type=positive_float, default=None,
-                   help="Adam learning rate of every block (default 1e-3, or the preset's)")
-    p.add_argument("--shared-optimizer", action=argparse.BooleanOptionalAction, default=None,
-                   help="one Adam over every block instead of one per block: the same updates in one call per step "
-                        "(default off, or the preset's)")
+    p.add_argument("--rho-schedule", default=None, choices=["constant", "adaptive"], help=f"(default {d.rho_schedule})")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="Adam learning rate of every block (default 1e-3, or the preset's)",
+    )
+    p.add_argument(
+        "--shared-optimizer",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one Adam over every block instead of one per block: the same updates in one call per step "
+        "(default off, or the preset's)",
+    )
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=100)
-    p.add_argument("--val-fraction", type=nonneg_float, default=0.0,
-                   help="carve a validation split from the training data")
+    p.add_argument(
+        "--val-fraction", type=nonneg_float, default=0.0, help="carve a validation split from the training data"
+    )
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--threads", type=positive_int, default=1,
-                   help="torch CPU threads (default 1: a Block-ADMM step is many small ops; on a 2-core machine "
-                        "shared with one other process, 2 threads ran 40x slower per step than 1)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: a Block-ADMM step is many small ops; on a 2-core machine "
+        "shared with one other process, 2 threads ran 40x slower per step than 1)",
+    )
     p.add_argument("--compare", default=None, choices=["backprop"], help="also train the same network by backprop")
-    p.add_argument("--out", type=output_dir, default="runs/train",
-                   help="folder for metrics.json, curves.png, checkpoints and logs")
-    p.add_argument("--log", type=_logs, default=[], help="tensorboard and/or csv (comma list): per-step and per-epoch "
-                   "losses, residuals, rho, step time under OUT/logs/<run> (tensorboard needs the tensorboard package)")
+    p.add_argument(
+        "--out", type=output_dir, default="runs/train", help="folder for metrics.json, curves.png, checkpoints and logs"
+    )
+    p.add_argument(
+        "--log",
+        type=_logs,
+        default=[],
+        help="tensorboard and/or csv (comma list): per-step and per-epoch "
+        "losses, residuals, rho, step time under OUT/logs/<run> (tensorboard needs the tensorboard package)",
+    )
     p.add_argument("--log-every", type=positive_int, default=1, help="with --log: write every N-th step")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
-                        "the checkpoint's values, the others are the checkpoint's")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoints in OUT; the config flags and --lr given explicitly replace "
+        "the checkpoint's values, the others are the checkpoint's",
+    )
     p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
-    p.add_argument("--stop-on-divergence", action="store_true",
-                   help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
-                        "without it that is a warning in the log and in metrics.json")
-    p.add_argument("--nproc", type=positive_int, default=1,
-                   help="run the blocks on N local processes (blockadmm.distributed), at most one per block and core")
-    p.add_argument("--schedule", default="pipeline", choices=["sync", "pipeline"],
-                   help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)")
-    p.add_argument("--staleness", type=nonneg_int, default=None, help="with --schedule pipeline: bound on in-flight batches")
-    p.add_argument("--timeout", type=positive_float, default=60.0,
-                   help="with --nproc: seconds a rank may wait for another before the run stops naming it")
+    p.add_argument(
+        "--stop-on-divergence",
+        action="store_true",
+        help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
+        "without it that is a warning in the log and in metrics.json",
+    )
+    p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        help="run the blocks on N local processes (blockadmm.distributed), at most one per block and core",
+    )
+    p.add_argument(
+        "--schedule",
+        default="pipeline",
+        choices=["sync", "pipeline"],
+        help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)",
+    )
+    p.add_argument(
+        "--staleness", type=nonneg_int, default=None, help="with --schedule pipeline: bound on in-flight batches"
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=60.0,
+        help="with --nproc: seconds a rank may wait for another before the run stops naming it",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -121,8 +168,10 @@ def resolve_preset(args) -> None:
     name = args.preset or "default"
     wants = PRESETS[name].get("mode")
     if wants is not None and any(m != wants for m in args.mode):
-        raise ValueError(f"--preset {name} is the recipe for --mode {wants}, got --mode {','.join(args.mode)}: "
-                         f"pass --mode {wants} or the preset of the other mode")
+        raise ValueError(
+            f"--preset {name} is the recipe for --mode {wants}, got --mode {','.join(args.mode)}: "
+            f"pass --mode {wants} or the preset of the other mode"
+        )
     base = ADMMConfig.preset(name)
     for f in _CONFIG_FLAGS:
         if getattr(args, f) is None:
@@ -138,8 +187,15 @@ def build_network(args, input_shape, num_classes):
     from .models import build_network as build
 
     try:
-        return build(args.arch, input_shape, num_classes, hidden=args.hidden, activation=args.activation, blocks=args.blocks,
-                     init=args.init)
+        return build(
+            args.arch,
+            input_shape,
+            num_classes,
+            hidden=args.hidden,
+            activation=args.activation,
+            blocks=args.blocks,
+            init=args.init,
+        )
     except ValueError as e:
         raise ValueError(f"{e} (--arch {args.arch}, --data {args.data})") from None
 
@@ -161,17 +217,20 @@ def cmd_train(args) -> int:
     explicit = {f: getattr(args, f) for f in (*_CONFIG_FLAGS, "lr") if getattr(args, f) is not None}
     resolve_preset(args)
     earlier = os.path.exists(os.path.join(args.out, "metrics.json")) or any(
-        n.startswith("checkpoint") for n in (os.listdir(args.out) if os.path.isdir(args.out) else []))
+        n.startswith("checkpoint") for n in (os.listdir(args.out) if os.path.isdir(args.out) else [])
+    )
     if earlier and not (args.resume or args.overwrite):
-        raise ValueError(f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to "
-                         f"replace it")
+        raise ValueError(
+            f"--out {args.out} holds an earlier run: pass --resume to continue it or --overwrite to replace it"
+        )
     if args.nproc > 1:
         return launch_train(args, explicit)
     load_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed,
-                       image=args.arch == "cnn")
+    splits = data.load(
+        args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn"
+    )
     model, cuts = build_network(args, splits.input_shape, splits.num_classes)
     os.makedirs(args.out, exist_ok=True)
     optimizer = adam(args.lr)  # one Adam per block; backprop gets the same
@@ -179,12 +238,27 @@ def cmd_train(args) -> int:
     runs, resumes = {}, {}
     for mode in args.mode:  # every run starts from the same initial weights and sees the same batches
         trainer = BlockADMM(
-            copy.deepcopy(model), blocks=cuts, input_shape=splits.input_shape, mode=mode,
-            num_samples=len(splits.train), optimizer=optimizer, rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps,
-            k_z=args.k_z, k_w=args.k_w,
-            order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
-            table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"),
-            backend=args.backend, shared_optimizer=args.shared_optimizer, device=args.device, seed=args.seed,
+            copy.deepcopy(model),
+            blocks=cuts,
+            input_shape=splits.input_shape,
+            mode=mode,
+            num_samples=len(splits.train),
+            optimizer=optimizer,
+            rho=args.rho,
+            lr_z=args.lr_z,
+            sweeps=args.sweeps,
+            k_z=args.k_z,
+            k_w=args.k_w,
+            order=args.order,
+            aux_step=args.aux_step,
+            dual_step=args.dual_step,
+            rho_schedule=args.rho_schedule,
+            table_storage=args.table_storage,
+            table_dir=os.path.join(args.out, f"tables-{mode}"),
+            backend=args.backend,
+            shared_optimizer=args.shared_optimizer,
+            device=args.device,
+            seed=args.seed,
         )
         ckpt = os.path.join(args.out, f"checkpoint-{mode}.pt")
         if args.resume:
@@ -192,46 +266,72 @@ def cmd_train(args) -> int:
                 raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
             changed = trainer.load(ckpt, override=explicit)  # a damaged, foreign or mismatched file: one error line
             if changed:
-                print(f"resuming {ckpt} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
-                      file=sys.stderr)
+                print(
+                    f"resuming {ckpt} with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+                    file=sys.stderr,
+                )
             for f in _CONFIG_FLAGS:  # metrics.json records the values the run uses
                 setattr(args, f, getattr(trainer.config, f))
             lrs = {g["lr"] for o in trainer.optimizers for g in o.param_groups}
             args.lr = lrs.pop() if len(lrs) == 1 else args.lr
             resumes["admm-" + mode] = trainer.resumes
-        print(f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}",
-              file=sys.stderr)
+        print(
+            f"Block-ADMM ({mode}, {trainer.n_blocks} blocks, order {trainer.config.order}) on {args.data}",
+            file=sys.stderr,
+        )
         try:
-            runs["admm-" + mode] = trainer.fit(splits.train, args.epochs, checkpoint=ckpt,
-                                               stop_on_divergence=args.stop_on_divergence,
-                                               callbacks=_loggers(args, "admm-" + mode), **fit_kw)
+            runs["admm-" + mode] = trainer.fit(
+                splits.train,
+                args.epochs,
+                checkpoint=ckpt,
+                stop_on_divergence=args.stop_on_divergence,
+                callbacks=_loggers(args, "admm-" + mode),
+                **fit_kw,
+            )
         except (NonFiniteError, DivergenceError) as e:
             raise type(e)(f"admm-{mode}: {e}") from None
     if args.compare == "backprop":
         print("Backprop (same network, initial weights, optimizer and batches)", file=sys.stderr)
-        bp = BlockADMM(copy.deepcopy(model), blocks=1, input_shape=splits.input_shape, optimizer=optimizer, sweeps=1,
-                       device=args.device, seed=args.seed)
+        bp = BlockADMM(
+            copy.deepcopy(model),
+            blocks=1,
+            input_shape=splits.input_shape,
+            optimizer=optimizer,
+            sweeps=1,
+            device=args.device,
+            seed=args.seed,
+        )
         runs["backprop"] = bp.fit(splits.train, args.epochs, callbacks=_loggers(args, "backprop"), **fit_kw)
     metrics = {
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "runs": runs,
         "resumes": resumes,
-        "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": args.device,
-                    "load_average_start": load_start, "load_average_end": os.getloadavg()[0]},
-        "final": {name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]}
-                  for name, h in runs.items()},
+        "machine": {
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg()[0],
+        },
+        "final": {
+            name: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for name, h in runs.items()
+        },
         "epoch_wall_s": {name: sum(r["wall_s"] for r in h) / len(h) for name, h in runs.items()},
     }
     if "backprop" in runs:
         metrics["wall_ratio_vs_backprop"] = {
             name: metrics["epoch_wall_s"][name] / metrics["epoch_wall_s"]["backprop"]
-            for name in runs if name != "backprop"
+            for name in runs
+            if name != "backprop"
         }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_curves(runs, os.path.join(args.out, "curves.png"),
-                title=f"{args.data}, {trainer.n_blocks} blocks, batch {args.batch_size}")
+    plot_curves(
+        runs,
+        os.path.join(args.out, "curves.png"),
+        title=f"{args.data}, {trainer.n_blocks} blocks, batch {args.batch_size}",
+    )
     print_table(metrics)
     return 0
 
@@ -244,17 +344,36 @@ def _train_from_args(args):
     from .distributed import DistributedBlockADMM
     from .trainer import adam
 
-    splits = data.load(args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn")
+    splits = data.load(
+        args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn"
+    )
     runs, last = {}, None
     for mode in args.mode:  # every mode from the same initial weights and batches
         torch.manual_seed(args.seed)
         model, cuts = build_network(args, splits.input_shape, splits.num_classes)
         trainer = DistributedBlockADMM(
-            model, blocks=cuts, input_shape=splits.input_shape, mode=mode, num_samples=len(splits.train),
-            optimizer=adam(args.lr), rho=args.rho, lr_z=args.lr_z, sweeps=args.sweeps, k_z=args.k_z, k_w=args.k_w,
-            order=args.order, aux_step=args.aux_step, dual_step=args.dual_step, rho_schedule=args.rho_schedule,
-            table_storage=args.table_storage, table_dir=os.path.join(args.out, f"tables-{mode}"), backend=args.backend,
-            shared_optimizer=args.shared_optimizer, seed=args.seed, schedule=args.schedule, staleness=args.staleness,
+            model,
+            blocks=cuts,
+            input_shape=splits.input_shape,
+            mode=mode,
+            num_samples=len(splits.train),
+            optimizer=adam(args.lr),
+            rho=args.rho,
+            lr_z=args.lr_z,
+            sweeps=args.sweeps,
+            k_z=args.k_z,
+            k_w=args.k_w,
+            order=args.order,
+            aux_step=args.aux_step,
+            dual_step=args.dual_step,
+            rho_schedule=args.rho_schedule,
+            table_storage=args.table_storage,
+            table_dir=os.path.join(args.out, f"tables-{mode}"),
+            backend=args.backend,
+            shared_optimizer=args.shared_optimizer,
+            seed=args.seed,
+            schedule=args.schedule,
+            staleness=args.staleness,
             timeout=args.timeout,
         )
         ckpt = os.path.join(args.out, f"checkpoint-dist-{mode}")
@@ -265,15 +384,29 @@ def _train_from_args(args):
             lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
             args.lr = lrs.pop() if len(lrs) == 1 else args.lr
         runs[f"admm-{mode}-{args.schedule}-{dist.get_world_size()}ranks"] = trainer.fit(
-            splits.train, args.epochs, batch_size=args.batch_size, test=splits.test, val=splits.val,
-            checkpoint=ckpt, progress=not args.quiet)
+            splits.train,
+            args.epochs,
+            batch_size=args.batch_size,
+            test=splits.test,
+            val=splits.val,
+            checkpoint=ckpt,
+            progress=not args.quiet,
+        )
         last = trainer
     if dist.get_rank() == 0:
         os.makedirs(args.out, exist_ok=True)
-        metrics = {"config": {k: v for k, v in vars(args).items() if k != "func"}, "world_size": dist.get_world_size(),
-                   "schedule": args.schedule, "staleness": last.staleness, "partition": last.partition, "runs": runs,
-                   "final": {n: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for n, h in runs.items()},
-                   "epoch_wall_s": {n: sum(r["wall_s"] for r in h) / len(h) for n, h in runs.items()}}
+        metrics = {
+            "config": {k: v for k, v in vars(args).items() if k != "func"},
+            "world_size": dist.get_world_size(),
+            "schedule": args.schedule,
+            "staleness": last.staleness,
+            "partition": last.partition,
+            "runs": runs,
+            "final": {
+                n: {k: h[-1][k] for k in ("train_acc", "test_acc", "val_acc") if k in h[-1]} for n, h in runs.items()
+            },
+            "epoch_wall_s": {n: sum(r["wall_s"] for r in h) / len(h) for n, h in runs.items()},
+        }
         with open(os.path.join(args.out, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
 
@@ -292,14 +425,18 @@ def launch_train(args, explicit: dict) -> int:
     except ValueError as e:
         raise SystemExit(f"blockadmm train: {e}") from e
     if args.nproc > n_blocks:
-        raise SystemExit(f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
-                         f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)")
+        raise SystemExit(
+            f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
+            f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)"
+        )
     if args.stop_on_divergence:
         raise SystemExit("blockadmm train: --stop-on-divergence watches a run in one process; drop it with --nproc")
     if args.resume and explicit:
         flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
-        raise SystemExit(f"blockadmm train: --nproc {args.nproc} --resume continues with the checkpoint's "
-                         f"hyperparameters and cannot take {flags}: drop them, or resume without --nproc")
+        raise SystemExit(
+            f"blockadmm train: --nproc {args.nproc} --resume continues with the checkpoint's "
+            f"hyperparameters and cannot take {flags}: drop them, or resume without --nproc"
+        )
     backend = "nccl" if str(args.device).startswith("cuda") and torch.cuda.device_count() >= args.nproc else "gloo"
     try:
         check_nproc(args.nproc, backend)

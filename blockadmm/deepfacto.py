@@ -2,6 +2,7 @@
 Block-ADMM so that the NMF layer is never crossed by backprop. Models, heads, the basis init and the metrics;
 the runners, baselines and recipes are in `blockadmm.experiments.deepfacto_runs`.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,9 @@ class ReuseForward(nn.Module):
         return out.detach()
 
 
-def feature_cnn(in_channels: int = 1, widths=(16, 32, 64), *, flatten: bool = True, normalize: bool = True) -> nn.Sequential:
+def feature_cnn(
+    in_channels: int = 1, widths=(16, 32, 64), *, flatten: bool = True, normalize: bool = True
+) -> nn.Sequential:
     """conv-relu-pool, conv-relu-pool, conv-relu (no conv bias); 28×28 -> (64, 7, 7), 64×64 -> (64, 16, 16)."""
     layers, prev = [], in_channels
     for i, w in enumerate(widths):
@@ -98,10 +101,12 @@ class WindowFeatures(nn.Module):
         gh, gw = (h - self.window) // self.stride + 1, (w - self.window) // self.stride + 1
         U = functional.unfold(F, self.window, stride=self.stride)  # n × (c·k²) × (gh·gw)
         U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-6)
-        return U.reshape(n, c * self.window ** 2, gh, gw)
+        return U.reshape(n, c * self.window**2, gh, gw)
 
 
-def window_maps(E: torch.Tensor, size, *, pixel_stride: int = 12, window_px: int = 28, sigma: float = 6.0) -> torch.Tensor:
+def window_maps(
+    E: torch.Tensor, size, *, pixel_stride: int = 12, window_px: int = 28, sigma: float = 6.0
+) -> torch.Tensor:
     """Per-window evidence (n, C, gh, gw) -> maps (n, C, H, W) at image resolution: each window's evidence is a
     Gaussian bump at its centre, the map is their maximum (so its argmax is the centre of the best window)."""
     n, C, gh, gw = E.shape
@@ -109,8 +114,8 @@ def window_maps(E: torch.Tensor, size, *, pixel_stride: int = 12, window_px: int
     cy = torch.arange(gh, dtype=torch.float32) * pixel_stride + (window_px - 1) / 2
     cx = torch.arange(gw, dtype=torch.float32) * pixel_stride + (window_px - 1) / 2
     yy, xx = torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32)
-    by = torch.exp(-(yy.view(1, H) - cy.view(gh, 1)) ** 2 / (2 * sigma ** 2))  # gh × H
-    bx = torch.exp(-(xx.view(1, W) - cx.view(gw, 1)) ** 2 / (2 * sigma ** 2))  # gw × W
+    by = torch.exp(-((yy.view(1, H) - cy.view(gh, 1)) ** 2) / (2 * sigma**2))  # gh × H
+    bx = torch.exp(-((xx.view(1, W) - cx.view(gw, 1)) ** 2) / (2 * sigma**2))  # gw × W
     bump = by.view(gh, 1, H, 1) * bx.view(1, gw, 1, W)  # gh × gw × H × W
     out = (E.reshape(n, C, gh, gw, 1, 1) * bump).amax((2, 3))
     return out
@@ -136,8 +141,15 @@ class GroupEnergyHead(nn.Module):
     supervision, whose gradient goes to the positions that hold a class's evidence.
     """
 
-    def __init__(self, group: torch.Tensor, n_classes: int, eps: float = 1e-4, init_scale: float = 1.0, learn: bool = False,
-                 pool_r: Optional[float] = None):
+    def __init__(
+        self,
+        group: torch.Tensor,
+        n_classes: int,
+        eps: float = 1e-4,
+        init_scale: float = 1.0,
+        learn: bool = False,
+        pool_r: Optional[float] = None,
+    ):
         super().__init__()
         self.register_buffer("group", group.clone())
         self.n_classes, self.eps, self.learn, self.pool_r = n_classes, eps, learn, pool_r
@@ -206,11 +218,29 @@ class LinearCodeHead(nn.Module):
         return self.linear(h)
 
 
-def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, basis_from=None, head: str = "energy",
-                    per_class: int = 5, n_shared: int = 0, n_iter: int = 10, update_epochs: int | None = 0,
-                    l1: float = 0.1, contrast: float = 2.0, normalize: bool = True, eg_steps: int = 3,
-                    eg_lr: float = 1.0, learn_head: bool = False, pool_r: float | None = None,
-                    backend: str = "auto", reuse_forward: bool = True, solver: str = "op", eg_clip: float = 2.0):
+def build_deepfacto(
+    features: nn.Module,
+    feat_shape,
+    n_classes: int,
+    *,
+    basis_from=None,
+    head: str = "energy",
+    per_class: int = 5,
+    n_shared: int = 0,
+    n_iter: int = 10,
+    update_epochs: int | None = 0,
+    l1: float = 0.1,
+    contrast: float = 2.0,
+    normalize: bool = True,
+    eg_steps: int = 3,
+    eg_lr: float = 1.0,
+    learn_head: bool = False,
+    pool_r: float | None = None,
+    backend: str = "auto",
+    reuse_forward: bool = True,
+    solver: str = "op",
+    eg_clip: float = 2.0,
+):
     """[features, NMF block, head], by default the supervised recipe: unit-RMS features (normalize appends
     PerSampleNorm to features that do not end in one), a class-specific basis (each class group drawn from its
     class's features, less `contrast` times the mean feature vector), frozen (update_epochs=0), l1 = 0.1 on the
@@ -225,9 +255,21 @@ def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, basis_fr
     if reuse_forward and not isinstance(features, ReuseForward):
         features = ReuseForward(features)
     d = feat_shape[0]
-    nmf = NMFBlock(d, n_classes=n_classes, per_class=per_class, n_shared=n_shared, n_iter=n_iter,
-                   update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, eg_clip=eg_clip, l1=l1, backend=backend,
-                   solver=solver, name="NMF block (block 1)")
+    nmf = NMFBlock(
+        d,
+        n_classes=n_classes,
+        per_class=per_class,
+        n_shared=n_shared,
+        n_iter=n_iter,
+        update_epochs=update_epochs,
+        eg_steps=eg_steps,
+        eg_lr=eg_lr,
+        eg_clip=eg_clip,
+        l1=l1,
+        backend=backend,
+        solver=solver,
+        name="NMF block (block 1)",
+    )
     if basis_from is not None:
         inputs, labels = basis_from
         was = features.training
@@ -236,8 +278,9 @@ def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, basis_fr
             F = batched_apply(features, torch.as_tensor(inputs).float())
         features.train(was)
         if tuple(F.shape[1:]) != tuple(feat_shape):
-            raise ValueError(f"the features output per-sample shape {tuple(F.shape[1:])}, not feat_shape "
-                             f"{tuple(feat_shape)}")
+            raise ValueError(
+                f"the features output per-sample shape {tuple(F.shape[1:])}, not feat_shape {tuple(feat_shape)}"
+            )
         nmf._check_input(F)
         nmf.init_basis_from(F, torch.as_tensor(labels), contrast=contrast)
     if head == "energy":
@@ -259,7 +302,7 @@ def build_deepfacto(features: nn.Module, feat_shape, n_classes: int, *, basis_fr
 @torch.no_grad()
 def batched_apply(fn, X, bs=500):
     """fn over X in chunks of bs rows, concatenated (no autograd)."""
-    return torch.cat([fn(X[i:i + bs]) for i in range(0, len(X), bs)])
+    return torch.cat([fn(X[i : i + bs]) for i in range(0, len(X), bs)])
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
 """The networks the command line and examples build."""
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,17 @@ CNN_WIDTHS = (16, 32, 64)
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 INITS = ("default", "xavier", "kaiming", "orthogonal")
 # the usual gain of each activation (Glorot & Bengio 2010 for sigmoid's 4; torch.nn.init.calculate_gain for the rest)
-INIT_GAINS = {"sigmoid": 4.0, "tanh": 5.0 / 3.0, "relu": math.sqrt(2.0), "leaky_relu": nn.init.calculate_gain("leaky_relu")}
+INIT_GAINS = {
+    "sigmoid": 4.0,
+    "tanh": 5.0 / 3.0,
+    "relu": math.sqrt(2.0),
+    "leaky_relu": nn.init.calculate_gain("leaky_relu"),
+}
 
 
-def init_weights(model: nn.Module, init: str = "default", activation: str = "relu", gain: float | None = None) -> nn.Module:
+def init_weights(
+    model: nn.Module, init: str = "default", activation: str = "relu", gain: float | None = None
+) -> nn.Module:
     """Re-initialize every Linear/Conv layer of `model` in place; "default" keeps PyTorch's init.
 
     xavier: Glorot-uniform, kaiming: He-normal (fan-in), orthogonal: orthogonal rows; biases zero. Hidden layers get
@@ -41,8 +49,9 @@ def init_weights(model: nn.Module, init: str = "default", activation: str = "rel
     return model
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu",
-        init: str = "default") -> nn.Sequential:
+def mlp(
+    in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu", init: str = "default"
+) -> nn.Sequential:
     """Linear+activation per hidden layer, then a linear output layer (logits); weights by `init` (init_weights)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -54,8 +63,14 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     return init_weights(nn.Sequential(*layers), init, activation)
 
 
-def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu",
-               n_blocks: int | None = None, init: str = "default"):
+def mlp_blocks(
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    activation: str = "relu",
+    n_blocks: int | None = None,
+    init: str = "default",
+):
     """The MLP and its natural cut: one hidden layer per block, the output layer its own block.
 
     With `n_blocks` smaller than len(hidden)+1, consecutive layers share blocks (as evenly as possible).
@@ -74,8 +89,9 @@ def mlp_blocks(in_features: int, hidden: Sequence[int], out_features: int, activ
     return model, cuts
 
 
-def small_cnn(in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = CNN_WIDTHS,
-              image_size: int = 28) -> nn.Sequential:
+def small_cnn(
+    in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = CNN_WIDTHS, image_size: int = 28
+) -> nn.Sequential:
     """conv-relu-pool stages, then a linear classifier; cut it after each stage."""
     layers, prev, size = [], in_channels, image_size
     for w in widths:
@@ -96,8 +112,16 @@ def network_blocks(arch: str, hidden: Sequence[int] = (), blocks: int | None = N
     return n
 
 
-def build_network(arch: str, input_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (256, 256),
-                  activation: str = "relu", blocks: int | None = None, init: str = "default") -> tuple[nn.Module, object]:
+def build_network(
+    arch: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    hidden: Sequence[int] = (256, 256),
+    activation: str = "relu",
+    blocks: int | None = None,
+    init: str = "default",
+) -> tuple[nn.Module, object]:
     """(model, cuts for BlockADMM's `blocks=`): an MLP of `hidden` widths on flat inputs, or the small CNN
     on (C, H, W) images, cut into `blocks` blocks (default one layer per block); weights by `init` (init_weights)."""
     n = network_blocks(arch, hidden, blocks)

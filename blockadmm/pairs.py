@@ -7,9 +7,8 @@ digits' ink boxes (x0, y0, x1, y1, inclusive pixel coordinates) and classes are 
 only. Digits of the train canvases come from the MNIST-5k train split, those of the test canvases from
 its test split; everything is a function of `seed`.
 """
-from __future__ import annotations
 
-from dataclasses import dataclass
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -37,8 +36,16 @@ def _ink_box(img: np.ndarray, thr: float = 0.1):
     return xs.min(), ys.min(), xs.max(), ys.max()
 
 
-def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int = 0, clutter: int = 0,
-               clutter_intensity: float = 0.35, canvas: int = CANVAS) -> PairsDataset:
+def make_pairs(
+    images: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    *,
+    seed: int = 0,
+    clutter: int = 0,
+    clutter_intensity: float = 0.35,
+    canvas: int = CANVAS,
+) -> PairsDataset:
     """`n` canvases from `images` (M, 28, 28) in [0, 1] with class `labels` (M,)."""
     images = np.asarray(images, np.float32).reshape(-1, DIGIT, DIGIT)
     labels = np.asarray(labels).astype(np.int64)
@@ -63,24 +70,34 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, *, seed: int = 0,
             for _ in range(clutter):
                 src = images[rng.integers(len(images))]
                 sy, sx = rng.integers(DIGIT - 8, size=2) + np.array([0, 0])
-                frag = src[sy:sy + 8, sx:sx + 8] * clutter_intensity
+                frag = src[sy : sy + 8, sx : sx + 8] * clutter_intensity
                 cy, cx = rng.integers(canvas - 8, size=2)
-                X[i, cy:cy + 8, cx:cx + 8] = np.maximum(X[i, cy:cy + 8, cx:cx + 8], frag)
+                X[i, cy : cy + 8, cx : cx + 8] = np.maximum(X[i, cy : cy + 8, cx : cx + 8], frag)
         for j, (idx, (px, py)) in enumerate(((a, (p[0], p[1])), (b, (p[2], p[3])))):
             img = images[idx]
-            X[i, py:py + DIGIT, px:px + DIGIT] = np.maximum(X[i, py:py + DIGIT, px:px + DIGIT], img)
+            X[i, py : py + DIGIT, px : px + DIGIT] = np.maximum(X[i, py : py + DIGIT, px : px + DIGIT], img)
             x0, y0, x1, y1 = _ink_box(img)
             boxes[i, j] = (px + x0, py + y0, px + x1, py + y1)
             classes[i, j] = labels[idx]
     Y = np.zeros((n, 10), np.float32)
     Y[np.arange(n), classes[:, 0]] = 1
     Y[np.arange(n), classes[:, 1]] = 1
-    return PairsDataset(torch.from_numpy(X[:, None]), torch.from_numpy(Y), torch.from_numpy(boxes), torch.from_numpy(classes))
+    return PairsDataset(
+        torch.from_numpy(X[:, None]), torch.from_numpy(Y), torch.from_numpy(boxes), torch.from_numpy(classes)
+    )
 
 
-def load_pairs(n_train: int = 4000, n_test: int = 1000, *, val_fraction: float = 0.0, seed: int = 0, clutter: int = 0,
-               clutter_intensity: float = 0.35) -> DataSplits:
-    """Train / val / test pairs built from the MNIST-5k train / test digits (val canvases: from train digits, own seed)."""
+def load_pairs(
+    n_train: int = 4000,
+    n_test: int = 1000,
+    *,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    clutter: int = 0,
+    clutter_intensity: float = 0.35,
+) -> DataSplits:
+    """Train / val / test pairs built from the MNIST-5k train / test digits (val canvases: from train digits, own
+    seed)."""
     from .data import load
 
     base = load("mnist5k", image=True)

@@ -1,4 +1,5 @@
 """What people look at: the results table on the terminal and training curves as PNG."""
+
 from __future__ import annotations
 
 
@@ -15,7 +16,9 @@ def plot_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> None
         epochs = [r["epoch"] for r in hist]
         for key, style in (("test_acc", "-"), ("val_acc", "--"), ("train_acc", ":")):
             if key in hist[0]:
-                ax_acc.plot(epochs, [100 * r[key] for r in hist], style, color=color, label=f"{name} {key.split('_')[0]}")
+                ax_acc.plot(
+                    epochs, [100 * r[key] for r in hist], style, color=color, label=f"{name} {key.split('_')[0]}"
+                )
         ax_loss.plot(epochs, [r["loss"] for r in hist], color=color, label=name)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (solid: test, dotted: train)")
     # for Block-ADMM this is the last block's loss on its auxiliary input, as seen during training
@@ -42,4 +45,7 @@ def print_table(metrics: dict) -> None:
         return "—" if v is None else f"{100 * v:.2f}%"
 
     for name, tr, va, te, wall, ratio in rows:
-        print(f"{name:<28} {fmt(tr):>9} {fmt(va):>8} {fmt(te):>9} {wall:>8.2f} {'—' if ratio is None else f'{ratio:.2f}':>10}")
+        print(
+            f"{name:<28} {fmt(tr):>9} {fmt(va):>8} {fmt(te):>9} {wall:>8.2f} "
+            f"{'—' if ratio is None else f'{ratio:.2f}':>10}"
+        )

@@ -5,6 +5,7 @@ plus one `seen` flag per sample (a row never visited starts from the forward pas
 Storage: "device" (the training device), "pinned" (page-locked host memory, copied per mini-batch)
 or "memmap" (files in a folder, for tables larger than memory).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def _check_table_folder(path: str) -> None:
     """Memmap tables (re)create their files: refuse a folder holding anything but such tables (a checkpoint's
     table snapshot, the run folder, your data), so that nothing a user keeps is wiped."""
     if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "tables.json")):
-        raise ValueError(f"table_dir {path} holds files and is not a table folder of this package (no tables.json): "
-                         f"it may be a checkpoint's table snapshot or your data; pass a new or empty folder")
+        raise ValueError(
+            f"table_dir {path} holds files and is not a table folder of this package (no tables.json): "
+            f"it may be a checkpoint's table snapshot or your data; pass a new or empty folder"
+        )
 
 
 class VariableTables:
@@ -117,7 +120,9 @@ class VariableTables:
         if self.storage == "memmap":
             self.files()  # flushes
         else:
-            state.update(seen=self.seen.cpu().clone(), z=[t.cpu().clone() for t in self.z], u=[t.cpu().clone() for t in self.u])
+            state.update(
+                seen=self.seen.cpu().clone(), z=[t.cpu().clone() for t in self.z], u=[t.cpu().clone() for t in self.u]
+            )
         return state
 
     def check_meta(self, meta: dict, where: str) -> None:
@@ -139,18 +144,22 @@ class VariableTables:
             for name, src, dst in zip(self.file_names(), sources, targets):
                 if not isinstance(src, torch.Tensor) or src.shape != dst.shape or src.dtype != dst.dtype:
                     got = (tuple(src.shape), src.dtype) if isinstance(src, torch.Tensor) else type(src).__name__
-                    raise TableMismatch(f"table {name} in the checkpoint is {got}, the model needs "
-                                        f"{(tuple(dst.shape), dst.dtype)}")
+                    raise TableMismatch(
+                        f"table {name} in the checkpoint is {got}, the model needs {(tuple(dst.shape), dst.dtype)}"
+                    )
             return
         if files is None or set(files) != set(self.file_names()):
-            raise TableMismatch(f"the checkpoint has table files {sorted(files or [])}, the model needs "
-                                f"{self.file_names()}")
+            raise TableMismatch(
+                f"the checkpoint has table files {sorted(files or [])}, the model needs {self.file_names()}"
+            )
         for name, dst in zip(self.file_names(), targets):
             arr = np.load(files[name], mmap_mode="r", allow_pickle=False)
             want = np.bool_ if dst.dtype == torch.bool else np.float32
             if tuple(arr.shape) != tuple(dst.shape) or arr.dtype != want:
-                raise TableMismatch(f"table file {files[name]} has shape {arr.shape} and dtype {arr.dtype}, the model "
-                                    f"needs {tuple(dst.shape)} and {np.dtype(want)}")
+                raise TableMismatch(
+                    f"table file {files[name]} has shape {arr.shape} and dtype {arr.dtype}, the model "
+                    f"needs {tuple(dst.shape)} and {np.dtype(want)}"
+                )
 
     def load_state_dict(self, state: dict, files: dict[str, str] | None = None) -> None:
         """Fill the tables from a state_dict (device/pinned) or from table files ({name: path}, memmap
@@ -167,7 +176,7 @@ class VariableTables:
             arr = np.load(files[name], mmap_mode="r", allow_pickle=False)
             step = max(1, (1 << 24) // max(1, arr[:1].nbytes))
             for i in range(0, arr.shape[0], step):  # in chunks: tables may be larger than memory
-                dst[i:i + step].copy_(torch.from_numpy(np.array(arr[i:i + step])))
+                dst[i : i + step].copy_(torch.from_numpy(np.array(arr[i : i + step])))
 
     def _legacy_files(self, src_dir: str) -> dict[str, str]:
         meta_file = os.path.join(src_dir, "tables.json")

@@ -1,4 +1,5 @@
 """The init option, the fair-baseline grid, the robustness experiment and the unrolled-NMF baseline (issue 17)."""
+
 import argparse
 import math
 
@@ -77,13 +78,23 @@ def test_candidates_cover_inits_optimizers_rates_and_presets():
 
 
 def _row(family, accs, depth=8, act="sigmoid"):
-    return {"depth": depth, "activation": act, "family": family, "config": family, "test_accs": accs,
-            "mean_test": sum(accs) / len(accs), "worst_test": min(accs)}
+    return {
+        "depth": depth,
+        "activation": act,
+        "family": family,
+        "config": family,
+        "test_accs": accs,
+        "mean_test": sum(accs) / len(accs),
+        "worst_test": min(accs),
+    }
 
 
 def test_comparison_takes_the_strongest_baseline_and_needs_a_gap_above_the_seed_spread():
-    rows = [_row("backprop", [0.80, 0.81, 0.82]), _row("local-greedy", [0.85, 0.85, 0.86]),
-            _row("block-admm", [0.90, 0.89, 0.91])]
+    rows = [
+        _row("backprop", [0.80, 0.81, 0.82]),
+        _row("local-greedy", [0.85, 0.85, 0.86]),
+        _row("block-admm", [0.90, 0.89, 0.91]),
+    ]
     (c,) = fair.comparisons(rows)
     assert c["baseline"] == "local-greedy" and c["verdict"] == "win"
     assert c["gap"] == pytest.approx(0.90 - (0.85 + 0.85 + 0.86) / 3)
@@ -101,10 +112,12 @@ def test_comparison_takes_the_strongest_baseline_and_needs_a_gap_above_the_seed_
 
 
 def test_choose_picks_the_best_validation_of_seed_0():
-    recs = [{"family": "backprop", "seed": 0, "val_acc": 0.5, "label": "a"},
-            {"family": "backprop", "seed": 1, "val_acc": 0.99, "label": "b"},
-            {"family": "backprop", "seed": 0, "val_acc": 0.7, "label": "c"},
-            {"family": "block-admm", "seed": 0, "val_acc": 0.9, "label": "d"}]
+    recs = [
+        {"family": "backprop", "seed": 0, "val_acc": 0.5, "label": "a"},
+        {"family": "backprop", "seed": 1, "val_acc": 0.99, "label": "b"},
+        {"family": "backprop", "seed": 0, "val_acc": 0.7, "label": "c"},
+        {"family": "block-admm", "seed": 0, "val_acc": 0.9, "label": "d"},
+    ]
     assert fair.choose(recs, "backprop")["label"] == "c"
     assert fair.choose(recs, "local-greedy") is None
 
@@ -152,7 +165,9 @@ def test_label_noise_flips_the_fraction_to_another_class(tiny_splits):
 
 def test_map_runs_each_gain_and_plots(tmp_path, tiny_splits):
     info = {"epochs": 1, "train": 200}
-    files = {g: fair.ResultsFile(str(tmp_path), "robustness", info, robustness.key, f"map-g{g:g}.json") for g in (0.5, 4.0)}
+    files = {
+        g: fair.ResultsFile(str(tmp_path), "robustness", info, robustness.key, f"map-g{g:g}.json") for g in (0.5, 4.0)
+    }
     robustness.run_map(files, tiny_splits, 1, quick=True, bar=None)
     records = robustness.read_all(str(tmp_path))
     rows = robustness.map_rows(records)

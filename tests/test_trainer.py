@@ -1,4 +1,5 @@
 """Trainer behaviour: equivalences, resume, the online pitfall, constraints, and clear errors."""
+
 import copy
 import os
 from pathlib import Path
@@ -32,7 +33,9 @@ def weights(tr):
 def test_one_block_is_plain_training(digits):
     model, _ = small_mlp()
     ref_model = copy.deepcopy(model)
-    tr = BlockADMM(model, blocks=1, input_shape=(64,), sweeps=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+    tr = BlockADMM(
+        model, blocks=1, input_shape=(64,), sweeps=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)
+    )
     tr.fit(digits.train, 2, batch_size=50, progress=False)
 
     opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
@@ -68,17 +71,33 @@ def test_hidden_blocks_learn_in_online_mode_with_one_sweep(digits):
         assert moved > 1e-5, f"block {k} did not move in its first step"
 
 
-@pytest.mark.parametrize("activation,order,mode,k_z,k_w", [
-    ("tanh", "top-down", "online", 1, 1), ("relu", "top-down", "batch", 1, 1), ("sigmoid", "bottom-up", "online", 2, 1),
-    ("leaky_relu", "jacobi", "online", 1, 2), ("relu", "jacobi", "batch", 2, 2), ("tanh", "bottom-up", "batch", 1, 2),
-])
+@pytest.mark.parametrize(
+    "activation,order,mode,k_z,k_w",
+    [
+        ("tanh", "top-down", "online", 1, 1),
+        ("relu", "top-down", "batch", 1, 1),
+        ("sigmoid", "bottom-up", "online", 2, 1),
+        ("leaky_relu", "jacobi", "online", 1, 2),
+        ("relu", "jacobi", "batch", 2, 2),
+        ("tanh", "bottom-up", "batch", 1, 2),
+    ],
+)
 def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, order, mode, k_z, k_w):
     """The fused path, including the gradients it takes from kept forwards (the weight step of block 0, the
     first gradient through each hidden block), against plain autograd on every block."""
     model, cuts = small_mlp(activation=activation, hidden=(32, 24, 16))
     # SGD: Adam would amplify the last-bit differences of near-zero gradients into visible ones
-    kw = {"blocks": cuts, "input_shape": (64,), "mode": mode, "num_samples": len(digits.train), "order": order,
-          "k_z": k_z, "k_w": k_w, "sweeps": 3, "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
+    kw = {
+        "blocks": cuts,
+        "input_shape": (64,),
+        "mode": mode,
+        "num_samples": len(digits.train),
+        "order": order,
+        "k_z": k_z,
+        "k_w": k_w,
+        "sweeps": 3,
+        "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    }
     a = BlockADMM(copy.deepcopy(model), fused_linear=True, **kw)
     b = BlockADMM(copy.deepcopy(model), fused_linear=False, **kw)
     assert isinstance(a.engine.terms[0], FusedLinearTerm) and a.engine.terms[0].activation == activation
@@ -86,8 +105,9 @@ def test_fused_linear_path_matches_autograd(digits, monkeypatch, activation, ord
     assert isinstance(a.engine.terms[-1], LinearHeadTerm)  # the closed-form linear + cross-entropy head
     op_rows = []  # rows of x passed to the fused op: block 0's (64 columns) come only from forwards not kept
     real_op = ops.linear_block_fwd_bwd
-    monkeypatch.setattr(ops, "linear_block_fwd_bwd",
-                        lambda x, *args, **kws: (op_rows.append(x.shape[1]), real_op(x, *args, **kws))[1])
+    monkeypatch.setattr(
+        ops, "linear_block_fwd_bwd", lambda x, *args, **kws: (op_rows.append(x.shape[1]), real_op(x, *args, **kws))[1]
+    )
     for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:5]:
         sa, sb = a.step(x, y, i), b.step(x, y, i)
         assert sa.loss == pytest.approx(sb.loss, rel=1e-4)
@@ -102,16 +122,26 @@ def test_online_skips_the_last_dual_update_without_changing_training(digits, mon
     its forwards); batch mode on first visits (z from the forward, u from zero, as online) keeps it. The two
     must train identically."""
     model, cuts = small_mlp(hidden=(32, 24, 16))
-    kw = {"blocks": cuts, "input_shape": (64,), "num_samples": len(digits.train), "fused_linear": fused,
-              "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)}
+    kw = {
+        "blocks": cuts,
+        "input_shape": (64,),
+        "num_samples": len(digits.train),
+        "fused_linear": fused,
+        "optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    }
     online = BlockADMM(copy.deepcopy(model), mode="online", **kw)
     batch = BlockADMM(copy.deepcopy(model), mode="batch", **kw)
     calls = {}
     for name, tr in (("online", online), ("batch", batch)):
         for term in tr.engine.terms[:-1]:
             real = term.forward
-            monkeypatch.setattr(term, "forward", lambda inp, real=real, name=name, **kw: (
-                calls.update({name: calls.get(name, 0) + 1}), real(inp, **kw))[1])
+            monkeypatch.setattr(
+                term,
+                "forward",
+                lambda inp, real=real, name=name, **kw: (calls.update({name: calls.get(name, 0) + 1}), real(inp, **kw))[
+                    1
+                ],
+            )
     # every row a first visit
     for x, y, i in list(data.make_loader(digits.train, 64, shuffle=True, seed=1, epoch=0))[:4]:
         so, sb = online.step(x, y, i), batch.step(x, y, i)
@@ -131,8 +161,14 @@ def test_resume_is_bit_identical(digits, tmp_path, mode, storage):
     def make(tag):
         model, cuts = small_mlp()
         return BlockADMM(
-            model, blocks=cuts, input_shape=(64,), mode=mode, num_samples=len(digits.train),
-            table_storage=storage, table_dir=str(tmp_path / f"tables-{tag}"), rho_schedule="adaptive",
+            model,
+            blocks=cuts,
+            input_shape=(64,),
+            mode=mode,
+            num_samples=len(digits.train),
+            table_storage=storage,
+            table_dir=str(tmp_path / f"tables-{tag}"),
+            rho_schedule="adaptive",
             rho_check_every=5,
         )
 
@@ -213,10 +249,20 @@ def test_constraints_hold_on_auxiliary_variables(digits, mode):
     step, the last call of each block, satisfy the constraints; batch mode: the tables. Block 0 ends in tanh, so
     its forward values break the non-negativity constraint."""
     torch.manual_seed(0)
-    blocks = [nn.Sequential(nn.Linear(64, 32), nn.Tanh()), _InputRecorder(nn.Sequential(nn.Linear(32, 24), nn.Tanh())),
-              _InputRecorder(nn.Linear(24, 10))]
-    tr = BlockADMM(blocks, input_shape=(64,), mode=mode, num_samples=len(digits.train),
-                   constraints={0: Prox.nonneg(), 1: Prox.box(0.0, 0.5)}, lr_z=2.0, sweeps=2)
+    blocks = [
+        nn.Sequential(nn.Linear(64, 32), nn.Tanh()),
+        _InputRecorder(nn.Sequential(nn.Linear(32, 24), nn.Tanh())),
+        _InputRecorder(nn.Linear(24, 10)),
+    ]
+    tr = BlockADMM(
+        blocks,
+        input_shape=(64,),
+        mode=mode,
+        num_samples=len(digits.train),
+        constraints={0: Prox.nonneg(), 1: Prox.box(0.0, 0.5)},
+        lr_z=2.0,
+        sweeps=2,
+    )
     if mode == "online":
         x, y, _ = next(iter(data.make_loader(digits.train, 64, shuffle=True, seed=0, epoch=0)))
         blocks[1].inputs.clear(), blocks[2].inputs.clear()  # the chain check's calls
@@ -235,8 +281,15 @@ def test_constraints_hold_on_auxiliary_variables(digits, mode):
 def test_adaptive_rho_grows_and_rescales_duals(digits):
     model, cuts = small_mlp()
     tr = BlockADMM(
-        model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
-        rho_schedule="adaptive", rho_check_every=3, rho_stall=0.0, rho_max=8.0,  # stall=0: always "stalled"
+        model,
+        blocks=cuts,
+        input_shape=(64,),
+        mode="batch",
+        num_samples=len(digits.train),
+        rho_schedule="adaptive",
+        rho_check_every=3,
+        rho_stall=0.0,
+        rho_max=8.0,  # stall=0: always "stalled"
     )
     (x, y, idx), (x2, y2, idx2) = list(data.make_loader(digits.train, 64, shuffle=False, seed=0, epoch=0))[:2]
     for _ in range(5):
@@ -264,8 +317,9 @@ def test_split_sequential_and_balanced():
 
 def test_block_shape_mismatch_names_both_blocks():
     blocks = [nn.Sequential(nn.Linear(8, 16), nn.ReLU()), nn.Sequential(nn.Linear(12, 4))]
-    with pytest.raises(ValueError,
-                       match=r"block 0 \(Sequential.*outputs per-sample shape \(16,\).*block 1 \(Sequential"):
+    with pytest.raises(
+        ValueError, match=r"block 0 \(Sequential.*outputs per-sample shape \(16,\).*block 1 \(Sequential"
+    ):
         BlockADMM(blocks, input_shape=(8,))
     assert check_chain([nn.Linear(8, 16), nn.Linear(16, 3)], (8,)) == [(16,), (3,)]
 
@@ -313,14 +367,22 @@ def test_config_errors():
 
 def test_resume_with_mismatched_tables_is_an_error(digits, tmp_path):
     model, cuts = small_mlp()
-    tr = BlockADMM(model, blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
-                   table_storage="memmap", table_dir=str(tmp_path / "t"))
+    tr = BlockADMM(
+        model,
+        blocks=cuts,
+        input_shape=(64,),
+        mode="batch",
+        num_samples=len(digits.train),
+        table_storage="memmap",
+        table_dir=str(tmp_path / "t"),
+    )
     ckpt = str(tmp_path / "c.pt")
     tr.fit(digits.train, 1, batch_size=64, progress=False, checkpoint=ckpt)
     other_model, other_cuts = small_mlp(hidden=(32, 20))  # a different width at boundary 1
     with pytest.raises(ValueError):
-        other = BlockADMM(other_model, blocks=other_cuts, input_shape=(64,), mode="batch",
-                          num_samples=len(digits.train))
+        other = BlockADMM(
+            other_model, blocks=other_cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train)
+        )
         other.load(ckpt)
     # same model, but the saved table files were replaced by ones of another size: the manifest catches it
     import numpy as np
@@ -329,8 +391,15 @@ def test_resume_with_mismatched_tables_is_an_error(digits, tmp_path):
 
     (snapshot,) = tmp_path.glob("c.pt.tables-*")
     np.save(str(snapshot / "z1.npy"), np.zeros((5, 24), np.float32))
-    fresh = BlockADMM(small_mlp()[0], blocks=cuts, input_shape=(64,), mode="batch", num_samples=len(digits.train),
-                      table_storage="memmap", table_dir=str(tmp_path / "t2"))
+    fresh = BlockADMM(
+        small_mlp()[0],
+        blocks=cuts,
+        input_shape=(64,),
+        mode="batch",
+        num_samples=len(digits.train),
+        table_storage="memmap",
+        table_dir=str(tmp_path / "t2"),
+    )
     with pytest.raises(CheckpointError, match="c.pt: its table file .*z1.npy has 608 bytes, the manifest says"):
         fresh.load(ckpt)
 
@@ -349,8 +418,11 @@ def test_autograd_blocks_reuse_kept_forwards():
             calls[self.k] += 1
             return super().forward(x)
 
-    blocks = [Counted(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-              Counted(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten()), Counted(nn.Linear(64, 10))]
+    blocks = [
+        Counted(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        Counted(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten()),
+        Counted(nn.Linear(64, 10)),
+    ]
     for k, b in enumerate(blocks):
         b.k = k
     sweeps = 3

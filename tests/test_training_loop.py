@@ -1,4 +1,5 @@
 """blockadmm.experiments.training: the one epoch loop and the one backprop baseline of the experiments and the bench."""
+
 import copy
 import itertools
 from dataclasses import dataclass
@@ -47,9 +48,17 @@ def test_train_epochs_takes_dataclass_stats_stops_and_calls_back_outside_the_tim
     def on_batches(n, wall):
         calls.append((n, wall))
 
-    hist = train_epochs(lambda x, y, i: _Stats(2.0, [0.5]), train, 5, batch_size=10, seed=0, every=2,
-                        on_batches=on_batches, evaluate=lambda: {"val_acc": 0.25},
-                        on_epoch=lambda rec: rec["epoch"] == 2)
+    hist = train_epochs(
+        lambda x, y, i: _Stats(2.0, [0.5]),
+        train,
+        5,
+        batch_size=10,
+        seed=0,
+        every=2,
+        on_batches=on_batches,
+        evaluate=lambda: {"val_acc": 0.25},
+        on_epoch=lambda rec: rec["epoch"] == 2,
+    )
     assert len(hist) == 2, "on_epoch returning True stops after that epoch"
     assert hist[-1]["loss"] == 2.0 and hist[-1]["primal"] == [0.5] and hist[-1]["val_acc"] == 0.25
     assert [n for n, _ in calls] == [2, 4, 6] * 2
@@ -78,8 +87,18 @@ def test_run_backprop_inits_and_evaluates_in_eval_mode():
     model, _ = mlp_blocks(7, [5], 3, "sigmoid")
     before = model[0].weight.detach().clone()
     modes = []
-    hist = run_backprop(model, train, 2, batch_size=8, seed=3, optimizer="sgd", lr=0.05, init="orthogonal",
-                        activation="sigmoid", evaluate=lambda m: modes.append(m.training) or {"acc": accuracy(m, train)})
+    hist = run_backprop(
+        model,
+        train,
+        2,
+        batch_size=8,
+        seed=3,
+        optimizer="sgd",
+        lr=0.05,
+        init="orthogonal",
+        activation="sigmoid",
+        evaluate=lambda m: modes.append(m.training) or {"acc": accuracy(m, train)},
+    )
     assert modes == [False, False] and [h["epoch"] for h in hist] == [1, 2] and 0 <= hist[-1]["acc"] <= 1
     torch.manual_seed(3)
     again, _ = mlp_blocks(7, [5], 3, "sigmoid")

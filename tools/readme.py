@@ -6,6 +6,7 @@
 Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->`; a block whose results are absent is left
 as it is; the bench and experiment blocks are appended (with their markers) when the README has none.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench.report import render as render_bench_run
-from tools import readme_experiments
+from bench.report import render as render_bench_run  # noqa: E402 (needs ROOT on sys.path)
+from tools import readme_experiments  # noqa: E402
 
 
 def replace_section(text: str, name: str, body: str, *, append_heading: str | None = None) -> str:
@@ -46,16 +47,22 @@ def render_train_results(metrics: dict, source: str) -> str:
     """Markdown for a `blockadmm train --compare backprop` metrics.json."""
     cfg = metrics["config"]
     lines = [
-        (f"**{cfg['data']}, MLP {'-'.join(map(str, cfg['hidden']))} {cfg['activation']}, batch {cfg['batch_size']}, "
-        f"{cfg['epochs']} epochs, seed {cfg['seed']}** — `{metrics['command']}` ({source})"),
+        (
+            f"**{cfg['data']}, MLP {'-'.join(map(str, cfg['hidden']))} {cfg['activation']}, batch {cfg['batch_size']}, "
+            f"{cfg['epochs']} epochs, seed {cfg['seed']}** — `{metrics['command']}` ({source})"
+        ),
     ]
     machine = metrics.get("machine")
     if machine:
         lines += [
             "",
-            (f"Timed on {machine['device']} with {machine['torch_threads']} torch threads, {machine['cores']} cores; "
-            f"load average {machine['load_average_start']:.1f} at the start, {machine['load_average_end']:.1f} at the end "
-            f"(a load above the core count means other work shared the machine and inflated the times)."),
+            (
+                f"Timed on {machine['device']} with {machine['torch_threads']} torch threads, {machine['cores']} "
+                f"cores; "
+                f"load average {machine['load_average_start']:.1f} at the start, {machine['load_average_end']:.1f} at "
+                f"the end "
+                f"(a load above the core count means other work shared the machine and inflated the times)."
+            ),
         ]
     lines += [
         "",
@@ -85,21 +92,28 @@ def render_deepfacto(results: str, link: str) -> str:
             m = json.load(f)
         folder = f"{link}/deepfacto/mnist5k"
         lines += [
-            (f"**Supervised disentangling, MNIST-5k** ({m['epochs']} epochs, seeds {m['seeds']}; "
-            f"`blockadmm deepfacto --data mnist5k --epochs {m['epochs']} --seeds {','.join(map(str, m['seeds']))} "
-            f"--head both --out {folder}`; {folder}/metrics.json)"),
+            (
+                f"**Supervised disentangling, MNIST-5k** ({m['epochs']} epochs, seeds {m['seeds']}; "
+                f"`blockadmm deepfacto --data mnist5k --epochs {m['epochs']} --seeds {','.join(map(str, m['seeds']))} "
+                f"--head both --out {folder}`; {folder}/metrics.json)"
+            ),
             "",
             "| model | test acc | disentangling |",
             "|---|---|---|",
-            (f"| DeepFacto, group-energy head | {_pct(m['deepfacto_energy']['test_acc'])} | "
-            f"{_pct(m['deepfacto_energy']['test_disentangling'])} |"),
-            (f"| DeepFacto, linear head on pooled codes | {_pct(m['deepfacto_linear']['test_acc'])} | "
-            f"{_pct(m['deepfacto_linear']['test_disentangling'])} |"),
+            (
+                f"| DeepFacto, group-energy head | {_pct(m['deepfacto_energy']['test_acc'])} | "
+                f"{_pct(m['deepfacto_energy']['test_disentangling'])} |"
+            ),
+            (
+                f"| DeepFacto, linear head on pooled codes | {_pct(m['deepfacto_linear']['test_acc'])} | "
+                f"{_pct(m['deepfacto_linear']['test_disentangling'])} |"
+            ),
             f"| backprop: same features + linear head | {_pct(m['backprop_linear']['test_acc'])} | — |",
             f"| backprop: features + GAP + linear (CAM net) | {_pct(m['backprop_gap_cam']['test_acc'])} | — |",
             "",
             "Epoch time of DeepFacto / backprop of the same feature network: "
-            + ", ".join(f"{k} head {v:.2f}×" for k, v in m["epoch_time_ratio"].items()) + ".",
+            + ", ".join(f"{k} head {v:.2f}×" for k, v in m["epoch_time_ratio"].items())
+            + ".",
             "",
             f"![basis]({folder}/basis.png) ![class × group energy]({folder}/class_group_energy.png)",
             "",
@@ -112,23 +126,30 @@ def render_deepfacto(results: str, link: str) -> str:
             m = json.load(f)
         folder, args = f"{link}/deepfacto/{sub}", m["args"]
         curriculum = args.get("curriculum", "digits")  # runs before the option existed used single digits
-        first = (f"{args.get('curriculum_epochs') or 0} epochs on single MNIST-5k digits with their labels first"
-                 if curriculum == "digits" else
-                 f"from scratch on the canvases alone: {args.get('curriculum_epochs') or 0} epochs on ink proposals first "
-                 f"(each training canvas's densest 28×28 crop, then the densest with that one blanked, each with the "
-                 f"canvas's two labels)")
+        first = (
+            f"{args.get('curriculum_epochs') or 0} epochs on single MNIST-5k digits with their labels first"
+            if curriculum == "digits"
+            else f"from scratch on the canvases alone: {args.get('curriculum_epochs') or 0} epochs on ink proposals "
+            f"first "
+            f"(each training canvas's densest 28×28 crop, then the densest with that one blanked, each with the "
+            f"canvas's two labels)"
+        )
         lines += [
-            (f"**Weak supervision, MNIST-5k pairs** (64×64 canvases with two digits of different classes, image-level "
-            f"labels only; {first}, then {m['epochs']} epochs on the canvases; CAM gets the same curriculum; "
-            f"seeds {m['seeds']}; `blockadmm deepfacto --data pairs --curriculum {curriculum} "
-            f"--curriculum-epochs {args.get('curriculum_epochs')} --epochs {m['epochs']} "
-            f"--seeds {','.join(map(str, m['seeds']))} --cam-epochs {args.get('cam_epochs')} --out {folder}`; "
-            f"{folder}/metrics.json)"),
+            (
+                f"**Weak supervision, MNIST-5k pairs** (64×64 canvases with two digits of different classes, "
+                f"image-level "
+                f"labels only; {first}, then {m['epochs']} epochs on the canvases; CAM gets the same curriculum; "
+                f"seeds {m['seeds']}; `blockadmm deepfacto --data pairs --curriculum {curriculum} "
+                f"--curriculum-epochs {args.get('curriculum_epochs')} --epochs {m['epochs']} "
+                f"--seeds {','.join(map(str, m['seeds']))} --cam-epochs {args.get('cam_epochs')} --out {folder}`; "
+                f"{folder}/metrics.json)"
+            ),
             "",
             "| method | pointing game | both labels right |",
             "|---|---|---|",
             f"| DeepFacto (class group code maps) | {_pct(m['test_pointing'])} | {_pct(m['test_acc_both'])} |",
-            f"| CAM of a multi-label CNN (backprop) | {_pct(m['test_cam_pointing'])} | {_pct(m['test_cam_acc_both'])} |",
+            f"| CAM of a multi-label CNN (backprop) | {_pct(m['test_cam_pointing'])} | {_pct(m['test_cam_acc_both'])} "
+            f"|",
             f"| most ink | {_pct(m['test_most_ink_pointing'])} | — |",
             "",
             f"![code maps]({folder}/pairs_maps.png)",
@@ -158,29 +179,50 @@ def render_bench(bench_results: str, link: str) -> str:
             runs.append(r)
     cpu = [r for r in runs if not r["machine"].get("gpu") and r.get("timing", True)]
     gpu = [r for r in runs if r["machine"].get("gpu") and r.get("timing", True)]
-    lines = ["### Benchmarks", "",
-             ("Generated by `python tools/readme.py` from `bench/results/*.json` (not typed). "
-             "Reproduce with the command given for each machine, from the repository root (`bench/` is not "
-             "installed with the package). Each results file also records library versions and the raw records.")]
+    lines = [
+        "### Benchmarks",
+        "",
+        (
+            "Generated by `python tools/readme.py` from `bench/results/*.json` (not typed). "
+            "Reproduce with the command given for each machine, from the repository root (`bench/` is not "
+            "installed with the package). Each results file also records library versions and the raw records."
+        ),
+    ]
     for title, group in (("CPU", cpu), ("GPU", gpu)):
         lines.append("")
         if not group:
             if title == "CPU":
                 lines.append("No timed CPU results yet: run `python -m bench`, then `python tools/readme.py`.")
             else:
-                lines += ["#### GPU", "", ("No GPU was lent to the benchmark issue's session, so there is no GPU table "
-                          "yet; `python -m bench` on a CUDA machine adds the Triton and CUDA rows and a table here.")]
+                lines += [
+                    "#### GPU",
+                    "",
+                    (
+                        "No GPU was lent to the benchmark issue's session, so there is no GPU table "
+                        "yet; `python -m bench` on a CUDA machine adds the Triton and CUDA rows and a table here."
+                    ),
+                ]
             continue
         # the table: the newest run at the default threads (one per core); other thread counts are linked
         latest = max(group, key=lambda r: ("--threads" not in r.get("command", ""), r.get("started", "")))
-        lines += [f"#### {title}: {latest['machine']['cpu'] if title == 'CPU' else latest['machine']['gpu']}", "",
-                  render_bench_run(latest, heading=False, plots_prefix=f"{link}/")]
+        lines += [
+            f"#### {title}: {latest['machine']['cpu'] if title == 'CPU' else latest['machine']['gpu']}",
+            "",
+            render_bench_run(latest, heading=False, plots_prefix=f"{link}/"),
+        ]
         others = sorted((r for r in group if r is not latest), key=lambda r: r.get("started", ""), reverse=True)
         if others:
-            lines += ["", "Other runs: " + "; ".join(
-                f"[{r['machine']['name']}]({link}/{r['machine']['name']}.md) (`{r['command']}`, {r.get('started')}, "
-                f"{r['machine'].get('torch_threads')} threads, load {r.get('load_avg', {}).get('start')})"
-                for r in others) + "."]
+            lines += [
+                "",
+                "Other runs: "
+                + "; ".join(
+                    f"[{r['machine']['name']}]({link}/{r['machine']['name']}.md) (`{r['command']}`, "
+                    f"{r.get('started')}, "
+                    f"{r['machine'].get('torch_threads')} threads, load {r.get('load_avg', {}).get('start')})"
+                    for r in others
+                )
+                + ".",
+            ]
     dist = render_distributed(bench_results, link)
     return "\n".join(lines + (["", dist] if dist else []))
 
@@ -191,13 +233,21 @@ def render_distributed(bench_results: str, link: str) -> str:
     for path in sorted(glob.glob(os.path.join(bench_results, "distributed-speed-*.json"))):
         with open(path) as f:
             r = json.load(f)
-        lines += [f"#### Distributed trainer, speed ({r['host']}, {r['cpus']} cores, torch {r['torch']})", "",
-                  (f"`python bench/bench_distributed.py` → `{link}/{os.path.basename(path)}`: {r['what']}; every rank "
-                  f"one torch thread (a rank stands for a device); load average {r['load_avg_before_after'][0]} at the "
-                  f"start, {r['load_avg_before_after'][1]} at the end; {r['bench_s']:.0f} s."), "",
-                  ("| run | s / epoch (median) | best | speedup over 1 process, 1 thread (median / best) | "
-                  "CPU s per rank and epoch | waiting s per rank | test acc |"),
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"#### Distributed trainer, speed ({r['host']}, {r['cpus']} cores, torch {r['torch']})",
+            "",
+            (
+                f"`python bench/bench_distributed.py` → `{link}/{os.path.basename(path)}`: {r['what']}; every rank "
+                f"one torch thread (a rank stands for a device); load average {r['load_avg_before_after'][0]} at the "
+                f"start, {r['load_avg_before_after'][1]} at the end; {r['bench_s']:.0f} s."
+            ),
+            "",
+            (
+                "| run | s / epoch (median) | best | speedup over 1 process, 1 thread (median / best) | "
+                "CPU s per rank and epoch | waiting s per rank | test acc |"
+            ),
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, label in DIST_ROWS.items():
             row = r["rows"].get(name)
             if row is None:
@@ -205,19 +255,28 @@ def render_distributed(bench_results: str, link: str) -> str:
             cpu = [c for c in row.get("rank_cpu_s", []) if c and None not in c]
             waits = [w for w in row.get("rank_wait_s", []) if w and None not in w]
             part = f" {row['partition']}" if "partition" in row else ""
-            lines.append(f"| {label}{part} | {row['epoch_s']:.2f} | {row['epoch_s_best']:.2f} | "
-                         f"{row['speedup_median_vs_single_1t']:.2f}× / {row['speedup_best_vs_single_1t']:.2f}× | "
-                         f"{_per_rank(cpu)} | {_per_rank(waits)} | {100 * row['test_acc']:.1f}% |")
+            lines.append(
+                f"| {label}{part} | {row['epoch_s']:.2f} | {row['epoch_s_best']:.2f} | "
+                f"{row['speedup_median_vs_single_1t']:.2f}× / {row['speedup_best_vs_single_1t']:.2f}× | "
+                f"{_per_rank(cpu)} | {_per_rank(waits)} | {100 * row['test_acc']:.1f}% |"
+            )
         lines.append("")
     for path in sorted(glob.glob(os.path.join(bench_results, "distributed-accuracy-*.json"))):
         with open(path) as f:
             r = json.load(f)
-        lines += ["#### Distributed trainer, accuracy", "",
-                  f"`python bench/bench_distributed.py accuracy` → `{link}/{os.path.basename(path)}`: {r['what']}.", "",
-                  "| run | test acc (last epoch) | mean of the last 3 epochs | s / epoch |", "|---|---|---|---|"]
+        lines += [
+            "#### Distributed trainer, accuracy",
+            "",
+            f"`python bench/bench_distributed.py accuracy` → `{link}/{os.path.basename(path)}`: {r['what']}.",
+            "",
+            "| run | test acc (last epoch) | mean of the last 3 epochs | s / epoch |",
+            "|---|---|---|---|",
+        ]
         for name, row in r["rows"].items():
-            lines.append(f"| {name} | {100 * row['test_acc']:.1f}% | {100 * row['test_acc_mean_last3']:.1f}% | "
-                         f"{row['epoch_s']:.2f} |")
+            lines.append(
+                f"| {name} | {100 * row['test_acc']:.1f}% | {100 * row['test_acc_mean_last3']:.1f}% | "
+                f"{row['epoch_s']:.2f} |"
+            )
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -1,5 +1,6 @@
 """The README's experiment results (the block between `<!-- results:start -->` and `<!-- results:end -->`), built
 only from `<root>/<experiment>/results.json` and the histories beside them: numbers are never typed by hand."""
+
 from __future__ import annotations
 
 import glob
@@ -38,13 +39,24 @@ def render_depth(res, rel) -> list[str]:
     for r in recs:
         t[(r["activation"], r["method"], r["depth"])].append(r)
     m = res["meta"]
-    out = [f"### Robust to a poor init: every method from PyTorch's default init (`{_cmd(res, 'depth')} --out {rel}`)", "",
-           (f"MNIST-5k, {m['train']} train / {m['val']} val / {m['test']} test, MLP 784 → L×{m['width']} → 10, batch "
-           f"{m['batch_size']}, {m['epochs']} epochs, same batches and initial weights for every method. Every net starts "
-           "from PyTorch's default `nn.Linear` init, which saturates deep sigmoid nets (Glorot & Bengio 2010), and every "
-           "method runs one fixed recipe (backprop SGD 0.1 / Adam 1e-3): this table measures robustness to a poor init, "
-           "not each method at its best — that is the fair table above, where a careful init lets backprop train these "
-           "nets. Test accuracy (%) at the last epoch, mean over seeds (worst seed in brackets where there are several)."), ""]
+    out = [
+        f"### Robust to a poor init: every method from PyTorch's default init (`{_cmd(res, 'depth')} --out {rel}`)",
+        "",
+        (
+            f"MNIST-5k, {m['train']} train / {m['val']} val / {m['test']} test, MLP 784 → L×{m['width']} → 10, batch "
+            f"{m['batch_size']}, {m['epochs']} epochs, same batches and initial weights for every method. Every net "
+            f"starts "
+            "from PyTorch's default `nn.Linear` init, which saturates deep sigmoid nets (Glorot & Bengio 2010), and "
+            "every "
+            "method runs one fixed recipe (backprop SGD 0.1 / Adam 1e-3): this table measures robustness to a poor "
+            "init, "
+            "not each method at its best — that is the fair table above, where a careful init lets backprop train "
+            "these "
+            "nets. Test accuracy (%) at the last epoch, mean over seeds (worst seed in brackets where there are "
+            "several)."
+        ),
+        "",
+    ]
     acts = [a for a in ("sigmoid", "tanh", "relu") if any(r["activation"] == a for r in recs)]
     depths = sorted({r["depth"] for r in recs})
     methods = [x for x in METHODS if any(r["method"] == x for r in recs)]
@@ -60,7 +72,9 @@ def render_depth(res, rel) -> list[str]:
                 elif len(rs) == 1:
                     cells.append(pct(rs[0]["test_acc"]))
                 else:
-                    cells.append(f"{pct(mean(r['test_acc'] for r in rs))} ({pct(min(r['test_acc'] for r in rs))}, n={len(rs)})")
+                    cells.append(
+                        f"{pct(mean(r['test_acc'] for r in rs))} ({pct(min(r['test_acc'] for r in rs))}, n={len(rs)})"
+                    )
             out.append(f"| {meth} | " + " | ".join(cells) + " |")
         out.append("")
     # the claims
@@ -71,48 +85,87 @@ def render_depth(res, rel) -> list[str]:
         worst = min(r["test_acc"] for r in s8)
         bp = t.get(("sigmoid", "backprop-sgd", 8), []) + t.get(("sigmoid", "backprop-adam", 8), [])
         bp_max = max((r["test_acc"] for r in bp), default=float("nan"))
-        base = max(((mean(r["test_acc"] for r in t[("sigmoid", x, 8)]), x) for x in ("backprop-sgd", "backprop-adam", "local-greedy")
-                    if t.get(("sigmoid", x, 8))), default=(float("nan"), "none"))
+        base = max(
+            (
+                (mean(r["test_acc"] for r in t[("sigmoid", x, 8)]), x)
+                for x in ("backprop-sgd", "backprop-adam", "local-greedy")
+                if t.get(("sigmoid", x, 8))
+            ),
+            default=(float("nan"), "none"),
+        )
         ok = mean_ >= 0.85 and worst >= 0.80 and mean_ >= base[0] - 0.005
-        claims.append(f"- Depth 8 sigmoid from the default init, Block-ADMM (preset `deep`), seeds {sorted(r['seed'] for r in s8)}: mean {pct(mean_)}%, "
-                      f"worst seed {pct(worst)}% (per seed: {', '.join(pct(r['test_acc']) for r in sorted(s8, key=lambda r: r['seed']))}); "
-                      f"backprop SGD/Adam in the same runs at most {pct(bp_max)}%, the strongest baseline of this table {base[1]} "
-                      f"{pct(base[0])}%. Target ≥ 85% mean, every seed ≥ 80%, at or above the strongest baseline of this table: "
-                      f"{_verdict(bool(ok))} — from a poor init only: with the activation's gain init backprop does better "
-                      "(fair table above).")
+        claims.append(
+            f"- Depth 8 sigmoid from the default init, Block-ADMM (preset `deep`), seeds "
+            f"{sorted(r['seed'] for r in s8)}: mean {pct(mean_)}%, "
+            f"worst seed {pct(worst)}% (per seed: "
+            f"{', '.join(pct(r['test_acc']) for r in sorted(s8, key=lambda r: r['seed']))}); "
+            f"backprop SGD/Adam in the same runs at most {pct(bp_max)}%, the strongest baseline of this table "
+            f"{base[1]} "
+            f"{pct(base[0])}%. Target ≥ 85% mean, every seed ≥ 80%, at or above the strongest baseline of this table: "
+            f"{_verdict(bool(ok))} — from a poor init only: with the activation's gain init backprop does better "
+            "(fair table above)."
+        )
     s16 = t.get(("sigmoid", "admm-online", 16), [])
     if s16:
         v = mean(r["test_acc"] for r in s16)
-        claims.append(f"- Depth 16 sigmoid, Block-ADMM online: {pct(v)}% (target ≥ 80%: {_verdict(v >= 0.80)}); "
-                      f"backprop Adam {pct(mean(r['test_acc'] for r in t.get(('sigmoid', 'backprop-adam', 16), [])))}%.")
+        claims.append(
+            f"- Depth 16 sigmoid, Block-ADMM online: {pct(v)}% (target ≥ 80%: {_verdict(v >= 0.80)}); "
+            f"backprop Adam {pct(mean(r['test_acc'] for r in t.get(('sigmoid', 'backprop-adam', 16), [])))}%."
+        )
     th = t.get(("tanh", "admm-online", 8), [])
-    tname, tb = max(((x, t[("tanh", x, 8)]) for x in ("backprop-adam", "backprop-sgd", "local-greedy") if t.get(("tanh", x, 8))),
-                    key=lambda xr: mean(r["test_acc"] for r in xr[1]), default=(None, []))
+    tname, tb = max(
+        ((x, t[("tanh", x, 8)]) for x in ("backprop-adam", "backprop-sgd", "local-greedy") if t.get(("tanh", x, 8))),
+        key=lambda xr: mean(r["test_acc"] for r in xr[1]),
+        default=(None, []),
+    )
     if th and tb:
         a, b = mean(r["test_acc"] for r in th), mean(r["test_acc"] for r in tb)
         seeds = f", seeds {sorted(r['seed'] for r in th)}" if len(th) > 1 else ""
-        worst = lambda rs: f" (worst {pct(min(r['test_acc'] for r in rs))}%)" if len(rs) > 1 else ""
-        claims.append(f"- Depth 8 tanh{seeds}: Block-ADMM online {pct(a)}%{worst(th)} vs the strongest baseline of this table, "
-                      f"{tname}, {pct(b)}%{worst(tb)} (target within 3 points: {_verdict(a >= b - 0.03)}).")
+
+        def worst(rs):
+            return f" (worst {pct(min(r['test_acc'] for r in rs))}%)" if len(rs) > 1 else ""
+
+        claims.append(
+            f"- Depth 8 tanh{seeds}: Block-ADMM online {pct(a)}%{worst(th)} vs the strongest baseline of this table, "
+            f"{tname}, {pct(b)}%{worst(tb)} (target within 3 points: {_verdict(a >= b - 0.03)})."
+        )
     sb = t.get(("sigmoid", "admm-batch", 8), [])
     if sb:
         v = mean(r["test_acc"] for r in sb)
-        claims.append(f"- Depth 8 sigmoid in batch mode (per-sample tables, preset `{sb[0].get('recipe')}`): mean {pct(v)}%, worst {pct(min(r['test_acc'] for r in sb))}% "
-                      f"(target ≥ 80%: {_verdict(v >= 0.80)}).")
+        claims.append(
+            f"- Depth 8 sigmoid in batch mode (per-sample tables, preset `{sb[0].get('recipe')}`): mean {pct(v)}%, "
+            f"worst {pct(min(r['test_acc'] for r in sb))}% "
+            f"(target ≥ 80%: {_verdict(v >= 0.80)})."
+        )
     fr, dr = t.get(("relu", "admm-fast", 2), []), t.get(("relu", "admm-online", 2), [])
     if fr and dr:
+
         def summary(rs):
             return f"{pct(mean(r['test_acc'] for r in rs))}% (worst {pct(min(r['test_acc'] for r in rs))}%)"
+
         bp = t.get(("relu", "backprop-adam", 2), [])
-        claims.append(f"- Depth 2 relu (the foundation issue's net), seeds {sorted(r['seed'] for r in fr)}: preset `fast` (one sweep) "
-                      f"{summary(fr)}, the defaults (3 sweeps) {summary(dr)}" + (f", backprop Adam 1e-3 {summary(bp)}." if bp else "."))
-        worse = [f"{act} L={d} ({pct(mean(r['test_acc'] for r in t[(act, 'admm-fast', d)]))} vs "
-                 f"{pct(mean(r['test_acc'] for r in t[(act, 'admm-online', d)]))})"
-                 for act in acts for d in depths if t.get((act, "admm-fast", d)) and t.get((act, "admm-online", d))
-                 and mean(r["test_acc"] for r in t[(act, "admm-fast", d)]) < mean(r["test_acc"] for r in t[(act, "admm-online", d)]) - 0.02]
+        claims.append(
+            f"- Depth 2 relu (the foundation issue's net), seeds {sorted(r['seed'] for r in fr)}: preset `fast` (one "
+            f"sweep) "
+            f"{summary(fr)}, the defaults (3 sweeps) {summary(dr)}"
+            + (f", backprop Adam 1e-3 {summary(bp)}." if bp else ".")
+        )
+        worse = [
+            f"{act} L={d} ({pct(mean(r['test_acc'] for r in t[(act, 'admm-fast', d)]))} vs "
+            f"{pct(mean(r['test_acc'] for r in t[(act, 'admm-online', d)]))})"
+            for act in acts
+            for d in depths
+            if t.get((act, "admm-fast", d))
+            and t.get((act, "admm-online", d))
+            and mean(r["test_acc"] for r in t[(act, "admm-fast", d)])
+            < mean(r["test_acc"] for r in t[(act, "admm-online", d)]) - 0.02
+        ]
         if worse:
-            claims.append("- Preset `fast` (tuned on depth 2 relu) falls more than 2 points below Block-ADMM online's recipe at: "
-                          + "; ".join(worse) + ".")
+            claims.append(
+                "- Preset `fast` (tuned on depth 2 relu) falls more than 2 points below Block-ADMM online's recipe at: "
+                + "; ".join(worse)
+                + "."
+            )
     # where backprop wins
     wins = []
     for act in acts:
@@ -120,12 +173,20 @@ def render_depth(res, rel) -> list[str]:
             a = t.get((act, "admm-online", d), [])
             b = t.get((act, "backprop-adam", d), []) + t.get((act, "backprop-sgd", d), [])
             if a and b:
-                best_bp = max(mean(r["test_acc"] for r in t.get((act, k, d), [])) for k in ("backprop-adam", "backprop-sgd") if t.get((act, k, d)))
+                best_bp = max(
+                    mean(r["test_acc"] for r in t.get((act, k, d), []))
+                    for k in ("backprop-adam", "backprop-sgd")
+                    if t.get((act, k, d))
+                )
                 am = mean(r["test_acc"] for r in a)
                 if best_bp > am + 0.005:
                     wins.append(f"{act} L={d} ({pct(best_bp)} vs {pct(am)})")
     if wins:
-        claims.append("- Backprop (best of SGD/Adam) beats Block-ADMM online by more than half a point at: " + "; ".join(wins) + ".")
+        claims.append(
+            "- Backprop (best of SGD/Adam) beats Block-ADMM online by more than half a point at: "
+            + "; ".join(wins)
+            + "."
+        )
     best = []
     for act in acts:
         for d in depths:
@@ -135,9 +196,16 @@ def render_depth(res, rel) -> list[str]:
                 best.append(f"{act} L={d}: {x} ({pct(v)})")
     if best:
         claims.append("- Best method per net: " + "; ".join(best) + ".")
-    out += claims + ["", f"![heatmap]({rel}/heatmap.png) ![curves]({rel}/curves.png)", "",
-                     (f"Per-layer diagnostics (output spread across samples per block, primal residual per boundary): "
-                     f"[{rel}/diagnostics.png]({rel}/diagnostics.png)."), ""]
+    out += claims + [
+        "",
+        f"![heatmap]({rel}/heatmap.png) ![curves]({rel}/curves.png)",
+        "",
+        (
+            f"Per-layer diagnostics (output spread across samples per block, primal residual per boundary): "
+            f"[{rel}/diagnostics.png]({rel}/diagnostics.png)."
+        ),
+        "",
+    ]
     return out
 
 
@@ -146,15 +214,28 @@ def render_binary(res, rel) -> list[str]:
     t = defaultdict(list)
     for r in recs:
         t[(r["depth"], r["method"])].append(r)
-    out = [f"### Binary hidden units (`{_cmd(res, 'binary')} --out {rel}`)", "",
-           (f"MLP 784 → L×256 step units {{0,1}} → 10 on MNIST-5k, {m['epochs']} epochs. `admm-online`: z projected onto {{0,1}}, "
-           f"each block fitted through the {m['surrogate']} surrogate (margin {m.get('margin')}), ρ = {m['rho']}, lr_z = {m['lr_z']}; "
-           f"`admm-relaxed`: z unconstrained (only the forward network is binary), each block fitted through its ADMM term "
-           f"with its own straight-through step, ρ = {m.get('relaxed_rho')}, lr_z = 1/ρ; "
-           f"baseline: backprop with the straight-through estimator (Adam {m['ste_lr']}). Test accuracy (%):"), "",
-           "| hidden layers | method | seeds | mean | worst |", "|---:|---|---:|---:|---:|"]
+    out = [
+        f"### Binary hidden units (`{_cmd(res, 'binary')} --out {rel}`)",
+        "",
+        (
+            f"MLP 784 → L×256 step units {{0,1}} → 10 on MNIST-5k, {m['epochs']} epochs. `admm-online`: z projected "
+            f"onto {{0,1}}, "
+            f"each block fitted through the {m['surrogate']} surrogate (margin {m.get('margin')}), ρ = {m['rho']}, "
+            f"lr_z = {m['lr_z']}; "
+            f"`admm-relaxed`: z unconstrained (only the forward network is binary), each block fitted through its ADMM "
+            f"term "
+            f"with its own straight-through step, ρ = {m.get('relaxed_rho')}, lr_z = 1/ρ; "
+            f"baseline: backprop with the straight-through estimator (Adam {m['ste_lr']}). Test accuracy (%):"
+        ),
+        "",
+        "| hidden layers | method | seeds | mean | worst |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for (d, meth), rs in sorted(t.items()):
-        out.append(f"| {d} | {meth} | {len(rs)} | {pct(mean(r['test_acc'] for r in rs))} | {pct(min(r['test_acc'] for r in rs))} |")
+        out.append(
+            f"| {d} | {meth} | {len(rs)} | {pct(mean(r['test_acc'] for r in rs))} | "
+            f"{pct(min(r['test_acc'] for r in rs))} |"
+        )
     out.append("")
     for d in sorted({r["depth"] for r in recs}):
         b = t.get((d, "backprop-ste"), [])
@@ -162,28 +243,47 @@ def render_binary(res, rel) -> list[str]:
             a = t.get((d, meth), [])
             if a and b:
                 am, bm = mean(r["test_acc"] for r in a), mean(r["test_acc"] for r in b)
-                out.append(f"- L={d}: Block-ADMM, {what}, {pct(am)}% vs straight-through {pct(bm)}% — at least as accurate: {_verdict(am >= bm)}.")
+                out.append(
+                    f"- L={d}: Block-ADMM, {what}, {pct(am)}% vs straight-through {pct(bm)}% — at least as accurate: "
+                    f"{_verdict(am >= bm)}."
+                )
     out += ["", f"![binary]({rel}/binary.png)", ""]
     return out
 
 
 def render_blocks(res, rel) -> list[str]:
     recs, m = res["records"], res["meta"]
-    out = [f"### Number of blocks and order (`{_cmd(res, 'blocks')} --out {rel}`)", "",
-           (f"784 → {m['depth']}×256 → 10 cut into n blocks, online Block-ADMM ({m['epochs']} epochs; 1 block = backprop with "
-           "the block's Adam, one step per sweep, so 3 steps per mini-batch). Test accuracy (%) / seconds per epoch (one CPU thread):"), ""]
+    out = [
+        f"### Number of blocks and order (`{_cmd(res, 'blocks')} --out {rel}`)",
+        "",
+        (
+            f"784 → {m['depth']}×256 → 10 cut into n blocks, online Block-ADMM ({m['epochs']} epochs; 1 block = "
+            f"backprop with "
+            "the block's Adam, one step per sweep, so 3 steps per mini-batch). Test accuracy (%) / seconds per epoch "
+            "(one CPU thread):"
+        ),
+        "",
+    ]
     acts = sorted({r["activation"] for r in recs})
     counts = sorted({r["n_blocks"] for r in recs})
     for act in acts:
         rs = [r for r in recs if r["activation"] == act]
-        out.append(f"| {act} ({rs[0].get('recipe')} recipe) | " + " | ".join(f"{c} block{'s' if c > 1 else ''}" for c in counts) + " |")
+        out.append(
+            f"| {act} ({rs[0].get('recipe')} recipe) | "
+            + " | ".join(f"{c} block{'s' if c > 1 else ''}" for c in counts)
+            + " |"
+        )
         out.append("|---|" + "---:|" * len(counts))
         orders = [o for o in ("top-down", "bottom-up", "jacobi") if any(r["order"] == o for r in rs)]
         for o in orders:
             cells = []
             for c in counts:
                 sel = [r for r in rs if r["n_blocks"] == c and (r["order"] == o or c == 1)]
-                cells.append(f"{pct(mean(r['test_acc'] for r in sel))} / {mean(r['time_per_epoch_s'] for r in sel):.2f}s" if sel else "")
+                cells.append(
+                    f"{pct(mean(r['test_acc'] for r in sel))} / {mean(r['time_per_epoch_s'] for r in sel):.2f}s"
+                    if sel
+                    else ""
+                )
             out.append(f"| {o} | " + " | ".join(cells) + " |")
         out.append("")
     out += [f"![blocks]({rel}/blocks.png)", ""]
@@ -192,24 +292,39 @@ def render_blocks(res, rel) -> list[str]:
 
 def render_convergence(res, rel) -> list[str]:
     recs, m = res["records"], res["meta"]
-    out = [f"### Convergence in batch mode (`{_cmd(res, 'convergence')} --out {rel}`)", "",
-           (f"{m['dataset']} ({m['train']} train), {m['net']}, batch mode, batch {m['batch_size']}, {m['epochs']} epochs. "
-           "Whole-training-set values at the end (per boundary):"), "",
-           "| ρ schedule | iterations | aug. Lagrangian | primal residual | dual residual | final ρ | forward loss | test acc |",
-           "|---|---:|---:|---|---|---|---:|---:|"]
+    out = [
+        f"### Convergence in batch mode (`{_cmd(res, 'convergence')} --out {rel}`)",
+        "",
+        (
+            f"{m['dataset']} ({m['train']} train), {m['net']}, batch mode, batch {m['batch_size']}, {m['epochs']} "
+            f"epochs. "
+            "Whole-training-set values at the end (per boundary):"
+        ),
+        "",
+        "| ρ schedule | iterations | aug. Lagrangian | primal residual | dual residual | final ρ | forward loss | test "
+        "acc |",
+        "|---|---:|---:|---|---|---|---:|---:|",
+    ]
     for r in recs:
         f = r["final"]
-        out.append(f"| {r['schedule']} (ρ₀ = {r['rho0']:g}) | {r['iterations']} | {f['lagrangian']:.4f} | "
-                   f"{', '.join(f'{p:.2e}' for p in f['primal'])} | {', '.join(f'{p:.1e}' for p in f['dual'])} | "
-                   f"{', '.join(f'{p:g}' for p in f['rho'])} | {f['forward_loss']:.4f} | {pct(r['test_acc'])} |")
+        out.append(
+            f"| {r['schedule']} (ρ₀ = {r['rho0']:g}) | {r['iterations']} | {f['lagrangian']:.4f} | "
+            f"{', '.join(f'{p:.2e}' for p in f['primal'])} | {', '.join(f'{p:.1e}' for p in f['dual'])} | "
+            f"{', '.join(f'{p:g}' for p in f['rho'])} | {f['forward_loss']:.4f} | {pct(r['test_acc'])} |"
+        )
     for r in recs:
         ep = r["per_epoch"]
         if len(ep) >= 10:
             k = len(ep) // 10
             out.append("")
-            out.append(f"- {r['schedule']}: augmented Lagrangian at epochs {ep[k - 1]['epoch']}, {ep[len(ep) // 2 - 1]['epoch']}, "
-                       f"{ep[-1]['epoch']}: {ep[k - 1]['lagrangian']:.4f}, {ep[len(ep) // 2 - 1]['lagrangian']:.4f}, {ep[-1]['lagrangian']:.4f}; "
-                       f"max primal residual {max(ep[k - 1]['primal']):.2e}, {max(ep[len(ep) // 2 - 1]['primal']):.2e}, {max(ep[-1]['primal']):.2e}.")
+            out.append(
+                f"- {r['schedule']}: augmented Lagrangian at epochs {ep[k - 1]['epoch']}, "
+                f"{ep[len(ep) // 2 - 1]['epoch']}, "
+                f"{ep[-1]['epoch']}: {ep[k - 1]['lagrangian']:.4f}, {ep[len(ep) // 2 - 1]['lagrangian']:.4f}, "
+                f"{ep[-1]['lagrangian']:.4f}; "
+                f"max primal residual {max(ep[k - 1]['primal']):.2e}, {max(ep[len(ep) // 2 - 1]['primal']):.2e}, "
+                f"{max(ep[-1]['primal']):.2e}."
+            )
     out += ["", f"![convergence]({rel}/convergence.png)", ""]
     return out
 
@@ -221,19 +336,29 @@ def render_depth_long(runs) -> list[str]:
     """Long depth runs (`results/experiments/depth-long-*`): the number of epochs of each method chosen on
     validation among CHECKPOINTS (the best mean validation accuracy over seeds), test read at that epoch
     (training E epochs is the first E epochs of the long run: constant learning rates, per-epoch shuffles)."""
-    out = ["### Deep sigmoid MLPs, longer runs", "",
-           ("The same nets, methods and batches as above, run longer; for each method the number of epochs E is the "
-           f"one of {', '.join(map(str, CHECKPOINTS))} (those the run reached) with the best mean **validation** accuracy over seeds, and the test "
-           "accuracy is read at that epoch (mean, worst seed in brackets). Validation means at each epoch count are "
-           "shown so the choice can be checked."), ""]
+    out = [
+        "### Deep sigmoid MLPs, longer runs",
+        "",
+        (
+            "The same nets, methods and batches as above, run longer; for each method the number of epochs E is the "
+            f"one of {', '.join(map(str, CHECKPOINTS))} (those the run reached) with the best mean **validation** "
+            f"accuracy over seeds, and the test "
+            "accuracy is read at that epoch (mean, worst seed in brackets). Validation means at each epoch count are "
+            "shown so the choice can be checked."
+        ),
+        "",
+    ]
     claims, best = [], {}  # best: (act, depth, method) -> (epochs run, (E, test accuracies at E))
     for res, rel in runs:
         t = defaultdict(list)
         for r in res["records"]:
             t[(r["activation"], r["depth"], r["method"])].append(r)
-        out += [f"`{_cmd(res, 'depth')} --out {rel}`", "",
-                "| net | method | seeds | " + " | ".join(f"val @{e}" for e in CHECKPOINTS) + " | E | test @E |",
-                "|---|---|---|" + "---:|" * len(CHECKPOINTS) + "---:|---:|"]
+        out += [
+            f"`{_cmd(res, 'depth')} --out {rel}`",
+            "",
+            "| net | method | seeds | " + " | ".join(f"val @{e}" for e in CHECKPOINTS) + " | E | test @E |",
+            "|---|---|---|" + "---:|" * len(CHECKPOINTS) + "---:|---:|",
+        ]
         for (act, d, meth), rs in sorted(t.items(), key=lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2]))):
             n_ep = min(len(r["history"]) for r in rs)
             marks = [e for e in CHECKPOINTS if e <= n_ep]
@@ -241,8 +366,11 @@ def render_depth_long(runs) -> list[str]:
             best_e = max(marks, key=lambda e: (val[e], -e))
             tests = [r["history"][best_e - 1]["test_acc"] for r in rs]
             cells = [pct(val[e]) if e in val else "" for e in CHECKPOINTS]
-            out.append(f"| {act} L={d} | {meth} | {len(rs)} | " + " | ".join(cells) +
-                       f" | {best_e} | {pct(mean(tests))} ({pct(min(tests))}) |")
+            out.append(
+                f"| {act} L={d} | {meth} | {len(rs)} | "
+                + " | ".join(cells)
+                + f" | {best_e} | {pct(mean(tests))} ({pct(min(tests))}) |"
+            )
             best[(act, d, meth)] = max(best.get((act, d, meth), (0, None)), (n_ep, (best_e, tests)), key=lambda v: v[0])
         out.append("")
     # the claims, each from the longest run of its net and method
@@ -251,9 +379,11 @@ def render_depth_long(runs) -> list[str]:
             target = "depth-16 target ≥ 80%" if d == 16 else "batch-mode depth-8 target ≥ 80%"
             bp = best.get((act, d, "backprop-adam"))
             bp_txt = f"; backprop Adam, E = {bp[1][0]} of {bp[0]}: {pct(mean(bp[1][1]))}%" if bp else ""
-            claims.append(f"- Depth {d} sigmoid, Block-ADMM in batch mode (per-sample tables), E = {e} of {n_ep} epochs chosen "
-                          f"on validation: test mean {pct(mean(tests))}%, worst seed {pct(min(tests))}% ({target}: "
-                          f"{_verdict(mean(tests) >= 0.80)}){bp_txt}.")
+            claims.append(
+                f"- Depth {d} sigmoid, Block-ADMM in batch mode (per-sample tables), E = {e} of {n_ep} epochs chosen "
+                f"on validation: test mean {pct(mean(tests))}%, worst seed {pct(min(tests))}% ({target}: "
+                f"{_verdict(mean(tests) >= 0.80)}){bp_txt}."
+            )
     return out + claims + [""]
 
 
@@ -275,19 +405,29 @@ def render_rho_tuning(runs) -> list[str]:
     runs = [res for res, _ in runs]
     pick = chosen_rho(runs)
     marks = [e for e in CHECKPOINTS if e <= min(len(x["history"]) for r in runs for x in r["records"])]
-    out = ["### The batch-mode penalty of the deep preset", "",
-           (f"Block-ADMM in batch mode, the `deep` recipe with rho overridden, mean **validation** accuracy over seeds "
-           f"(the test set is not read); rho chosen: the best mean validation accuracy at epoch {marks[-1]} over every "
-           f"net and seed: **rho = {pick:g}**, the preset `deep-batch`. Commands: {commands}."), "",
-           "| rho | net | seeds | " + " | ".join(f"val @{e}" for e in marks) + " |",
-           "|---:|---|---|" + "---:|" * len(marks)]
+    out = [
+        "### The batch-mode penalty of the deep preset",
+        "",
+        (
+            f"Block-ADMM in batch mode, the `deep` recipe with rho overridden, mean **validation** accuracy over seeds "
+            f"(the test set is not read); rho chosen: the best mean validation accuracy at epoch {marks[-1]} over "
+            f"every "
+            f"net and seed: **rho = {pick:g}**, the preset `deep-batch`. Commands: {commands}."
+        ),
+        "",
+        "| rho | net | seeds | " + " | ".join(f"val @{e}" for e in marks) + " |",
+        "|---:|---|---|" + "---:|" * len(marks),
+    ]
     for r in runs:
         t = defaultdict(list)
         for x in r["records"]:
             t[(x["activation"], x["depth"])].append(x)
         for (act, d), rs in sorted(t.items()):
-            out.append(f"| {_rho(r):g} | {act} L={d} | {len(rs)} | "
-                       + " | ".join(pct(mean(x["history"][e - 1]["val_acc"] for x in rs)) for e in marks) + " |")
+            out.append(
+                f"| {_rho(r):g} | {act} L={d} | {len(rs)} | "
+                + " | ".join(pct(mean(x["history"][e - 1]["val_acc"] for x in rs)) for e in marks)
+                + " |"
+            )
     return out + [""]
 
 
@@ -297,13 +437,21 @@ RENDER = {"depth": render_depth, "binary": render_binary, "blocks": render_block
 def render(root: str = "results/experiments", link_root: str | None = None) -> str:
     """Markdown for every experiment that has a results.json under `root`."""
     link_root = link_root if link_root is not None else root
-    parts = [("Generated by `python tools/readme.py` from the committed `results.json` files; "
-             "each heading gives the command that reproduces it. Hyperparameters were chosen on a validation split "
-             "carved from the training data, never on the test set. Reproduce everything (single-threaded runs; the "
-             "fair grid, the robustness map and the DeepFacto comparison are the issue-17 grid, the others about 1 h on 2 "
-             "shared CPU cores): `for e in fair robustness deepfacto_unrolled depth binary blocks convergence; do blockadmm "
-             "experiment $e --out results/experiments/$e; done && blockadmm experiment robustness --parts noise,budget --out "
-             "results/experiments/settings && python tools/readme.py`; each command takes `--quick` (under 2 minutes)."), ""]
+    parts = [
+        (
+            "Generated by `python tools/readme.py` from the committed `results.json` files; "
+            "each heading gives the command that reproduces it. Hyperparameters were chosen on a validation split "
+            "carved from the training data, never on the test set. Reproduce everything (single-threaded runs; the "
+            "fair grid, the robustness map and the DeepFacto comparison are the issue-17 grid, the others about 1 h on "
+            "2 "
+            "shared CPU cores): `for e in fair robustness deepfacto_unrolled depth binary blocks convergence; do "
+            "blockadmm "
+            "experiment $e --out results/experiments/$e; done && blockadmm experiment robustness --parts noise,budget "
+            "--out "
+            "results/experiments/settings && python tools/readme.py`; each command takes `--quick` (under 2 minutes)."
+        ),
+        "",
+    ]
     fair_sections = readme_fair.render(root, link_root)
     parts.append(fair_sections)
     found = bool(fair_sections)
@@ -316,12 +464,17 @@ def render(root: str = "results/experiments", link_root: str | None = None) -> s
         if name == "depth":
             long_runs = sorted(glob.glob(os.path.join(root, "depth-long-*", "results.json")))
             if long_runs:
-                parts += render_depth_long([(read_results(p_), f"{link_root}/{os.path.basename(os.path.dirname(p_))}")
-                                            for p_ in long_runs])
+                parts += render_depth_long(
+                    [(read_results(p_), f"{link_root}/{os.path.basename(os.path.dirname(p_))}") for p_ in long_runs]
+                )
             tuning = sorted(glob.glob(os.path.join(root, "tune-deep-batch", "rho-*", "results.json")))
             if tuning:
-                parts += render_rho_tuning([(read_results(p_), f"{link_root}/tune-deep-batch/{os.path.basename(os.path.dirname(p_))}")
-                                            for p_ in tuning])
+                parts += render_rho_tuning(
+                    [
+                        (read_results(p_), f"{link_root}/tune-deep-batch/{os.path.basename(os.path.dirname(p_))}")
+                        for p_ in tuning
+                    ]
+                )
     if not found:
         parts.append(f"(no results under {root} yet)")
     return "\n".join(parts).rstrip() + "\n"

@@ -1,6 +1,7 @@
 """The README's fair-baseline sections: each method at its best (experiment fair), the robustness experiment and
 DeepFacto against the unrolled-NMF backprop layer, with the claims stated against the strongest baseline.
 Built only from the results files under results/experiments; numbers are never typed by hand."""
+
 from __future__ import annotations
 
 import glob
@@ -32,8 +33,13 @@ def _seeds(n: int) -> str:
 
 def _config(label: str) -> str:
     """A candidate label without its method prefix where the column says it (e.g. "adam lr=0.001 init=xavier")."""
-    return (label.replace("backprop-", "").replace("admm-online ", "").replace("local-greedy ", "")
-            .replace("preset=", "").replace(" init=", ", init "))
+    return (
+        label.replace("backprop-", "")
+        .replace("admm-online ", "")
+        .replace("local-greedy ", "")
+        .replace("preset=", "")
+        .replace(" init=", ", init ")
+    )
 
 
 def _verdict(gap: float, spread: float, seeds: int, best: float = 1.0) -> str:
@@ -53,104 +59,177 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
     rows = fair.summary_rows(records)
     comps = {(c["depth"], c["activation"]): c for c in fair.comparisons(rows)}
     by = {(r["depth"], r["activation"], r["family"]): r for r in rows}
-    nets = sorted({(r["depth"], r["activation"]) for r in rows}, key=lambda n: (("sigmoid", "tanh", "relu").index(n[1]), n[0]))
+    nets = sorted(
+        {(r["depth"], r["activation"]) for r in rows}, key=lambda n: (("sigmoid", "tanh", "relu").index(n[1]), n[0])
+    )
     meta = read_results(os.path.join(root, f"{nets[0][0]}x{nets[0][1]}.json"))["meta"] if nets else {}
     n_candidates = {f: sorted({r["candidates"] for r in rows if r["family"] == f}) for f in fair.FAMILIES}
-    out = [f"### Each method at its best (`blockadmm experiment fair --out {rel}`)", "",
-           (f"MNIST-5k, {meta.get('train')} train / {meta.get('val')} val / {meta.get('test')} test, MLP 784 → L×256 → 10, "
-            f"batch 100, {meta.get('epochs')} epochs, one torch thread; every method on the same batches. For each net and method "
-            "every candidate trains with seed 0 and the one with the best final **validation** accuracy is run with seeds 1 "
-            "and 2 (32 layers: seed 0 only, for time). Candidates — backprop: init (PyTorch default, Glorot-uniform with the "
-            "activation's gain: 4 sigmoid, 5/3 tanh; He for ReLU; orthogonal) × SGD 0.1 / 0.3 × Adam 3e-4 / 1e-3 / 3e-3; "
-            "Block-ADMM online: init (default, the activation's gain init) × preset (defaults, `deep` for sigmoid/tanh, `fast` "
-            "up to 8 layers; from 16 layers only the activation's recipe) plus `deep` with lr_z 0.01 on the gain-4 init (its "
+    out = [
+        f"### Each method at its best (`blockadmm experiment fair --out {rel}`)",
+        "",
+        (
+            f"MNIST-5k, {meta.get('train')} train / {meta.get('val')} val / {meta.get('test')} test, MLP 784 → L×256 → "
+            f"10, "
+            f"batch 100, {meta.get('epochs')} epochs, one torch thread; every method on the same batches. For each net "
+            f"and method "
+            "every candidate trains with seed 0 and the one with the best final **validation** accuracy is run with "
+            "seeds 1 "
+            "and 2 (32 layers: seed 0 only, for time). Candidates — backprop: init (PyTorch default, Glorot-uniform "
+            "with the "
+            "activation's gain: 4 sigmoid, 5/3 tanh; He for ReLU; orthogonal) × SGD 0.1 / 0.3 × Adam 3e-4 / 1e-3 / "
+            "3e-3; "
+            "Block-ADMM online: init (default, the activation's gain init) × preset (defaults, `deep` for "
+            "sigmoid/tanh, `fast` "
+            "up to 8 layers; from 16 layers only the activation's recipe) plus `deep` with lr_z 0.01 on the gain-4 "
+            "init (its "
             "lr_z 0.3 was tuned on the default init and fails there); local-greedy: the two inits, Adam 1e-3. Fewer "
-            "candidates on the slow nets: from 16 layers backprop Adam 3e-4 / 1e-3 from every init and SGD 0.1 from the "
+            "candidates on the slow nets: from 16 layers backprop Adam 3e-4 / 1e-3 from every init and SGD 0.1 from "
+            "the "
             "gain init; at 32 layers Adam 1e-3 from every init and 3e-4 from the gain init, local-greedy from the gain "
             "init only, no re-tuned `deep` "
             f"({', '.join(f'{TITLE[f]} {max(v)}' for f, v in n_candidates.items() if v)} candidates per net at most). "
-            "A selection run whose validation accuracy is still at chance after half its epochs is stopped. Test accuracy (%) "
-            "at the last epoch: mean (worst seed, n seeds); the chosen candidate under each."), "",
-           "| net | backprop | Block-ADMM | local-greedy | Block-ADMM vs the strongest baseline |", "|---|---|---|---|---|"]
+            "A selection run whose validation accuracy is still at chance after half its epochs is stopped. Test "
+            "accuracy (%) "
+            "at the last epoch: mean (worst seed, n seeds); the chosen candidate under each."
+        ),
+        "",
+        "| net | backprop | Block-ADMM | local-greedy | Block-ADMM vs the strongest baseline |",
+        "|---|---|---|---|---|",
+    ]
     for depth, act in nets:
         cells = []
         for f in fair.FAMILIES:
             r = by.get((depth, act, f))
             cells.append(f"{_stat(r['test_accs'])}<br>{_config(r['config'])}" if r else "")
         c = comps.get((depth, act))
-        cells.append(f"{_verdict(c['gap'], c['seed_spread'], c['seeds'], max(c['admm_mean'], c['baseline_mean']))} vs "
-                     f"{TITLE[c['baseline']]} "
-                     f"(seed spread {100 * c['seed_spread']:.1f})" if c else "")
+        cells.append(
+            f"{_verdict(c['gap'], c['seed_spread'], c['seeds'], max(c['admm_mean'], c['baseline_mean']))} vs "
+            f"{TITLE[c['baseline']]} "
+            f"(seed spread {100 * c['seed_spread']:.1f})"
+            if c
+            else ""
+        )
         out.append(f"| {depth}×{act} | " + " | ".join(cells) + " |")
     out.append("")
-    reached = [f"{d}×{a}" for (d, a), c in comps.items()
-               if c["gap"] >= -0.005 and max(c["admm_mean"], c["baseline_mean"]) >= CHANCE]
-    bp_wins = [f"{d}×{a} ({pct(c['baseline_mean'])} vs {pct(c['admm_mean'])})" for (d, a), c in comps.items()
-               if c["gap"] < -0.005 and c["baseline"] == "backprop"]
-    local_wins = [f"{d}×{a} ({pct(c['baseline_mean'])} vs {pct(c['admm_mean'])})" for (d, a), c in comps.items()
-                  if c["gap"] < -0.005 and c["baseline"] == "local-greedy"]
-    out.append("- Block-ADMM matches or beats the strongest baseline (within half a point or above) at: "
-               + (", ".join(reached) if reached else "none of these nets") + ".")
+    reached = [
+        f"{d}×{a}"
+        for (d, a), c in comps.items()
+        if c["gap"] >= -0.005 and max(c["admm_mean"], c["baseline_mean"]) >= CHANCE
+    ]
+    bp_wins = [
+        f"{d}×{a} ({pct(c['baseline_mean'])} vs {pct(c['admm_mean'])})"
+        for (d, a), c in comps.items()
+        if c["gap"] < -0.005 and c["baseline"] == "backprop"
+    ]
+    local_wins = [
+        f"{d}×{a} ({pct(c['baseline_mean'])} vs {pct(c['admm_mean'])})"
+        for (d, a), c in comps.items()
+        if c["gap"] < -0.005 and c["baseline"] == "local-greedy"
+    ]
+    out.append(
+        "- Block-ADMM matches or beats the strongest baseline (within half a point or above) at: "
+        + (", ".join(reached) if reached else "none of these nets")
+        + "."
+    )
     if bp_wins:
-        out.append("- **Backprop wins** (best of its init × optimizer × rate, vs Block-ADMM at its best) at: " + "; ".join(bp_wins) + ".")
+        out.append(
+            "- **Backprop wins** (best of its init × optimizer × rate, vs Block-ADMM at its best) at: "
+            + "; ".join(bp_wins)
+            + "."
+        )
     if local_wins:
         out.append("- **Local-greedy wins** at: " + "; ".join(local_wins) + ".")
-    bp_default = [f"{r['depth']}×{r['activation']}" for r in rows if r["family"] == "backprop" and r["init"] == "default"]
+    bp_default = [
+        f"{r['depth']}×{r['activation']}" for r in rows if r["family"] == "backprop" and r["init"] == "default"
+    ]
     picked = sorted({r["init"] for r in rows if r["family"] == "backprop"})
-    out.append(f"- Backprop's chosen inits: {', '.join(picked)}"
-               + (f" (PyTorch's default chosen at {', '.join(bp_default)})" if bp_default else " (never PyTorch's default)")
-               + ".")
+    out.append(
+        f"- Backprop's chosen inits: {', '.join(picked)}"
+        + (f" (PyTorch's default chosen at {', '.join(bp_default)})" if bp_default else " (never PyTorch's default)")
+        + "."
+    )
     out.append("")
     settings = [f"{d}×{a} ({_seeds(c['seeds'])})" for (d, a), c in comps.items()]
-    wins = [f"{d}×{a}: +{100 * c['gap']:.1f} over {TITLE[c['baseline']]}" for (d, a), c in comps.items()
-            if _verdict(c["gap"], c["seed_spread"], c["seeds"]).startswith("**Block-ADMM wins")]
+    wins = [
+        f"{d}×{a}: +{100 * c['gap']:.1f} over {TITLE[c['baseline']]}"
+        for (d, a), c in comps.items()
+        if _verdict(c["gap"], c["seed_spread"], c["seeds"]).startswith("**Block-ADMM wins")
+    ]
     return out, [("the fair grid", settings, wins)]
 
 
 def _part_table(rows: list[dict], title: str) -> tuple[list[str], list[tuple]]:
-    out, found = [f"| {title} | method (choice from the fair grid) | test % mean (worst, n) | epochs |", "|---|---|---|---|"], []
+    out, found = (
+        [f"| {title} | method (choice from the fair grid) | test % mean (worst, n) | epochs |", "|---|---|---|---|"],
+        [],
+    )
     nets = sorted({(r["depth"], r["activation"]) for r in rows})
     for depth, act in nets:
         mine = [r for r in rows if (r["depth"], r["activation"]) == (depth, act)]
         for r in mine:
-            out.append(f"| {depth}×{act} | {TITLE[r['family']]}: {_config(r['config'])} | {_stat(r['test_accs'])} | {r['epochs']} |")
+            out.append(
+                f"| {depth}×{act} | {TITLE[r['family']]}: {_config(r['config'])} | {_stat(r['test_accs'])} | "
+                f"{r['epochs']} |"
+            )
         admm = next((r for r in mine if r["family"] == "block-admm"), None)
         base = max((r for r in mine if r["family"] != "block-admm"), key=lambda r: r["mean_test"], default=None)
         if admm and base:
             spread = max(max(r["test_accs"]) - min(r["test_accs"]) for r in (admm, base))
-            found.append((f"{depth}×{act}", admm["mean_test"] - base["mean_test"], spread, min(len(admm["test_accs"]),
-                                                                                              len(base["test_accs"])), base))
+            found.append(
+                (
+                    f"{depth}×{act}",
+                    admm["mean_test"] - base["mean_test"],
+                    spread,
+                    min(len(admm["test_accs"]), len(base["test_accs"])),
+                    base,
+                )
+            )
     return out + [""], found
 
 
 def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[str], list[tuple]]:
     """The init-gain map and/or the label-noise and time-budget tables of one robustness folder."""
-    rows = {"map": robustness.map_rows(records), "noise": robustness.part_rows(records, "noise"),
-            "budget": robustness.part_rows(records, "budget")}
-    heading = ("Where does Block-ADMM train when backprop does not?" if rows["map"]
-               else "Label noise and a fixed time budget")
+    rows = {
+        "map": robustness.map_rows(records),
+        "noise": robustness.part_rows(records, "noise"),
+        "budget": robustness.part_rows(records, "budget"),
+    }
+    heading = (
+        "Where does Block-ADMM train when backprop does not?" if rows["map"] else "Label noise and a fixed time budget"
+    )
     out = [f"### {heading} (`{meta['command']} --out {rel}`)", ""]
     tried = []
     if rows["map"]:
         gains = sorted({r["gain"] for r in rows["map"]})
-        out += [("8 sigmoid layers of 256, Glorot-uniform init with gain g on the hidden layers (gain 1 on the logits), "
-                 "10 epochs. Per gain and method the candidate with the best validation accuracy (seed 0) is chosen — "
-                 "backprop Adam 3e-4 / 1e-3 / 3e-3, SGD 0.1 / 0.3; Block-ADMM online: the defaults or `deep`; batch: "
-                 "`deep-batch`; local-greedy: Adam 1e-3 — then run with seeds 1, 2 where time allowed. Test accuracy (%), "
-                 "mean (worst, n)."), "",
-                "| method | " + " | ".join(f"g={g:g}" for g in gains) + " | trains (≥ 80%) at |",
-                "|---|" + "---|" * (len(gains) + 1)]
+        out += [
+            (
+                "8 sigmoid layers of 256, Glorot-uniform init with gain g on the hidden layers (gain 1 on the logits), "
+                "10 epochs. Per gain and method the candidate with the best validation accuracy (seed 0) is chosen — "
+                "backprop Adam 3e-4 / 1e-3 / 3e-3, SGD 0.1 / 0.3; Block-ADMM online: the defaults or `deep`; batch: "
+                "`deep-batch`; local-greedy: Adam 1e-3 — then run with seeds 1, 2 where time allowed. Test accuracy "
+                "(%), "
+                "mean (worst, n)."
+            ),
+            "",
+            "| method | " + " | ".join(f"g={g:g}" for g in gains) + " | trains (≥ 80%) at |",
+            "|---|" + "---|" * (len(gains) + 1),
+        ]
         for method in robustness.MAP_ROWS:
             mine = {r["gain"]: r for r in rows["map"] if r["method"] == method}
             band = [f"{g:g}" for g in gains if g in mine and mine[g]["trains"]]
-            out.append(f"| {method} | " + " | ".join(_stat(mine[g]["test_accs"]) if g in mine else "" for g in gains)
-                       + f" | {', '.join(band) if band else 'none'} |")
+            out.append(
+                f"| {method} | "
+                + " | ".join(_stat(mine[g]["test_accs"]) if g in mine else "" for g in gains)
+                + f" | {', '.join(band) if band else 'none'} |"
+            )
         out += ["", f"![init-gain map]({rel}/map.png)", ""]
         map_wins, map_settings, near = [], [], []
         for g in gains:
             at = [r for r in rows["map"] if r["gain"] == g]
             admm = max((r for r in at if r["method"].startswith("admm")), key=lambda r: r["mean_test"], default=None)
-            base = max((r for r in at if not r["method"].startswith("admm")), key=lambda r: r["mean_test"], default=None)
+            base = max(
+                (r for r in at if not r["method"].startswith("admm")), key=lambda r: r["mean_test"], default=None
+            )
             if admm and base:
                 spread = max(max(r["test_accs"]) - min(r["test_accs"]) for r in (admm, base))
                 n = min(len(admm["test_accs"]), len(base["test_accs"]))
@@ -160,29 +239,59 @@ def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[s
                     map_wins.append(f"gain {g:g}: {admm['method']} +{100 * gap:.1f} over {base['method']}")
                 elif gap >= WIN:
                     near.append(f"gain {g:g} (+{100 * gap:.1f} mean, seeds spread over {100 * spread:.1f})")
-                out.append(f"- Gain {g:g}: best Block-ADMM ({admm['method']}) {pct(admm['mean_test'])} vs best baseline "
-                           f"({base['method']}) {pct(base['mean_test'])}, {_seeds(n)}, seed spread {100 * spread:.1f}: "
-                           f"{_verdict(gap, spread, n, max(admm['mean_test'], base['mean_test']))}.")
+                out.append(
+                    f"- Gain {g:g}: best Block-ADMM ({admm['method']}) {pct(admm['mean_test'])} vs best baseline "
+                    f"({base['method']}) {pct(base['mean_test'])}, {_seeds(n)}, seed spread {100 * spread:.1f}: "
+                    f"{_verdict(gap, spread, n, max(admm['mean_test'], base['mean_test']))}."
+                )
         if near:
-            out.append("- Block-ADMM leads the strongest baseline by ≥ 3 points in mean at " + "; ".join(near)
-                       + ", but not by more than the seed spread: short of a win by the bar of the summary below.")
+            out.append(
+                "- Block-ADMM leads the strongest baseline by ≥ 3 points in mean at "
+                + "; ".join(near)
+                + ", but not by more than the seed spread: short of a win by the bar of the summary below."
+            )
         out.append("")
         tried.append(("the init-gain map (8×sigmoid)", map_settings, map_wins))
-    for part, title, text in (("noise", "label noise", (f"{int(100 * meta.get('noise_fraction', 0.3))}% of the training "
-                                                        "labels replaced by another class (validation and test clean), each "
-                                                        "method's choice from the fair grid, 10 epochs.")),
-                              ("budget", "time budget", ("A fixed training time: each method's choice from the fair grid "
-                                                        "trains as many epochs as fit in the time of Block-ADMM's 10 "
-                                                        "(per-epoch times measured in the fair grid)."))):
+    for part, title, text in (
+        (
+            "noise",
+            "label noise",
+            (
+                f"{int(100 * meta.get('noise_fraction', 0.3))}% of the training "
+                "labels replaced by another class (validation and test clean), each "
+                "method's choice from the fair grid, 10 epochs."
+            ),
+        ),
+        (
+            "budget",
+            "time budget",
+            (
+                "A fixed training time: each method's choice from the fair grid "
+                "trains as many epochs as fit in the time of Block-ADMM's 10 "
+                "(per-epoch times measured in the fair grid)."
+            ),
+        ),
+    ):
         if rows[part]:
             table, found = _part_table(rows[part], title)
             out += [f"**{title.capitalize()}.** {text}", ""] + table
             for net, gap, spread, n, base in found:
-                out.append(f"- {title.capitalize()}, {net}: Block-ADMM vs {TITLE[base['family']]}: "
-                           f"{_verdict(gap, spread, n, max(gap + base['mean_test'], base['mean_test']))}.")
+                out.append(
+                    f"- {title.capitalize()}, {net}: Block-ADMM vs {TITLE[base['family']]}: "
+                    f"{_verdict(gap, spread, n, max(gap + base['mean_test'], base['mean_test']))}."
+                )
             out.append("")
-            tried.append((title, [f"{net} ({_seeds(n)})" for net, _, _, n, _ in found],
-                          [f"{net}: +{100 * gap:.1f}" for net, gap, spread, n, _ in found if gap >= WIN and gap > spread and n >= 3]))
+            tried.append(
+                (
+                    title,
+                    [f"{net} ({_seeds(n)})" for net, _, _, n, _ in found],
+                    [
+                        f"{net}: +{100 * gap:.1f}"
+                        for net, gap, spread, n, _ in found
+                        if gap >= WIN and gap > spread and n >= 3
+                    ],
+                )
+            )
     return out, tried
 
 
@@ -191,50 +300,86 @@ def render_win_search(tried: list[tuple]) -> list[str]:
     wins = [w for _, _, ws in tried for w in ws]
     listing = "; ".join(f"{name}: {', '.join(settings)}" for name, settings, _ in tried if settings)
     if wins:
-        return [(f"**Where Block-ADMM beats the strongest baseline by ≥ 3 points** (mean over 3 seeds, more than the seed "
-                f"spread, chosen on validation): {'; '.join(wins)}. Settings tried: {listing}."), ""]
-    return [(f"**No setting was found where Block-ADMM beats the strongest baseline by ≥ 3 points** (mean over 3 seeds, "
-            f"more than the seed spread) among the settings tried: {listing}. Every net has no normalization layers. Not "
-            "tried: 64-layer nets, small batches, other datasets."), ""]
+        return [
+            (
+                f"**Where Block-ADMM beats the strongest baseline by ≥ 3 points** (mean over 3 seeds, more than the "
+                f"seed "
+                f"spread, chosen on validation): {'; '.join(wins)}. Settings tried: {listing}."
+            ),
+            "",
+        ]
+    return [
+        (
+            f"**No setting was found where Block-ADMM beats the strongest baseline by ≥ 3 points** (mean over 3 seeds, "
+            f"more than the seed spread) among the settings tried: {listing}. Every net has no normalization layers. "
+            f"Not "
+            "tried: 64-layer nets, small batches, other datasets."
+        ),
+        "",
+    ]
 
 
 def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
     rows = unrolled_rows(res["records"])
     p = res["meta"]["protocol"]
-    out = [f"### DeepFacto against an NMF layer trained by backprop (`{res['meta']['command']} --out {rel}`)", "",
-           ("The same network (conv features, the class-grouped NMF layer with the same basis init and l1, the "
+    out = [
+        f"### DeepFacto against an NMF layer trained by backprop (`{res['meta']['command']} --out {rel}`)",
+        "",
+        (
+            "The same network (conv features, the class-grouped NMF layer with the same basis init and l1, the "
             "group-energy head, the same initial weights) trained two ways: DeepFacto (Block-ADMM, the NMF layer never "
             "crossed by backprop) and backprop through the NMF codes solved by unrolled multiplicative updates with a "
-            "one-step gradient (the last update differentiated, the others constants: the approach of Hamburger, Geng et "
-            "al. 2021), its Adam rate (1e-3 or 3e-3) chosen on validation; the CAM network (conv features, global average "
+            "one-step gradient (the last update differentiated, the others constants: the approach of Hamburger, Geng "
+            "et "
+            "al. 2021), its Adam rate (1e-3 or 3e-3) chosen on validation; the CAM network (conv features, global "
+            "average "
             f"pooling, linear) beside them. Supervised MNIST-5k: {p['supervised']['epochs']} epochs. Pairs: "
-            f"{p['pairs']['n_train']} training / {p['pairs']['n_test']} test canvases (fewer than DeepFacto's own section, "
-            f"for time), {p['pairs']['curriculum_epochs']} curriculum epochs on ink proposals then {p['pairs']['epochs']} "
-            f"on the canvases (CAM: {p['pairs']['cam_epochs']}). Test metrics (%), mean (worst, n)."), ""]
-    for task, metrics in (("supervised", ("test_acc", "test_disentangling")),
-                          ("pairs", ("test_pointing", "test_acc_both", "test_disentangling"))):
+            f"{p['pairs']['n_train']} training / {p['pairs']['n_test']} test canvases (fewer than DeepFacto's own "
+            f"section, "
+            f"for time), {p['pairs']['curriculum_epochs']} curriculum epochs on ink proposals then "
+            f"{p['pairs']['epochs']} "
+            f"on the canvases (CAM: {p['pairs']['cam_epochs']}). Test metrics (%), mean (worst, n)."
+        ),
+        "",
+    ]
+    for task, metrics in (
+        ("supervised", ("test_acc", "test_disentangling")),
+        ("pairs", ("test_pointing", "test_acc_both", "test_disentangling")),
+    ):
         mine = [r for r in rows if r["task"] == task]
         if not mine:
             continue
         out += [f"| {task} | " + " | ".join(m[5:] for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
         for r in mine:
-            out.append(f"| {r['config']} | " + " | ".join(_stat(r[m]["per_seed"]) if m in r else "" for m in metrics) + " |")
+            out.append(
+                f"| {r['config']} | " + " | ".join(_stat(r[m]["per_seed"]) if m in r else "" for m in metrics) + " |"
+            )
         out.append("")
         df = next((r for r in mine if r["method"] == "deepfacto"), None)
         un = next((r for r in mine if r["method"] == "unrolled-nmf"), None)
         cam = next((r for r in mine if r["method"] == "cam"), None)
         if task == "pairs" and cam and "test_pointing" in cam and cam["test_pointing"]["mean"] < 0.1:
-            out.append(f"- On this reduced pairs protocol CAM did not train (pointing {pct(cam['test_pointing']['mean'])}%) and "
-                       "no method names both digits of most canvases: the pairs comparison is weak evidence either way; "
-                       "DeepFacto's own section above has the full-size run (DeepFacto and CAM only).")
+            out.append(
+                f"- On this reduced pairs protocol CAM did not train (pointing {pct(cam['test_pointing']['mean'])}%) "
+                f"and "
+                "no method names both digits of most canvases: the pairs comparison is weak evidence either way; "
+                "DeepFacto's own section above has the full-size run (DeepFacto and CAM only)."
+            )
         if df and un:
             for m in metrics:
                 if m in df and m in un:
                     gap = df[m]["mean"] - un[m]["mean"]
-                    word = ("DeepFacto ahead" if gap > 0.005 else "the unrolled-NMF backprop layer ahead" if gap < -0.005
-                            else "a tie")
-                    out.append(f"- {task}, {m[5:]}: DeepFacto {pct(df[m]['mean'])} vs unrolled NMF {pct(un[m]['mean'])}: "
-                               f"{word} ({100 * gap:+.1f} points).")
+                    word = (
+                        "DeepFacto ahead"
+                        if gap > 0.005
+                        else "the unrolled-NMF backprop layer ahead"
+                        if gap < -0.005
+                        else "a tie"
+                    )
+                    out.append(
+                        f"- {task}, {m[5:]}: DeepFacto {pct(df[m]['mean'])} vs unrolled NMF {pct(un[m]['mean'])}: "
+                        f"{word} ({100 * gap:+.1f} points)."
+                    )
             out.append("")
     return out
 
@@ -250,8 +395,9 @@ def render(root: str = "results/experiments", link_root: str | None = None) -> s
         paths = sorted(glob.glob(os.path.join(root, name, "map-g*.json"))) + [os.path.join(root, name, "results.json")]
         path = next((p for p in paths if os.path.exists(p)), None)
         if path is not None:
-            lines, t = render_robustness(robustness.read_all(os.path.dirname(path)), read_results(path)["meta"],
-                                         f"{link_root}/{name}")
+            lines, t = render_robustness(
+                robustness.read_all(os.path.dirname(path)), read_results(path)["meta"], f"{link_root}/{name}"
+            )
             out, tried = out + lines, tried + t
     if tried:
         out += render_win_search(tried)

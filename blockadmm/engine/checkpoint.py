@@ -9,6 +9,7 @@ a new name and fsync'ed; then one `os.replace` of the header file switches from 
 new one, so a kill at any instant leaves one or the other, whole. Leftovers of interrupted saves are removed by
 the next save.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,14 +73,23 @@ def save_checkpoint(path: str, state: dict, *, tables: Mapping[str, str] | None 
         buffer = io.BytesIO()
         torch.save(state, buffer)
         payload = buffer.getbuffer()
-        header = json.dumps({
-            "format": "blockadmm.checkpoint", "version": FORMAT_VERSION,
-            "payload": {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
-            "files": manifest,
-        }, sort_keys=True).encode()
+        header = json.dumps(
+            {
+                "format": "blockadmm.checkpoint",
+                "version": FORMAT_VERSION,
+                "payload": {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
+                "files": manifest,
+            },
+            sort_keys=True,
+        ).encode()
         with open(tmp, "wb") as f:
-            for part in (MAGIC, len(header).to_bytes(_LENGTH_BYTES, "little"), header,
-                         hashlib.sha256(header).digest(), payload):
+            for part in (
+                MAGIC,
+                len(header).to_bytes(_LENGTH_BYTES, "little"),
+                header,
+                hashlib.sha256(header).digest(),
+                payload,
+            ):
                 _write_all(f, part)
             f.flush()
             os.fsync(f.fileno())
@@ -115,7 +125,7 @@ def _copy_table(src: str, dst: str, ckpt: str) -> tuple[int, str]:
         digest.update(head)
         size += len(head)
         for i in range(0, rows.shape[0], step):
-            chunk = np.ascontiguousarray(rows[i:i + step])
+            chunk = np.ascontiguousarray(rows[i : i + step])
             if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
                 raise NonFiniteError(f"refusing to overwrite {ckpt} with non-finite table {os.path.basename(dst)}")
             data = chunk.tobytes()
@@ -197,8 +207,10 @@ def load_checkpoint(path: str, *, map_location=None) -> dict:
         f.seek(offset)
         payload = f.read(header["payload"]["size"] + 1)
     if len(payload) != header["payload"]["size"]:
-        raise CheckpointError(f"{path} is truncated or has bytes appended: its payload has {len(payload)} bytes, "
-                              f"the header says {header['payload']['size']}")
+        raise CheckpointError(
+            f"{path} is truncated or has bytes appended: its payload has {len(payload)} bytes, "
+            f"the header says {header['payload']['size']}"
+        )
     if hashlib.sha256(payload).hexdigest() != header["payload"]["sha256"]:
         raise CheckpointError(f"{path} is corrupted: its payload does not match the checksum in its header")
     files = {name: _verified_file(path, entry) for name, entry in header["files"].items()}
@@ -206,8 +218,10 @@ def load_checkpoint(path: str, *, map_location=None) -> dict:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} holds objects other than tensors and plain containers; refusing to load "
-                              f"them (that could run code): {first}") from None
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain containers; refusing to load "
+            f"them (that could run code): {first}"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint's state dict")
     if files:
@@ -235,8 +249,10 @@ def _read_header(path: str) -> tuple[dict, int]:
         if MAGIC.startswith(magic):
             raise CheckpointError(f"{path} is truncated ({size} bytes): not a whole blockadmm checkpoint")
         kind = "a torch.save or pickle file" if magic[:2] == b"PK" or magic[:1] == b"\x80" else "some other file"
-        raise CheckpointError(f"{path} is {kind}, not a blockadmm checkpoint; refusing to load it (this package "
-                              f"reads only files its own save wrote, and never unpickles code)")
+        raise CheckpointError(
+            f"{path} is {kind}, not a blockadmm checkpoint; refusing to load it (this package "
+            f"reads only files its own save wrote, and never unpickles code)"
+        )
     if length > _MAX_HEADER or offset > size:
         raise CheckpointError(f"{path} is truncated or corrupted: its header runs past the end of the file")
     if hashlib.sha256(raw).digest() != digest:
@@ -245,11 +261,14 @@ def _read_header(path: str) -> tuple[dict, int]:
         header = json.loads(raw)
         version = (header["format"], header["version"])
         if version != ("blockadmm.checkpoint", FORMAT_VERSION):
-            raise CheckpointError(f"{path} is a checkpoint of format {version}; this blockadmm reads "
-                                  f"('blockadmm.checkpoint', {FORMAT_VERSION})")
+            raise CheckpointError(
+                f"{path} is a checkpoint of format {version}; this blockadmm reads "
+                f"('blockadmm.checkpoint', {FORMAT_VERSION})"
+            )
         entries = [header["payload"]] + list(header["files"].values())
         if not all(isinstance(e["size"], int) and isinstance(e["sha256"], str) for e in entries) or not all(
-                isinstance(e["path"], str) for e in entries[1:]):
+            isinstance(e["path"], str) for e in entries[1:]
+        ):
             raise TypeError("a manifest entry has the wrong types")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         if isinstance(e, CheckpointError):
@@ -269,10 +288,13 @@ def _verified_file(path: str, entry: Mapping) -> str:
     try:
         size = os.path.getsize(full)
     except OSError:
-        raise CheckpointError(f"{path}: its table file {full} is missing (was the run folder copied without it?)") from None
+        raise CheckpointError(
+            f"{path}: its table file {full} is missing (was the run folder copied without it?)"
+        ) from None
     if size != entry["size"]:
-        raise CheckpointError(f"{path}: its table file {full} has {size} bytes, the manifest says {entry['size']} "
-                              f"(truncated or replaced)")
+        raise CheckpointError(
+            f"{path}: its table file {full} has {size} bytes, the manifest says {entry['size']} (truncated or replaced)"
+        )
     if _sha256_file(full) != entry["sha256"]:
         raise CheckpointError(f"{path}: its table file {full} is corrupted (its sha256 differs from the manifest)")
     return full
@@ -284,8 +306,10 @@ def check_module_state(module: torch.nn.Module, state: Mapping, what: str) -> No
     own = module.state_dict()
     if set(own) != set(state):
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        raise CheckpointError(f"{what} does not fit: the model has {missing[:5]} that the checkpoint lacks, the "
-                              f"checkpoint {extra[:5]} that the model lacks")
+        raise CheckpointError(
+            f"{what} does not fit: the model has {missing[:5]} that the checkpoint lacks, the "
+            f"checkpoint {extra[:5]} that the model lacks"
+        )
     for key, value in own.items():
         theirs = state[key]
         if isinstance(value, torch.Tensor) and (not isinstance(theirs, torch.Tensor) or theirs.shape != value.shape):
@@ -299,12 +323,15 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping, what
     if not isinstance(groups, list) or not isinstance(state.get("state"), Mapping):
         raise CheckpointError(f"{what} is not an optimizer state")
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
-        raise CheckpointError(f"{what} has parameter groups of {[len(g['params']) for g in groups]} tensors, "
-                              f"this optimizer {[len(g['params']) for g in optimizer.param_groups]}")
+        raise CheckpointError(
+            f"{what} has parameter groups of {[len(g['params']) for g in groups]} tensors, "
+            f"this optimizer {[len(g['params']) for g in optimizer.param_groups]}"
+        )
     params = [p for g in optimizer.param_groups for p in g["params"]]
     ids = [i for g in groups for i in g["params"]]
     for i, p in zip(ids, params):
         for key, value in dict(state["state"].get(i, {})).items():
             if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
-                raise CheckpointError(f"{what}: {key} of a parameter is {tuple(value.shape)}, the parameter "
-                                      f"{tuple(p.shape)}")
+                raise CheckpointError(
+                    f"{what}: {key} of a parameter is {tuple(value.shape)}, the parameter {tuple(p.shape)}"
+                )

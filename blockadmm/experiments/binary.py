@@ -26,6 +26,7 @@ surrogate trains to 72% / 37% (depth 2 / 4, 5 epochs), projecting onto the box [
 Baseline: backprop with the straight-through estimator on the same net (forward 1[a > 0], backward
 the clipped identity 1[|a| ≤ 1]), Adam 1e-3, same batches, same initial weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,9 @@ class BinaryBlock(nn.Module):
     one of the surrogates described in the module docstring (hinge by default).
     """
 
-    def __init__(self, in_features: int, out_features: int, lr: float = 1e-3, surrogate: str = "hinge", margin: float = 0.1):
+    def __init__(
+        self, in_features: int, out_features: int, lr: float = 1e-3, surrogate: str = "hinge", margin: float = 0.1
+    ):
         super().__init__()
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
@@ -118,8 +121,15 @@ def binary_mlp(run: C.Run):
     torch.manual_seed(run.seed)
     blocks, prev = [], sp.train.input_shape[0]
     for _ in range(run.depth):
-        blocks.append(BinaryBlock(prev, run.width, lr=run.extra.get("block_lr", 1e-3),
-                                  surrogate=run.extra.get("surrogate", "hinge"), margin=run.extra.get("margin", 0.1)))
+        blocks.append(
+            BinaryBlock(
+                prev,
+                run.width,
+                lr=run.extra.get("block_lr", 1e-3),
+                surrogate=run.extra.get("surrogate", "hinge"),
+                margin=run.extra.get("margin", 0.1),
+            )
+        )
         prev = run.width
     blocks.append(nn.Sequential(nn.Linear(prev, sp.num_classes)))
     model = nn.Sequential(*blocks)
@@ -131,7 +141,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--seeds", help="comma list (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 3)")
-    p.add_argument("--lr-z", type=float, default=20.0, help="auxiliary step size of Block-ADMM (capped at 1/rho by the trainer)")
+    p.add_argument(
+        "--lr-z", type=float, default=20.0, help="auxiliary step size of Block-ADMM (capped at 1/rho by the trainer)"
+    )
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--sweeps", type=int, default=2, help="sweeps per mini-batch")
     p.add_argument("--margin", type=float, default=0.1, help="hinge-surrogate margin")
@@ -156,23 +168,54 @@ def main(args) -> int:
     epochs = args.epochs or (3 if args.quick else 10)
     cells = [(m, d, s) for d in depths for s in seeds for m in methods]
     records = []
-    meta = {"dataset": "mnist5k", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-            "epochs": epochs, "batch_size": 100, "width": 256, "lr_z": args.lr_z, "rho": args.rho, "sweeps": args.sweeps,
-            "block_lr": args.block_lr, "ste_lr": args.ste_lr, "surrogate": args.surrogate, "margin": args.margin,
-            "relaxed_rho": args.relaxed_rho,
-            "projection": "z <- 1[z > 1/2]", "quick": bool(args.quick),
-            "command": "blockadmm experiment binary" + (" --quick" if args.quick else "")}
+    meta = {
+        "dataset": "mnist5k",
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "test": len(splits.test),
+        "epochs": epochs,
+        "batch_size": 100,
+        "width": 256,
+        "lr_z": args.lr_z,
+        "rho": args.rho,
+        "sweeps": args.sweeps,
+        "block_lr": args.block_lr,
+        "ste_lr": args.ste_lr,
+        "surrogate": args.surrogate,
+        "margin": args.margin,
+        "relaxed_rho": args.relaxed_rho,
+        "projection": "z <- 1[z > 1/2]",
+        "quick": bool(args.quick),
+        "command": "blockadmm experiment binary" + (" --quick" if args.quick else ""),
+    }
     bar = tqdm(cells, desc="binary", disable=args.no_progress)
     for m, d, s in bar:
         relaxed = m == "admm-relaxed"
-        run = C.Run(method=m, depth=d, activation="step", seed=s, epochs=epochs, splits=splits,
-                    extra={"block_lr": args.block_lr, "surrogate": "ste" if relaxed else args.surrogate, "margin": args.margin})
+        run = C.Run(
+            method=m,
+            depth=d,
+            activation="step",
+            seed=s,
+            epochs=epochs,
+            splits=splits,
+            extra={"block_lr": args.block_lr, "surrogate": "ste" if relaxed else args.surrogate, "margin": args.margin},
+        )
         if m in ("admm-online", "admm-relaxed"):
             rho = args.relaxed_rho if relaxed else args.rho
-            run.overrides = {"preset": "default", "lr_z": 1.0 / rho if relaxed else args.lr_z, "rho": rho,
-                             "sweeps": args.sweeps, "weight_lr": args.block_lr}
-            rec = C.run_admm(run, "online", blocks_factory=binary_mlp, progress=bar,
-                             constraints=None if relaxed else {k: binary_projection() for k in range(d)})
+            run.overrides = {
+                "preset": "default",
+                "lr_z": 1.0 / rho if relaxed else args.lr_z,
+                "rho": rho,
+                "sweeps": args.sweeps,
+                "weight_lr": args.block_lr,
+            }
+            rec = C.run_admm(
+                run,
+                "online",
+                blocks_factory=binary_mlp,
+                progress=bar,
+                constraints=None if relaxed else {k: binary_projection() for k in range(d)},
+            )
             rec.pop("config", None)
         elif m == "backprop-ste":
             rec = C.run_backprop(run, "adam", args.ste_lr, blocks_factory=binary_mlp, progress=bar)
@@ -191,7 +234,10 @@ def summary(records) -> str:
         t[(r["depth"], r["method"])].append(r)
     lines = ["depth  method         seeds  mean_test  worst_test"]
     for (d, m), rs in sorted(t.items()):
-        lines.append(f"{d:5d}  {m:13s}  {len(rs):5d}  {C.mean(r['test_acc'] for r in rs):9.3f}  {min(r['test_acc'] for r in rs):10.3f}")
+        lines.append(
+            f"{d:5d}  {m:13s}  {len(rs):5d}  {C.mean(r['test_acc'] for r in rs):9.3f}  "
+            f"{min(r['test_acc'] for r in rs):10.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -203,8 +249,12 @@ def plot(records, out):
         for i, m in enumerate(METHODS):
             rs = [r for r in records if r["depth"] == d and r["method"] == m]
             for k, r in enumerate(rs):
-                ax.plot(range(1, len(r["history"]) + 1), [h["test_acc"] for h in r["history"]], color=f"C{i}",
-                        label=m if k == 0 else None)
+                ax.plot(
+                    range(1, len(r["history"]) + 1),
+                    [h["test_acc"] for h in r["history"]],
+                    color=f"C{i}",
+                    label=m if k == 0 else None,
+                )
         ax.set_title(f"{d} binary hidden layers of 256")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy")

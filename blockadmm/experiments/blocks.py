@@ -6,6 +6,7 @@
 sequential bottom-up, Jacobi. One block is plain backprop with the block's optimizer (Adam at the
 recipe's learning rate). Accuracy and time per epoch, same batches and initial weights for all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,19 +48,37 @@ def main(args) -> int:
     for act in acts:
         for s in seeds:
             for nb in counts:
-                for order in (["-"] if nb == 1 else orders):
+                for order in ["-"] if nb == 1 else orders:
                     cells.append((act, s, nb, order))
-    meta = {"dataset": "mnist5k", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-            "depth": args.depth, "epochs": epochs, "batch_size": 100, "quick": bool(args.quick),
-            "init": args.init,
-            "command": "blockadmm experiment blocks" + (" --quick" if args.quick else "")
-                       + (f" --init {args.init}" if args.init != "default" else "")}
+    meta = {
+        "dataset": "mnist5k",
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "test": len(splits.test),
+        "depth": args.depth,
+        "epochs": epochs,
+        "batch_size": 100,
+        "quick": bool(args.quick),
+        "init": args.init,
+        "command": "blockadmm experiment blocks"
+        + (" --quick" if args.quick else "")
+        + (f" --init {args.init}" if args.init != "default" else ""),
+    }
     records = []
     bar = tqdm(cells, desc="blocks", disable=args.no_progress)
     for act, s, nb, order in bar:
         method = "backprop (1 block)" if nb == 1 else f"admm {order}"
-        run = C.Run(method=method, depth=args.depth, activation=act, seed=s, epochs=epochs, splits=splits, n_blocks=nb,
-                    overrides={} if nb == 1 else {"order": order}, init=args.init)
+        run = C.Run(
+            method=method,
+            depth=args.depth,
+            activation=act,
+            seed=s,
+            epochs=epochs,
+            splits=splits,
+            n_blocks=nb,
+            overrides={} if nb == 1 else {"order": order},
+            init=args.init,
+        )
         rec = C.run_admm(run, "online", progress=bar)
         rec.update({"n_blocks": nb, "order": order, "recipe": C.admm_recipe(act, args.depth)["preset"]})
         records.append(rec)
@@ -72,7 +91,10 @@ def main(args) -> int:
 def summary(records) -> str:
     lines = ["activation  blocks  order      seed  test_acc  s/epoch"]
     for r in sorted(records, key=lambda r: (r["activation"], r["n_blocks"], r["order"], r["seed"])):
-        lines.append(f"{r['activation']:10s}  {r['n_blocks']:6d}  {r['order']:9s}  {r['seed']:4d}  {r['test_acc']:8.3f}  {r['time_per_epoch_s']:7.2f}")
+        lines.append(
+            f"{r['activation']:10s}  {r['n_blocks']:6d}  {r['order']:9s}  {r['seed']:4d}  {r['test_acc']:8.3f}  "
+            f"{r['time_per_epoch_s']:7.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -95,7 +117,9 @@ def plot(records, out):
             if not xs:
                 continue
             axes[0][j].plot(xs, [C.mean(r["test_acc"] for r in t[x]) for x in xs], "o-", color=f"C{i}", label=order)
-            axes[1][j].plot(xs, [C.mean(r["time_per_epoch_s"] for r in t[x]) for x in xs], "o-", color=f"C{i}", label=order)
+            axes[1][j].plot(
+                xs, [C.mean(r["time_per_epoch_s"] for r in t[x]) for x in xs], "o-", color=f"C{i}", label=order
+            )
         axes[0][j].set_title(f"{act}, {rs[0]['depth']} layers of 256")
         axes[0][j].set_ylabel("test accuracy (last epoch)")
         axes[1][j].set_ylabel("seconds per epoch (1 CPU thread)")

@@ -16,6 +16,7 @@ Methods (names are the ones the experiments and results files use):
                  of every block detached (no gradient between blocks), all blocks on every batch;
                  prediction is the plain network (the last block)
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,12 @@ def setup_threads() -> None:
 
 def add_init_arg(p) -> None:
     """The experiments' --init flag (models.init_weights; recorded in every record)."""
-    p.add_argument("--init", default="default", choices=list(INITS),
-                   help="weight init of every net (default: PyTorch's; xavier: Glorot with the activation's gain)")
+    p.add_argument(
+        "--init",
+        default="default",
+        choices=list(INITS),
+        help="weight init of every net (default: PyTorch's; xavier: Glorot with the activation's gain)",
+    )
 
 
 _DATA_CACHE: Dict[tuple, bdata.DataSplits] = {}
@@ -57,8 +62,15 @@ def load_data(name: str = "mnist5k", val_fraction: float = 0.2, train_size: Opti
         _DATA_CACHE[key] = bdata.load(name, val_fraction=val_fraction)
     splits = _DATA_CACHE[key]
     if train_size:
-        splits = bdata.DataSplits(subset(splits.train, train_size), splits.val, splits.test,
-                                  splits.input_shape, splits.num_classes, splits.name, splits.stats)
+        splits = bdata.DataSplits(
+            subset(splits.train, train_size),
+            splits.val,
+            splits.test,
+            splits.input_shape,
+            splits.num_classes,
+            splits.name,
+            splits.stats,
+        )
     return splits
 
 
@@ -104,7 +116,9 @@ class Run:
     init: str = "default"  # models.init_weights
     init_gain: Optional[float] = None  # None: the activation's usual gain
     lr: Optional[float] = None  # backprop / local-greedy learning rate (None: the method's default)
-    eval_train_each_epoch: bool = True  # False: train accuracy and spreads only after the last epoch (val/test every epoch)
+    eval_train_each_epoch: bool = (
+        True  # False: train accuracy and spreads only after the last epoch (val/test every epoch)
+    )
     stop_at_chance: Optional[int] = None  # stop after this epoch if validation accuracy is still <= 1.2 / n_classes
 
 
@@ -130,7 +144,8 @@ def block_spread(blocks: List[nn.Module], x: torch.Tensor) -> List[float]:
 
 
 def epoch_loop(run: Run, blocks: List[nn.Module], step: Callable, forward: Callable, progress=None) -> dict:
-    """Train `epochs` epochs with `step(x, y, index) -> dict` (training.train_epochs); evaluate after each; return the record."""
+    """Train `epochs` epochs with `step(x, y, index) -> dict` (training.train_epochs); evaluate after each; return the
+    record."""
     sp = run.splits
     probe = sp.train.X[:500]
 
@@ -140,14 +155,20 @@ def epoch_loop(run: Run, blocks: List[nn.Module], step: Callable, forward: Calla
         val_acc = accuracy(forward, sp.val) if sp.val is not None and len(sp.val) else None
         stop = run.stop_at_chance == epoch and val_acc is not None and val_acc <= 1.2 / sp.num_classes
         full = run.eval_train_each_epoch or epoch == run.epochs or stop
-        return {"train_acc": accuracy(forward, sp.train) if full else None, "val_acc": val_acc,
-                "test_acc": accuracy(forward, sp.test), "spread": block_spread(blocks, probe) if full else None,
-                "stopped_at_chance": stop}
+        return {
+            "train_acc": accuracy(forward, sp.train) if full else None,
+            "val_acc": val_acc,
+            "test_acc": accuracy(forward, sp.test),
+            "spread": block_spread(blocks, probe) if full else None,
+            "stopped_at_chance": stop,
+        }
 
     def after_epoch(rec: dict) -> bool:
         rec.update(evaluate(rec["epoch"]))
         if progress is not None:
-            progress.set_postfix_str(f"{run.method} d{run.depth} {run.activation} s{run.seed} ep{rec['epoch']} test {rec['test_acc']:.3f}")
+            progress.set_postfix_str(
+                f"{run.method} d{run.depth} {run.activation} s{run.seed} ep{rec['epoch']} test {rec['test_acc']:.3f}"
+            )
         return rec.pop("stopped_at_chance")
 
     def train_step(x, y, index):
@@ -155,7 +176,9 @@ def epoch_loop(run: Run, blocks: List[nn.Module], step: Callable, forward: Calla
             b.train()
         return step(x, y, index)
 
-    history = train_epochs(train_step, sp.train, run.epochs, batch_size=run.batch_size, seed=run.seed, on_epoch=after_epoch)
+    history = train_epochs(
+        train_step, sp.train, run.epochs, batch_size=run.batch_size, seed=run.seed, on_epoch=after_epoch
+    )
     wall = sum(h["wall_s"] for h in history)
     last = history[-1]
     record = {
@@ -187,14 +210,18 @@ def model_and_blocks(run: Run, blocks_factory=None):
     return model, block_list(model, cuts)
 
 
-def run_backprop(run: Run, optimizer: str = "sgd", lr: Optional[float] = None, blocks_factory=None, progress=None) -> dict:
+def run_backprop(
+    run: Run, optimizer: str = "sgd", lr: Optional[float] = None, blocks_factory=None, progress=None
+) -> dict:
     """Plain backprop of the run's net (training.Backprop); lr None: the optimizer's default."""
     model, blocks = model_and_blocks(run, blocks_factory)
     learner = Backprop(model, optimizer=optimizer, lr=lr)
     return epoch_loop(run, blocks, learner.step, model, progress)
 
 
-def make_admm(run: Run, blocks: List[nn.Module], mode: str, constraints=None, weight_lr: Optional[float] = None) -> BlockADMM:
+def make_admm(
+    run: Run, blocks: List[nn.Module], mode: str, constraints=None, weight_lr: Optional[float] = None
+) -> BlockADMM:
     recipe = admm_recipe(run.activation, run.depth, mode)
     overrides = dict(run.overrides)
     if "preset" not in overrides:  # the activation's recipe; a run naming its preset sets every field itself

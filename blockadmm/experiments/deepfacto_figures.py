@@ -1,4 +1,5 @@
 """The DeepFacto figures: the NMF basis, the class x group energy matrix, the pairs' code maps."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,15 @@ def fig_basis(nmf, path: str, feat_shape, feature_to_image=None, title: str = "N
                     img[: len(w)] = w.numpy()
                     img = img.reshape(side, side)
                 ax.imshow(img, cmap="magma")
-        axes[r, 0].text(-0.3, 0.5, "shared" if g < 0 else f"class {g}", transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+        axes[r, 0].text(
+            -0.3,
+            0.5,
+            "shared" if g < 0 else f"class {g}",
+            transform=axes[r, 0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
     fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -51,7 +60,15 @@ def fig_matrix(M: np.ndarray, path: str, title: str):
     ax.set_yticks(range(M.shape[0]))
     for i in range(M.shape[0]):
         for j in range(M.shape[1]):
-            ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if M[i, j] < 0.5 * M.max() else "k")
+            ax.text(
+                j,
+                i,
+                f"{M[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="w" if M[i, j] < 0.5 * M.max() else "k",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -60,7 +77,8 @@ def fig_matrix(M: np.ndarray, path: str, title: str):
 
 @torch.no_grad()
 def fig_pairs(ds, map_fns: dict[str, object], path: str, n: int = 6):
-    """Rows: canvases; columns: the canvas with both boxes, then each method's map for each present class (x = argmax)."""
+    """Rows: canvases; columns: the canvas with both boxes, then each method's map for each present class (x =
+    argmax)."""
     plt = pyplot()
     names = list(map_fns)
     cols = 1 + 2 * len(names)
@@ -72,7 +90,16 @@ def fig_pairs(ds, map_fns: dict[str, object], path: str, n: int = 6):
         ax.imshow(x[i, 0].numpy(), cmap="gray")
         for j in range(2):
             x0, y0, x1, y1 = ds.boxes[i, j].tolist()
-            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="cyan" if j == 0 else "orange", lw=1))
+            ax.add_patch(
+                plt.Rectangle(
+                    (x0 - 0.5, y0 - 0.5),
+                    x1 - x0 + 1,
+                    y1 - y0 + 1,
+                    fill=False,
+                    color="cyan" if j == 0 else "orange",
+                    lw=1,
+                )
+            )
         ax.set_title(f"{ds.classes[i, 0].item()} & {ds.classes[i, 1].item()}", fontsize=7)
         for m, name in enumerate(names):
             for j in range(2):
@@ -83,7 +110,11 @@ def fig_pairs(ds, map_fns: dict[str, object], path: str, n: int = 6):
                 am = int(mp.argmax())
                 ax.plot(am % mp.shape[1], am // mp.shape[1], "x", color="cyan" if j == 0 else "orange", ms=6, mew=2)
                 x0, y0, x1, y1 = ds.boxes[i, j].tolist()
-                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="w", lw=0.6, ls="--"))
+                ax.add_patch(
+                    plt.Rectangle(
+                        (x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="w", lw=0.6, ls="--"
+                    )
+                )
                 if i == 0:
                     ax.set_title(f"{name}: class {'A' if j == 0 else 'B'}", fontsize=7)
     for ax in axes.flat:

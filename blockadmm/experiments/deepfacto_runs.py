@@ -7,6 +7,7 @@ per-sample-normalized codes; pairs, the same recipe on 28x28-pixel windows of th
 (`WindowFeatures`), group energies pooled by a smooth max (r = 4), multi-label softmax loss, l1 0.03, trained
 on "ink proposals" (`ink_proposals`) first, then on the canvases.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,12 +52,36 @@ class GAPLinear(nn.Module):
         return self.linear(x.mean((2, 3)))
 
 
-def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = "energy", arch: str = "cnn",
-                   per_class: int = 5, update_epochs: int = 0, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1,
-                   dual_step: float = 0.5, eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3,
-                   contrast: float = 2.0, learn_head: bool = False, val_fraction: float = 0.1, use_test: bool = True, baselines: bool = True, progress: bool = True,
-                   n_train: int | None = None, l1: float = 0.1, solver: str = "op", eg_clip: float | None = None,
-                   backend: str = "auto", log=print) -> dict:
+def run_supervised(
+    seed: int,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    head: str = "energy",
+    arch: str = "cnn",
+    per_class: int = 5,
+    update_epochs: int = 0,
+    rho: float = 1.0,
+    lr_z: float = 0.5,
+    sweeps: int = 1,
+    dual_step: float = 0.5,
+    eg_steps: int = 3,
+    eg_lr: float = 1.0,
+    n_iter: int = 10,
+    lr: float = 3e-3,
+    contrast: float = 2.0,
+    learn_head: bool = False,
+    val_fraction: float = 0.1,
+    use_test: bool = True,
+    baselines: bool = True,
+    progress: bool = True,
+    n_train: int | None = None,
+    l1: float = 0.1,
+    solver: str = "op",
+    eg_clip: float | None = None,
+    backend: str = "auto",
+    log=print,
+) -> dict:
     """DeepFacto on MNIST-5k for one seed (with `baselines`: backprop of the same features with a linear head, and
     the CAM network), all on the same batches; per-epoch records and the final numbers."""
     data = load("mnist5k", image=(arch == "cnn"), val_fraction=val_fraction, split_seed=0)
@@ -67,32 +92,77 @@ def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = 
     feats = feature_cnn(1) if arch == "cnn" else feature_mlp(train.input_shape[0])
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
-    blocks = build_deepfacto(feats, feat_shape, 10, normalize=False, head=head, per_class=per_class, n_iter=n_iter,
-                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=learn_head, l1=l1, solver=solver,
-                             eg_clip=eg_clip if eg_clip is not None else (2.0 if head == "energy" else 0.25), backend=backend)
+    blocks = build_deepfacto(
+        feats,
+        feat_shape,
+        10,
+        normalize=False,
+        head=head,
+        per_class=per_class,
+        n_iter=n_iter,
+        update_epochs=update_epochs,
+        eg_steps=eg_steps,
+        eg_lr=eg_lr,
+        learn_head=learn_head,
+        l1=l1,
+        solver=solver,
+        eg_clip=eg_clip if eg_clip is not None else (2.0 if head == "energy" else 0.25),
+        backend=backend,
+    )
     init_basis(blocks, train, seed=seed, contrast=contrast)
     if isinstance(blocks[2], LinearCodeHead):
         blocks[2].set_scale(codes_of(blocks, train.X[:1000]))
-    trainer = BlockADMM(blocks, input_shape=train.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
-                        rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed, backend=backend,
-                        optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+    trainer = BlockADMM(
+        blocks,
+        input_shape=train.input_shape,
+        mode="online",
+        constraints={0: "nonneg", 1: "nonneg"},
+        rho=rho,
+        lr_z=lr_z,
+        sweeps=sweeps,
+        dual_step=dual_step,
+        seed=seed,
+        backend=backend,
+        optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+    )
     per_epoch = []
 
     def on_epoch(rec):
-        ev = {"epoch": rec["epoch"], "wall_s": rec["wall_s"], "train_acc": rec["train_acc"], "loss": rec["loss"],
-              "primal": rec["primal_residual"]}
+        ev = {
+            "epoch": rec["epoch"],
+            "wall_s": rec["wall_s"],
+            "train_acc": rec["train_acc"],
+            "loss": rec["loss"],
+            "primal": rec["primal_residual"],
+        }
         for name, ds in (("val", val), ("test", test if use_test else None)):
             if ds is not None:
                 ev[f"{name}_acc"] = rec[f"{name}_acc"]
                 H = codes_of(blocks, ds.X)
                 ev[f"{name}_disentangling"] = disentangling_score(H, ds.Y, blocks[1].group, 10)
         per_epoch.append(ev)
-        log(f"[deepfacto seed {seed} {head}] epoch {ev['epoch']}: " + " ".join(
-            f"{k}={v:.4f}" for k, v in ev.items() if isinstance(v, float)))
+        log(
+            f"[deepfacto seed {seed} {head}] epoch {ev['epoch']}: "
+            + " ".join(f"{k}={v:.4f}" for k, v in ev.items() if isinstance(v, float))
+        )
 
-    trainer.fit(train, epochs, batch_size=batch_size, val=val, test=test if use_test else None, progress=progress, on_epoch=on_epoch)
-    out = {"seed": seed, "head": head, "epochs": per_epoch, "deepfacto_epoch_s": float(np.median([e["wall_s"] for e in per_epoch])),
-           "trainer": trainer, "blocks": blocks}
+    trainer.fit(
+        train,
+        epochs,
+        batch_size=batch_size,
+        val=val,
+        test=test if use_test else None,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
+    out = {
+        "seed": seed,
+        "head": head,
+        "epochs": per_epoch,
+        "deepfacto_epoch_s": float(np.median([e["wall_s"] for e in per_epoch])),
+        "trainer": trainer,
+        "blocks": blocks,
+    }
     last = per_epoch[-1]
     for k in ("val_acc", "test_acc", "val_disentangling", "test_disentangling"):
         if k in last:
@@ -101,8 +171,10 @@ def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = 
     out[f"best_{key}"] = max(e[key] for e in per_epoch)
     if baselines:
         torch.manual_seed(seed)
-        lin = nn.Sequential(feature_cnn(1, normalize=False) if arch == "cnn" else feature_mlp(train.input_shape[0], normalize=False),
-                            nn.LazyLinear(10))
+        lin = nn.Sequential(
+            feature_cnn(1, normalize=False) if arch == "cnn" else feature_mlp(train.input_shape[0], normalize=False),
+            nn.LazyLinear(10),
+        )
         lin(train.X[:2])
 
         def ev(m):
@@ -111,15 +183,33 @@ def run_supervised(seed: int, *, epochs: int, batch_size: int = 64, head: str = 
                 r["test_acc"] = accuracy(m, test)
             return r
 
-        h = run_backprop(lin, train, epochs, batch_size=batch_size, seed=seed, lr=1e-3, evaluate=ev, progress=progress,
-                         desc="backprop linear")
+        h = run_backprop(
+            lin,
+            train,
+            epochs,
+            batch_size=batch_size,
+            seed=seed,
+            lr=1e-3,
+            evaluate=ev,
+            progress=progress,
+            desc="backprop linear",
+        )
         out["backprop_linear"] = h[-1] | {"epoch_s": float(np.median([e["wall_s"] for e in h]))}
         log(f"[backprop linear seed {seed}] {out['backprop_linear']}")
         if arch == "cnn":
             torch.manual_seed(seed)
             cam = nn.Sequential(feature_cnn(1, flatten=False, normalize=False), GAPLinear(64, 10))
-            h = run_backprop(cam, train, epochs, batch_size=batch_size, seed=seed, lr=1e-3, evaluate=ev, progress=progress,
-                             desc="backprop GAP")
+            h = run_backprop(
+                cam,
+                train,
+                epochs,
+                batch_size=batch_size,
+                seed=seed,
+                lr=1e-3,
+                evaluate=ev,
+                progress=progress,
+                desc="backprop GAP",
+            )
             out["backprop_gap"] = h[-1] | {"epoch_s": float(np.median([e["wall_s"] for e in h]))}
             log(f"[backprop GAP seed {seed}] {out['backprop_gap']}")
     return out
@@ -158,14 +248,44 @@ def ink_proposals(X: torch.Tensor, Y: torch.Tensor, k: int = 2, window: int = 28
     return IndexedDataset(C, Y.repeat_interleave(k, 0), Y.shape[1])
 
 
-def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 5, n_shared: int = 0,
-              update_epochs: int = 0, rho: float = 1.0, lr_z: float = 0.5, sweeps: int = 1, dual_step: float = 0.5,
-              eg_steps: int = 3, eg_lr: float = 1.0, n_iter: int = 10, lr: float = 3e-3, clutter: int = 0, contrast: float = 2.0,
-              n_train: int = 4000, n_test: int = 1000, val_fraction: float = 0.1, use_test: bool = True,
-              pool_r: float | None = 4.0, loss: str = "softmax", learn_head: bool = False, l1: float = 0.03,
-              cam_epochs: int | None = None, cam_lr: float = 3e-3, curriculum_epochs: int = 15, curriculum: str = "proposals",
-              windows: bool = True, window_stride: int = 2, solver: str = "gram",
-              baselines: bool = True, progress: bool = True, backend: str = "auto", log=print) -> dict:
+def run_pairs(
+    seed: int,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    per_class: int = 5,
+    n_shared: int = 0,
+    update_epochs: int = 0,
+    rho: float = 1.0,
+    lr_z: float = 0.5,
+    sweeps: int = 1,
+    dual_step: float = 0.5,
+    eg_steps: int = 3,
+    eg_lr: float = 1.0,
+    n_iter: int = 10,
+    lr: float = 3e-3,
+    clutter: int = 0,
+    contrast: float = 2.0,
+    n_train: int = 4000,
+    n_test: int = 1000,
+    val_fraction: float = 0.1,
+    use_test: bool = True,
+    pool_r: float | None = 4.0,
+    loss: str = "softmax",
+    learn_head: bool = False,
+    l1: float = 0.03,
+    cam_epochs: int | None = None,
+    cam_lr: float = 3e-3,
+    curriculum_epochs: int = 15,
+    curriculum: str = "proposals",
+    windows: bool = True,
+    window_stride: int = 2,
+    solver: str = "gram",
+    baselines: bool = True,
+    progress: bool = True,
+    backend: str = "auto",
+    log=print,
+) -> dict:
     """DeepFacto on MNIST-5k pairs for one seed (with `baselines`: the CAM network trained by backprop with the
     same curriculum), the most-ink rule beside them; per-epoch records and the final numbers."""
     data = load_pairs(n_train, n_test, val_fraction=val_fraction, seed=0, clutter=clutter)
@@ -178,9 +298,24 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
         feats = feature_cnn(1, flatten=False)
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
-    blocks = build_deepfacto(feats, feat_shape, 10, normalize=False, head="energy", per_class=per_class, n_shared=n_shared, n_iter=n_iter,
-                             update_epochs=update_epochs, eg_steps=eg_steps, eg_lr=eg_lr, learn_head=learn_head, pool_r=pool_r,
-                             l1=l1, solver=solver, backend=backend)
+    blocks = build_deepfacto(
+        feats,
+        feat_shape,
+        10,
+        normalize=False,
+        head="energy",
+        per_class=per_class,
+        n_shared=n_shared,
+        n_iter=n_iter,
+        update_epochs=update_epochs,
+        eg_steps=eg_steps,
+        eg_lr=eg_lr,
+        learn_head=learn_head,
+        pool_r=pool_r,
+        l1=l1,
+        solver=solver,
+        backend=backend,
+    )
     if loss not in ("softmax", "bce"):
         raise ValueError(f"loss must be 'softmax' or 'bce', got {loss!r}")
     loss_fn = multilabel_softmax_loss if loss == "softmax" else nn.BCEWithLogitsLoss()
@@ -197,17 +332,46 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
         else:
             single = ink_proposals(train.X, train.Y)
         init_basis(blocks, single, seed=seed, contrast=contrast)
-        stage1 = BlockADMM(blocks, input_shape=single.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
-                           loss=loss_fn, rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed,
-                           backend=backend, optimizer=lambda p: torch.optim.Adam(p, lr=lr))
-        stage1.fit(single, curriculum_epochs, batch_size=batch_size, progress=progress,
-                   on_epoch=lambda rec: log(f"[deepfacto pairs seed {seed}] curriculum ({curriculum}) epoch {rec['epoch']}: "
-                                            f"loss={rec['loss']:.4f} wall_s={rec['wall_s']:.1f}"))
+        stage1 = BlockADMM(
+            blocks,
+            input_shape=single.input_shape,
+            mode="online",
+            constraints={0: "nonneg", 1: "nonneg"},
+            loss=loss_fn,
+            rho=rho,
+            lr_z=lr_z,
+            sweeps=sweeps,
+            dual_step=dual_step,
+            seed=seed,
+            backend=backend,
+            optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+        )
+        stage1.fit(
+            single,
+            curriculum_epochs,
+            batch_size=batch_size,
+            progress=progress,
+            on_epoch=lambda rec: log(
+                f"[deepfacto pairs seed {seed}] curriculum ({curriculum}) epoch {rec['epoch']}: "
+                f"loss={rec['loss']:.4f} wall_s={rec['wall_s']:.1f}"
+            ),
+        )
     else:
         init_basis(blocks, train, seed=seed, contrast=contrast)
-    trainer = BlockADMM(blocks, input_shape=train.input_shape, mode="online", constraints={0: "nonneg", 1: "nonneg"},
-                        loss=loss_fn, rho=rho, lr_z=lr_z, sweeps=sweeps, dual_step=dual_step, seed=seed,
-                        backend=backend, optimizer=lambda p: torch.optim.Adam(p, lr=lr))
+    trainer = BlockADMM(
+        blocks,
+        input_shape=train.input_shape,
+        mode="online",
+        constraints={0: "nonneg", 1: "nonneg"},
+        loss=loss_fn,
+        rho=rho,
+        lr_z=lr_z,
+        sweeps=sweeps,
+        dual_step=dual_step,
+        seed=seed,
+        backend=backend,
+        optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+    )
 
     def df_logits(x):
         return blocks[2](blocks[1](blocks[0](x)))
@@ -225,13 +389,24 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
         for name, ds in evals:
             r = _pairs_eval(df_logits, df_maps, ds)
             ev[f"{name}_acc_both"], ev[f"{name}_pointing"] = r["acc_both"], r["pointing"]
-            ev[f"{name}_disentangling"] = disentangling_score(codes_of(blocks, ds.X[:500]), ds.Y[:500], blocks[1].group, 10)
+            ev[f"{name}_disentangling"] = disentangling_score(
+                codes_of(blocks, ds.X[:500]), ds.Y[:500], blocks[1].group, 10
+            )
         per_epoch.append(ev)
-        log(f"[deepfacto pairs seed {seed}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
+        log(
+            f"[deepfacto pairs seed {seed}] "
+            + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items())
+        )
 
     trainer.fit(train, epochs, batch_size=batch_size, progress=progress, on_epoch=on_epoch)
-    out = {"seed": seed, "epochs": per_epoch, "deepfacto_epoch_s": float(np.median([e["wall_s"] for e in per_epoch])),
-           "blocks": blocks, "data": data, "df_maps": df_maps}
+    out = {
+        "seed": seed,
+        "epochs": per_epoch,
+        "deepfacto_epoch_s": float(np.median([e["wall_s"] for e in per_epoch])),
+        "blocks": blocks,
+        "data": data,
+        "df_maps": df_maps,
+    }
     out.update({k: v for k, v in per_epoch[-1].items() if k.startswith(("val_", "test_"))})
     for name, ds in evals:
         out[f"{name}_most_ink_pointing"] = _pairs_eval(lambda x: torch.zeros(len(x), 10), most_ink_maps, ds)["pointing"]
@@ -246,16 +421,37 @@ def run_pairs(seed: int, *, epochs: int, batch_size: int = 64, per_class: int = 
             return torch.einsum("nchw,kc->nkhw", F, cam[1].linear.weight) + cam[1].linear.bias.view(1, -1, 1, 1)
 
         if curriculum_epochs:  # the same curriculum as DeepFacto
-            run_backprop(cam, single, curriculum_epochs, batch_size=batch_size, seed=seed, loss_fn=nn.BCEWithLogitsLoss(),
-                         lr=cam_lr, progress=progress, desc=f"backprop CAM (curriculum: {curriculum})")
-        h = run_backprop(cam, train, cam_epochs or epochs, batch_size=batch_size, seed=seed, loss_fn=nn.BCEWithLogitsLoss(),
-                         lr=cam_lr, progress=progress, desc="backprop CAM")
+            run_backprop(
+                cam,
+                single,
+                curriculum_epochs,
+                batch_size=batch_size,
+                seed=seed,
+                loss_fn=nn.BCEWithLogitsLoss(),
+                lr=cam_lr,
+                progress=progress,
+                desc=f"backprop CAM (curriculum: {curriculum})",
+            )
+        h = run_backprop(
+            cam,
+            train,
+            cam_epochs or epochs,
+            batch_size=batch_size,
+            seed=seed,
+            loss_fn=nn.BCEWithLogitsLoss(),
+            lr=cam_lr,
+            progress=progress,
+            desc="backprop CAM",
+        )
         cam.eval()
         out["cam_epoch_s"] = float(np.median([e["wall_s"] for e in h]))
         for name, ds in evals:
             r = _pairs_eval(cam, cam_maps, ds)
             out[f"{name}_cam_acc_both"], out[f"{name}_cam_pointing"] = r["acc_both"], r["pointing"]
         out["cam_maps"] = cam_maps
-        log(f"[CAM seed {seed}] " + " ".join(f"{k}={v:.4f}" for k, v in out.items() if "cam_" in k and isinstance(v, float)))
+        log(
+            f"[CAM seed {seed}] "
+            + " ".join(f"{k}={v:.4f}" for k, v in out.items() if "cam_" in k and isinstance(v, float))
+        )
     log("[most ink] " + " ".join(f"{k}={v:.4f}" for k, v in out.items() if "most_ink" in k))
     return out

@@ -7,6 +7,7 @@ et al. 2021, ICLR). Tasks: supervised MNIST-5k (accuracy, disentangling) and MNI
 labels right), beside DeepFacto (Block-ADMM) and the CAM network, 3 seeds; the baseline's Adam rate is chosen on
 validation with seed 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,14 @@ SCORE = {"supervised": "val_acc", "pairs": "val_pointing"}  # the baseline's rat
 # the protocol of each task: the recipes with fewer samples and epochs than DeepFacto's own section (supervised: 1,500
 # of the 3,600 training digits, 6 epochs instead of 12; pairs: 600 / 300 canvases instead of 4,000 / 1,000, 3 curriculum
 # and 3 canvas epochs, CAM 9), the same for every method, so that 3 seeds fit the grid's time on a shared machine
-PROTOCOL = {"supervised": {"epochs": 6, "n_train": 1500},
-            "pairs": {"epochs": 3, "n_train": 600, "n_test": 300, "curriculum_epochs": 3, "window_stride": 2, "cam_epochs": 9}}
-QUICK = {"supervised": {"epochs": 1, "n_train": 300},
-         "pairs": {"epochs": 1, "n_train": 200, "n_test": 100, "curriculum_epochs": 1, "window_stride": 2, "cam_epochs": 1}}
+PROTOCOL = {
+    "supervised": {"epochs": 6, "n_train": 1500},
+    "pairs": {"epochs": 3, "n_train": 600, "n_test": 300, "curriculum_epochs": 3, "window_stride": 2, "cam_epochs": 9},
+}
+QUICK = {
+    "supervised": {"epochs": 1, "n_train": 300},
+    "pairs": {"epochs": 1, "n_train": 200, "n_test": 100, "curriculum_epochs": 1, "window_stride": 2, "cam_epochs": 1},
+}
 
 
 class UnrolledNMF(nn.Module):
@@ -59,8 +64,16 @@ class UnrolledNMF(nn.Module):
         return _from_rows(H, spatial)
 
 
-def supervised_unrolled(seed: int, lr: float, *, epochs: int, n_train=None, batch_size: int = 64, use_test: bool = True,
-                        progress: bool = False) -> dict:
+def supervised_unrolled(
+    seed: int,
+    lr: float,
+    *,
+    epochs: int,
+    n_train=None,
+    batch_size: int = 64,
+    use_test: bool = True,
+    progress: bool = False,
+) -> dict:
     """The baseline on supervised MNIST-5k, built as run_supervised builds DeepFacto (energy head, its recipe)."""
     data = load("mnist5k", image=True, val_fraction=0.1, split_seed=0)
     train = C.subset(data.train, n_train)
@@ -68,8 +81,19 @@ def supervised_unrolled(seed: int, lr: float, *, epochs: int, n_train=None, batc
     feats = feature_cnn(1)
     with torch.no_grad():
         feat_shape = tuple(feats(train.X[:2]).shape[1:])
-    blocks = build_deepfacto(feats, feat_shape, 10, normalize=False, head="energy", per_class=5, n_iter=10, update_epochs=0, l1=0.1,
-                             solver="gram", reuse_forward=False)
+    blocks = build_deepfacto(
+        feats,
+        feat_shape,
+        10,
+        normalize=False,
+        head="energy",
+        per_class=5,
+        n_iter=10,
+        update_epochs=0,
+        l1=0.1,
+        solver="gram",
+        reuse_forward=False,
+    )
     init_basis(blocks, train, seed=seed, contrast=2.0)
     model = nn.Sequential(blocks[0], UnrolledNMF(blocks[1]), blocks[2])
 
@@ -81,13 +105,34 @@ def supervised_unrolled(seed: int, lr: float, *, epochs: int, n_train=None, batc
                 out[f"{name}_disentangling"] = disentangling_score(codes_of(blocks, ds.X), ds.Y, blocks[1].group, 10)
         return out
 
-    history = run_backprop(model, train, epochs, batch_size=batch_size, seed=seed, optimizer="adam", lr=lr,
-                           evaluate=evaluate, progress=progress, desc="backprop unrolled NMF")
+    history = run_backprop(
+        model,
+        train,
+        epochs,
+        batch_size=batch_size,
+        seed=seed,
+        optimizer="adam",
+        lr=lr,
+        evaluate=evaluate,
+        progress=progress,
+        desc="backprop unrolled NMF",
+    )
     return {**history[-1], "history": history, "epoch_s": C.mean(h["wall_s"] for h in history)}
 
 
-def pairs_unrolled(seed: int, lr: float, *, epochs: int, n_train: int, n_test: int, curriculum_epochs: int,
-                   window_stride: int, batch_size: int = 64, use_test: bool = True, progress: bool = False) -> dict:
+def pairs_unrolled(
+    seed: int,
+    lr: float,
+    *,
+    epochs: int,
+    n_train: int,
+    n_test: int,
+    curriculum_epochs: int,
+    window_stride: int,
+    batch_size: int = 64,
+    use_test: bool = True,
+    progress: bool = False,
+) -> dict:
     """The baseline on MNIST-5k pairs, built and trained as run_pairs trains DeepFacto (window features, smooth-max
     pooled energy head, multi-label softmax loss, the ink-proposal curriculum first)."""
     data = load_pairs(n_train, n_test, val_fraction=0.1, seed=0)
@@ -95,10 +140,29 @@ def pairs_unrolled(seed: int, lr: float, *, epochs: int, n_train: int, n_test: i
     feats = WindowFeatures(feature_cnn(1, flatten=False, normalize=False), stride=window_stride)
     with torch.no_grad():
         feat_shape = tuple(feats(data.train.X[:2]).shape[1:])
-    blocks = build_deepfacto(feats, feat_shape, 10, normalize=False, head="energy", per_class=5, n_iter=10, update_epochs=0, pool_r=4.0,
-                             l1=0.03, solver="gram", reuse_forward=False)
+    blocks = build_deepfacto(
+        feats,
+        feat_shape,
+        10,
+        normalize=False,
+        head="energy",
+        per_class=5,
+        n_iter=10,
+        update_epochs=0,
+        pool_r=4.0,
+        l1=0.03,
+        solver="gram",
+        reuse_forward=False,
+    )
     model = nn.Sequential(blocks[0], UnrolledNMF(blocks[1]), blocks[2])
-    kw = {"batch_size": batch_size, "seed": seed, "optimizer": "adam", "lr": lr, "loss_fn": multilabel_softmax_loss, "progress": progress}
+    kw = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "optimizer": "adam",
+        "lr": lr,
+        "loss_fn": multilabel_softmax_loss,
+        "progress": progress,
+    }
     if curriculum_epochs:
         single = ink_proposals(data.train.X, data.train.Y)
         init_basis(blocks, single, seed=seed, contrast=2.0)
@@ -107,7 +171,9 @@ def pairs_unrolled(seed: int, lr: float, *, epochs: int, n_train: int, n_test: i
         init_basis(blocks, data.train, seed=seed, contrast=2.0)
 
     def maps(x):
-        return window_maps(blocks[1].group_energy(blocks[1](blocks[0](x))), x.shape[-2:], pixel_stride=4 * window_stride)
+        return window_maps(
+            blocks[1].group_energy(blocks[1](blocks[0](x))), x.shape[-2:], pixel_stride=4 * window_stride
+        )
 
     def evaluate(m):
         out = {}
@@ -115,8 +181,9 @@ def pairs_unrolled(seed: int, lr: float, *, epochs: int, n_train: int, n_test: i
             if ds is not None:
                 r = _pairs_eval(m, maps, ds)
                 out[f"{name}_acc_both"], out[f"{name}_pointing"] = r["acc_both"], r["pointing"]
-                out[f"{name}_disentangling"] = disentangling_score(codes_of(blocks, ds.X[:500]), ds.Y[:500],
-                                                                   blocks[1].group, 10)
+                out[f"{name}_disentangling"] = disentangling_score(
+                    codes_of(blocks, ds.X[:500]), ds.Y[:500], blocks[1].group, 10
+                )
         return out
 
     history = run_backprop(model, data.train, epochs, evaluate=evaluate, desc="unrolled NMF", **kw)
@@ -126,21 +193,55 @@ def pairs_unrolled(seed: int, lr: float, *, epochs: int, n_train: int, n_test: i
 def deepfacto_and_cam(task: str, seed: int, protocol: dict, progress: bool) -> list[dict]:
     """DeepFacto (Block-ADMM) and its backprop baselines of the same run (CAM; supervised: also the linear head)."""
     if task == "supervised":
-        r = run_supervised(seed, epochs=protocol["epochs"], head="energy", n_train=protocol["n_train"], progress=progress,
-                           log=lambda *a: None)
-        recs = [{"method": "deepfacto", "val_acc": r["val_acc"], "test_acc": r["test_acc"],
-                 "val_disentangling": r["val_disentangling"], "test_disentangling": r["test_disentangling"],
-                 "epoch_s": r["deepfacto_epoch_s"]},
-                {"method": "cam", **r["backprop_gap"]}, {"method": "backprop-linear", **r["backprop_linear"]}]
+        r = run_supervised(
+            seed,
+            epochs=protocol["epochs"],
+            head="energy",
+            n_train=protocol["n_train"],
+            progress=progress,
+            log=lambda *a: None,
+        )
+        recs = [
+            {
+                "method": "deepfacto",
+                "val_acc": r["val_acc"],
+                "test_acc": r["test_acc"],
+                "val_disentangling": r["val_disentangling"],
+                "test_disentangling": r["test_disentangling"],
+                "epoch_s": r["deepfacto_epoch_s"],
+            },
+            {"method": "cam", **r["backprop_gap"]},
+            {"method": "backprop-linear", **r["backprop_linear"]},
+        ]
     else:
-        r = run_pairs(seed, epochs=protocol["epochs"], n_train=protocol["n_train"], n_test=protocol["n_test"],
-                      curriculum_epochs=protocol["curriculum_epochs"], cam_epochs=protocol["cam_epochs"],
-                      window_stride=protocol["window_stride"], progress=progress, log=lambda *a: None)
-        recs = [{"method": "deepfacto", **{f"{s}_{k}": r[f"{s}_{k}"] for s in ("val", "test")
-                                           for k in ("acc_both", "pointing", "disentangling")}, "epoch_s": r["deepfacto_epoch_s"]},
-                {"method": "cam", **{f"{s}_{k}": r[f"{s}_cam_{k}"] for s in ("val", "test") for k in ("acc_both", "pointing")},
-                 "epoch_s": r["cam_epoch_s"]},
-                {"method": "most-ink", "test_pointing": r["test_most_ink_pointing"]}]
+        r = run_pairs(
+            seed,
+            epochs=protocol["epochs"],
+            n_train=protocol["n_train"],
+            n_test=protocol["n_test"],
+            curriculum_epochs=protocol["curriculum_epochs"],
+            cam_epochs=protocol["cam_epochs"],
+            window_stride=protocol["window_stride"],
+            progress=progress,
+            log=lambda *a: None,
+        )
+        recs = [
+            {
+                "method": "deepfacto",
+                **{
+                    f"{s}_{k}": r[f"{s}_{k}"]
+                    for s in ("val", "test")
+                    for k in ("acc_both", "pointing", "disentangling")
+                },
+                "epoch_s": r["deepfacto_epoch_s"],
+            },
+            {
+                "method": "cam",
+                **{f"{s}_{k}": r[f"{s}_cam_{k}"] for s in ("val", "test") for k in ("acc_both", "pointing")},
+                "epoch_s": r["cam_epoch_s"],
+            },
+            {"method": "most-ink", "test_pointing": r["test_most_ink_pointing"]},
+        ]
     return [{k: v for k, v in rec.items() if k not in ("history", "epoch")} for rec in recs]
 
 
@@ -161,8 +262,17 @@ def unrolled(results: fair.ResultsFile, task: str, protocol: dict, seed: int, lr
     if results.get((task, label, seed)) is None:
         run = supervised_unrolled if task == "supervised" else pairs_unrolled
         r = run(seed, lr, progress=progress, **{k: v for k, v in protocol.items() if k != "cam_epochs"})
-        results.add({"task": task, "method": "unrolled-nmf", "label": label, "seed": seed, "lr": lr, "init": "default",
-                     **{k: v for k, v in r.items() if k not in ("history", "epoch")}})
+        results.add(
+            {
+                "task": task,
+                "method": "unrolled-nmf",
+                "label": label,
+                "seed": seed,
+                "lr": lr,
+                "init": "default",
+                **{k: v for k, v in r.items() if k not in ("history", "epoch")},
+            }
+        )
     return results.get((task, label, seed))
 
 
@@ -174,15 +284,26 @@ def main(args) -> int:
         raise SystemExit(f"unknown tasks {bad}; choose from {', '.join(TASKS)}")
     protocols = QUICK if args.quick else PROTOCOL
     seeds = fair.SEEDS[:2] if args.quick else fair.SEEDS
-    info = {"protocol": protocols, "seeds": list(seeds), "rates": list(RATES), "quick": bool(args.quick),
-            "epochs": None, "train": None,
-            "command": " ".join(["blockadmm experiment deepfacto_unrolled"] + (["--quick"] if args.quick else [])
-                                + ([f"--tasks {args.tasks}"] if args.tasks else []))}
+    info = {
+        "protocol": protocols,
+        "seeds": list(seeds),
+        "rates": list(RATES),
+        "quick": bool(args.quick),
+        "epochs": None,
+        "train": None,
+        "command": " ".join(
+            ["blockadmm experiment deepfacto_unrolled"]
+            + (["--quick"] if args.quick else [])
+            + ([f"--tasks {args.tasks}"] if args.tasks else [])
+        ),
+    }
     results = fair.ResultsFile(args.out, "deepfacto_unrolled", info, key)
     progress = not args.no_progress
     for task in tasks:
         score = SCORE[task]
-        best = max((unrolled(results, task, protocols[task], seeds[0], lr, progress) for lr in RATES), key=lambda r: r[score])
+        best = max(
+            (unrolled(results, task, protocols[task], seeds[0], lr, progress) for lr in RATES), key=lambda r: r[score]
+        )
         for seed in seeds:
             unrolled(results, task, protocols[task], seed, best["lr"], progress)
             if results.get((task, "deepfacto", seed)) is None:
@@ -206,17 +327,32 @@ def summary_rows(records: list[dict]) -> list[dict]:
             if not rs:
                 continue
             metrics = sorted({k for r in rs for k in r if k.startswith("test_")})
-            rows.append({"task": task, "method": rs[0]["method"], "config": label, "seeds": [r["seed"] for r in rs],
-                         **{m: {"mean": C.mean(r[m] for r in rs), "worst": min(r[m] for r in rs),
-                                "per_seed": [r[m] for r in rs]} for m in metrics}})
+            rows.append(
+                {
+                    "task": task,
+                    "method": rs[0]["method"],
+                    "config": label,
+                    "seeds": [r["seed"] for r in rs],
+                    **{
+                        m: {
+                            "mean": C.mean(r[m] for r in rs),
+                            "worst": min(r[m] for r in rs),
+                            "per_seed": [r[m] for r in rs],
+                        }
+                        for m in metrics
+                    },
+                }
+            )
     return rows
 
 
 def summary(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        metrics = " ".join(f"{k[5:]} {100 * v['mean']:.1f} (worst {100 * v['worst']:.1f})" for k, v in r.items()
-                           if k.startswith("test_"))
+        metrics = " ".join(
+            f"{k[5:]} {100 * v['mean']:.1f} (worst {100 * v['worst']:.1f})"
+            for k, v in r.items()
+            if k.startswith("test_")
+        )
         lines.append(f"{r['task']:10s} {r['config']:24s} seeds {len(r['seeds'])}: {metrics}")
     return "\n".join(lines)
-

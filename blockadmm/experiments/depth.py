@@ -5,6 +5,7 @@ batch 100, 10 epochs; every method on the same batches from the same initial wei
 Default grid: L ∈ {2, 4, 8, 16}, sigmoid / tanh / ReLU, every method; seeds 0–2 at depth 8 sigmoid,
 seed 0 elsewhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depths", help="comma list of hidden-layer counts (default 2,4,8,16)")
     p.add_argument("--activations", help="comma list of sigmoid,tanh,relu")
     p.add_argument("--methods", help=f"comma list of {','.join(C.METHODS)}")
-    p.add_argument("--seeds", help="comma list; default: 0,1,2 at depth 8 sigmoid, depth 8 tanh and depth 2 relu, 0 elsewhere")
+    p.add_argument(
+        "--seeds", help="comma list; default: 0,1,2 at depth 8 sigmoid, depth 8 tanh and depth 2 relu, 0 elsewhere"
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10; --quick 3)")
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--rho", type=float, default=None, help="override the recipe's rho in every Block-ADMM run (for tuning)")
+    p.add_argument(
+        "--rho", type=float, default=None, help="override the recipe's rho in every Block-ADMM run (for tuning)"
+    )
     p.add_argument("--quick", action="store_true", help="reduced grid (depths 2,8; sigmoid; 3 epochs; under 2 minutes)")
-    p.add_argument("--update", action="store_true",
-                   help="run only the selected cells and replace their records in the --out results, keeping the others "
-                        "and the command that made them (a cell's run depends only on its method, net and seed: with the same code it "
-                        "gives what the full grid gives)")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="run only the selected cells and replace their records in the --out results, keeping the others "
+        "and the command that made them (a cell's run depends only on its method, net and seed: with the same code it "
+        "gives what the full grid gives)",
+    )
     C.add_init_arg(p)
     p.add_argument("--out", default="runs/experiments/depth")
     p.add_argument("--no-progress", action="store_true")
@@ -67,7 +75,10 @@ def main(args) -> int:
     if args.update:
         old = C.read_results(os.path.join(args.out, "results.json"))
         if old["meta"]["epochs"] != epochs:
-            raise SystemExit(f"--update: {args.out} holds {old['meta']['epochs']}-epoch runs, this is {epochs}: pass --epochs {old['meta']['epochs']}")
+            raise SystemExit(
+                f"--update: {args.out} holds {old['meta']['epochs']}-epoch runs, this is {epochs}: pass --epochs "
+                f"{old['meta']['epochs']}"
+            )
         info = old["meta"]
         rerun = {(m, d, act, s) for m, d, act, s in cells}
         kept = [r for r in old["records"] if (r["method"], r["depth"], r["activation"], r["seed"]) not in rerun]
@@ -75,11 +86,19 @@ def main(args) -> int:
     bar = tqdm(cells, desc="depth", disable=args.no_progress)
     for m, d, act, s in bar:
         overrides = {"rho": args.rho} if args.rho is not None and m.startswith("admm") else {}
-        run = C.Run(method=m, depth=d, activation=act, seed=s, epochs=epochs, splits=splits, overrides=overrides,
-                    init=args.init)
+        run = C.Run(
+            method=m, depth=d, activation=act, seed=s, epochs=epochs, splits=splits, overrides=overrides, init=args.init
+        )
         rec = C.run_method(run, progress=bar)
-        rec["recipe"] = ("fast" if m == "admm-fast" else C.admm_recipe(act, d, "batch" if m == "admm-batch" else "online")["preset"]) \
-            if m.startswith("admm") else None
+        rec["recipe"] = (
+            (
+                "fast"
+                if m == "admm-fast"
+                else C.admm_recipe(act, d, "batch" if m == "admm-batch" else "online")["preset"]
+            )
+            if m.startswith("admm")
+            else None
+        )
         records.append(rec)
         C.write_results(args.out, "depth", kept + records, info)  # partial results survive
     records = kept + records
@@ -92,16 +111,24 @@ def main(args) -> int:
 def meta(args, epochs, train_size, splits):
     return {
         "dataset": "mnist5k",
-        "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-        "epochs": epochs, "batch_size": 100, "width": 256, "quick": bool(args.quick),
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "test": len(splits.test),
+        "epochs": epochs,
+        "batch_size": 100,
+        "width": 256,
+        "quick": bool(args.quick),
         "command": command(args),
     }
 
 
 def command(args) -> str:
     """The command line that reproduces this run (the grid flags given, the output folder)."""
-    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("depths", "activations", "methods", "seeds", "epochs", "train_size", "rho", "init")
-             if getattr(args, name, None) not in (None, "default")]
+    flags = [
+        f"--{name.replace('_', '-')} {getattr(args, name)}"
+        for name in ("depths", "activations", "methods", "seeds", "epochs", "train_size", "rho", "init")
+        if getattr(args, name, None) not in (None, "default")
+    ]
     return " ".join(["blockadmm experiment depth"] + (["--quick"] if args.quick else []) + flags)
 
 
@@ -116,8 +143,10 @@ def table(records):
 def summary(records) -> str:
     lines = ["activation  method          depth  seeds  mean_test  worst_test  best_epoch_test"]
     for (act, m, d), rs in sorted(table(records).items()):
-        lines.append(f"{act:10s}  {m:14s}  {d:5d}  {len(rs):5d}  {C.mean(r['test_acc'] for r in rs):9.3f}  "
-                     f"{min(r['test_acc'] for r in rs):10.3f}  {C.mean(r['best_test_acc'] for r in rs):15.3f}")
+        lines.append(
+            f"{act:10s}  {m:14s}  {d:5d}  {len(rs):5d}  {C.mean(r['test_acc'] for r in rs):9.3f}  "
+            f"{min(r['test_acc'] for r in rs):10.3f}  {C.mean(r['best_test_acc'] for r in rs):15.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -127,7 +156,9 @@ def plot(records, out):
     acts = sorted({r["activation"] for r in records})
     methods = [m for m in C.METHODS if any(r["method"] == m for r in records)]
     depths = sorted({r["depth"] for r in records})
-    fig, axes = plt.subplots(1, len(acts), figsize=(1.2 + 1.3 * len(depths) * len(acts), 0.6 + 0.45 * len(methods)), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(acts), figsize=(1.2 + 1.3 * len(depths) * len(acts), 0.6 + 0.45 * len(methods)), squeeze=False
+    )
     for ax, act in zip(axes[0], acts):
         grid = [[C.mean(r["test_acc"] for r in t.get((act, m, d), [])) for d in depths] for m in methods]
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -155,8 +186,12 @@ def plot(records, out):
             if not rs:
                 continue
             h = rs[0]["history"]
-            ax_s.semilogy(range(1, d + 1), h[0]["spread"], style, alpha=0.4, color="C0" if m.startswith("admm") else "C1")
-            ax_s.semilogy(range(1, d + 1), h[-1]["spread"], style, label=m, color="C0" if m.startswith("admm") else "C1")
+            ax_s.semilogy(
+                range(1, d + 1), h[0]["spread"], style, alpha=0.4, color="C0" if m.startswith("admm") else "C1"
+            )
+            ax_s.semilogy(
+                range(1, d + 1), h[-1]["spread"], style, label=m, color="C0" if m.startswith("admm") else "C1"
+            )
             if m == "admm-online" and "primal_residual" in h[-1]:
                 ax_p.plot(range(1, d + 1), h[0]["primal_residual"], "o-", alpha=0.4, label="epoch 1")
                 ax_p.plot(range(1, d + 1), h[-1]["primal_residual"], "o-", label=f"epoch {len(h)}")

@@ -2,10 +2,12 @@
 
 Per net (activation, depth) and method family, every candidate (init x optimizer x rate for backprop, init x preset
 for Block-ADMM, init for local-greedy) trains with seed 0; the one with the best final validation accuracy then
-trains with seeds 1 and 2 on the same batches (at 32 layers and more: seed 0 only, for time). Results go to one file per net
+trains with seeds 1 and 2 on the same batches (at 32 layers and more: seed 0 only, for time). Results go to one file
+per net
 (DEPTHxACTIVATION.json under --out), written after every run; a rerun skips the runs already there, so several
 processes can share a grid by taking different --nets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +19,19 @@ from . import common as C
 
 FAMILIES = ("backprop", "block-admm", "local-greedy")
 # the nets of the claims, most important first (a run cut short keeps the first ones whole)
-DEFAULT_NETS = ((8, "sigmoid"), (8, "tanh"), (2, "relu"), (16, "sigmoid"), (16, "tanh"), (2, "sigmoid"), (2, "tanh"),
-                (8, "relu"), (16, "relu"), (32, "sigmoid"), (32, "tanh"))
+DEFAULT_NETS = (
+    (8, "sigmoid"),
+    (8, "tanh"),
+    (2, "relu"),
+    (16, "sigmoid"),
+    (16, "tanh"),
+    (2, "sigmoid"),
+    (2, "tanh"),
+    (8, "relu"),
+    (16, "relu"),
+    (32, "sigmoid"),
+    (32, "tanh"),
+)
 QUICK_NETS = ((2, "sigmoid"), (4, "sigmoid"))
 SEEDS = (0, 1, 2)
 SEED0_ONLY_FROM = 32  # nets this deep run the chosen candidates with seed 0 only
@@ -44,20 +57,34 @@ def candidates(activation: str, depth: int, quick: bool = False) -> list[dict]:
             if depth >= DEEP_NET:  # fewer candidates on the slow nets: the rates that can train them
                 rates = DEEP_NET_RATES[method] if method == "backprop-adam" or init == good_init(activation) else ()
             if depth >= SEED0_ONLY_FROM:  # the slowest nets: Adam 1e-3 from every init, 3e-4 from the gain init
-                rates = (1e-3,) + ((3e-4,) if init == good_init(activation) else ()) if method == "backprop-adam" else ()
+                rates = (
+                    (1e-3,) + ((3e-4,) if init == good_init(activation) else ()) if method == "backprop-adam" else ()
+                )
             for lr in rates[:1] if quick else rates:
                 out.append({"family": "backprop", "method": method, "init": init, "lr": lr, "overrides": {}})
     for init in inits:
         # from 16 layers on, only the activation's own recipe (admm_recipe): the others fail there (depth grid)
-        presets = (["default"] + (["deep"] if activation != "relu" else []) + (["fast"] if depth <= 8 else [])
-                   if depth <= 8 else [C.admm_recipe(activation, depth)["preset"]])
+        presets = (
+            ["default"] + (["deep"] if activation != "relu" else []) + (["fast"] if depth <= 8 else [])
+            if depth <= 8
+            else [C.admm_recipe(activation, depth)["preset"]]
+        )
         for preset in presets:
             overrides = {"preset": preset, "sweeps": 3} if preset == "default" else {"preset": preset}
-            out.append({"family": "block-admm", "method": "admm-online", "init": init, "lr": None, "overrides": overrides})
+            out.append(
+                {"family": "block-admm", "method": "admm-online", "init": init, "lr": None, "overrides": overrides}
+            )
         if activation == "sigmoid" and init != "default" and 8 <= depth < SEED0_ONLY_FROM and not quick:
             for tuned in DEEP_RETUNED:
-                out.append({"family": "block-admm", "method": "admm-online", "init": init, "lr": None,
-                            "overrides": {"preset": "deep", **tuned}})
+                out.append(
+                    {
+                        "family": "block-admm",
+                        "method": "admm-online",
+                        "init": init,
+                        "lr": None,
+                        "overrides": {"preset": "deep", **tuned},
+                    }
+                )
         if depth < SEED0_ONLY_FROM or init != "default":
             out.append({"family": "local-greedy", "method": "local-greedy", "init": init, "lr": 1e-3, "overrides": {}})
     for c in out:
@@ -66,9 +93,14 @@ def candidates(activation: str, depth: int, quick: bool = False) -> list[dict]:
 
 
 def label(c: dict) -> str:
-    """A candidate's name, e.g. "backprop-adam lr=0.001 init=xavier" or "admm-online preset=deep lr_z=0.03 init=default"."""
+    """A candidate's name, e.g. "backprop-adam lr=0.001 init=xavier" or "admm-online preset=deep lr_z=0.03
+    init=default"."""
     parts = [c["method"]] + ([f"lr={c['lr']:g}"] if c["lr"] is not None else [])
-    parts += [f"{k}={v}" for k, v in c["overrides"].items() if not (k == "sweeps" and c["overrides"].get("preset") == "default")]
+    parts += [
+        f"{k}={v}"
+        for k, v in c["overrides"].items()
+        if not (k == "sweeps" and c["overrides"].get("preset") == "default")
+    ]
     return " ".join(parts + [f"init={c['init']}"])
 
 
@@ -76,8 +108,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nets", help="comma list of DEPTHxACTIVATION, e.g. 8xsigmoid,16xtanh (default: the claims' nets)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10; --quick 2)")
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--quick", action="store_true", help="two small sigmoid nets, a reduced candidate list, 2 epochs, 1000 "
-                                                        "training samples (under 2 minutes)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="two small sigmoid nets, a reduced candidate list, 2 epochs, 1000 training samples (under 2 minutes)",
+    )
     p.add_argument("--out", default="runs/experiments/fair")
     p.add_argument("--no-progress", action="store_true")
 
@@ -89,7 +124,9 @@ def parse_nets(text: str | None):
     for item in C.parse_list(text):
         depth, _, act = item.partition("x")
         if not depth.isdigit() or act not in ("sigmoid", "tanh", "relu"):
-            raise SystemExit(f"--nets: {item!r} is not DEPTHxACTIVATION (e.g. 8xsigmoid; activations sigmoid, tanh, relu)")
+            raise SystemExit(
+                f"--nets: {item!r} is not DEPTHxACTIVATION (e.g. 8xsigmoid; activations sigmoid, tanh, relu)"
+            )
         nets.append((int(depth), act))
     return nets
 
@@ -105,8 +142,10 @@ class ResultsFile:
         if os.path.exists(path):
             old = C.read_results(path)
             if old["meta"].get("epochs") != meta["epochs"] or old["meta"].get("train") != meta["train"]:
-                raise SystemExit(f"{path} holds runs of another protocol (epochs/train size {old['meta'].get('epochs')}/"
-                                 f"{old['meta'].get('train')}, this is {meta['epochs']}/{meta['train']}): use another --out")
+                raise SystemExit(
+                    f"{path} holds runs of another protocol (epochs/train size {old['meta'].get('epochs')}/"
+                    f"{old['meta'].get('train')}, this is {meta['epochs']}/{meta['train']}): use another --out"
+                )
             self.records = old["records"]
         self.done = {key(r): r for r in self.records}
 
@@ -119,23 +158,52 @@ class ResultsFile:
         self.write()
 
     def write(self, **meta) -> None:
-        """The records (per-epoch histories in the compressed file beside, results_io) and the meta, with `meta` added."""
+        """The records (per-epoch histories in the compressed file beside, results_io) and the meta, with `meta`
+        added."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        C.save_results(self.path, {"experiment": self.experiment, "meta": {**self.meta, **meta}, "records": self.records})
+        C.save_results(
+            self.path, {"experiment": self.experiment, "meta": {**self.meta, **meta}, "records": self.records}
+        )
 
 
 def record_key(r: dict) -> tuple:
     return r["activation"], r["depth"], r["label"], r["seed"]
 
 
-def train(c: dict, depth: int, activation: str, seed: int, epochs: int, splits, select: bool, extra: dict | None = None,
-          init_gain: float | None = None, progress=None) -> dict:
+def train(
+    c: dict,
+    depth: int,
+    activation: str,
+    seed: int,
+    epochs: int,
+    splits,
+    select: bool,
+    extra: dict | None = None,
+    init_gain: float | None = None,
+    progress=None,
+) -> dict:
     """One run of candidate `c`; a selection run (`select`) stops early at chance (CHANCE_MARGIN)."""
-    run = C.Run(method=c["method"], depth=depth, activation=activation, seed=seed, epochs=epochs, splits=splits,
-                overrides=dict(c["overrides"]), init=c["init"], init_gain=init_gain, lr=c["lr"],
-                eval_train_each_epoch=False, stop_at_chance=(epochs + 1) // 2 if select else None,
-                extra={"family": c["family"], "label": c["label"], "lr": c["lr"], "phase": "select" if select else "seed",
-                       **(extra or {})})
+    run = C.Run(
+        method=c["method"],
+        depth=depth,
+        activation=activation,
+        seed=seed,
+        epochs=epochs,
+        splits=splits,
+        overrides=dict(c["overrides"]),
+        init=c["init"],
+        init_gain=init_gain,
+        lr=c["lr"],
+        eval_train_each_epoch=False,
+        stop_at_chance=(epochs + 1) // 2 if select else None,
+        extra={
+            "family": c["family"],
+            "label": c["label"],
+            "lr": c["lr"],
+            "phase": "select" if select else "seed",
+            **(extra or {}),
+        },
+    )
     return C.run_method(run, progress=progress)
 
 
@@ -175,11 +243,22 @@ def summary_rows(records: list[dict]) -> list[dict]:
                 continue
             seeds = sorted((r for r in net if r["label"] == pick["label"]), key=lambda r: r["seed"])
             tests = [r["test_acc"] for r in seeds]
-            rows.append({"depth": depth, "activation": act, "family": family, "config": pick["label"], "init": pick["init"],
-                         "val_acc_seed0": pick["val_acc"], "seeds": [r["seed"] for r in seeds], "test_accs": tests,
-                         "mean_test": C.mean(tests), "worst_test": min(tests), "candidates": sum(
-                             r["family"] == family and r["seed"] == 0 for r in net),
-                         "time_per_epoch_s": C.mean(r["time_per_epoch_s"] for r in seeds)})
+            rows.append(
+                {
+                    "depth": depth,
+                    "activation": act,
+                    "family": family,
+                    "config": pick["label"],
+                    "init": pick["init"],
+                    "val_acc_seed0": pick["val_acc"],
+                    "seeds": [r["seed"] for r in seeds],
+                    "test_accs": tests,
+                    "mean_test": C.mean(tests),
+                    "worst_test": min(tests),
+                    "candidates": sum(r["family"] == family and r["seed"] == 0 for r in net),
+                    "time_per_epoch_s": C.mean(r["time_per_epoch_s"] for r in seeds),
+                }
+            )
     return rows
 
 
@@ -194,16 +273,27 @@ def comparisons(rows: list[dict]) -> list[dict]:
         base = max((by[f] for f in ("backprop", "local-greedy") if f in by), key=lambda r: r["mean_test"])
         gap = admm["mean_test"] - base["mean_test"]
         spread = max(max(r["test_accs"]) - min(r["test_accs"]) for r in (admm, base))
-        out.append({"depth": depth, "activation": act, "admm_mean": admm["mean_test"], "admm_worst": admm["worst_test"],
-                    "baseline": base["family"], "baseline_config": base["config"], "baseline_mean": base["mean_test"],
-                    "baseline_worst": base["worst_test"], "gap": gap, "seed_spread": spread,
-                    "seeds": min(len(admm["test_accs"]), len(base["test_accs"])),
-                    "verdict": verdict(admm, base, gap, spread)})
+        out.append(
+            {
+                "depth": depth,
+                "activation": act,
+                "admm_mean": admm["mean_test"],
+                "admm_worst": admm["worst_test"],
+                "baseline": base["family"],
+                "baseline_config": base["config"],
+                "baseline_mean": base["mean_test"],
+                "baseline_worst": base["worst_test"],
+                "gap": gap,
+                "seed_spread": spread,
+                "seeds": min(len(admm["test_accs"]), len(base["test_accs"])),
+                "verdict": verdict(admm, base, gap, spread),
+            }
+        )
     return out
 
 
 def verdict(admm: dict, base: dict, gap: float, spread: float) -> str:
-    """"win": >= 3 points ahead over 3 seeds, more than the seed spread; "match": within half a point or ahead;
+    """ "win": >= 3 points ahead over 3 seeds, more than the seed spread; "match": within half a point or ahead;
     "no-training": both at chance."""
     if max(admm["mean_test"], base["mean_test"]) < 0.12:
         return "no-training"
@@ -216,23 +306,39 @@ def summary(records: list[dict]) -> str:
     rows = summary_rows(records)
     lines = ["net          family        mean   worst  seeds  config"]
     for r in rows:
-        lines.append(f"{r['depth']:3d}x{r['activation']:8s}  {r['family']:12s}  {100 * r['mean_test']:5.1f}  "
-                     f"{100 * r['worst_test']:5.1f}  {len(r['seeds']):5d}  {r['config']}")
+        lines.append(
+            f"{r['depth']:3d}x{r['activation']:8s}  {r['family']:12s}  {100 * r['mean_test']:5.1f}  "
+            f"{100 * r['worst_test']:5.1f}  {len(r['seeds']):5d}  {r['config']}"
+        )
     for c in comparisons(rows):
-        lines.append(f"{c['depth']}x{c['activation']}: Block-ADMM {100 * c['admm_mean']:.1f} vs {c['baseline']} "
-                     f"{100 * c['baseline_mean']:.1f} (gap {100 * c['gap']:+.1f}, seed spread {100 * c['seed_spread']:.1f}): "
-                     f"{c['verdict']}")
+        lines.append(
+            f"{c['depth']}x{c['activation']}: Block-ADMM {100 * c['admm_mean']:.1f} vs {c['baseline']} "
+            f"{100 * c['baseline_mean']:.1f} (gap {100 * c['gap']:+.1f}, seed spread {100 * c['seed_spread']:.1f}): "
+            f"{c['verdict']}"
+        )
     return "\n".join(lines)
 
 
 def meta(args, epochs: int, splits) -> dict:
-    return {"dataset": "mnist5k", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-            "epochs": epochs, "batch_size": 100, "width": 256, "quick": bool(args.quick), "threads": 1,
-            "selection": "final validation accuracy, seed 0; selection runs at chance after half the epochs are stopped",
-            "command": " ".join(["blockadmm experiment fair"] + (["--quick"] if args.quick else [])
-                                + ([f"--nets {args.nets}"] if args.nets else [])
-                                + ([f"--epochs {args.epochs}"] if args.epochs else [])
-                                + ([f"--train-size {args.train_size}"] if args.train_size else []))}
+    return {
+        "dataset": "mnist5k",
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "test": len(splits.test),
+        "epochs": epochs,
+        "batch_size": 100,
+        "width": 256,
+        "quick": bool(args.quick),
+        "threads": 1,
+        "selection": "final validation accuracy, seed 0; selection runs at chance after half the epochs are stopped",
+        "command": " ".join(
+            ["blockadmm experiment fair"]
+            + (["--quick"] if args.quick else [])
+            + ([f"--nets {args.nets}"] if args.nets else [])
+            + ([f"--epochs {args.epochs}"] if args.epochs else [])
+            + ([f"--train-size {args.train_size}"] if args.train_size else [])
+        ),
+    }
 
 
 def main(args) -> int:

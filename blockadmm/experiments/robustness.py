@@ -7,6 +7,7 @@ noise   2 ReLU layers, 30% of the training labels replaced by a random other cla
 budget  2 ReLU layers, a fixed training time: each family's choice trains as many epochs as fit in the time of
         Block-ADMM's 10 (from the per-epoch times measured in the fair grid)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,21 @@ MAX_BUDGET_EPOCHS = 60
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts", help=f"comma list of {','.join(PARTS)} (default all)")
-    p.add_argument("--fair", default="results/experiments/fair", help="the fair grid's folder (noise and budget use "
-                                                                         "its choices)")
-    p.add_argument("--gains", help="map: comma list of init gains (default 0.25,0.5,1,2,4,8; one results file per gain, "
-                                   "so several processes can share the map)")
+    p.add_argument(
+        "--fair", default="results/experiments/fair", help="the fair grid's folder (noise and budget use its choices)"
+    )
+    p.add_argument(
+        "--gains",
+        help="map: comma list of init gains (default 0.25,0.5,1,2,4,8; one results file per gain, "
+        "so several processes can share the map)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10; --quick 2)")
-    p.add_argument("--quick", action="store_true", help="the map only, on 2 sigmoid layers, gains 0.5 and 4, one "
-                                                        "candidate per method, 2 epochs, 1000 samples (under 2 minutes)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the map only, on 2 sigmoid layers, gains 0.5 and 4, one "
+        "candidate per method, 2 epochs, 1000 samples (under 2 minutes)",
+    )
     p.add_argument("--out", default="runs/experiments/robustness")
     p.add_argument("--no-progress", action="store_true")
 
@@ -52,7 +61,13 @@ def map_candidates(quick: bool) -> list[dict]:
     out = []
     for method, options in MAP_ROWS.items():
         for o in options[:1] if quick else options:
-            c = {"family": method, "method": method, "init": "xavier", "lr": o.get("lr"), "overrides": o.get("overrides", {})}
+            c = {
+                "family": method,
+                "method": method,
+                "init": "xavier",
+                "lr": o.get("lr"),
+                "overrides": o.get("overrides", {}),
+            }
             c["label"] = fair.label(c)
             out.append(c)
     return out
@@ -67,8 +82,20 @@ def run_map(files: dict, splits, epochs: int, quick: bool, bar) -> None:
     def ensure(c, gain, seed):
         key = ("map", gain, c["label"], seed)
         if files[gain].get(key) is None:
-            files[gain].add(fair.train(c, depth, "sigmoid", seed, epochs, splits, seed == 0, {"part": "map", "gain": gain},
-                                       init_gain=gain, progress=bar))
+            files[gain].add(
+                fair.train(
+                    c,
+                    depth,
+                    "sigmoid",
+                    seed,
+                    epochs,
+                    splits,
+                    seed == 0,
+                    {"part": "map", "gain": gain},
+                    init_gain=gain,
+                    progress=bar,
+                )
+            )
         return files[gain].get(key)
 
     first = {gain: [ensure(c, gain, 0) for c in cands] for gain in files}  # every gain's selection before any seed
@@ -92,8 +119,17 @@ def map_rows(records: list[dict]) -> list[dict]:
             if best is None:
                 continue
             tests = [r["test_acc"] for r in at if r["label"] == best["label"]]
-            rows.append({"gain": gain, "method": method, "config": best["label"], "test_accs": tests,
-                         "mean_test": C.mean(tests), "worst_test": min(tests), "trains": C.mean(tests) >= TRAINS})
+            rows.append(
+                {
+                    "gain": gain,
+                    "method": method,
+                    "config": best["label"],
+                    "test_accs": tests,
+                    "mean_test": C.mean(tests),
+                    "worst_test": min(tests),
+                    "trains": C.mean(tests) >= TRAINS,
+                }
+            )
     return rows
 
 
@@ -101,8 +137,10 @@ def fair_choices(fair_dir: str, depth: int, activation: str) -> list[dict]:
     """The fair grid's choice per family on this net, as candidates (with their measured time per epoch)."""
     path = os.path.join(fair_dir, f"{depth}x{activation}.json")
     if not os.path.exists(path):
-        raise SystemExit(f"no fair-grid results for {depth}x{activation} at {path}: run "
-                         f"`blockadmm experiment fair --nets {depth}x{activation} --out {fair_dir}` first, or pass --fair")
+        raise SystemExit(
+            f"no fair-grid results for {depth}x{activation} at {path}: run "
+            f"`blockadmm experiment fair --nets {depth}x{activation} --out {fair_dir}` first, or pass --fair"
+        )
     records = C.read_results(path)["records"]
     by_label = {c["label"]: c for c in fair.candidates(activation, depth)}
     out = []
@@ -122,7 +160,9 @@ def noisy(splits: bdata.DataSplits, fraction: float, seed: int = 0) -> bdata.Dat
     shift = torch.randint(1, splits.num_classes, (len(y),), generator=g)
     y[flip] = (y[flip] + shift[flip]) % splits.num_classes
     train = bdata.IndexedDataset(splits.train.X, y, splits.num_classes)
-    return bdata.DataSplits(train, splits.val, splits.test, splits.input_shape, splits.num_classes, splits.name, splits.stats)
+    return bdata.DataSplits(
+        train, splits.val, splits.test, splits.input_shape, splits.num_classes, splits.name, splits.stats
+    )
 
 
 def run_noise(results: fair.ResultsFile, splits, epochs: int, fair_dir: str, bar) -> None:
@@ -132,8 +172,19 @@ def run_noise(results: fair.ResultsFile, splits, epochs: int, fair_dir: str, bar
             for seed in fair.SEEDS:
                 key = ("noise", depth, c["label"], seed)
                 if results.get(key) is None:
-                    results.add(fair.train(c, depth, act, seed, epochs, data, False,
-                                           {"part": "noise", "noise": NOISE_FRACTION}, progress=bar))
+                    results.add(
+                        fair.train(
+                            c,
+                            depth,
+                            act,
+                            seed,
+                            epochs,
+                            data,
+                            False,
+                            {"part": "noise", "noise": NOISE_FRACTION},
+                            progress=bar,
+                        )
+                    )
 
 
 def run_budget(results: fair.ResultsFile, splits, epochs: int, fair_dir: str, bar) -> None:
@@ -146,8 +197,19 @@ def run_budget(results: fair.ResultsFile, splits, epochs: int, fair_dir: str, ba
         for seed in fair.SEEDS:
             key = ("budget", depth, c["label"], seed)
             if results.get(key) is None:
-                results.add(fair.train(c, depth, act, seed, n_epochs, splits, False,
-                                       {"part": "budget", "budget_s": budget_s, "budget_epochs": n_epochs}, progress=bar))
+                results.add(
+                    fair.train(
+                        c,
+                        depth,
+                        act,
+                        seed,
+                        n_epochs,
+                        splits,
+                        False,
+                        {"part": "budget", "budget_s": budget_s, "budget_epochs": n_epochs},
+                        progress=bar,
+                    )
+                )
 
 
 def key(r: dict) -> tuple:
@@ -166,7 +228,9 @@ def plot_map(rows: list[dict], path: str) -> None:
         gains = [r["gain"] for r in mine]
         ax.plot(gains, [100 * r["mean_test"] for r in mine], "o-", color=f"C{i}", label=method)
         for r in mine:
-            ax.scatter([r["gain"]] * len(r["test_accs"]), [100 * t for t in r["test_accs"]], s=9, color=f"C{i}", alpha=0.4)
+            ax.scatter(
+                [r["gain"]] * len(r["test_accs"]), [100 * t for t in r["test_accs"]], s=9, color=f"C{i}", alpha=0.4
+            )
     ax.axhline(100 * TRAINS, color="gray", ls=":", lw=1)
     ax.set_xscale("log", base=2)
     gains = sorted({r["gain"] for r in rows})
@@ -187,9 +251,19 @@ def part_rows(records: list[dict], part: str) -> list[dict]:
     for depth, act, label in sorted({(r["depth"], r["activation"], r["label"]) for r in recs}):
         rs = [r for r in recs if (r["depth"], r["activation"], r["label"]) == (depth, act, label)]
         tests = [r["test_acc"] for r in rs]
-        rows.append({"depth": depth, "activation": act, "family": rs[0]["family"], "config": label, "test_accs": tests,
-                     "mean_test": C.mean(tests), "worst_test": min(tests), "epochs": rs[0]["epochs"],
-                     "budget_s": rs[0].get("budget_s")})
+        rows.append(
+            {
+                "depth": depth,
+                "activation": act,
+                "family": rs[0]["family"],
+                "config": label,
+                "test_accs": tests,
+                "mean_test": C.mean(tests),
+                "worst_test": min(tests),
+                "epochs": rs[0]["epochs"],
+                "budget_s": rs[0].get("budget_s"),
+            }
+        )
     return rows
 
 
@@ -205,11 +279,23 @@ def main(args) -> int:
         raise SystemExit("--quick runs the map only: drop --parts or pass --parts map")
     splits = C.load_data(train_size=1000 if args.quick else None)
     epochs = args.epochs or (2 if args.quick else 10)
-    info = {"dataset": "mnist5k", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-            "epochs": epochs, "batch_size": 100, "width": 256, "quick": bool(args.quick), "threads": 1,
-            "noise_fraction": NOISE_FRACTION,
-            "command": " ".join(["blockadmm experiment robustness"] + (["--quick"] if args.quick else [])
-                                + ([f"--parts {args.parts}"] if args.parts else []))}
+    info = {
+        "dataset": "mnist5k",
+        "train": len(splits.train),
+        "val": len(splits.val),
+        "test": len(splits.test),
+        "epochs": epochs,
+        "batch_size": 100,
+        "width": 256,
+        "quick": bool(args.quick),
+        "threads": 1,
+        "noise_fraction": NOISE_FRACTION,
+        "command": " ".join(
+            ["blockadmm experiment robustness"]
+            + (["--quick"] if args.quick else [])
+            + ([f"--parts {args.parts}"] if args.parts else [])
+        ),
+    }
     gains = C.parse_list(args.gains, float) or ([0.5, 4.0] if args.quick else list(GAINS))
     bar = tqdm(parts, desc="robustness", disable=args.no_progress)
     for part in bar:
@@ -235,9 +321,14 @@ def read_all(out: str) -> list[dict]:
 
 def summary(rows: dict) -> str:
     lines = ["map: gain  method          mean   worst  config"]
-    lines += [f"  {r['gain']:5g}  {r['method']:14s}  {100 * r['mean_test']:5.1f}  {100 * r['worst_test']:5.1f}  {r['config']}"
-              for r in rows["map"]]
+    lines += [
+        f"  {r['gain']:5g}  {r['method']:14s}  {100 * r['mean_test']:5.1f}  {100 * r['worst_test']:5.1f}  {r['config']}"
+        for r in rows["map"]
+    ]
     for part in ("noise", "budget"):
-        lines += [f"{part}: {r['depth']}x{r['activation']} {r['family']:12s} {100 * r['mean_test']:5.1f} "
-                  f"(worst {100 * r['worst_test']:.1f}, {r['epochs']} epochs)  {r['config']}" for r in rows[part]]
+        lines += [
+            f"{part}: {r['depth']}x{r['activation']} {r['family']:12s} {100 * r['mean_test']:5.1f} "
+            f"(worst {100 * r['worst_test']:.1f}, {r['epochs']} epochs)  {r['config']}"
+            for r in rows[part]
+        ]
     return "\n".join(lines)

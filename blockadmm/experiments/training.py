@@ -3,6 +3,7 @@
 Every method trains on the batches `make_loader(train, batch_size, shuffle=True, seed=seed, epoch=e)`
 gives, so methods run with the same seed see the same mini-batches in the same order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,9 +44,18 @@ class Backprop:
     under `torch.manual_seed(seed)` when a seed is given, so one model can be trained under each init.
     """
 
-    def __init__(self, model: nn.Module, *, optimizer="adam", lr: float | None = None, loss_fn=None,
-                 init: str | None = None, activation: str = "relu", gain: float | None = None,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer="adam",
+        lr: float | None = None,
+        loss_fn=None,
+        init: str | None = None,
+        activation: str = "relu",
+        gain: float | None = None,
+        seed: int | None = None,
+    ):
         if init is not None:
             if seed is not None:
                 torch.manual_seed(seed)
@@ -75,7 +85,7 @@ def accuracy(forward: Callable, ds, batch_size: int = 1000) -> float:
     """Share of `ds` (X, Y tensors) whose argmax of forward(x) is the label."""
     correct = 0
     for i in range(0, len(ds.X), batch_size):
-        correct += int((forward(ds.X[i:i + batch_size]).argmax(1) == ds.Y[i:i + batch_size]).sum())
+        correct += int((forward(ds.X[i : i + batch_size]).argmax(1) == ds.Y[i : i + batch_size]).sum())
     return correct / max(len(ds.X), 1)
 
 
@@ -91,10 +101,22 @@ def _add(sums: dict, stats) -> None:
             sums[k] = v if k not in sums else sums[k] + v
 
 
-def train_epochs(step: Step, train, epochs: int, *, batch_size: int, seed: int, first_epoch: int = 0,
-                 before_epoch: Callable[[int], None] | None = None, evaluate: Callable[[], dict] | None = None,
-                 every: int = 0, on_batches: Callable[[int, float], None] | None = None,
-                 on_epoch: Callable[[dict], None] | None = None, progress: bool = False, desc: str = "train") -> list[dict]:
+def train_epochs(
+    step: Step,
+    train,
+    epochs: int,
+    *,
+    batch_size: int,
+    seed: int,
+    first_epoch: int = 0,
+    before_epoch: Callable[[int], None] | None = None,
+    evaluate: Callable[[], dict] | None = None,
+    every: int = 0,
+    on_batches: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> list[dict]:
     """Run `step(x, y, index)` over every mini-batch of epochs first_epoch..epochs-1; one record per epoch.
 
     A record holds "epoch" (1-based), "wall_s" (the time of the batch fetches and steps only) and the mean over
@@ -139,17 +161,39 @@ def train_epochs(step: Step, train, epochs: int, *, batch_size: int, seed: int, 
     return history
 
 
-def run_backprop(model: nn.Module, train, epochs: int, *, batch_size: int, seed: int, optimizer="adam",
-                 lr: float | None = None, loss_fn=None, init: str | None = None, activation: str = "relu",
-                 gain: float | None = None, evaluate: Callable[[nn.Module], dict] | None = None,
-                 progress: bool = False, desc: str = "backprop") -> list[dict]:
+def run_backprop(
+    model: nn.Module,
+    train,
+    epochs: int,
+    *,
+    batch_size: int,
+    seed: int,
+    optimizer="adam",
+    lr: float | None = None,
+    loss_fn=None,
+    init: str | None = None,
+    activation: str = "relu",
+    gain: float | None = None,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    progress: bool = False,
+    desc: str = "backprop",
+) -> list[dict]:
     """Train `model` by backprop (Backprop's arguments) for `epochs`; evaluate(model) after each epoch, in eval mode."""
-    learner = Backprop(model, optimizer=optimizer, lr=lr, loss_fn=loss_fn, init=init, activation=activation, gain=gain,
-                       seed=seed)
+    learner = Backprop(
+        model, optimizer=optimizer, lr=lr, loss_fn=loss_fn, init=init, activation=activation, gain=gain, seed=seed
+    )
 
     def after_epoch():
         model.eval()
         return evaluate(model) if evaluate is not None else {}
 
-    return train_epochs(learner.step, train, epochs, batch_size=batch_size, seed=seed, evaluate=after_epoch,
-                        progress=progress, desc=desc)
+    return train_epochs(
+        learner.step,
+        train,
+        epochs,
+        batch_size=batch_size,
+        seed=seed,
+        evaluate=after_epoch,
+        progress=progress,
+        desc=desc,
+    )

@@ -86,13 +86,13 @@ def load():
         if M == 0 or R == 0:
             return
         inplace = R <= mod.nmf_inplace_max_r()
-        O = X if inplace else (torch.empty_like(base).T if transposed else torch.empty_like(base))
-        mod.nmf_mu(_ctx(X), _stream(X), X.data_ptr(), DTYPE_CODES[X.dtype], X.stride(0), X.stride(1), O.data_ptr(),
+        out = X if inplace else (torch.empty_like(base).T if transposed else torch.empty_like(base))
+        mod.nmf_mu(_ctx(X), _stream(X), X.data_ptr(), DTYPE_CODES[X.dtype], X.stride(0), X.stride(1), out.data_ptr(),
                    A.data_ptr(), DTYPE_CODES[A.dtype], A.stride(0), A.stride(1),
                    B.data_ptr(), DTYPE_CODES[B.dtype], B.stride(0), B.stride(1),
                    G.data_ptr(), M, R, K, float(l1), float(l2), float(eps))
         if not inplace:
-            X.copy_(O)
+            X.copy_(out)
 
     def nmf_mu_update(V, H, W, *, which="both", eps=1e-12, l1=0.0, l2=0.0):
         dev = H.device
