@@ -28,13 +28,23 @@ def _matmul_kernel(
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         rk = (k0 + tl.arange(0, BK)).to(tl.int64)
-        a = tl.load(a_ptr + rm[:, None] * sa0 + rk[None, :] * sa1, mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-        b = tl.load(b_ptr + rk[:, None] * sb0 + rn[None, :] * sb1, mask=(rk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        a = tl.load(
+            a_ptr + rm[:, None] * sa0 + rk[None, :] * sa1, mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0
+        )
+        b = tl.load(
+            b_ptr + rk[:, None] * sb0 + rn[None, :] * sb1, mask=(rk[:, None] < K) & (rn[None, :] < N), other=0.0
+        )
         acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    tl.store(c_ptr + rm[:, None] * sc0 + rn[None, :] * sc1, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    tl.store(
+        c_ptr + rm[:, None] * sc0 + rn[None, :] * sc1,
+        acc.to(c_ptr.dtype.element_ty),
+        mask=(rm[:, None] < M) & (rn[None, :] < N),
+    )
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def matmul(
+    a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """A (M×K) @ B (K×N) -> C (M×N); any strides in, C contiguous (or `out`) in out_dtype (default float32)."""
     M, K = a.shape
     K2, N = b.shape

@@ -38,13 +38,19 @@ def _nmf_mu_kernel(
     num = tl.zeros((BM, BR), dtype=tl.float32)
     for k0 in range(0, K, BK):
         rk = (k0 + tl.arange(0, BK)).to(tl.int64)
-        a = tl.load(a_ptr + rm[:, None] * sa0 + rk[None, :] * sa1, mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-        b = tl.load(b_ptr + rk[:, None] * sb0 + rr[None, :] * sb1, mask=(rk[:, None] < K) & (rr[None, :] < R), other=0.0)
+        a = tl.load(
+            a_ptr + rm[:, None] * sa0 + rk[None, :] * sa1, mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0
+        )
+        b = tl.load(
+            b_ptr + rk[:, None] * sb0 + rr[None, :] * sb1, mask=(rk[:, None] < K) & (rr[None, :] < R), other=0.0
+        )
         num = tl.dot(a.to(tl.float32), b.to(tl.float32), num, input_precision="ieee")
     den = tl.zeros((BM, BR), dtype=tl.float32)
     for k0 in range(0, R, BK):
         rk = (k0 + tl.arange(0, BK)).to(tl.int64)
-        x = tl.load(x_ptr + rm[:, None] * sx0 + rk[None, :] * sx1, mask=(rm[:, None] < M) & (rk[None, :] < R), other=0.0)
+        x = tl.load(
+            x_ptr + rm[:, None] * sx0 + rk[None, :] * sx1, mask=(rm[:, None] < M) & (rk[None, :] < R), other=0.0
+        )
         g = tl.load(g_ptr + rk[:, None] * R + rr[None, :], mask=(rk[:, None] < R) & (rr[None, :] < R), other=0.0)
         den = tl.dot(x.to(tl.float32), g, den, input_precision="ieee")
     tl.debug_barrier()  # every read of this program's rows of X is done before any write (in-place safety)
@@ -62,16 +68,16 @@ def _mu(X: torch.Tensor, A: torch.Tensor, B: torch.Tensor, G: torch.Tensor, l1: 
         return
     inplace = R <= MAX_INPLACE_R
     BR = max(16, triton.next_power_of_2(R)) if inplace else MAX_INPLACE_R
-    O = X if inplace else torch.empty(X.shape, dtype=X.dtype, device=X.device)
+    out = X if inplace else torch.empty(X.shape, dtype=X.dtype, device=X.device)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(R, BR))
     _nmf_mu_kernel[grid](
-        X, O, A, B, G, M, R, K,
-        X.stride(0), X.stride(1), O.stride(0), O.stride(1), A.stride(0), A.stride(1), B.stride(0), B.stride(1),
+        X, out, A, B, G, M, R, K,
+        X.stride(0), X.stride(1), out.stride(0), out.stride(1), A.stride(0), A.stride(1), B.stride(0), B.stride(1),
         float(l1), float(l2), float(eps),
         BM=BLOCK_M, BR=BR, BK=BLOCK_K,
     )
     if not inplace:
-        X.copy_(O)
+        X.copy_(out)
 
 
 def nmf_mu_update(V: torch.Tensor, H: torch.Tensor, W: torch.Tensor, *, which: str = "both",
