@@ -209,6 +209,24 @@ def _loggers(args, run: str) -> list:
     return [kinds[kind](folder, every=args.log_every) for kind in args.log]
 
 
+def _trainer_options(args, splits, mode: str) -> dict:
+    """The keywords BlockADMM and DistributedBlockADMM both take from the train command line (one Adam per block)."""
+    from .trainer import adam
+
+    return {
+        "input_shape": splits.input_shape,
+        "mode": mode,
+        "num_samples": len(splits.train),
+        "optimizer": adam(args.lr),
+        **{f: getattr(args, f) for f in _CONFIG_FLAGS},
+        "table_storage": args.table_storage,
+        "table_dir": os.path.join(args.out, f"tables-{mode}"),
+        "backend": args.backend,
+        "shared_optimizer": args.shared_optimizer,
+        "seed": args.seed,
+    }
+
+
 def cmd_train(args) -> int:
     from . import data
     from .report import plot_curves, print_table
@@ -240,25 +258,8 @@ def cmd_train(args) -> int:
         trainer = BlockADMM(
             copy.deepcopy(model),
             blocks=cuts,
-            input_shape=splits.input_shape,
-            mode=mode,
-            num_samples=len(splits.train),
-            optimizer=optimizer,
-            rho=args.rho,
-            lr_z=args.lr_z,
-            sweeps=args.sweeps,
-            k_z=args.k_z,
-            k_w=args.k_w,
-            order=args.order,
-            aux_step=args.aux_step,
-            dual_step=args.dual_step,
-            rho_schedule=args.rho_schedule,
-            table_storage=args.table_storage,
-            table_dir=os.path.join(args.out, f"tables-{mode}"),
-            backend=args.backend,
-            shared_optimizer=args.shared_optimizer,
+            **_trainer_options(args, splits, mode),
             device=args.device,
-            seed=args.seed,
         )
         ckpt = os.path.join(args.out, f"checkpoint-{mode}.pt")
         if args.resume:
@@ -342,7 +343,6 @@ def _train_from_args(args):
 
     from . import data
     from .distributed import DistributedBlockADMM
-    from .trainer import adam
 
     splits = data.load(
         args.data, args.root, val_fraction=args.val_fraction, split_seed=args.seed, image=args.arch == "cnn"
@@ -354,24 +354,7 @@ def _train_from_args(args):
         trainer = DistributedBlockADMM(
             model,
             blocks=cuts,
-            input_shape=splits.input_shape,
-            mode=mode,
-            num_samples=len(splits.train),
-            optimizer=adam(args.lr),
-            rho=args.rho,
-            lr_z=args.lr_z,
-            sweeps=args.sweeps,
-            k_z=args.k_z,
-            k_w=args.k_w,
-            order=args.order,
-            aux_step=args.aux_step,
-            dual_step=args.dual_step,
-            rho_schedule=args.rho_schedule,
-            table_storage=args.table_storage,
-            table_dir=os.path.join(args.out, f"tables-{mode}"),
-            backend=args.backend,
-            shared_optimizer=args.shared_optimizer,
-            seed=args.seed,
+            **_trainer_options(args, splits, mode),
             schedule=args.schedule,
             staleness=args.staleness,
             timeout=args.timeout,
