@@ -321,20 +321,11 @@ def run_pairs(
     loss_fn = multilabel_softmax_loss if loss == "softmax" else nn.BCEWithLogitsLoss()
     if curriculum not in ("digits", "proposals"):
         raise ValueError(f"curriculum must be 'digits' or 'proposals', got {curriculum!r}")
-    if curriculum_epochs:
-        # stage 1 of a curriculum, on 28×28 crops with the same fully convolutional blocks: "digits", single
-        # MNIST-5k training digits (the digits the training canvases are made of) with their labels; "proposals",
-        # the densest crops of the training canvases themselves, each with its canvas's two labels (from scratch:
-        # nothing but the canvases and their image-level labels)
-        if curriculum == "digits":
-            single = load("mnist5k", image=True).train
-            single = IndexedDataset(single.X, functional.one_hot(single.Y, 10).float(), 10)
-        else:
-            single = ink_proposals(train.X, train.Y)
-        init_basis(blocks, single, seed=seed, contrast=contrast)
-        stage1 = BlockADMM(
+
+    def make_trainer(input_shape):  # DeepFacto online, the same recipe for the curriculum and the canvases
+        return BlockADMM(
             blocks,
-            input_shape=single.input_shape,
+            input_shape=input_shape,
             mode="online",
             constraints={0: "nonneg", 1: "nonneg"},
             loss=loss_fn,
@@ -346,6 +337,19 @@ def run_pairs(
             backend=backend,
             optimizer=lambda p: torch.optim.Adam(p, lr=lr),
         )
+
+    if curriculum_epochs:
+        # stage 1 of a curriculum, on 28×28 crops with the same fully convolutional blocks: "digits", single
+        # MNIST-5k training digits (the digits the training canvases are made of) with their labels; "proposals",
+        # the densest crops of the training canvases themselves, each with its canvas's two labels (from scratch:
+        # nothing but the canvases and their image-level labels)
+        if curriculum == "digits":
+            single = load("mnist5k", image=True).train
+            single = IndexedDataset(single.X, functional.one_hot(single.Y, 10).float(), 10)
+        else:
+            single = ink_proposals(train.X, train.Y)
+        init_basis(blocks, single, seed=seed, contrast=contrast)
+        stage1 = make_trainer(single.input_shape)
         stage1.fit(
             single,
             curriculum_epochs,
@@ -358,20 +362,7 @@ def run_pairs(
         )
     else:
         init_basis(blocks, train, seed=seed, contrast=contrast)
-    trainer = BlockADMM(
-        blocks,
-        input_shape=train.input_shape,
-        mode="online",
-        constraints={0: "nonneg", 1: "nonneg"},
-        loss=loss_fn,
-        rho=rho,
-        lr_z=lr_z,
-        sweeps=sweeps,
-        dual_step=dual_step,
-        seed=seed,
-        backend=backend,
-        optimizer=lambda p: torch.optim.Adam(p, lr=lr),
-    )
+    trainer = make_trainer(train.input_shape)
 
     def df_logits(x):
         return blocks[2](blocks[1](blocks[0](x)))
