@@ -412,7 +412,10 @@ def _render_cnn(res: dict) -> List[str]:
     L = ["", f"**Small CNN** ({any_['dataset']}, Conv{c1}-ReLU-Pool | Conv{c2}-ReLU-Flatten | Linear: 3 blocks for "
              f"Block-ADMM, one for backprop; batch {any_['batch_size']}, {any_['epochs']} epochs, "
              f"{any_.get('threads', '?')} torch thread(s), the methods trained side by side from the same weights on "
-             "the same batches; epoch = median training-loop time over the epochs)",
+             "the same batches; epoch = median training-loop time over the epochs). The middle block's convolution, "
+             "most of the net's work: backprop runs it 3 times a step (forward, input and weight gradients), "
+             "Block-ADMM 4 times a sweep (forward and weight gradient at the moved input, forward after the weight "
+             "step, input gradient there): 4 with the fast preset's one sweep, 12 (4×) with the defaults' three.",
          "", "| method | sweeps | Adam lr | epoch s | × backprop | final test acc | best test acc |",
          "|---|---|---|---|---|---|---|"]
     for name, r in cnn.items():
