@@ -244,7 +244,6 @@ def test_end_to_end_cnn(benchmark):
             threads=torch.get_num_threads(),
             epoch_wall_s=walls,
             epoch_s=statistics.median(walls),
-            epoch_vs_backprop=statistics.median(walls) / backprop_s,
             test_acc=[h["test_acc"] for h in r.history],
             final_test_acc=r.history[-1]["test_acc"],
             best_test_acc=max(h["test_acc"] for h in r.history),

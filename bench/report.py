@@ -18,6 +18,8 @@ TARGETS = {
     "nmf_mm_fraction": 0.8,
     "nmf_vs_sklearn": 1.15,
     "online_epoch_vs_backprop": 1.5,
+    "cnn_fast_epoch_vs_backprop": 1.6,
+    "cnn_epoch_vs_backprop": 4.0,
 }
 EQUAL_ERR_RTOL = 1e-3  # "equal reconstruction error": relative difference at most this
 # "at the accuracy of the default run": a faster recipe's final test accuracy at most this many points below it
@@ -100,16 +102,8 @@ def summarize(records: List[dict], meta: dict) -> dict:
         if r["suite"] == "nmf_big_gemms" and r.get("s_per_iter") and mm
     }
 
-    # ---- end to end
-    e2e = {
-        r["method"]: {k: v for k, v in r.items() if k not in ("suite", "name")}
-        for r in records
-        if r["suite"] == "end_to_end"
-    }
-    bp = e2e.get("backprop")
-    for m, r in e2e.items():
-        if bp and bp.get("epoch_s") and m != "backprop" and meta.get("timing", True):
-            r["epoch_vs_backprop"] = r["epoch_s"] / bp["epoch_s"]
+    # ---- end to end: the MLP, and the small CNN (bench_end_to_end.test_end_to_end_cnn)
+    e2e, cnn = _by_method(records, "end_to_end", meta), _by_method(records, "end_to_end_cnn", meta)
 
     kernel_rows = [{k: r.get(k) for k in ("name", "s", "median_s", "GBps")} for r in records if r["suite"] == "ops_cpu"]
     for r in kernel_rows:
@@ -122,11 +116,23 @@ def summarize(records: List[dict], meta: dict) -> dict:
         nmf=nmf_rows,
         nmf_big_gemms=nmf_big_gemms,
         end_to_end=e2e,
+        end_to_end_cnn=cnn,
         skipped=skipped,
         kernel_checks=kernel_rows,
     )
     results["targets"] = targets(results)
     return results
+
+
+def _by_method(records: List[dict], suite: str, meta: dict) -> dict:
+    """{method: record} of an end-to-end suite, with each epoch time's ratio to backprop's (timed runs only)."""
+    rows = {r["method"]: {k: v for k, v in r.items() if k not in ("suite", "name")} for r in records
+            if r["suite"] == suite}
+    bp = rows.get("backprop")
+    for m, r in rows.items():
+        if bp and bp.get("epoch_s") and m != "backprop" and meta.get("timing", True):
+            r["epoch_vs_backprop"] = r["epoch_s"] / bp["epoch_s"]
+    return rows
 
 
 def _find(rows, **kw):
@@ -210,6 +216,14 @@ def targets(res: dict) -> List[dict]:
         if out[-1]["reached"] and gap < -SAME_ACC_POINTS / 100:
             out[-1]["reached"] = False
             out[-1]["note"] += f" — not the defaults' accuracy (tolerance {SAME_ACC_POINTS} points)"
+    cnn = res.get("end_to_end_cnn", {})
+    for method, recipe, target in (("admm-online-fast", "preset fast", "cnn_fast_epoch_vs_backprop"),
+                                   ("admm-online", "defaults", "cnn_epoch_vs_backprop")):
+        r, bp = cnn.get(method), cnn.get("backprop")
+        note = "" if not (r and bp) else (f"final test acc {100 * r['final_test_acc']:.1f}% "
+                                          f"(backprop {100 * bp['final_test_acc']:.1f}%)")
+        add(f"small CNN, Block-ADMM online epoch, {recipe} / backprop epoch", r and r.get("epoch_vs_backprop"),
+            TARGETS[target], better="lower", note=note)
     if not res.get("timing", True):
         for t in out:
             t["reached"] = None
@@ -273,7 +287,7 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
             f"{_f(lim.get('mm_cuda_GFLOPs'), '{:.0f}')} GFLOP/s; GPU rows (device cuda) are reported against these."
         )
     L.append("")
-    L.append("**Targets (issue #8)**")
+    L.append("**Targets (issues #8, #18)**")
     L.append("")
     L.append("| what | measured | target | reached |")
     L.append("|---|---|---|---|")
@@ -380,10 +394,35 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
                 f"{_x(r.get('epoch_vs_backprop'))} | "
                 f"{100 * r['final_test_acc']:.1f}% | {100 * r['best_test_acc']:.1f}% | {tta} |"
             )
+    L += _render_cnn(res)
     if plots_prefix is not None and res.get("plots"):
         L.append("")
         L.append(" ".join(f"![{os.path.basename(p)}]({plots_prefix}{os.path.basename(p)})" for p in res["plots"]))
     return "\n".join(L)
+
+
+def _render_cnn(res: dict) -> List[str]:
+    """The small CNN's table (bench_end_to_end.test_end_to_end_cnn), or a line saying the run has none."""
+    cnn = res.get("end_to_end_cnn")
+    if not cnn:
+        return ["", "**Small CNN**: not in this run (`bench/bench_end_to_end.py::test_end_to_end_cnn`, part of the "
+                    "end-to-end suite, records it)."]
+    any_ = next(iter(cnn.values()))
+    c1, c2 = any_["widths"]
+    L = ["", f"**Small CNN** ({any_['dataset']}, Conv{c1}-ReLU-Pool | Conv{c2}-ReLU-Flatten | Linear: 3 blocks for "
+             f"Block-ADMM, one for backprop; batch {any_['batch_size']}, {any_['epochs']} epochs, "
+             f"{any_.get('threads', '?')} torch thread(s), the methods trained side by side from the same weights on "
+             "the same batches; epoch = median training-loop time over the epochs). The middle block's convolution, "
+             "most of the net's work: backprop runs it 3 times a step (forward, input and weight gradients), "
+             "Block-ADMM 4 times a sweep (forward and weight gradient at the moved input, forward after the weight "
+             "step, input gradient there): 4 with the fast preset's one sweep, 12 (4×) with the defaults' three.",
+         "", "| method | sweeps | Adam lr | epoch s | × backprop | final test acc | best test acc |",
+         "|---|---|---|---|---|---|---|"]
+    for name, r in cnn.items():
+        L.append(f"| {name} | {r.get('sweeps', '')} | {_f(r.get('adam_lr'), '{:g}')} | {_f(r['epoch_s'], '{:.3f}')} | "
+                 f"{_x(r.get('epoch_vs_backprop'))} | {100 * r['final_test_acc']:.1f}% | "
+                 f"{100 * r['best_test_acc']:.1f}% |")
+    return L
 
 
 # ------------------------------------------------------------------ plots

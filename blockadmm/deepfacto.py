@@ -157,12 +157,6 @@ class GroupEnergyHead(nn.Module):
         # energy, so cross-entropy is -log(the true group's share), the disentangling objective itself
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn)
         self.bias = nn.Parameter(torch.zeros(n_classes), requires_grad=learn)
-        if not learn:
-            self.admm_local_step = self._no_weights  # no optimizer for a head without trainable weights
-
-    def _no_weights(self, inp, target, dual, *, rho, y, loss_fn):
-        with torch.no_grad():
-            return loss_fn(self(inp), y)
 
     def energies(self, H):
         E = group_energy(H, self.group, self.n_classes)

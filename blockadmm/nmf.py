@@ -24,8 +24,8 @@ The k components are split into groups: `per_class` components for each of `n_cl
   is rescaled to keep its total energy, so the steps move energy between components only;
 - `admm_set_epoch`: the trainer tells the block the epoch, which drives the freezing schedule.
 
-In training mode the block memoizes its last solve: a step asks for the codes of the same features twice (the
-forward pass, then the feature boundary's gradient at that point), and the second solve becomes a comparison.
+`admm_input_grad` takes the codes the trainer kept from the forward at the same features (`out`), so a step
+solves once where it asks for the codes of the same features twice (the forward, then the feature boundary's gradient).
 `solver="gram"` runs the same multiplicative updates of H with V Wᵀ and W Wᵀ computed once per solve instead
 of once per update (equal to the op's result up to rounding); the default goes through `ops.nmf_mu_update`.
 """
@@ -258,32 +258,6 @@ class NMFBlock(NMFLayer):
         self.eg_steps, self.eg_lr, self.eg_clip = int(eg_steps), float(eg_lr), float(eg_clip)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))  # saved with checkpoints
         self.register_buffer("w_updates", torch.zeros((), dtype=torch.long))
-        self._solve_cache = None  # (V, V's version, H(V)): the last solve in training mode
-
-    @torch.no_grad()
-    def forward(self, V: torch.Tensor) -> torch.Tensor:
-        """The solve, memoized in training mode: a Block-ADMM step asks for the codes of the same features
-        (the forward pass, then the feature boundary's gradient at that point) before anything changes them,
-        so the second solve is replaced by a comparison. The memo is dropped whenever W may change."""
-        c = self._solve_cache
-        if (self.training and c is not None and c[0].shape == V.shape and c[0].dtype == V.dtype
-                and c[0]._version == c[1] and (c[0] is V or torch.equal(c[0], V))):
-            return c[2]
-        H = super().forward(V)
-        self._solve_cache = (V, V._version, H) if self.training else None
-        return H
-
-    def train(self, mode: bool = True):
-        self._solve_cache = None
-        return super().train(mode)
-
-    def init_basis_from(self, *args, **kw):
-        self._solve_cache = None
-        return super().init_basis_from(*args, **kw)
-
-    def fit_basis(self, *args, **kw):
-        self._solve_cache = None
-        return super().fit_basis(*args, **kw)
 
     @property
     def frozen(self) -> bool:
@@ -308,18 +282,18 @@ class NMFBlock(NMFLayer):
         Ht, _ = _to_rows((target + dual).detach().float().clamp_min(0.0))
         Ht = Ht.contiguous()
         if not self.frozen:
-            self._solve_cache = None
             for _ in range(self.w_iter):
                 ops.nmf_mu_update(V2, Ht, self.W.data, which="W", eps=self.eps, backend=self.backend)
             self.w_updates += 1
         return 0.5 * (V2 - Ht @ self.W).square().sum() / max(inp.shape[0], 1)
 
     @torch.no_grad()
-    def admm_input_grad(self, z_in, z_out, u_out, *, rho, y, loss_fn):
-        """The difference target: -rho (z + u - H(z_in)) W, in the shape of z_in."""
+    def admm_input_grad(self, z_in, z_out, u_out, *, rho, y, loss_fn, out=None):
+        """The difference target: -rho (z + u - H(z_in)) W, in the shape of z_in; H(z_in) is `out` when the trainer
+        kept the forward at z_in (the forward refuses negative features, so then z_in = max(z_in, 0)), else solved."""
         if rho is None:
             raise ValueError(f"{self.name}: an NMF block cannot be the last block; put a head after it")
-        H0 = self.forward(z_in.clamp_min(0.0))
+        H0 = self.forward(z_in.clamp_min(0.0)) if out is None else out
         return self.reconstruct(-rho * (z_out + u_out - H0))
 
     @torch.no_grad()

@@ -21,8 +21,11 @@ class ADMMBlock(Protocol):
         """The block's weight step on its own term (the last block gets target=dual=rho=None); the loss."""
 
     def admm_input_grad(self, z_in: torch.Tensor, z_out: torch.Tensor | None, u_out: torch.Tensor | None, *,
-                        rho: float | None, y: torch.Tensor, loss_fn: Callable) -> torch.Tensor:
-        """The gradient in z_in of the block's term, summed over the batch (not averaged)."""
+                        rho: float | None, y: torch.Tensor, loss_fn: Callable,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
+        """The gradient in z_in of the block's term, summed over the batch (not averaged). out: what the block's
+        forward (run under no_grad) returned at z_in with its current weights, when the trainer kept it (else None),
+        so that the block need not run it again."""
 
 
 @runtime_checkable

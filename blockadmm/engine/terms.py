@@ -173,7 +173,8 @@ class HookTerm:
         return self.block.admm_local_step(inp, target, dual, rho=rho, y=y, loss_fn=self.loss_fn).detach()
 
     def input_grad(self, inp, target, dual, y, *, rho, kept=None):
-        return self.block.admm_input_grad(inp, target, dual, rho=rho, y=y, loss_fn=self.loss_fn)
+        return self.block.admm_input_grad(inp, target, dual, rho=rho, y=y, loss_fn=self.loss_fn,
+                                          out=None if kept is None else kept.value)
 
 
 def make_term(block: nn.Module, k: int, n_blocks: int, *, loss_fn: Callable, default_loss: bool, fused_linear: bool,

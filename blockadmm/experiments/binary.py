@@ -103,7 +103,9 @@ class BinaryBlock(nn.Module):
         self._opt.step()
         return loss.detach()
 
-    def admm_input_grad(self, z_in, z_out, u_out, *, rho, y, loss_fn):
+    def admm_input_grad(self, z_in, z_out, u_out, *, rho, y, loss_fn, out=None):
+        """The surrogate's gradient in z_in; it needs the pre-activation's graph, which the kept forward (the step
+        outputs, without a graph) does not hold, so `out` is not used."""
         z_in = z_in.detach().requires_grad_(True)
         with torch.enable_grad():
             obj = rho * self.surrogate_loss(z_in, z_out, u_out)
