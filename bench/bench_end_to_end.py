@@ -178,11 +178,12 @@ def test_end_to_end(benchmark):
 # ------------------------------------------------------------------ the small CNN
 CNN_WIDTHS = pick((16, 32), (16, 32), (4, 8))
 CNN_EPOCHS = pick(5, 2, 1)
-CNN_METHODS = ["backprop", "admm-online", "admm-online-fast"]
+# the 3-block cut (one conv layer a block) and the 2-block cut (both conv layers in block 0, whose input never moves)
+CNN_METHODS = ["backprop", "admm-online", "admm-online-fast", "admm-online-2blocks", "admm-online-fast-2blocks"]
 
 
 def cnn_blocks(in_channels, image_size, num_classes, widths):
-    """Conv-ReLU-Pool | Conv-ReLU-Flatten | Linear, as a Sequential and its cut into 3 blocks."""
+    """Conv-ReLU-Pool | Conv-ReLU-Flatten | Linear, as a Sequential and its cut into 3 blocks (cut [2]: 2 blocks)."""
     from torch import nn
 
     c1, c2 = widths
@@ -197,7 +198,8 @@ def cnn_blocks(in_channels, image_size, num_classes, widths):
 
 def test_end_to_end_cnn(benchmark):
     """The small CNN on the same data, trained side by side (lockstep, as test_end_to_end): backprop (Adam 1e-3),
-    Block-ADMM online with the defaults and with the fast preset, from the same initial weights."""
+    Block-ADMM online with the defaults and with the fast preset, cut into 3 and into 2 blocks, from the same
+    initial weights."""
     from blockadmm import data
     from blockadmm.trainer import BlockADMM, adam
 
@@ -210,8 +212,9 @@ def test_end_to_end_cnn(benchmark):
         m = copy.deepcopy(model)
         if method == "backprop":
             return BlockADMM(m, blocks=1, input_shape=splits.input_shape, optimizer=adam(1e-3), sweeps=1, seed=0)
-        preset = "fast" if method.endswith("fast") else None
-        return BlockADMM(m, blocks=cuts, input_shape=splits.input_shape, preset=preset, seed=0)
+        preset = "fast" if "-fast" in method else None
+        blocks = [cuts[-1]] if method.endswith("2blocks") else cuts
+        return BlockADMM(m, blocks=blocks, input_shape=splits.input_shape, preset=preset, seed=0)
 
     x, y, idx = splits.train[list(range(100))]
     for method in CNN_METHODS:
@@ -239,6 +242,7 @@ def test_end_to_end_cnn(benchmark):
             widths=list(CNN_WIDTHS),
             epochs=CNN_EPOCHS,
             batch_size=100,
+            blocks=r.tr.n_blocks,
             sweeps=r.tr.config.sweeps,
             adam_lr=r.tr.optimizers[0].param_groups[0]["lr"],
             threads=torch.get_num_threads(),

@@ -51,10 +51,12 @@ def test_bench_runs_without_timing(tmp_path):
     if "sklearn mu" in nmf and "blockadmm cpu" in nmf:
         assert abs(nmf["blockadmm cpu"]["err_vs_sklearn"]) < 1e-4
     assert {"backprop", "admm-online", "admm-batch"} <= set(res["end_to_end"])
-    assert set(res["end_to_end_cnn"]) == {"backprop", "admm-online", "admm-online-fast"}
+    assert set(res["end_to_end_cnn"]) == {"backprop", "admm-online", "admm-online-fast", "admm-online-2blocks",
+                                          "admm-online-fast-2blocks"}
+    assert res["end_to_end_cnn"]["admm-online-2blocks"]["blocks"] == 2
     assert "small CNN" in " ".join(t["what"] for t in res["targets"])
     md = (out / "ci.md").read_text()
-    assert md.startswith("###") and "**Small CNN** (digits" in md and "| admm-online-fast | 1 |" in md
+    assert md.startswith("###") and "**Small CNN** (digits" in md and "| admm-online-fast | 3 | 1 |" in md
     assert res["plots"] and all((out / p).exists() for p in res["plots"])
     # the README block is rendered from the results folder by tools/readme.py, between markers it adds when absent
     p = subprocess.run([sys.executable, os.path.join("tools", "readme.py"), "--bench-results", str(out),
