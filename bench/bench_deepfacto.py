@@ -1,6 +1,6 @@
 """DeepFacto against backprop, per training step: seconds for `steps` steps on MNIST-5k of backprop (the feature
-CNN + a linear layer, Adam) and of DeepFacto (the supervised recipe) with each NMF solver and without
-ReuseForward, in interleaved rounds on the same batches; the ratio uses each one's fastest round.
+CNN + a linear layer, Adam) and of DeepFacto (the supervised recipe) with each NMF solver, in interleaved rounds on
+the same batches; the ratio uses each one's fastest round.
 
     python -m bench.bench_deepfacto [--steps 40] [--rounds 3] [--out speed.json]
     pytest bench/bench_deepfacto.py -s
@@ -36,7 +36,7 @@ def speed_benchmark(*, steps: int = 40, rounds: int = 3, batch_size: int = 64, l
         for x, y, i in batches:
             backprop.step(x, y, i)
 
-    def df(solver, reuse=True):
+    def df(solver):
         torch.manual_seed(0)
         blocks = build_deepfacto(
             feature_cnn(1),
@@ -48,7 +48,6 @@ def speed_benchmark(*, steps: int = 40, rounds: int = 3, batch_size: int = 64, l
             update_epochs=0,
             l1=0.1,
             solver=solver,
-            reuse_forward=reuse,
         )
         init_basis(blocks, train, contrast=2.0)
         t = BlockADMM(
@@ -68,7 +67,6 @@ def speed_benchmark(*, steps: int = 40, rounds: int = 3, batch_size: int = 64, l
         "backprop": bp_steps,
         "deepfacto_op": df("op"),
         "deepfacto_gram": df("gram"),
-        "deepfacto_op_no_reuse": df("op", reuse=False),
     }
     times = {k: [] for k in runs}
     for _ in range(rounds):

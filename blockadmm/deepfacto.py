@@ -27,43 +27,6 @@ class PerSampleNorm(nn.Module):
         return x / n.view(-1, *([1] * (x.dim() - 1)))
 
 
-class ReuseForward(nn.Module):
-    """Wraps the feature block so that a Block-ADMM step runs its forward once where the trainer asks twice.
-
-    The trainer runs a block's forward without autograd to get z = f(x), then, for the block's weight step,
-    again with autograd on the same input and the same weights. In training mode the first call (a new
-    input tensor) records the graph and keeps it; the second call, on the same input object with unchanged
-    weights and autograd on, gets that output, graph included (used once, then dropped). Any other call (new
-    weights, eval mode, a different input) runs the forward as usual, so results are those of the plain module.
-    """
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-        self._saved = None  # (input, parameter versions, output with graph)
-        self._last_in = None  # the input of the last recorded forward
-
-    def _versions(self):
-        return tuple(p._version for p in self.module.parameters())
-
-    def forward(self, x):
-        saved, self._saved = self._saved, None
-        if not self.training:
-            self._last_in = None
-            return self.module(x)
-        if saved is not None and saved[0] is x and saved[1] == self._versions():
-            if torch.is_grad_enabled():
-                return saved[2]  # the weight step: the recorded graph
-            self._saved = saved
-            return saved[2].detach()
-        if torch.is_grad_enabled() or self._last_in is x:
-            return self.module(x)  # a weight step without a recorded forward, or the same input with new weights
-        with torch.enable_grad():
-            out = self.module(x)
-        self._saved, self._last_in = (x, self._versions(), out), x
-        return out.detach()
-
-
 def feature_cnn(
     in_channels: int = 1, widths=(16, 32, 64), *, flatten: bool = True, normalize: bool = True
 ) -> nn.Sequential:
@@ -231,7 +194,6 @@ def build_deepfacto(
     learn_head: bool = False,
     pool_r: float | None = None,
     backend: str = "auto",
-    reuse_forward: bool = True,
     solver: str = "op",
     eg_clip: float = 2.0,
 ):
@@ -242,12 +204,9 @@ def build_deepfacto(
 
     basis_from: (inputs, labels), a few hundred training samples the basis is drawn from (deepfacto.init_basis
     does the same later from a dataset). Without it, training refuses a basis that stays random and frozen.
-    reuse_forward wraps the features in ReuseForward (same results, one forward fewer per step).
     """
     if normalize and not isinstance(list(features.modules())[-1], PerSampleNorm):  # (PerSampleNorm is idempotent)
         features = nn.Sequential(features, PerSampleNorm())
-    if reuse_forward and not isinstance(features, ReuseForward):
-        features = ReuseForward(features)
     d = feat_shape[0]
     nmf = NMFBlock(
         d,

@@ -91,31 +91,28 @@ def test_short_training_far_above_chance():
     assert M.shape == (10, 11) and np.allclose(M.sum(1), 1, atol=1e-4)
 
 
-def _tiny_blocks(reuse, solver="op", seed=0):
+def _tiny_blocks(solver="op", seed=0):
     torch.manual_seed(seed)
     feats = feature_mlp(64, (32,))
-    blocks = build_deepfacto(feats, (32,), 10, head="energy", per_class=2, n_iter=5, update_epochs=0,
-                             reuse_forward=reuse, solver=solver)
-    return blocks
+    return build_deepfacto(feats, (32,), 10, head="energy", per_class=2, n_iter=5, update_epochs=0, solver=solver)
 
 
-def test_reuse_forward_and_kept_codes_change_nothing():
-    """ReuseForward (one feature forward fewer) and the codes the trainer keeps for the NMF block's input gradient
-    give the same training as without them, and the kept codes halve the NMF solves: with 2 sweeps a step solves
-    at the 2 points the features take (the forward, the dual step's), where solving again for every input
-    gradient at those points made it 4."""
+def test_kept_codes_change_nothing():
+    """The codes the trainer keeps for the NMF block's input gradient give the same training as solving again,
+    and halve the NMF solves: with 2 sweeps a step solves at the 2 points the features take (the forward, the
+    dual step's), where solving again for every input gradient at those points made it 4."""
     from blockadmm.data import load, make_loader
     from blockadmm.nmf import NMFBlock
 
     data = load("digits", val_fraction=0.0)
     runs, solves = [], []
-    for reuse in (False, True):
-        blocks = _tiny_blocks(reuse)
+    for kept in (False, True):
+        blocks = _tiny_blocks()
         init_basis(blocks, data.train)
         nmf, counted = blocks[1], []
         solve = nmf.encode_rows
         nmf.encode_rows = lambda *a, **kw: counted.append(1) or solve(*a, **kw)
-        if not reuse:  # the input gradient solves again instead of taking the kept codes
+        if not kept:  # the input gradient solves again instead of taking the kept codes
             nmf.admm_input_grad = lambda *a, out=None, b=nmf, **kw: NMFBlock.admm_input_grad(b, *a, **kw)
         t = BlockADMM(blocks, input_shape=(64,), constraints={0: "nonneg", 1: "nonneg"}, sweeps=2, dual_step=0.5,
                       optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))

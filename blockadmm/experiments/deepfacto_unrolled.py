@@ -92,7 +92,6 @@ def supervised_unrolled(
         update_epochs=0,
         l1=0.1,
         solver="gram",
-        reuse_forward=False,
     )
     init_basis(blocks, train, seed=seed, contrast=2.0)
     model = nn.Sequential(blocks[0], UnrolledNMF(blocks[1]), blocks[2])
@@ -152,7 +151,6 @@ def pairs_unrolled(
         pool_r=4.0,
         l1=0.03,
         solver="gram",
-        reuse_forward=False,
     )
     model = nn.Sequential(blocks[0], UnrolledNMF(blocks[1]), blocks[2])
     kw = {
