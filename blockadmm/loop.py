@@ -55,22 +55,20 @@ def evaluate(trainer, data, *, batch_size: int = 1000) -> dict[str, float]:
     return {"loss": loss_sum / total, **({"acc": correct / total} if classification else {})}
 
 
-def _epoch_means(rows: list[tuple]) -> dict:
-    """Means over an epoch's steps, weighted by batch size: (stats, rows) pairs -> history entries."""
+def epoch_means(rows: list[tuple[dict, int]]) -> dict:
+    """The history entries of an epoch from its steps' statistics ((stats dict, batch size) pairs): numbers and
+    per-boundary lists averaged weighted by batch size, step_s as a plain mean; entries that are None are left out."""
     n = sum(m for _, m in rows)
-
-    def mean(get):
-        first = get(rows[0][0])
-        if isinstance(first, list):
-            return [sum(get(s)[k] * m for s, m in rows) / n for k in range(len(first))]
-        return sum(get(s) * m for s, m in rows) / n
-
-    record = {"loss": mean(lambda s: s.loss)}
-    if rows[0][0].acc is not None:
-        record["acc"] = mean(lambda s: s.acc)
-    record.update(head_loss=mean(lambda s: s.head_loss), penalty=mean(lambda s: s.penalty),
-                  primal_residual=mean(lambda s: s.primal_residual), dual_residual=mean(lambda s: s.dual_residual),
-                  step_s=sum(s.step_s for s, _ in rows) / len(rows))
+    record = {}
+    for name, first in rows[0][0].items():
+        if first is None or name == "rho":  # rho: the epoch's record holds the penalties at its end
+            continue
+        if name == "step_s":
+            record[name] = sum(s[name] for s, _ in rows) / len(rows)
+        elif isinstance(first, list):
+            record[name] = [sum(s[name][k] * m for s, m in rows) / n for k in range(len(first))]
+        else:
+            record[name] = sum(s[name] * m for s, m in rows) / n
     return record
 
 
@@ -132,13 +130,14 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                         raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
                                               f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
                     logging.getLogger(__name__).warning("%s", diverging)
-                rows.append((stats, x.shape[0]))
+                step_stats = dataclasses.asdict(stats)
+                rows.append((step_stats, x.shape[0]))
                 bar.set_postfix(loss=f"{stats.loss:.3f}")
                 for cb in callbacks:
-                    cb.on_step(trainer, trainer.step_count, dataclasses.asdict(stats))
+                    cb.on_step(trainer, trainer.step_count, step_stats)
             if not rows:
                 raise ValueError("the training data yielded no batches")
-            record = {"epoch": epoch + 1, **_epoch_means(rows), "rho": list(trainer.rho),
+            record = {"epoch": epoch + 1, **epoch_means(rows), "rho": list(trainer.rho),
                       "lr": [group["lr"] for o in trainer.optimizers for group in o.param_groups],
                       "wall_s": time.perf_counter() - t0}
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
