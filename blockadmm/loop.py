@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -98,6 +99,10 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
     if trainer.tables is not None and n_train is not None and n_train != trainer.tables.num_samples:
         raise ValueError(f"the training set has {n_train} samples but the batch-mode tables were built for "
                          f"{trainer.tables.num_samples}: pass num_samples=len(train)")
+    if trainer.epoch >= epochs:
+        warnings.warn(f"fit(epochs={epochs}) trains nothing: this trainer has done {trainer.epoch} epochs already, and "
+                      f"fit trains until `epochs` epochs are done in all (epochs={trainer.epoch + 1} for one more)",
+                      stacklevel=3)
     callbacks = list(callbacks)
     evaluated = {"train": eval_train, "val": val is not None, "test": test is not None}
     trainer.metric_names = {f"{name}_{m}" for name, on in evaluated.items() if on for m in ("loss", "acc")}

@@ -95,12 +95,14 @@ class NMF:
     # ------------------------------------------------------------------ solver
     def _solve(self, X: torch.Tensor, W: torch.Tensor, H: torch.Tensor, update_H: bool):
         (l1_w, l2_w), (l1_h, l2_h) = self._regularization(*X.shape)
-        error_at_init = previous = _frobenius(X, W, H)
+        error_at_init = previous = _frobenius(X, W, H) if self.tol > 0 else None
+        # one call per iteration where both updates take the same penalties (the op's "both" is "H" then "W")
+        both = update_H and (l1_w, l2_w) == (l1_h, l2_h)
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
             # the op's "H" are our codes W, its "W" our basis H
-            ops.nmf_mu_update(X, W, H, which="H", l1=l1_w, l2=l2_w, backend=self.backend)
-            if update_H:
+            ops.nmf_mu_update(X, W, H, which="both" if both else "H", l1=l1_w, l2=l2_w, backend=self.backend)
+            if update_H and not both:
                 ops.nmf_mu_update(X, W, H, which="W", l1=l1_h, l2=l2_h, backend=self.backend)
             if self.tol > 0 and n_iter % 10 == 0:
                 error = _frobenius(X, W, H)
