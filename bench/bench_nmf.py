@@ -155,6 +155,8 @@ def test_nmf(benchmark, dataset, impl):
             )
 
         t = timed(benchmark, run, rounds=ROUNDS, warmup=0)
+        if dtype == np.float32:  # its final factors keep their subnormal entries: test_nmf_subnormal_gemms
+            _CACHE[("sklearn factors", dataset)] = (out["H"], out["W"])
     else:  # torchnmf
         try:
             from torchnmf.nmf import NMF as TNMF
@@ -217,3 +219,31 @@ def test_nmf_big_gemms(benchmark, dataset):
         s_per_iter=None if t["s"] is None else t["s"] / ITERS,
         **t,
     )
+
+
+@pytest.mark.parametrize("operands", ["subnormal kept", "subnormal flushed"])
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_nmf_subnormal_gemms(benchmark, dataset, operands):
+    """Whether this CPU's GEMMs slow down on subnormal operands: an iteration's four products (V Wᵀ, Hᵀ V, H (W Wᵀ),
+    (Hᵀ H) W) through numpy's BLAS, as scikit-learn runs them, on scikit-learn's final float32 factors as they are
+    against the same factors with their subnormal entries set to zero."""
+    from threadpoolctl import threadpool_limits
+
+    V, _, _ = _data(dataset)
+    if ("sklearn factors", dataset) not in _CACHE:
+        _skip(dataset, f"subnormal GEMMs {operands}", "the sklearn mu row did not run")
+    tiny = np.finfo(np.float32).tiny
+    H, W = (t.numpy() for t in _CACHE[("sklearn factors", dataset)])
+    n_subnormal = int(sum(((x != 0) & (np.abs(x) < tiny)).sum() for x in (H, W)))
+    if operands == "subnormal flushed":
+        H, W = (np.where(np.abs(x) < tiny, np.float32(0), x) for x in (H, W))
+    Vn = V.numpy()
+
+    def run():
+        with threadpool_limits(torch.get_num_threads()):
+            for _ in range(ITERS):
+                Vn @ W.T, H.T @ Vn, H @ (W @ W.T), (H.T @ H) @ W
+
+    t = timed(benchmark, run, rounds=pick(5, 3, 1), warmup=1)  # the warm-up: numpy's first allocations
+    record("nmf_subnormal", f"{dataset} subnormal GEMMs {operands}", dataset=dataset, operands=operands,
+           n_subnormal=n_subnormal, iters=ITERS, s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)

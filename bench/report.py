@@ -121,12 +121,22 @@ def summarize(records: List[dict], meta: dict) -> dict:
         ops=ops_rows,
         nmf=nmf_rows,
         nmf_big_gemms=nmf_big_gemms,
+        nmf_subnormal=_subnormal_gemms(records),
         end_to_end=e2e,
         skipped=skipped,
         kernel_checks=kernel_rows,
     )
     results["targets"] = targets(results)
     return results
+
+
+def _subnormal_gemms(records) -> dict:
+    """{dataset: {n_subnormal, ratio}}: time of an iteration's GEMMs on scikit-learn's factors with their subnormal
+    entries over the same with them flushed (bench_nmf.test_nmf_subnormal_gemms)."""
+    rows = {(r["dataset"], r["operands"]): r for r in records if r["suite"] == "nmf_subnormal" and r.get("s_per_iter")}
+    return {ds: {"n_subnormal": kept["n_subnormal"], "ratio": kept["s_per_iter"] / rows[(ds, "subnormal flushed")]
+                 ["s_per_iter"]}
+            for (ds, op), kept in rows.items() if op == "subnormal kept" and (ds, "subnormal flushed") in rows}
 
 
 def _find(rows, **kw):
@@ -332,9 +342,12 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
             "`blockadmm NMF` is the estimator `blockadmm.nmf.NMF(init='custom', tol=0).fit_transform`, input checks "
             "and final error included as in scikit-learn's; "
             "FLOPs per iteration counted as 4ndk + 4k²(n+d) for every implementation; error = ‖V − HW‖_F / ‖V‖_F; "
-            "`blockadmm cpu` flushes factor entries below sqrt(FLT_MIN) ≈ 1.1e-19 to zero: multiplicative updates on "
-            "MNIST drive tens of thousands that low, and in float32 their subnormal products slow the GEMMs that "
-            "read them; time per iteration is the whole run's time divided by the iterations)"
+            "`blockadmm cpu` flushes factor entries below sqrt(FLT_MIN) ≈ 1.1e-19 to zero (scikit-learn keeps them, "
+            "and in float32 some become subnormal)"
+            + "".join(f"; {ds}: an iteration's GEMMs on scikit-learn's final factors ({s['n_subnormal']} subnormal "
+                      f"entries) took {s['ratio']:.2f}× their time with those entries flushed, on this CPU"
+                      for ds, s in res.get("nmf_subnormal", {}).items())
+            + "; time per iteration is the whole run's time divided by the iterations)"
         )
         L.append("")
         L.append("| data | impl | ms / iter | GFLOP/s | of torch.mm | error | error vs sklearn | × sklearn |")

@@ -225,6 +225,7 @@ class DistributedBlockADMM:
     # ------------------------------------------------------------------ tasks (sweep s counts from 1)
     def _forward(self, t, batch, step) -> BatchState:
         """The forward through this rank's blocks from the input received from below; z and u start."""
+        t0 = time.perf_counter()
         x, y = on_device(batch[0], batch[1], self.device, self.dtype)
         num_samples = None if self.tables is None else self.tables.num_samples
         index = check_batch(
@@ -245,7 +246,7 @@ class DistributedBlockADMM:
             self.engine.init_online(state, self.own, h=h)
         else:
             self.engine.init_batch(state, self.own, *self.tables.gather(index), h=h)
-        info = self._batch_info[step] = {"t0": time.perf_counter()}
+        info = self._batch_info[step] = {"t0": t0}
         if self.hi == self.B:
             info["network"] = step_stats.network_metrics(self, state)
         if h is not None:
@@ -445,7 +446,7 @@ class DistributedBlockADMM:
                     cb.on_step(self, first_step + i + 1, s)
             record = {
                 "epoch": epoch + 1,
-                **epoch_means([(s, int(b[0].shape[0])) for s, b in zip(steps, batches)]),
+                **(epoch_means([(s, int(b[0].shape[0])) for s, b in zip(steps, batches)]) if steps else {}),
                 "rho": self._gather_rho(),
                 "wall_s": wall,
                 "world_size": world,
