@@ -26,8 +26,9 @@ class NMF:
 
     init: "random" (scikit-learn's: |N(0, 1)| · sqrt(mean(X) / k), from numpy's RandomState(random_state), so
     the same seed gives scikit-learn's start), "nndsvd" / "nndsvda" (non-negative double SVD; "a" fills the zeros
-    with mean(X)), or "custom" (pass W and H to `fit`). alpha_W / alpha_H / l1_ratio: scikit-learn's
-    regularization (scaled by n_features for W and n_samples for H). Computes in float32.
+    with mean(X); from the exact SVD, where scikit-learn uses a randomized one: a different start, so the iterates
+    and the final error differ from scikit-learn's), or "custom" (pass W and H to `fit`). alpha_W / alpha_H /
+    l1_ratio: scikit-learn's regularization (scaled by n_features for W and n_samples for H). Computes in float32.
     """
 
     def __init__(self, n_components: int, *, init: str = "nndsvda", max_iter: int = 200, tol: float = 1e-4,
