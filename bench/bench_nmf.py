@@ -2,10 +2,11 @@
 
     pytest bench/bench_nmf.py --benchmark-columns=min,median,rounds     (or: python -m bench)
 
-Same float32 data (MNIST-5k pixels: the 5000 x 784 train + test images in [0, 1]; a random uniform
-8192 x 512 matrix), rank 64, the same initial factors (scikit-learn's "random" init scale
-sqrt(mean(V)/k), seed 0), the same number of iterations, no early stop; the reconstruction error
-||V - H W||_F / ||V||_F each reaches is recorded, so the speeds are compared at equal quality.
+Same float32 data (digits: the 1797 x 64 scikit-learn digits, rank 16; MNIST-5k pixels: the 5000 x 784 train +
+test images in [0, 1], rank 64; a random uniform 8192 x 512 matrix, rank 64), the same initial factors
+(scikit-learn's "random" init scale sqrt(mean(V)/k), seed 0), the same number of iterations, no early stop, and
+scikit-learn's BLAS limited to torch's thread count (threadpoolctl); the reconstruction error ||V - H W||_F / ||V||_F
+each reaches is recorded, so the speeds are compared at equal quality.
 FLOPs per iteration are counted as 4ndk + 4k^2(n+d) for every implementation (the work of the
 algorithm, not of a particular way to do it), and reported as GFLOP/s next to the torch.mm ceiling.
 
@@ -21,8 +22,10 @@ algorithm, not of a particular way to do it), and reported as GFLOP/s next to th
                     float32 out_dtype), so the numerators are rounded to 8 bits: its error is what decides
   blockadmm NMF     the scikit-learn-shaped estimator blockadmm.nmf.NMF(init="custom", tol=0), fit_transform:
                     the op plus its input checks and final error, the same work as the sklearn row's
-  sklearn mu        sklearn.decomposition.NMF(solver="mu", init="custom", tol=0), fit_transform
-                    (its time includes its input checks and the final error it computes)
+  sklearn mu        sklearn.decomposition.NMF(solver="mu", init="custom", tol=0), fit_transform on the float32
+                    arrays, which it computes in (its time includes its input checks and the final error); the
+                    baseline of every "x sklearn"
+  sklearn mu float64  the same on float64 copies (what scikit-learn computes in for float64 input)
   torchnmf          torchnmf.nmf.NMF(...).fit(V, beta=2, tol=-inf): autograd-derived MU; it updates
                     the basis before the codes, so its error differs slightly
 """
@@ -39,11 +42,12 @@ import torch
 from bench._common import pick, record, timed
 from blockadmm import ops
 
-RANK = pick(64, 64, 8)
+RANKS = {"digits": pick(16, 16, 8), "mnist5k": 64, "random8192x512": 64}
 ITERS = pick(200, 30, 2)
 ROUNDS = pick(5, 1, 1)  # whole runs of ITERS iterations; the least disturbed one is reported (torchnmf: one)
-DATASETS = pick(["mnist5k", "random8192x512"], ["mnist5k", "random8192x512"], ["digits"])
-IMPLS = ["blockadmm cpu", "blockadmm eager", "blockadmm cpu bf16-gemm", "blockadmm NMF", "sklearn mu", "torchnmf"]
+DATASETS = pick(["digits", "mnist5k", "random8192x512"], ["digits", "mnist5k"], ["digits"])
+IMPLS = ["blockadmm cpu", "blockadmm eager", "blockadmm cpu bf16-gemm", "blockadmm NMF", "sklearn mu",
+         "sklearn mu float64", "torchnmf"]
 _CACHE: dict = {}
 
 
@@ -58,10 +62,11 @@ def _data(name):
             V = torch.cat([s.train.X, s.test.X]).flatten(1).float().contiguous()
             V = V / V.max()
         n, d = V.shape
+        k = RANKS[name]
         g = torch.Generator().manual_seed(0)
-        scale = math.sqrt(float(V.mean()) / RANK)
-        H0 = torch.rand(n, RANK, generator=g) * scale
-        W0 = torch.rand(RANK, d, generator=g) * scale
+        scale = math.sqrt(float(V.mean()) / k)
+        H0 = torch.rand(n, k, generator=g) * scale
+        W0 = torch.rand(k, d, generator=g) * scale
         _CACHE[name] = (V, H0, W0)
     return _CACHE[name]
 
@@ -81,7 +86,7 @@ def _skip(dataset, impl, reason):
 def test_nmf(benchmark, dataset, impl):
     V, H0, W0 = _data(dataset)
     n, d = V.shape
-    k = RANK
+    k = RANKS[dataset]
     out = {}
 
     if impl == "blockadmm NMF":
@@ -131,14 +136,16 @@ def test_nmf(benchmark, dataset, impl):
 
         t = timed(benchmark, run, rounds=ROUNDS, warmup=0, setup=setup)
         out = dict(H=H, W=W)
-    elif impl == "sklearn mu":
+    elif impl.startswith("sklearn mu"):
         from sklearn.decomposition import NMF
+        from threadpoolctl import threadpool_limits
 
-        Vn, H0n, W0n = V.numpy(), H0.numpy(), W0.numpy()
+        dtype = np.float64 if impl.endswith("float64") else np.float32
+        Vn, H0n, W0n = (t.numpy().astype(dtype) for t in (V, H0, W0))
 
         def run():
             m = NMF(n_components=k, init="custom", solver="mu", beta_loss="frobenius", tol=0.0, max_iter=ITERS)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()):
                 warnings.simplefilter("ignore")
                 Hs = m.fit_transform(Vn, W=H0n.copy(), H=W0n.copy())
             out.update(
@@ -148,6 +155,8 @@ def test_nmf(benchmark, dataset, impl):
             )
 
         t = timed(benchmark, run, rounds=ROUNDS, warmup=0)
+        if dtype == np.float32:  # its final factors keep their subnormal entries: test_nmf_subnormal_gemms
+            _CACHE[("sklearn factors", dataset)] = (out["H"], out["W"])
     else:  # torchnmf
         try:
             from torchnmf.nmf import NMF as TNMF
@@ -176,6 +185,7 @@ def test_nmf(benchmark, dataset, impl):
         flops_per_iter=flops,
         rel_err=err,
         dtype=out.get("dtype", str(out["H"].dtype)),
+        threads=torch.get_num_threads(),  # torch's, and (threadpoolctl) scikit-learn's BLAS's
         s_per_iter=None if t["s"] is None else t["s"] / ITERS,
         **t,
     )
@@ -190,7 +200,8 @@ def test_nmf_big_gemms(benchmark, dataset):
     V, H0, W0 = _data(dataset)
     n, d = V.shape
     H, W = H0.clone(), W0.clone()
-    num_h, num_w = torch.empty(n, RANK), torch.empty(RANK, d)
+    k = RANKS[dataset]
+    num_h, num_w = torch.empty(n, k), torch.empty(k, d)
 
     def run():
         for _ in range(ITERS):
@@ -202,9 +213,37 @@ def test_nmf_big_gemms(benchmark, dataset):
         "nmf_big_gemms",
         f"{dataset} big GEMMs torch.mm",
         dataset=dataset,
-        shape=[n, d, RANK],
+        shape=[n, d, k],
         iters=ITERS,
-        flops_per_iter=4 * n * d * RANK,
+        flops_per_iter=4 * n * d * k,
         s_per_iter=None if t["s"] is None else t["s"] / ITERS,
         **t,
     )
+
+
+@pytest.mark.parametrize("operands", ["subnormal kept", "subnormal flushed"])
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_nmf_subnormal_gemms(benchmark, dataset, operands):
+    """Whether this CPU's GEMMs slow down on subnormal operands: an iteration's four products (V Wᵀ, Hᵀ V, H (W Wᵀ),
+    (Hᵀ H) W) through numpy's BLAS, as scikit-learn runs them, on scikit-learn's final float32 factors as they are
+    against the same factors with their subnormal entries set to zero."""
+    from threadpoolctl import threadpool_limits
+
+    V, _, _ = _data(dataset)
+    if ("sklearn factors", dataset) not in _CACHE:
+        _skip(dataset, f"subnormal GEMMs {operands}", "the sklearn mu row did not run")
+    tiny = np.finfo(np.float32).tiny
+    H, W = (t.numpy() for t in _CACHE[("sklearn factors", dataset)])
+    n_subnormal = int(sum(((x != 0) & (np.abs(x) < tiny)).sum() for x in (H, W)))
+    if operands == "subnormal flushed":
+        H, W = (np.where(np.abs(x) < tiny, np.float32(0), x) for x in (H, W))
+    Vn = V.numpy()
+
+    def run():
+        with threadpool_limits(torch.get_num_threads()):
+            for _ in range(ITERS):
+                Vn @ W.T, H.T @ Vn, H @ (W @ W.T), (H.T @ H) @ W
+
+    t = timed(benchmark, run, rounds=pick(5, 3, 1), warmup=1)  # the warm-up: numpy's first allocations
+    record("nmf_subnormal", f"{dataset} subnormal GEMMs {operands}", dataset=dataset, operands=operands,
+           n_subnormal=n_subnormal, iters=ITERS, s_per_iter=None if t["s"] is None else t["s"] / ITERS, **t)

@@ -366,7 +366,8 @@ def _train_from_args(args):
                 setattr(args, name, getattr(trainer.config, name))
             lrs = {g["lr"] for o in trainer.optimizers if o is not None for g in o.param_groups}
             args.lr = lrs.pop() if len(lrs) == 1 else args.lr
-        runs[f"admm-{mode}-{args.schedule}-{dist.get_world_size()}ranks"] = trainer.fit(
+        run = f"admm-{mode}-{args.schedule}-{dist.get_world_size()}ranks"
+        runs[run] = trainer.fit(
             splits.train,
             args.epochs,
             batch_size=args.batch_size,
@@ -374,6 +375,7 @@ def _train_from_args(args):
             val=splits.val,
             checkpoint=ckpt,
             progress=not args.quiet,
+            callbacks=_loggers(args, run) if dist.get_rank() == 0 else (),  # the records are the same on every rank
         )
         last = trainer
     if dist.get_rank() == 0:

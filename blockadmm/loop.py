@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -55,22 +56,20 @@ def evaluate(trainer, data, *, batch_size: int = 1000) -> dict[str, float]:
     return {"loss": loss_sum / total, **({"acc": correct / total} if classification else {})}
 
 
-def _epoch_means(rows: list[tuple]) -> dict:
-    """Means over an epoch's steps, weighted by batch size: (stats, rows) pairs -> history entries."""
+def epoch_means(rows: list[tuple[dict, int]]) -> dict:
+    """The history entries of an epoch from its steps' statistics ((stats dict, batch size) pairs): numbers and
+    per-boundary lists averaged weighted by batch size, step_s as a plain mean; entries that are None are left out."""
     n = sum(m for _, m in rows)
-
-    def mean(get):
-        first = get(rows[0][0])
-        if isinstance(first, list):
-            return [sum(get(s)[k] * m for s, m in rows) / n for k in range(len(first))]
-        return sum(get(s) * m for s, m in rows) / n
-
-    record = {"loss": mean(lambda s: s.loss)}
-    if rows[0][0].acc is not None:
-        record["acc"] = mean(lambda s: s.acc)
-    record.update(head_loss=mean(lambda s: s.head_loss), penalty=mean(lambda s: s.penalty),
-                  primal_residual=mean(lambda s: s.primal_residual), dual_residual=mean(lambda s: s.dual_residual),
-                  step_s=sum(s.step_s for s, _ in rows) / len(rows))
+    record = {}
+    for name, first in rows[0][0].items():
+        if first is None or name == "rho":  # rho: the epoch's record holds the penalties at its end
+            continue
+        if name == "step_s":
+            record[name] = sum(s[name] for s, _ in rows) / len(rows)
+        elif isinstance(first, list):
+            record[name] = [sum(s[name][k] * m for s, m in rows) / n for k in range(len(first))]
+        else:
+            record[name] = sum(s[name] * m for s, m in rows) / n
     return record
 
 
@@ -100,6 +99,10 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
     if trainer.tables is not None and n_train is not None and n_train != trainer.tables.num_samples:
         raise ValueError(f"the training set has {n_train} samples but the batch-mode tables were built for "
                          f"{trainer.tables.num_samples}: pass num_samples=len(train)")
+    if trainer.epoch >= epochs:
+        warnings.warn(f"fit(epochs={epochs}) trains nothing: this trainer has done {trainer.epoch} epochs already, and "
+                      f"fit trains until `epochs` epochs are done in all (epochs={trainer.epoch + 1} for one more)",
+                      stacklevel=3)
     callbacks = list(callbacks)
     evaluated = {"train": eval_train, "val": val is not None, "test": test is not None}
     trainer.metric_names = {f"{name}_{m}" for name, on in evaluated.items() if on for m in ("loss", "acc")}
@@ -132,13 +135,14 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                         raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
                                               f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
                     logging.getLogger(__name__).warning("%s", diverging)
-                rows.append((stats, x.shape[0]))
+                step_stats = dataclasses.asdict(stats)
+                rows.append((step_stats, x.shape[0]))
                 bar.set_postfix(loss=f"{stats.loss:.3f}")
                 for cb in callbacks:
-                    cb.on_step(trainer, trainer.step_count, dataclasses.asdict(stats))
+                    cb.on_step(trainer, trainer.step_count, step_stats)
             if not rows:
                 raise ValueError("the training data yielded no batches")
-            record = {"epoch": epoch + 1, **_epoch_means(rows), "rho": list(trainer.rho),
+            record = {"epoch": epoch + 1, **epoch_means(rows), "rho": list(trainer.rho),
                       "lr": [group["lr"] for o in trainer.optimizers for group in o.param_groups],
                       "wall_s": time.perf_counter() - t0}
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:

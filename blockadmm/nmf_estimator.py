@@ -26,8 +26,9 @@ class NMF:
 
     init: "random" (scikit-learn's: |N(0, 1)| · sqrt(mean(X) / k), from numpy's RandomState(random_state), so
     the same seed gives scikit-learn's start), "nndsvd" / "nndsvda" (non-negative double SVD; "a" fills the zeros
-    with mean(X)), or "custom" (pass W and H to `fit`). alpha_W / alpha_H / l1_ratio: scikit-learn's
-    regularization (scaled by n_features for W and n_samples for H). Computes in float32.
+    with mean(X); from the exact SVD, where scikit-learn uses a randomized one: a different start, so the iterates
+    and the final error differ from scikit-learn's), or "custom" (pass W and H to `fit`). alpha_W / alpha_H /
+    l1_ratio: scikit-learn's regularization (scaled by n_features for W and n_samples for H). Computes in float32.
     """
 
     def __init__(self, n_components: int, *, init: str = "nndsvda", max_iter: int = 200, tol: float = 1e-4,
@@ -95,12 +96,14 @@ class NMF:
     # ------------------------------------------------------------------ solver
     def _solve(self, X: torch.Tensor, W: torch.Tensor, H: torch.Tensor, update_H: bool):
         (l1_w, l2_w), (l1_h, l2_h) = self._regularization(*X.shape)
-        error_at_init = previous = _frobenius(X, W, H)
+        error_at_init = previous = _frobenius(X, W, H) if self.tol > 0 else None
+        # one call per iteration where both updates take the same penalties (the op's "both" is "H" then "W")
+        both = update_H and (l1_w, l2_w) == (l1_h, l2_h)
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
             # the op's "H" are our codes W, its "W" our basis H
-            ops.nmf_mu_update(X, W, H, which="H", l1=l1_w, l2=l2_w, backend=self.backend)
-            if update_H:
+            ops.nmf_mu_update(X, W, H, which="both" if both else "H", l1=l1_w, l2=l2_w, backend=self.backend)
+            if update_H and not both:
                 ops.nmf_mu_update(X, W, H, which="W", l1=l1_h, l2=l2_h, backend=self.backend)
             if self.tol > 0 and n_iter % 10 == 0:
                 error = _frobenius(X, W, H)

@@ -21,8 +21,9 @@ def plot_curves(runs: dict[str, list[dict]], path: str, title: str = "") -> None
                 )
         ax_loss.plot(epochs, [r["loss"] for r in hist], color=color, label=name)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (solid: test, dotted: train)")
-    # for Block-ADMM this is the last block's loss on its auxiliary input, as seen during training
-    ax_loss.set(xlabel="epoch", ylabel="last block's task loss (training steps)", yscale="log", title="loss")
+    # the history's "loss": the network's task loss on the training batches (composed forward), mean per epoch
+    ax_loss.set(xlabel="epoch", ylabel="network's training loss (mean over the epoch's batches)", yscale="log",
+                title="loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

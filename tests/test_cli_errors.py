@@ -141,3 +141,47 @@ def test_train_log_tensorboard_and_csv_write_the_named_scalars(tmp_path):
     rows = list(csv.DictReader(open(folder / "epochs.csv")))
     assert [float(r["epoch"]) for r in rows] == [1.0, 2.0] and "primal_residual/0" in rows[0]
     assert acc.Scalars("epoch/val_acc")[-1].value == pytest.approx(float(rows[-1]["val_acc"]))
+
+
+def test_train_nproc_logs_the_single_process_scalars(tmp_path):
+    """--nproc 2 --log tensorboard,csv: the same scalar names as one process; sync Jacobi online equals the
+    single-process Jacobi run step for step; batch mode leaves out the network loss (no rank sees the forward)."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    common = [*TINY, "--hidden", "16,12", "--epochs", "2", "--order", "jacobi", "--log", "tensorboard,csv"]
+    dist_out, single_out = tmp_path / "dist", tmp_path / "single"
+    result = blockadmm("train", *common, "--mode", "online,batch", "--nproc", "2", "--schedule", "sync",
+                       "--out", str(dist_out))
+    assert result.returncode == 0, result.stderr
+    result = blockadmm("train", *common, "--out", str(single_out))
+    assert result.returncode == 0, result.stderr
+    folder = dist_out / "logs" / "admm-online-sync-2ranks"
+    acc = event_accumulator.EventAccumulator(str(folder))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    per_step = {"train/loss", "train/acc", "train/head_loss", "train/step_s"} | {
+        f"train/{name}/{k}" for name in ("penalty", "primal_residual", "dual_residual", "rho") for k in (0, 1)}
+    per_epoch = {"epoch/loss", "epoch/acc", "epoch/head_loss", "epoch/train_acc", "epoch/test_acc", "epoch/wall_s",
+                 "epoch/penalty/1", "epoch/primal_residual/1", "epoch/dual_residual/0", "epoch/rho/0"}
+    assert per_step | per_epoch <= tags, sorted(per_step | per_epoch - tags)
+    n_steps = 2 * -(-len(data.load("digits", val_fraction=0.0, split_seed=0).train) // 200)
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, n_steps + 1))
+    assert all(e.value > 0 for e in acc.Scalars("train/step_s"))
+
+    def rows(out, run, name):
+        return list(csv.DictReader(open(out / "logs" / run / name)))
+
+    dist_steps, single_steps = rows(dist_out, "admm-online-sync-2ranks", "steps.csv"), rows(single_out, "admm-online",
+                                                                                           "steps.csv")
+    assert len(dist_steps) == len(single_steps) == n_steps
+    compared = ["loss", "acc", "head_loss", "penalty/0", "penalty/1", "primal_residual/0", "primal_residual/1",
+                "dual_residual/1", "rho/0"]
+    for d, s in zip(dist_steps, single_steps):
+        assert d["step"] == s["step"]
+        for name in compared:
+            assert float(d[name]) == pytest.approx(float(s[name]), rel=1e-4, abs=1e-6), (d["step"], name)
+    assert float(acc.Scalars("train/loss")[-1].value) == pytest.approx(float(dist_steps[-1]["loss"]), rel=1e-6)
+    epochs = rows(dist_out, "admm-online-sync-2ranks", "epochs.csv")
+    assert [float(r["epoch"]) for r in epochs] == [1.0, 2.0]
+    batch = rows(dist_out, "admm-batch-sync-2ranks", "steps.csv")
+    assert len(batch) == n_steps and "loss" not in batch[0] and "acc" not in batch[0]
+    assert all(float(r["head_loss"]) > 0 and float(r["primal_residual/1"]) >= 0 for r in batch)

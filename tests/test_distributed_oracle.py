@@ -233,7 +233,7 @@ def test_sync_step_matches_oracle(runs, case):
             for j, k in enumerate(g["owned"]):
                 torch.testing.assert_close(tz[j].double(), want["z"][k], rtol=1e-4, atol=2e-5)
                 torch.testing.assert_close(tu[j].double(), want["u"][k], rtol=1e-4, atol=2e-5)
-    assert got[1]["stats"]["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert got[1]["stats"]["head_loss"] == pytest.approx(want["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("case", PIPE_CASES, ids=lambda c: c["name"])
@@ -249,7 +249,7 @@ def test_pipelined_training_learns(runs, case):
             assert moved > 1e-2, f"rank {r} block {k} did not move ({moved:.2g})"
         first, last = g["loss"]
         assert last < 0.7 * first, f"training loss {first:.3f} -> {last:.3f}"
-    assert got[0]["loss"] == got[1]["loss"] and got[0]["hist"][-1]["loss"] < got[0]["hist"][0]["loss"]
+    assert got[0]["loss"] == got[1]["loss"] and got[0]["hist"][-1]["head_loss"] < got[0]["hist"][0]["head_loss"]
     # staleness reorders the updates; the result stays near the sequential (top-down) run on the same batches:
     # the distance between the two is under half the distance the sequential run moved
     before, seq = _single_topdown()

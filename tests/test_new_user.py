@@ -129,6 +129,9 @@ def test_tensordataset_dataloader_int32_labels_float64_inputs():
     assert bool(seen.all())
     # an iterable of (x, y) batches works like a loader; a dict-yielding dataset is named
     online.fit([(x64[:50], y32[:50]), (x64[50:100], y32[50:100])], 3, progress=False)
+    # fit trains until `epochs` are done in all: asking for fewer than are done says so instead of returning quietly
+    with pytest.warns(UserWarning, match=r"fit\(epochs=2\) trains nothing: this trainer has done 3 epochs"):
+        assert len(online.fit(loader, 2, progress=False)) == 3
 
     class Dicts(Dataset):
         def __len__(self):

@@ -21,7 +21,7 @@ Two schedules:
 The per-rank order of work is a static schedule computed identically on every rank (:mod:`.schedule`),
 so a run is deterministic — the same numbers for any timing — and a resumed run repeats the uninterrupted
 one. Every wait has a deadline and a failure names the rank that died, hangs or raised (:mod:`.comm`).
-Checkpoints are one shard per rank (:mod:`.shards`).
+Checkpoints are one shard per rank (:mod:`.shards`); step statistics reach every rank once per epoch (:mod:`.stats`).
 
 Launch with ``torchrun --nproc-per-node N your_script.py`` (calling :func:`init_distributed`), across
 nodes with ``torchrun --nnodes M --node-rank i --rdzv-endpoint host:port ...``, with

@@ -12,11 +12,14 @@ import torch.distributed as dist
 from torch import nn
 
 from ..blocks import check_chain, fusable_linear, make_blocks
+from ..callbacks import Callback, EarlyStopping
 from ..engine import ADMMConfig, BatchState, Engine, EpochScheduledBlock
 from ..engine.batch import check_batch, on_device
+from ..loop import epoch_means
 from ..prox import as_prox
 from ..tables import VariableTables
 from ..trainer import default_optimizer
+from . import stats as step_stats
 from .comm import Comm, Inbox, default_store
 from .options import check_partition, resolve_options
 from .schedule import Task, build_schedule, last_task, messages, partition_blocks, step_costs, task_cost_model
@@ -166,6 +169,7 @@ class DistributedBlockADMM:
         self.epoch_step = 0  # batches of the current epoch done
         self.history: list[dict] = []
         self._in_flight: dict[int, BatchState] = {}  # batches in flight: a penalty change rescales their duals too
+        self._batch_info: dict[int, dict] = {}  # per batch in flight (by step): start time, network metrics, terms
 
     @property
     def config(self) -> ADMMConfig:
@@ -221,6 +225,7 @@ class DistributedBlockADMM:
     # ------------------------------------------------------------------ tasks (sweep s counts from 1)
     def _forward(self, t, batch, step) -> BatchState:
         """The forward through this rank's blocks from the input received from below; z and u start."""
+        t0 = time.perf_counter()
         x, y = on_device(batch[0], batch[1], self.device, self.dtype)
         num_samples = None if self.tables is None else self.tables.num_samples
         index = check_batch(
@@ -241,6 +246,9 @@ class DistributedBlockADMM:
             self.engine.init_online(state, self.own, h=h)
         else:
             self.engine.init_batch(state, self.own, *self.tables.gather(index), h=h)
+        info = self._batch_info[step] = {"t0": t0}
+        if self.hi == self.B:
+            info["network"] = step_stats.network_metrics(self, state)
         if h is not None:
             state.z[self.lo - 1] = h
         if self.rank < self.world - 1:
@@ -309,12 +317,15 @@ class DistributedBlockADMM:
             self.comm.isend(state.z[self.hi - 1].clone(), self.rank + 1, "up")
 
     def _weight_and_dual(self, state, s):
-        self.engine.weight_step(state, self.own)
+        self._batch_info[state.step]["terms"] = self.engine.weight_step(state, self.own)
         if not self.engine.skips_dual(s - 1):
             self.engine.dual_step(state, self.owned)
 
     def _finish_batch(self, state) -> dict:
-        loss, primal, dual = self.engine.statistics(state, self.owned)
+        """This rank's statistics of a finished batch (distributed.stats: what each rank knows)."""
+        head, primal, dual = self.engine.statistics(state, self.owned)
+        info = self._batch_info.pop(state.step)
+        rho = {k: self.rho[k] for k in self.owned}  # the penalties this step used
         if self.tables is not None:
             self.tables.scatter(state.index, [state.z[k] for k in self.owned], [state.u[k] for k in self.owned])
         self.step_count += 1
@@ -324,7 +335,13 @@ class DistributedBlockADMM:
             for other in self._in_flight.values():  # and those of the batches still in flight
                 for u in {id(t): t for t in (other.u[k], other.u_src[k]) if t is not None}.values():
                     u.mul_(factor)
-        return {"loss": loss, "primal": dict(zip(self.owned, primal)), "dual": dict(zip(self.owned, dual))}
+        stats = {"penalty": {k: float(t) for k, t in zip(self.own, info["terms"]) if k < self.B - 1},
+                 "primal": dict(zip(self.owned, primal)), "dual": dict(zip(self.owned, dual)), "rho": rho,
+                 "step_s": time.perf_counter() - info["t0"]}
+        if self.hi == self.B:
+            network = [float(v) for v in info["network"]] if info["network"] is not None else [None]
+            stats.update(loss=network[0], acc=network[1] if len(network) == 2 else None, head_loss=head)
+        return stats
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -380,63 +397,63 @@ class DistributedBlockADMM:
         checkpoint_every: int | None = None,
         progress: bool = True,
         eval_train: bool = True,
+        callbacks: Sequence[Callback] = (),
         on_epoch: Callable[[dict], None] | None = None,
     ) -> list[dict]:
         """Train until `epochs` epochs are done (continuing after a resume), like BlockADMM.fit.
 
         checkpoint: a folder; every rank writes its shard after every epoch and every `checkpoint_every`
-        steps (the pipeline drains there). Records are identical on every rank.
+        steps (the pipeline drains there). Records and step statistics are identical on every rank; the steps'
+        are gathered once per epoch, so `callbacks` (on the ranks given them) see each epoch's steps at its end.
         """
         from ..data import make_loader
 
+        if any(isinstance(cb, EarlyStopping) for cb in callbacks):
+            raise ValueError("EarlyStopping needs the whole model in one process: use BlockADMM.fit")
         if self.tables is not None and len(train) != self.tables.num_samples:
             raise ValueError(
                 f"the training set has {len(train)} samples but the batch-mode tables were built for "
                 f"{self.tables.num_samples}: pass num_samples=len(train)"
             )
         nb, world = self.B - 1, self.world
+        for cb in callbacks:
+            cb.on_train_begin(self)
         for epoch in range(self.epoch, epochs):
             for block in self._scheduled:
                 block.admm_set_epoch(epoch)
             loader = make_loader(train, batch_size, shuffle=True, seed=self.seed, epoch=epoch)
             t0, cpu0, wait0 = time.perf_counter(), time.process_time(), self.comm.wait_s
-            # loss, primal and dual residual per boundary, batch count, then per rank CPU and wait seconds
-            sums = torch.zeros(1 + 2 * nb + 1 + 2 * world, dtype=torch.float64)
             batches = list(loader)[self.epoch_step :]  # resumed mid-epoch: the batches done already are skipped
-            pos = 0
+            first_step, rows, pos = self.step_count, [], 0
             while pos < len(batches):
                 seg = len(batches) - pos
                 if checkpoint and checkpoint_every:
                     seg = min(seg, checkpoint_every - self.step_count % checkpoint_every)
-                for s in self.run_batches(batches[pos : pos + seg], self.step_count):
-                    if s["loss"] is not None:
-                        sums[0] += s["loss"]
-                    for k, v in s["primal"].items():
-                        sums[1 + k] += v
-                    for k, v in s["dual"].items():
-                        sums[1 + nb + k] += v
-                sums[1 + 2 * nb] += seg
+                rows += self.run_batches(batches[pos : pos + seg], self.step_count)
                 pos += seg
                 self.epoch_step += seg
                 if checkpoint and checkpoint_every and pos < len(batches) and self.step_count % checkpoint_every == 0:
                     self.save(checkpoint)
-            sums[2 + 2 * nb + self.rank] = time.process_time() - cpu0
-            sums[2 + 2 * nb + world + self.rank] = self.comm.wait_s - wait0
-            tot = self.comm.all_reduce(sums, "epoch statistics")
+            # the steps' statistics and, per rank, CPU and wait seconds, summed over the ranks in one transfer
+            times = torch.zeros(2 * world, dtype=torch.float64)
+            times[self.rank], times[world + self.rank] = time.process_time() - cpu0, self.comm.wait_s - wait0
+            table = step_stats.pack(rows, nb, world, self.rank)
+            tot = self.comm.all_reduce(torch.cat([table.flatten(), times]), "epoch statistics")
             wall = time.perf_counter() - t0
-            n = max(float(tot[1 + 2 * nb]) / world, 1.0)
+            steps = step_stats.unpack(tot[: table.numel()].view_as(table), nb)
+            for cb in callbacks:
+                for i, s in enumerate(steps):
+                    cb.on_step(self, first_step + i + 1, s)
             record = {
                 "epoch": epoch + 1,
-                "loss": float(tot[0]) / n,
-                "primal_residual": [float(v) / n for v in tot[1 : 1 + nb]],
-                "dual_residual": [float(v) / n for v in tot[1 + nb : 1 + 2 * nb]],
+                **(epoch_means([(s, int(b[0].shape[0])) for s, b in zip(steps, batches)]) if steps else {}),
                 "rho": self._gather_rho(),
                 "wall_s": wall,
                 "world_size": world,
                 "schedule": self.schedule,
                 "staleness": self.staleness,
-                "rank_cpu_s": [round(float(v), 3) for v in tot[2 + 2 * nb : 2 + 2 * nb + world]],
-                "rank_wait_s": [round(float(v), 3) for v in tot[2 + 2 * nb + world :]],
+                "rank_cpu_s": [round(float(v), 3) for v in tot[table.numel() : table.numel() + world]],
+                "rank_wait_s": [round(float(v), 3) for v in tot[table.numel() + world :]],
             }
             if eval_train:
                 record["train_acc"] = self.evaluate(train)["acc"]
@@ -446,17 +463,18 @@ class DistributedBlockADMM:
                     record[f"{name}_acc"], record[f"{name}_loss"] = ev["acc"], ev["loss"]
             self.epoch, self.epoch_step = epoch + 1, 0
             self.history.append(record)
+            for cb in callbacks:
+                cb.on_epoch(self, record)
             if checkpoint:
                 self.save(checkpoint)
             if on_epoch:
                 on_epoch(record)
             if progress and self.rank == 0:
-                print(
-                    f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}"
-                    + "".join(f", {k} {record[k]:.4f}" for k in ("train_acc", "test_acc") if k in record)
-                    + f", {wall:.2f} s",
-                    flush=True,
-                )
+                shown = ("loss" if "loss" in record else "head_loss", "train_acc", "test_acc")
+                print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {record[k]:.4f}" for k in shown if k in record)
+                      + f", {wall:.2f} s", flush=True)
+        for cb in callbacks:
+            cb.on_train_end(self)
         return self.history
 
     def _gather_rho(self) -> list[float]:
