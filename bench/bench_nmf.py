@@ -12,8 +12,9 @@ algorithm, not of a particular way to do it), and reported as GFLOP/s next to th
 
   blockadmm cpu     blockadmm.ops.nmf_mu_update(backend="cpu"), which="both", iterated; its epilogue flushes
                     factor entries below sqrt(FLT_MIN) ~ 1.08e-19 to zero: on MNIST-5k multiplicative updates
-                    drive tens of thousands of entries that low, and a GEMM whose products of two of them are
-                    subnormal takes the CPU's slow path (the reference, scikit-learn and torchnmf keep them);
+                    drive tens of thousands of entries that low, and on some CPUs a GEMM whose products of two
+                    of them are subnormal takes a slow path (test_nmf_subnormal_gemms measures whether this one
+                    does; the reference, scikit-learn and torchnmf keep them);
                     its big GEMMs run one per thread on row blocks (see blockadmm/ops/_cpu.py)
   blockadmm eager   the same through the pure-torch reference (backend="torch")
   blockadmm cpu bf16-gemm   a variant measured here only, not a library option: the two big GEMMs

@@ -19,14 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .callbacks import Callback
+from .engine.batch import is_classification
 from .engine.checkpoint import NonFiniteError
 from .engine.divergence import DivergenceError
 from .loader import epoch_batches, unpack_batch
-
-
-def is_classification(y: torch.Tensor) -> bool:
-    """Integer class labels (one per sample): accuracy is reported; float targets are a regression (loss only)."""
-    return not y.is_floating_point() and y.dim() == 1
 
 
 @torch.no_grad()

@@ -33,7 +33,6 @@ from .engine.checkpoint import (
     save_checkpoint,
 )
 from .engine.divergence import DivergenceError, DivergenceGuard
-from .loop import is_classification
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -265,7 +264,7 @@ class BlockADMM:
             engine.init_online(state, blocks)
         else:
             engine.init_batch(state, blocks, *self.tables.gather(index))
-        network = self._network_metrics(state)  # F(x) before the update, from the forward the step starts with
+        network = engine.network_metrics(state)  # F(x) before the update, from the forward the step starts with
         for sweep in range(self.config.sweeps):
             engine.begin_sweep(state, sweep)
             for k in engine.aux_order(boundaries):
@@ -287,17 +286,6 @@ class BlockADMM:
         stats.step_s = time.perf_counter() - t0
         return stats
 
-    @torch.no_grad()
-    def _network_metrics(self, state) -> list[torch.Tensor]:
-        """[task loss of F(x)] and, for integer class labels, [..., accuracy], as 0-d tensors (read back later
-        with the step's other numbers). The last block's kept forward serves when there is one."""
-        last = self.n_blocks - 1
-        kept = state.kept[last]
-        out = kept.value if kept is not None else self.blocks[last](state.forward_in)
-        metrics = [self.loss_fn(out, state.y).detach()]
-        if is_classification(state.y):
-            metrics.append((out.argmax(1) == state.y).float().mean())
-        return metrics
 
     # ---------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor) -> torch.Tensor:

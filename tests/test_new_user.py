@@ -92,6 +92,10 @@ def test_regression_with_1d_targets_reports_the_loss_not_an_accuracy():
     assert ev["loss"] == pytest.approx(float(((out.squeeze(1) - Y[350:].float()) ** 2).mean()), rel=1e-5)
     stats = tr.step(X[:20], Y[:20])
     assert stats.acc is None and stats.loss > 0
+    # the same targets under the default loss: the error says which loss regression needs
+    default = BlockADMM([nn.Linear(10, 8), nn.Linear(8, 1)], input_shape=(10,))
+    with pytest.raises(ValueError, match=r"integer class labels.*loss=nn\.MSELoss\(\)"):
+        default.step(X[:20], Y[:20])
 
 
 def test_step_loss_is_the_networks_loss_before_the_update():

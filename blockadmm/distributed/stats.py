@@ -11,26 +11,15 @@ import math
 
 import torch
 
-from ..loop import is_classification
-
 SCALARS = ("loss", "acc", "head_loss")
 PER_BOUNDARY = ("penalty", "primal", "dual", "rho")
 NAMES = {"primal": "primal_residual", "dual": "dual_residual"}  # StepStats' names of the per-batch dicts' keys
 
 
-@torch.no_grad()
 def network_metrics(trainer, state) -> list[torch.Tensor] | None:
-    """On the top rank, online: [task loss of F(x)] (+ [accuracy] for class labels) from the forward the batch starts
-    with, as in BlockADMM.step. Batch mode: None (the top rank's input is the tables' z, not the forward)."""
-    if trainer.tables is not None:
-        return None
-    last = trainer.B - 1
-    kept = state.kept[last]
-    out = kept.value if kept is not None else trainer.blocks[last](state.forward_in)
-    metrics = [trainer.loss_fn(out, state.y).detach()]
-    if is_classification(state.y):
-        metrics.append((out.argmax(1) == state.y).float().mean())
-    return metrics
+    """On the top rank, online: the network's loss (+ accuracy) as in BlockADMM.step. Batch mode: None (the top
+    rank's input is the tables' z, not the forward)."""
+    return None if trainer.tables is not None else trainer.engine.network_metrics(state)
 
 
 def width(n_boundaries: int, world: int) -> int:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 
 
+def is_classification(y: torch.Tensor) -> bool:
+    """Integer class labels (one per sample): accuracy is reported; float targets are a regression (loss only)."""
+    return not y.is_floating_point() and y.dim() == 1
+
+
 def on_device(x: torch.Tensor, y: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """x on `device` in the blocks' dtype, integer labels as int64."""
     y = y.to(device)
@@ -26,7 +31,8 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, index, *, input_shape: tuple, 
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
     if n_classes is not None:
         if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
-            raise ValueError(f"cross-entropy needs 1-D integer class labels, got {y.dtype} of shape {tuple(y.shape)}")
+            raise ValueError(f"the default loss (cross-entropy) needs 1-D integer class labels, got {y.dtype} of shape "
+                             f"{tuple(y.shape)}; for regression targets pass loss=nn.MSELoss() (or another loss)")
         lo, hi = torch.stack(torch.aminmax(y)).tolist()
         if lo < 0 or hi >= n_classes:
             raise ValueError(f"labels must lie in 0..{n_classes - 1} (the last block has {n_classes} outputs), "

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .batch import is_classification
 from .checkpoint import NonFiniteError
 from .config import ADMMConfig
 from .rules import make_rule
@@ -201,6 +202,19 @@ class Engine:
                                                      dual_step=self.config.dual_step, prox=self.constraints[k],
                                                      backend=self.backend)
             state.kept[k] = None if self.jacobi else kept
+
+    @torch.no_grad()
+    def network_metrics(self, state: BatchState) -> list[torch.Tensor]:
+        """[task loss of F(x)] and, for integer class labels, [..., accuracy], as 0-d tensors (read back later with
+        the step's other numbers), from the forward the batch starts with; the last block's kept forward serves
+        when there is one. For the range holding the last block, online (its input is then the forward)."""
+        last = self.n_blocks - 1
+        kept = state.kept[last]
+        out = kept.value if kept is not None else self.blocks[last](state.forward_in)
+        metrics = [self.loss_fn(out, state.y).detach()]
+        if is_classification(state.y):
+            metrics.append((out.argmax(1) == state.y).float().mean())
+        return metrics
 
     # ------------------------------------------------------------------ the end of a mini-batch
     def statistics(self, state: BatchState, boundaries: Sequence[int]) -> tuple[float | None, list[float], list[float]]:

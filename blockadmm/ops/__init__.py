@@ -172,8 +172,8 @@ def nmf_mu_update(
     """Lee-Seung multiplicative updates of H (n×k) and/or W (k×d) for V ≈ H W, in place.
 
     The cpu backend sets entries that an update takes below sqrt(FLT_MIN) ≈ 1.1e-19 to zero: long runs
-    drive many entries that low, and a GEMM in which two of them multiply to a subnormal runs many times
-    slower (bench/bench_nmf.py). The other backends keep them (their hardware has no such slow path)."""
+    drive many entries that low, and on CPUs with a slow path for subnormal products a GEMM that forms them
+    runs several times slower (bench/bench_nmf.py measures it per machine). The other backends keep them."""
     for name, t in (("V", V), ("H", H), ("W", W)):
         _check_float(name, t)
         if t.dim() != 2:
