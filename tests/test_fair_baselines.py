@@ -69,7 +69,7 @@ def test_candidates_cover_inits_optimizers_rates_and_presets():
     labels = [c["label"] for c in cands]
     assert len(labels) == len(set(labels))
     bp = [c for c in cands if c["family"] == "backprop"]
-    assert {c["init"] for c in bp} == {"default", "xavier", "orthogonal"}
+    assert {c["init"] for c in bp} == {"xavier", "orthogonal"}
     assert {c["method"] for c in bp} == {"backprop-sgd", "backprop-adam"}
     admm = [c for c in cands if c["family"] == "block-admm"]
     assert {c["overrides"]["preset"] for c in admm} == {"default", "deep", "fast"}
