@@ -9,7 +9,7 @@ from torch import nn
 
 from blockadmm.experiments import common as C
 from blockadmm.experiments import deepfacto_unrolled as DU
-from blockadmm.experiments import fair, robustness
+from blockadmm.experiments import fair, grid, robustness
 from blockadmm.models import INIT_GAINS, init_weights, mlp, mlp_blocks
 from blockadmm.nmf import NMFLayer
 
@@ -146,6 +146,52 @@ def test_fair_grid_selects_then_runs_the_seeds_and_resumes(tmp_path, tiny_splits
         fair.ResultsFile(str(tmp_path), "fair", {"epochs": 2, "train": 200}, fair.record_key, "2xsigmoid.json")
     rows = fair.summary_rows(recs)
     assert {r["family"] for r in rows} == set(fair.FAMILIES) and all(len(r["test_accs"]) == 2 for r in rows)
+
+
+def test_32_layers_run_3_seeds_and_retune_the_recipe_from_both_inits():
+    assert fair.SEED0_ONLY_FROM > 32
+    for act, preset in (("sigmoid", "deep"), ("tanh", "default")):
+        admm = [c for c in fair.candidates(act, 32) if c["family"] == "block-admm"]
+        for init in ("default", "xavier"):
+            mine = [c["overrides"] for c in admm if c["init"] == init]
+            assert mine[1]["lr_z"] == 0.1 and mine[2]["rho"] == 0.25
+            assert all(o["preset"] == preset for o in mine[:3])
+    assert not any("lr_z" in c["overrides"] or "rho" in c["overrides"] for c in fair.candidates("sigmoid", 16))
+
+
+def test_a_results_file_of_another_batch_size_is_refused(tmp_path):
+    info = {"epochs": 1, "train": 200}
+    fair.ResultsFile(str(tmp_path), "fair", info, fair.record_key, "2xrelu.json").write()
+    with pytest.raises(SystemExit, match="another protocol.*1/200/100, this is 1/200/20"):
+        fair.ResultsFile(str(tmp_path), "fair", {**info, "batch_size": 20}, fair.record_key, "2xrelu.json")
+
+
+def test_grid_units_cover_every_net_gain_and_part():
+    units = grid.units("OUT", quick=False)
+    argvs = [u["argv"] for u in units]
+    nets = {a[a.index("--nets") + 1] for a in argvs if a[0] == "fair"}
+    assert nets == {f"{d}x{a}" for d, a in fair.DEFAULT_NETS}
+    gains = {float(a[a.index("--gains") + 1]) for a in argvs if "--gains" in a}
+    assert gains == set(robustness.GAINS)
+    settings = next(u for u in units if "noise,budget" in u["argv"])
+    assert settings["after"] == "fair 2xrelu" and any(u["name"] == "fair 2xrelu" for u in units)
+    assert any(a[0] == "deepfacto_unrolled" for a in argvs)
+    assert all("--quick" in u["argv"] for u in grid.units("OUT", quick=True))
+
+
+def test_grid_retries_a_failed_unit_once_and_skips_the_units_that_wait_on_it(tmp_path):
+    log = open(tmp_path / "log", "w")
+    todo = [
+        {"name": "bad", "argv": ["fair", "--nets", "8sigmoid"], "log": log},
+        {"name": "waits", "after": "bad", "argv": ["fair", "--quick"], "log": log},
+    ]
+    reports = []
+    grid.run_units(todo, 2, reports.append)
+    bad, waits = todo
+    assert bad["rc"] != 0 and bad["tries"] == 2 and waits["rc"] == "not run: bad failed"
+    assert [u["name"] for u in reports] == ["bad", "waits"]
+    log.close()
+    assert "not DEPTHxACTIVATION" in (tmp_path / "log").read_text()
 
 
 def test_parse_nets_refuses_a_bad_net():
