@@ -286,7 +286,7 @@ def summary_rows(records: list[dict], first_seed: int = 0) -> list[dict]:
             rs = sorted((r for r in at if r.get("label", r["method"]) == best.get("label", method)),
                         key=lambda r: r["seed"])
             tests = [r["test_acc"] for r in rs]
-            rows.append({"depth": depth, "method": method, "config": best.get("label", method), "init": best["init"],
+            rows.append({"depth": depth, "method": method, "config": best.get("label", method), "init": best.get("init", "default"),
                          "candidates": len(pool), "seeds": [r["seed"] for r in rs], "test_accs": tests,
                          "mean_test": C.mean(tests), "worst_test": min(tests)})
     return rows
