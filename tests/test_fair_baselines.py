@@ -173,8 +173,9 @@ def test_grid_units_cover_every_net_gain_and_part():
     assert nets == {f"{d}x{a}" for d, a in fair.DEFAULT_NETS}
     gains = {float(a[a.index("--gains") + 1]) for a in argvs if "--gains" in a}
     assert gains == set(robustness.GAINS)
-    settings = next(u for u in units if "noise,budget" in u["argv"])
-    assert settings["after"] == "fair 2xrelu" and any(u["name"] == "fair 2xrelu" for u in units)
+    settings = next(u for u in units if "noise,budget,batch" in u["argv"])
+    assert settings["after"] == ["fair 2xrelu", "fair 8xsigmoid"]
+    assert {u["name"] for u in units} >= set(settings["after"])
     assert any(a[0] == "deepfacto_unrolled" for a in argvs)
     assert all("--quick" in u["argv"] for u in grid.units("OUT", quick=True))
 
@@ -183,7 +184,7 @@ def test_grid_retries_a_failed_unit_once_and_skips_the_units_that_wait_on_it(tmp
     log = open(tmp_path / "log", "w")
     todo = [
         {"name": "bad", "argv": ["fair", "--nets", "8sigmoid"], "log": log},
-        {"name": "waits", "after": "bad", "argv": ["fair", "--quick"], "log": log},
+        {"name": "waits", "after": ["bad"], "argv": ["fair", "--quick"], "log": log},
     ]
     reports = []
     grid.run_units(todo, 2, reports.append)
@@ -224,6 +225,28 @@ def test_map_runs_each_gain_and_plots(tmp_path, tiny_splits):
     assert (tmp_path / "map.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="no fair-grid results for 8xsigmoid"):
         robustness.fair_choices(str(tmp_path), 8, "sigmoid")
+
+
+def test_small_batch_part_runs_each_fair_choice_with_its_batch_size(tmp_path, tiny_splits, monkeypatch):
+    from blockadmm.experiments import training
+
+    info = {"epochs": 1, "train": 200}
+    fair_dir = str(tmp_path / "fair")
+    fair.run_net(
+        fair.ResultsFile(fair_dir, "fair", info, fair.record_key, "2xsigmoid.json"),
+        2,
+        "sigmoid",
+        1,
+        tiny_splits,
+        quick=True,
+    )
+    sizes, real = [], training.make_loader
+    monkeypatch.setattr(training, "make_loader", lambda ds, bs, **kw: sizes.append(bs) or real(ds, bs, **kw))
+    results = fair.ResultsFile(str(tmp_path / "settings"), "robustness", info, robustness.key)
+    robustness.run_choices(results, (2, "sigmoid"), tiny_splits, 1, fair_dir, None, {"part": "batch"}, batch_size=20)
+    assert set(sizes) == {20}
+    rows = robustness.part_rows(results.records, "batch")
+    assert {r["family"] for r in rows} == set(fair.FAMILIES) and all(len(r["test_accs"]) == 3 for r in rows)
 
 
 # ------------------------------------------------------------------------------------------ unrolled NMF

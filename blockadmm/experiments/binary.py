@@ -159,8 +159,13 @@ def candidates(quick: bool = False) -> list[dict]:
         out = [c for c in out if c.get("optimizer") != "sgd"]
     for c in out:
         c["label"] = " ".join(
-            [c["method"]] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items()
-                             if k not in ("method", "init")] + [f"init={c['init']}"]
+            [c["method"]]
+            + [
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in c.items()
+                if k not in ("method", "init")
+            ]
+            + [f"init={c['init']}"]
         )
     return out
 
@@ -283,20 +288,33 @@ def summary_rows(records: list[dict], first_seed: int = 0) -> list[dict]:
             if not pool:
                 continue
             best = max(pool, key=lambda r: r["val_acc"])
-            rs = sorted((r for r in at if r.get("label", r["method"]) == best.get("label", method)),
-                        key=lambda r: r["seed"])
+            rs = sorted(
+                (r for r in at if r.get("label", r["method"]) == best.get("label", method)), key=lambda r: r["seed"]
+            )
             tests = [r["test_acc"] for r in rs]
-            rows.append({"depth": depth, "method": method, "config": best.get("label", method), "init": best.get("init", "default"),
-                         "candidates": len(pool), "seeds": [r["seed"] for r in rs], "test_accs": tests,
-                         "mean_test": C.mean(tests), "worst_test": min(tests)})
+            rows.append(
+                {
+                    "depth": depth,
+                    "method": method,
+                    "config": best.get("label", method),
+                    "init": best.get("init", "default"),
+                    "candidates": len(pool),
+                    "seeds": [r["seed"] for r in rs],
+                    "test_accs": tests,
+                    "mean_test": C.mean(tests),
+                    "worst_test": min(tests),
+                }
+            )
     return rows
 
 
 def summary(rows: list[dict]) -> str:
     lines = ["depth  method         seeds  mean_test  worst_test  config"]
     for r in rows:
-        lines.append(f"{r['depth']:5d}  {r['method']:13s}  {len(r['seeds']):5d}  {r['mean_test']:9.3f}  "
-                     f"{r['worst_test']:10.3f}  {r['config']}")
+        lines.append(
+            f"{r['depth']:5d}  {r['method']:13s}  {len(r['seeds']):5d}  {r['mean_test']:9.3f}  "
+            f"{r['worst_test']:10.3f}  {r['config']}"
+        )
     return "\n".join(lines)
 
 

@@ -32,35 +32,61 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def units(out: str, quick: bool) -> list[dict]:
-    """The grid's experiment commands, longest first; `after` names the unit whose results one needs."""
+    """The grid's experiment commands, longest first; `after` names the units whose results one needs."""
     fair_dir, flags = os.path.join(out, "fair"), ["--no-progress"]
     if quick:
         return [
             {"name": "fair", "argv": ["fair", "--quick", "--out", fair_dir, *flags]},
             {"name": "robustness", "argv": ["robustness", "--quick", "--out", os.path.join(out, "robustness"), *flags]},
-            {"name": "deepfacto_unrolled", "argv": ["deepfacto_unrolled", "--quick", "--out",
-                                                    os.path.join(out, "deepfacto_unrolled"), *flags]},
+            {
+                "name": "deepfacto_unrolled",
+                "argv": ["deepfacto_unrolled", "--quick", "--out", os.path.join(out, "deepfacto_unrolled"), *flags],
+            },
         ]
     nets = sorted(fair.DEFAULT_NETS, key=lambda n: -n[0])
     net_units = [
         {"name": f"fair {d}x{a}", "argv": ["fair", "--nets", f"{d}x{a}", "--out", fair_dir, *flags]} for d, a in nets
     ]
     map_units = [
-        {"name": f"map gain {g:g}", "argv": ["robustness", "--parts", "map", "--gains", f"{g:g}", "--out",
-                                             os.path.join(out, "robustness"), *flags]}
+        {
+            "name": f"map gain {g:g}",
+            "argv": [
+                "robustness",
+                "--parts",
+                "map",
+                "--gains",
+                f"{g:g}",
+                "--out",
+                os.path.join(out, "robustness"),
+                *flags,
+            ],
+        }
         for g in robustness.GAINS
     ]
-    budget_net = "{}x{}".format(*robustness.BUDGET_NET)
+    budget_net, batch_net = ("{}x{}".format(*net) for net in (robustness.BUDGET_NET, robustness.SMALL_BATCH_NET))
     return (
         net_units[:4]  # 32 and 16 layers
         + map_units
         + net_units[4:]
         + [
-            {"name": "deepfacto_unrolled", "argv": ["deepfacto_unrolled", "--out",
-                                                    os.path.join(out, "deepfacto_unrolled"), *flags]},
-            {"name": "noise, budget", "after": f"fair {budget_net}",
-             "argv": ["robustness", "--parts", "noise,budget", "--fair", fair_dir, "--out",
-                      os.path.join(out, "settings"), *flags]},
+            {
+                "name": "deepfacto_unrolled",
+                "argv": ["deepfacto_unrolled", "--out", os.path.join(out, "deepfacto_unrolled"), *flags],
+            },
+            {
+                "name": "noise, budget, batch",
+                "after": [f"fair {budget_net}", f"fair {batch_net}"],
+                "argv": [
+                    "robustness",
+                    "--parts",
+                    ",".join(robustness.PARTS[1:]),
+                    "--fair",
+                    fair_dir,
+                    "--out",
+                    os.path.join(out, "settings"),
+                    *flags,
+                ],
+            },
         ]
     )
 
@@ -79,18 +105,18 @@ class LoadSampler(threading.Thread):
 
 
 def run_units(todo: list[dict], jobs: int, report) -> None:
-    """Run `todo` with up to `jobs` worker processes, a unit only once its `after` unit is done; `report(unit)`
+    """Run `todo` with up to `jobs` worker processes, a unit only once its `after` units are done; `report(unit)`
     after each one ends (unit gets rc, start_s, wall_s). A failed unit is retried once (it resumes)."""
     t0, running, done, pending = time.monotonic(), {}, set(), list(todo)
     while pending or running:
-        for unit in [u for u in pending if u.get("after") in (None, *done)][: jobs - len(running)]:
+        for unit in [u for u in pending if set(u.get("after", ())) <= done][: jobs - len(running)]:
             pending.remove(unit)
             unit["start_s"] = time.monotonic() - t0
             cmd = [sys.executable, "-m", "blockadmm.experiments", *unit["argv"]]
             running[subprocess.Popen(cmd, stdout=unit["log"], stderr=subprocess.STDOUT)] = unit
         if not running:  # pending units wait on one that failed
             for unit in pending:
-                unit["rc"] = "not run: " + unit["after"] + " failed"
+                unit["rc"] = "not run: " + ", ".join(sorted(set(unit["after"]) - done)) + " failed"
                 report(unit)
             return
         time.sleep(1.0)
@@ -149,6 +175,8 @@ def main(args) -> int:
     load.halt.set()
     complete = all(u.get("rc") == 0 for u in todo)
     write(complete)
-    print(f"grid {'complete' if complete else 'INCOMPLETE'} in {time.monotonic() - t0:.0f} s, load average "
-          f"{sum(load.samples) / len(load.samples):.2f} (max {max(load.samples):.2f}); {args.out}/grid.json")
+    print(
+        f"grid {'complete' if complete else 'INCOMPLETE'} in {time.monotonic() - t0:.0f} s, load average "
+        f"{sum(load.samples) / len(load.samples):.2f} (max {max(load.samples):.2f}); {args.out}/grid.json"
+    )
     return 0 if complete else 1

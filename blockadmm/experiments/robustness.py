@@ -6,6 +6,7 @@ noise   2 ReLU layers, 30% of the training labels replaced by a random other cla
         fair grid
 budget  2 ReLU layers, a fixed training time: each family's choice trains as many epochs as fit in the time of
         Block-ADMM's 10 (from the per-epoch times measured in the fair grid)
+batch   8 sigmoid layers, mini-batches of 20 instead of 100; each family's choice from the fair grid
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .. import data as bdata
 from . import common as C
 from . import fair
 
-PARTS = ("map", "noise", "budget")
+PARTS = ("map", "noise", "budget", "batch")
 GAINS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAP_ROWS = {  # method -> candidates (lr for backprop / local-greedy, overrides for Block-ADMM)
     "backprop-adam": [{"lr": lr} for lr in (1e-3, 3e-3)],  # 3e-4 never won a gain (committed map, 6 gains)
@@ -34,12 +35,15 @@ NOISE_FRACTION = 0.3
 NOISE_NETS = ((2, "relu"),)
 BUDGET_NET = (2, "relu")
 MAX_BUDGET_EPOCHS = 60
+SMALL_BATCH_NET, SMALL_BATCH = (8, "sigmoid"), 20
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts", help=f"comma list of {','.join(PARTS)} (default all)")
     p.add_argument(
-        "--fair", default="results/experiments/fair", help="the fair grid's folder (noise and budget use its choices)"
+        "--fair",
+        default="results/experiments/fair",
+        help="the fair grid's folder (noise, budget and batch use its choices)",
     )
     p.add_argument(
         "--gains",
@@ -165,26 +169,41 @@ def noisy(splits: bdata.DataSplits, fraction: float, seed: int = 0) -> bdata.Dat
     )
 
 
+def run_choices(results: fair.ResultsFile, net, splits, epochs: int, fair_dir: str, bar, extra: dict, batch_size=100):
+    """Each family's choice from the fair grid on `net`, seeds 0-2, in the setting `extra` names (its "part")."""
+    depth, act = net
+    for c in fair_choices(fair_dir, depth, act):
+        for seed in fair.SEEDS:
+            if results.get((extra["part"], depth, c["label"], seed)) is None:
+                results.add(
+                    fair.train(c, depth, act, seed, epochs, splits, False, extra, progress=bar, batch_size=batch_size)
+                )
+
+
 def run_noise(results: fair.ResultsFile, splits, epochs: int, fair_dir: str, bar) -> None:
-    data = noisy(splits, NOISE_FRACTION)
-    for depth, act in NOISE_NETS:
-        for c in fair_choices(fair_dir, depth, act):
-            for seed in fair.SEEDS:
-                key = ("noise", depth, c["label"], seed)
-                if results.get(key) is None:
-                    results.add(
-                        fair.train(
-                            c,
-                            depth,
-                            act,
-                            seed,
-                            epochs,
-                            data,
-                            False,
-                            {"part": "noise", "noise": NOISE_FRACTION},
-                            progress=bar,
-                        )
-                    )
+    for net in NOISE_NETS:
+        run_choices(
+            results,
+            net,
+            noisy(splits, NOISE_FRACTION),
+            epochs,
+            fair_dir,
+            bar,
+            {"part": "noise", "noise": NOISE_FRACTION},
+        )
+
+
+def run_small_batch(results: fair.ResultsFile, splits, epochs: int, fair_dir: str, bar) -> None:
+    run_choices(
+        results,
+        SMALL_BATCH_NET,
+        splits,
+        epochs,
+        fair_dir,
+        bar,
+        {"part": "batch", "batch_size": SMALL_BATCH},
+        batch_size=SMALL_BATCH,
+    )
 
 
 def run_budget(results: fair.ResultsFile, splits, epochs: int, fair_dir: str, bar) -> None:
@@ -304,9 +323,10 @@ def main(args) -> int:
             run_map(files, splits, epochs, args.quick, bar)
         else:
             results = fair.ResultsFile(args.out, "robustness", info, key)
-            (run_noise if part == "noise" else run_budget)(results, splits, epochs, args.fair, bar)
+            run = {"noise": run_noise, "budget": run_budget, "batch": run_small_batch}[part]
+            run(results, splits, epochs, args.fair, bar)
     records = read_all(args.out)
-    rows = {"map": map_rows(records), "noise": part_rows(records, "noise"), "budget": part_rows(records, "budget")}
+    rows = {"map": map_rows(records), **{part: part_rows(records, part) for part in PARTS[1:]}}
     if rows["map"]:
         plot_map(rows["map"], os.path.join(args.out, "map.png"))
     print(summary(rows))
@@ -325,7 +345,7 @@ def summary(rows: dict) -> str:
         f"  {r['gain']:5g}  {r['method']:14s}  {100 * r['mean_test']:5.1f}  {100 * r['worst_test']:5.1f}  {r['config']}"
         for r in rows["map"]
     ]
-    for part in ("noise", "budget"):
+    for part in PARTS[1:]:
         lines += [
             f"{part}: {r['depth']}x{r['activation']} {r['family']:12s} {100 * r['mean_test']:5.1f} "
             f"(worst {100 * r['worst_test']:.1f}, {r['epochs']} epochs)  {r['config']}"
