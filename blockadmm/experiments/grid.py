@@ -1,9 +1,9 @@
 """`blockadmm experiment grid`: the whole grid of the fair-baseline claims in one command, timed.
 
-The fair nets, the init-gain map, label noise and the time budget (robustness), and DeepFacto against the unrolled-NMF
-layer, each as its own experiment command in a worker process (--jobs of them at once), longest first; every cell is
-written as it finishes, so a rerun resumes. OUT/grid.json records the wall time, the load average (sampled every
-30 s) and each unit's time, rewritten after every unit.
+The fair nets, the init-gain map, label noise, the time budget and small batches (robustness), and DeepFacto against
+the unrolled-NMF layer, each as its own experiment command in a worker process (--jobs of them at once), longest
+first; every cell is written as it finishes, so a rerun resumes. OUT/grid/full.json (--quick: quick.json) records the
+wall time, the load average (sampled every 30 s) and each unit's time, rewritten after every unit.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def run_units(todo: list[dict], jobs: int, report) -> None:
 def main(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     todo = units(args.out, args.quick)
-    logs = os.path.join(args.out, "logs")
+    timing = os.path.join(args.out, "grid", "quick.json" if args.quick else "full.json")
+    logs = os.path.join(args.out, "grid", "logs")
     os.makedirs(logs, exist_ok=True)
     for unit in todo:
         unit["log"] = open(os.path.join(logs, unit["name"].replace(" ", "_").replace(",", "") + ".log"), "a")
@@ -156,9 +157,9 @@ def main(args) -> int:
             "units": [{k: u.get(k) for k in ("name", "argv", "rc", "tries", "start_s", "wall_s")} for u in finished],
             "not_finished": [u["name"] for u in todo if u not in finished],
         }
-        with open(os.path.join(args.out, "grid.json.tmp"), "w") as f:
+        with open(timing + ".tmp", "w") as f:
             json.dump(info, f, indent=1)
-        os.replace(os.path.join(args.out, "grid.json.tmp"), os.path.join(args.out, "grid.json"))
+        os.replace(timing + ".tmp", timing)
 
     def report(unit: dict) -> None:
         finished.append(unit)
@@ -177,6 +178,6 @@ def main(args) -> int:
     write(complete)
     print(
         f"grid {'complete' if complete else 'INCOMPLETE'} in {time.monotonic() - t0:.0f} s, load average "
-        f"{sum(load.samples) / len(load.samples):.2f} (max {max(load.samples):.2f}); {args.out}/grid.json"
+        f"{sum(load.samples) / len(load.samples):.2f} (max {max(load.samples):.2f}); {timing}"
     )
     return 0 if complete else 1
