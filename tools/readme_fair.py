@@ -230,17 +230,17 @@ def _part_table(rows: list[dict], title: str) -> tuple[list[str], list[tuple]]:
 
 
 def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[str], list[tuple]]:
-    """The init-gain map and/or the label-noise and time-budget tables of one robustness folder."""
-    rows = {
-        "map": robustness.map_rows(records),
-        "noise": robustness.part_rows(records, "noise"),
-        "budget": robustness.part_rows(records, "budget"),
-        "batch": robustness.part_rows(records, "batch"),
-    }
+    """The init-gain map and/or the label-noise, time-budget and small-batch tables of one robustness folder."""
+    rows = {"map": robustness.map_rows(records), **{p: robustness.part_rows(records, p) for p in robustness.PARTS[1:]}}
+    parts = [p for p in robustness.PARTS if rows[p]]
+    names = {"noise": "label noise", "budget": "a fixed time budget", "batch": "small batches"}
     heading = (
-        "Where does Block-ADMM train when backprop does not?" if rows["map"] else "Label noise and a fixed time budget"
+        "Where does Block-ADMM train when backprop does not?"
+        if rows["map"]
+        else ", ".join(names[p] for p in parts).capitalize()
     )
-    out = [f"### {heading} (`{meta['command']} --out {rel}`)", ""]
+    command = f"blockadmm experiment robustness --parts {','.join(parts)}"
+    out = [f"### {heading} (`{command} --out {rel}`)", ""]
     tried = []
     if rows["map"]:
         gains = sorted({r["gain"] for r in rows["map"]})
