@@ -247,6 +247,13 @@ def test_small_batch_part_runs_each_fair_choice_with_its_batch_size(tmp_path, ti
     assert set(sizes) == {20}
     rows = robustness.part_rows(results.records, "batch")
     assert {r["family"] for r in rows} == set(fair.FAMILIES) and all(len(r["test_accs"]) == 3 for r in rows)
+    again = fair.ResultsFile(str(tmp_path / "again"), "robustness", info, robustness.key)
+    robustness.run_choices(again, (2, "sigmoid"), tiny_splits, 1, fair_dir, None, {"part": "b"}, reselect=True)
+    for family, cands in robustness.trained_candidates(fair_dir, 2, "sigmoid").items():
+        mine = [r for r in again.records if r["family"] == family]
+        assert {r["label"] for r in mine if r["seed"] == 0} == {c["label"] for c in cands}
+        best = max((r for r in mine if r["seed"] == 0), key=lambda r: r["val_acc"])
+        assert {r["label"] for r in mine if r["seed"] > 0} == {best["label"]}
 
 
 # ------------------------------------------------------------------------------------------ unrolled NMF
