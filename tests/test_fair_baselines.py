@@ -180,6 +180,16 @@ def test_grid_units_cover_every_net_gain_and_part():
     assert all("--quick" in u["argv"] for u in grid.units("OUT", quick=True))
 
 
+def test_grid_counts_the_runs_a_resumed_grid_did_not_time(tmp_path):
+    info = {"epochs": 1, "train": 200}
+    results = fair.ResultsFile(str(tmp_path / "fair"), "fair", info, fair.record_key, "2xrelu.json")
+    for seed in (0, 1):
+        results.add({"activation": "relu", "depth": 2, "label": "x", "seed": seed, "history": [{"epoch": 1}]})
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "full.json").write_text('{"records": [1, 2, 3]}')
+    assert grid.runs_done(str(tmp_path)) == {"fair/2xrelu.json": 2}
+
+
 def test_grid_retries_a_failed_unit_once_and_skips_the_units_that_wait_on_it(tmp_path):
     log = open(tmp_path / "log", "w")
     todo = [

@@ -196,6 +196,12 @@ def render_grid_timing(root: str, rel: str) -> list[str]:
             f"on average (max {load['max']:.1f}). Per unit: "
             + ", ".join(f"{u['name']} {u['wall_s'] / 60:.1f} min" for u in done)
             + f" ([{name}.json]({rel}/{name}.json))."
+            + (
+                f" Resumed: {sum(g['runs_done_before'].values())} runs were already done before this run started "
+                f"({', '.join(f'{k} {v}' for k, v in g['runs_done_before'].items() if v)}), so their time is not in it."
+                if sum(g.get("runs_done_before", {}).values())
+                else ""
+            )
         )
     return (["**Run time.**", ""] + out + [""]) if out else []
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import time
 
 from ..argtypes import positive_int
 from . import fair, robustness
+from .results_io import load_json
 
 LOAD_EVERY_S = 30.0
 
@@ -132,6 +134,16 @@ def run_units(todo: list[dict], jobs: int, report) -> None:
             report(unit)
 
 
+def runs_done(out: str) -> dict:
+    """Per results file under `out`, the runs it already holds (a rerun of the grid skips them)."""
+    paths = glob.glob(os.path.join(out, "*", "*.json"))
+    return {
+        os.path.relpath(p, out): len(load_json(p).get("records", []))
+        for p in sorted(paths)
+        if not p.endswith("summary.json") and not p.startswith(os.path.join(out, "grid"))
+    }
+
+
 def main(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     todo = units(args.out, args.quick)
@@ -140,6 +152,7 @@ def main(args) -> int:
     os.makedirs(logs, exist_ok=True)
     for unit in todo:
         unit["log"] = open(os.path.join(logs, unit["name"].replace(" ", "_").replace(",", "") + ".log"), "a")
+    before = runs_done(args.out)  # a resumed grid says how many runs it did not time
     load, start, t0 = LoadSampler(), datetime.datetime.now(datetime.timezone.utc), time.monotonic()
     load.start()
     finished: list[dict] = []
@@ -156,6 +169,7 @@ def main(args) -> int:
             "loadavg_1min": {"mean": sum(samples) / len(samples), "max": max(samples), "samples": samples},
             "units": [{k: u.get(k) for k in ("name", "argv", "rc", "tries", "start_s", "wall_s")} for u in finished],
             "not_finished": [u["name"] for u in todo if u not in finished],
+            "runs_done_before": before,
         }
         with open(timing + ".tmp", "w") as f:
             json.dump(info, f, indent=1)
