@@ -174,14 +174,14 @@ def _candidate_notes(records: list[dict], nets: list[tuple]) -> list[str]:
 
 
 def render_grid_timing(root: str, rel: str) -> list[str]:
-    """The timed runs of `blockadmm experiment grid` (grid/full.json, grid/quick.json), as measured."""
+    """The timed runs of `blockadmm experiment grid` (every grid/*.json: full.json, quick.json and earlier runs
+    renamed beside them), as measured."""
     out = []
-    for name, what in (("full", "The whole grid"), ("quick", "`--quick`")):
-        path = os.path.join(root, "grid", f"{name}.json")
-        if not os.path.exists(path):
-            continue
+    for path in sorted(glob.glob(os.path.join(root, "grid", "*.json"))):
+        name = os.path.basename(path)[: -len(".json")]
         with open(path) as f:
             g = json.load(f)
+        what = "`--quick`" if "--quick" in g["command"] else "The whole grid"
         load = g["loadavg_1min"]
         done = [u for u in g["units"] if u["rc"] == 0]
         status = (
