@@ -137,6 +137,18 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
         )
     if local_wins:
         out.append("- **Local-greedy wins** at: " + "; ".join(local_wins) + ".")
+    local_beats = [
+        f"{d}×{a} ({pct(by[(d, a, 'local-greedy')]['mean_test'])} vs {pct(by[(d, a, 'block-admm')]['mean_test'])})"
+        for d, a in nets
+        if (d, a, "local-greedy") in by
+        and (d, a, "block-admm") in by
+        and by[(d, a, "local-greedy")]["mean_test"] > by[(d, a, "block-admm")]["mean_test"] + 0.005
+    ]
+    if local_beats:
+        out.append(
+            "- **Local-greedy** (each layer trained on its own linear head, no gradient between layers) **beats "
+            "Block-ADMM** at: " + "; ".join(local_beats) + "."
+        )
     bp_default = [
         f"{r['depth']}×{r['activation']}" for r in rows if r["family"] == "backprop" and r["init"] == "default"
     ]
