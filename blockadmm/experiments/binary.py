@@ -268,7 +268,7 @@ def main(args) -> int:
     for depth in bar:
         first = [ensure(c, depth, args.seed_list[0]) for c in cands]
         for method in methods:
-            best = fair.choose([{**r, "seed": 0} for r in first], method)
+            best = max((r for r in first if r["family"] == method), key=lambda r: r["val_acc"])
             for seed in args.seed_list[1:]:
                 ensure(next(c for c in cands if c["label"] == best["label"]), depth, seed)
     rows = summary_rows(results.records, args.seed_list[0])

@@ -54,7 +54,7 @@ def good_init(activation: str) -> str:
 def candidates(activation: str, depth: int, quick: bool = False) -> list[dict]:
     """Every (family, method, init, lr, overrides) tried on a net; `label` names it in the results.
     Backprop starts from the activation's gain init and orthogonal (PyTorch's default init never won its selection
-    on any net of the grid; the depth experiment keeps the default-init table)."""
+    on a net where backprop trained; the depth experiment keeps the default-init table)."""
     inits = ["default", good_init(activation)]
     out = []
     for init in [good_init(activation)] + ([] if quick else ["orthogonal"]):
