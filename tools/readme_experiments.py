@@ -210,6 +210,10 @@ def render_depth(res, rel) -> list[str]:
     return out
 
 
+def _rates(values) -> str:
+    return " / ".join(f"{v:g}" for v in values)
+
+
 def render_binary(res, rel) -> list[str]:
     recs, m = res["records"], res["meta"]
     rows = binary.summary_rows(recs, min(r["seed"] for r in recs))
@@ -225,13 +229,15 @@ def render_binary(res, rel) -> list[str]:
             "term with its own straight-through step, lr_z = 1/ρ; baseline: backprop with the straight-through "
             "estimator. "
             + (
-                "Each method at its best: init (PyTorch default, Glorot, orthogonal) × SGD 0.1 / 0.3 × Adam 3e-4 / "
-                "1e-3 / 3e-3 for the baseline, init × block Adam rate 1e-3 / 3e-3 (admm-online) or × ρ 1 / 2 "
-                "(admm-relaxed) for Block-ADMM, chosen on the validation accuracy of the first seed, then the other "
-                "seeds. "
+                f"Each method at its best: init ({', '.join(binary.INITS)}) × "
+                + " or ".join(
+                    f"{o.upper() if o == 'sgd' else o.capitalize()} {_rates(r)}" for o, r in binary.STE_RATES.items()
+                )
+                + f" for the baseline, init × block Adam rate {_rates(binary.BLOCK_LRS)} (admm-online) or × ρ "
+                f"{_rates(binary.RELAXED_RHOS)} (admm-relaxed) for Block-ADMM, chosen on the validation accuracy of "
+                "the first seed, then the other seeds. "
                 if "selection" in m
-                else "One fixed setting per method (no selection; straight-through Adam 1e-3, PyTorch's default "
-                "init). "
+                else "One fixed setting per method (no selection; straight-through Adam 1e-3, PyTorch's default init). "
             )
             + "Test accuracy (%):"
         ),
