@@ -101,12 +101,33 @@ def test_same_batches_and_init_across_methods():
         assert torch.equal(a, b)
 
 
-def test_binary_tiny(tmp_path):
+def test_binary_tiny_chooses_each_method_on_validation_then_runs_its_seeds(tmp_path):
+    from blockadmm.experiments import binary
+
     out = str(tmp_path / "binary")
-    assert run(["binary", "--depths", "1", "--seeds", "0", "--out", out] + TINY) == 0
+    assert run(["binary", "--quick", "--depths", "1", "--seeds", "0,1", "--out", out] + TINY) == 0
     recs = _records(out)
-    assert {r["method"] for r in recs} == {"admm-online", "admm-relaxed", "backprop-ste"}
+    cands = binary.candidates(quick=True)
+    assert {r["label"] for r in recs if r["seed"] == 0} == {c["label"] for c in cands}
+    assert {c["init"] for c in cands} == {"default", "xavier"} and {r["init"] for r in recs} <= {"default", "xavier"}
+    for method in binary.METHODS:  # seed 1: the method's best seed-0 validation candidate, and only it
+        best = max((r for r in recs if r["method"] == method and r["seed"] == 0), key=lambda r: r["val_acc"])
+        assert {r["label"] for r in recs if r["method"] == method and r["seed"] == 1} == {best["label"]}
+    rows = C.read_results(os.path.join(out, "results.json"))["meta"]["summary"]
+    assert {r["method"] for r in rows} == set(binary.METHODS) and all(r["seeds"] == [0, 1] for r in rows)
     assert os.path.getsize(os.path.join(out, "binary.png")) > 1000
+    assert run(["binary", "--quick", "--depths", "1", "--seeds", "0,1", "--out", out] + TINY) == 0
+    assert len(_records(out)) == len(recs)  # resumed: nothing ran again
+
+
+def test_binary_xavier_init_reaches_the_binary_blocks():
+    from blockadmm.experiments import binary
+
+    sp = C.load_data(train_size=100)
+    run_ = C.Run(method="backprop-ste", depth=2, activation="step", seed=0, epochs=1, splits=sp, init="xavier")
+    model, _ = binary.binary_mlp(run_)
+    lin = model[0].linear
+    assert torch.count_nonzero(lin.bias) == 0 and float(lin.weight.detach().abs().max()) <= math.sqrt(6.0 / (784 + 256))
 
 
 def test_binary_block_outputs_are_binary_and_projection():

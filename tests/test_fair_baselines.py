@@ -9,7 +9,7 @@ from torch import nn
 
 from blockadmm.experiments import common as C
 from blockadmm.experiments import deepfacto_unrolled as DU
-from blockadmm.experiments import fair, robustness
+from blockadmm.experiments import fair, grid, robustness
 from blockadmm.models import INIT_GAINS, init_weights, mlp, mlp_blocks
 from blockadmm.nmf import NMFLayer
 
@@ -69,7 +69,7 @@ def test_candidates_cover_inits_optimizers_rates_and_presets():
     labels = [c["label"] for c in cands]
     assert len(labels) == len(set(labels))
     bp = [c for c in cands if c["family"] == "backprop"]
-    assert {c["init"] for c in bp} == {"default", "xavier", "orthogonal"}
+    assert {c["init"] for c in bp} == {"xavier", "orthogonal"}
     assert {c["method"] for c in bp} == {"backprop-sgd", "backprop-adam"}
     admm = [c for c in cands if c["family"] == "block-admm"]
     assert {c["overrides"]["preset"] for c in admm} == {"default", "deep", "fast"}
@@ -148,6 +148,63 @@ def test_fair_grid_selects_then_runs_the_seeds_and_resumes(tmp_path, tiny_splits
     assert {r["family"] for r in rows} == set(fair.FAMILIES) and all(len(r["test_accs"]) == 2 for r in rows)
 
 
+def test_32_layers_run_3_seeds_and_retune_the_recipe_from_both_inits():
+    assert fair.SEED0_ONLY_FROM > 32
+    for act, preset in (("sigmoid", "deep"), ("tanh", "default")):
+        admm = [c for c in fair.candidates(act, 32) if c["family"] == "block-admm"]
+        for init in ("default", "xavier"):
+            mine = [c["overrides"] for c in admm if c["init"] == init]
+            assert mine[1]["lr_z"] == 0.1 and mine[2]["rho"] == 0.25
+            assert all(o["preset"] == preset for o in mine[:3])
+    assert not any("lr_z" in c["overrides"] or "rho" in c["overrides"] for c in fair.candidates("sigmoid", 16))
+
+
+def test_a_results_file_of_another_batch_size_is_refused(tmp_path):
+    info = {"epochs": 1, "train": 200}
+    fair.ResultsFile(str(tmp_path), "fair", info, fair.record_key, "2xrelu.json").write()
+    with pytest.raises(SystemExit, match="another protocol.*1/200/100, this is 1/200/20"):
+        fair.ResultsFile(str(tmp_path), "fair", {**info, "batch_size": 20}, fair.record_key, "2xrelu.json")
+
+
+def test_grid_units_cover_every_net_gain_and_part():
+    units = grid.units("OUT", quick=False)
+    argvs = [u["argv"] for u in units]
+    nets = {a[a.index("--nets") + 1] for a in argvs if a[0] == "fair"}
+    assert nets == {f"{d}x{a}" for d, a in fair.DEFAULT_NETS}
+    gains = {float(a[a.index("--gains") + 1]) for a in argvs if "--gains" in a}
+    assert gains == set(robustness.GAINS)
+    settings = next(u for u in units if "noise,budget,batch" in u["argv"])
+    assert settings["after"] == ["fair 2xrelu", "fair 8xsigmoid"]
+    assert {u["name"] for u in units} >= set(settings["after"])
+    assert any(a[0] == "deepfacto_unrolled" for a in argvs)
+    assert all("--quick" in u["argv"] for u in grid.units("OUT", quick=True))
+
+
+def test_grid_counts_the_runs_a_resumed_grid_did_not_time(tmp_path):
+    info = {"epochs": 1, "train": 200}
+    results = fair.ResultsFile(str(tmp_path / "fair"), "fair", info, fair.record_key, "2xrelu.json")
+    for seed in (0, 1):
+        results.add({"activation": "relu", "depth": 2, "label": "x", "seed": seed, "history": [{"epoch": 1}]})
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "full.json").write_text('{"records": [1, 2, 3]}')
+    assert grid.runs_done(str(tmp_path)) == {"fair/2xrelu.json": 2}
+
+
+def test_grid_retries_a_failed_unit_once_and_skips_the_units_that_wait_on_it(tmp_path):
+    log = open(tmp_path / "log", "w")
+    todo = [
+        {"name": "bad", "argv": ["fair", "--nets", "8sigmoid"], "log": log},
+        {"name": "waits", "after": ["bad"], "argv": ["fair", "--quick"], "log": log},
+    ]
+    reports = []
+    grid.run_units(todo, 2, reports.append)
+    bad, waits = todo
+    assert bad["rc"] != 0 and bad["tries"] == 2 and waits["rc"] == "not run: bad failed"
+    assert [u["name"] for u in reports] == ["bad", "waits"]
+    log.close()
+    assert "not DEPTHxACTIVATION" in (tmp_path / "log").read_text()
+
+
 def test_parse_nets_refuses_a_bad_net():
     assert fair.parse_nets("8xsigmoid,16xtanh") == [(8, "sigmoid"), (16, "tanh")]
     with pytest.raises(SystemExit, match="not DEPTHxACTIVATION"):
@@ -178,6 +235,35 @@ def test_map_runs_each_gain_and_plots(tmp_path, tiny_splits):
     assert (tmp_path / "map.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="no fair-grid results for 8xsigmoid"):
         robustness.fair_choices(str(tmp_path), 8, "sigmoid")
+
+
+def test_small_batch_part_runs_each_fair_choice_with_its_batch_size(tmp_path, tiny_splits, monkeypatch):
+    from blockadmm.experiments import training
+
+    info = {"epochs": 1, "train": 200}
+    fair_dir = str(tmp_path / "fair")
+    fair.run_net(
+        fair.ResultsFile(fair_dir, "fair", info, fair.record_key, "2xsigmoid.json"),
+        2,
+        "sigmoid",
+        1,
+        tiny_splits,
+        quick=True,
+    )
+    sizes, real = [], training.make_loader
+    monkeypatch.setattr(training, "make_loader", lambda ds, bs, **kw: sizes.append(bs) or real(ds, bs, **kw))
+    results = fair.ResultsFile(str(tmp_path / "settings"), "robustness", info, robustness.key)
+    robustness.run_choices(results, (2, "sigmoid"), tiny_splits, 1, fair_dir, None, {"part": "batch"}, batch_size=20)
+    assert set(sizes) == {20}
+    rows = robustness.part_rows(results.records, "batch")
+    assert {r["family"] for r in rows} == set(fair.FAMILIES) and all(len(r["test_accs"]) == 3 for r in rows)
+    again = fair.ResultsFile(str(tmp_path / "again"), "robustness", info, robustness.key)
+    robustness.run_choices(again, (2, "sigmoid"), tiny_splits, 1, fair_dir, None, {"part": "b"}, reselect=True)
+    for family, cands in robustness.trained_candidates(fair_dir, 2, "sigmoid").items():
+        mine = [r for r in again.records if r["family"] == family]
+        assert {r["label"] for r in mine if r["seed"] == 0} == {c["label"] for c in cands}
+        best = max((r for r in mine if r["seed"] == 0), key=lambda r: r["val_acc"])
+        assert {r["label"] for r in mine if r["seed"] > 0} == {best["label"]}
 
 
 # ------------------------------------------------------------------------------------------ unrolled NMF

@@ -5,6 +5,7 @@ Built only from the results files under results/experiments; numbers are never t
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 
@@ -64,33 +65,29 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
     )
     meta = read_results(os.path.join(root, f"{nets[0][0]}x{nets[0][1]}.json"))["meta"] if nets else {}
     n_candidates = {f: sorted({r["candidates"] for r in rows if r["family"] == f}) for f in fair.FAMILIES}
+    batch = meta.get("batch_size", 100)
+    flag = f" --batch-size {batch}" if batch != 100 else ""
     out = [
-        f"### Each method at its best (`blockadmm experiment fair --out {rel}`)",
+        f"### Each method at its best{f', batch {batch}' if flag else ''} (`blockadmm experiment fair{flag} --out "
+        f"{rel}`)",
         "",
         (
             f"MNIST-5k, {meta.get('train')} train / {meta.get('val')} val / {meta.get('test')} test, MLP 784 → L×256 → "
-            f"10, "
-            f"batch 100, {meta.get('epochs')} epochs, one torch thread; every method on the same batches. For each net "
-            f"and method "
-            "every candidate trains with seed 0 and the one with the best final **validation** accuracy is run with "
-            "seeds 1 "
-            "and 2 (32 layers: seed 0 only, for time). Candidates — backprop: init (PyTorch default, Glorot-uniform "
-            "with the "
-            "activation's gain: 4 sigmoid, 5/3 tanh; He for ReLU; orthogonal) × SGD 0.1 / 0.3 × Adam 3e-4 / 1e-3 / "
-            "3e-3; "
-            "Block-ADMM online: init (default, the activation's gain init) × preset (defaults, `deep` for "
-            "sigmoid/tanh, `fast` "
-            "up to 8 layers; from 16 layers only the activation's recipe) plus `deep` with lr_z 0.01 on the gain-4 "
-            "init (its "
-            "lr_z 0.3 was tuned on the default init and fails there); local-greedy: the two inits, Adam 1e-3. Fewer "
-            "candidates on the slow nets: from 16 layers backprop Adam 3e-4 / 1e-3 from every init and SGD 0.1 from "
-            "the "
-            "gain init; at 32 layers Adam 1e-3 from every init and 3e-4 from the gain init, local-greedy from the gain "
-            "init only, no re-tuned `deep` "
+            f"10, batch {batch}, {meta.get('epochs')} epochs, one torch thread; every method on the same batches. For "
+            "each net and method every candidate trains with seed 0 and the one with the best final **validation** "
+            f"accuracy is run with seeds 1 and 2 (from {fair.SEED0_ONLY_FROM} layers: seed 0 only, for time). "
+            "Candidates — backprop: init (Glorot-uniform with the activation's gain: 4 sigmoid, 5/3 tanh; He for "
+            "ReLU; orthogonal) × SGD 0.1 / 0.3 × Adam 3e-4 / 1e-3 / 3e-3, from 16 layers Adam 3e-4 / 1e-3 from both "
+            "inits and SGD 0.1 from the gain init (PyTorch's default init is not a backprop candidate: it never won "
+            "backprop's selection on any net where backprop trained, in an earlier run of this grid that had it); "
+            "Block-ADMM online: init (PyTorch's default, the activation's gain init) × preset (the defaults, `deep` "
+            "for sigmoid, `fast`; from 16 layers only the activation's recipe: `deep` for sigmoid, the defaults "
+            "otherwise), plus `deep` with lr_z 0.01 from the gain-4 init at 8 sigmoid layers, and at 32 layers the "
+            "recipe re-tuned from both inits (lr_z 0.1; ρ 0.25) and, from the gain init, the defaults (sigmoid) / "
+            "`fast` (tanh); local-greedy: the two inits, Adam 1e-3 "
             f"({', '.join(f'{TITLE[f]} {max(v)}' for f, v in n_candidates.items() if v)} candidates per net at most). "
             "A selection run whose validation accuracy is still at chance after half its epochs is stopped. Test "
-            "accuracy (%) "
-            "at the last epoch: mean (worst seed, n seeds); the chosen candidate under each."
+            "accuracy (%) at the last epoch: mean (worst seed, n seeds); the chosen candidate under each."
         ),
         "",
         "| net | backprop | Block-ADMM | local-greedy | Block-ADMM vs the strongest baseline |",
@@ -111,6 +108,7 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
         )
         out.append(f"| {depth}×{act} | " + " | ".join(cells) + " |")
     out.append("")
+    out += _candidate_notes(records, nets)
     reached = [
         f"{d}×{a}"
         for (d, a), c in comps.items()
@@ -139,6 +137,18 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
         )
     if local_wins:
         out.append("- **Local-greedy wins** at: " + "; ".join(local_wins) + ".")
+    local_beats = [
+        f"{d}×{a} ({pct(by[(d, a, 'local-greedy')]['mean_test'])} vs {pct(by[(d, a, 'block-admm')]['mean_test'])})"
+        for d, a in nets
+        if (d, a, "local-greedy") in by
+        and (d, a, "block-admm") in by
+        and by[(d, a, "local-greedy")]["mean_test"] > by[(d, a, "block-admm")]["mean_test"] + 0.005
+    ]
+    if local_beats:
+        out.append(
+            "- **Local-greedy** (each layer trained on its own linear head, no gradient between layers) **beats "
+            "Block-ADMM** at: " + "; ".join(local_beats) + "."
+        )
     bp_default = [
         f"{r['depth']}×{r['activation']}" for r in rows if r["family"] == "backprop" and r["init"] == "default"
     ]
@@ -149,18 +159,68 @@ def render_fair(root: str, rel: str) -> tuple[list[str], list[str]]:
         + "."
     )
     out.append("")
-    settings = [f"{d}×{a} ({_seeds(c['seeds'])})" for (d, a), c in comps.items()]
+    settings = [f"{d}×{a}{f' batch {batch}' if flag else ''} ({_seeds(c['seeds'])})" for (d, a), c in comps.items()]
     wins = [
         f"{d}×{a}: +{100 * c['gap']:.1f} over {TITLE[c['baseline']]}"
         for (d, a), c in comps.items()
         if _verdict(c["gap"], c["seed_spread"], c["seeds"]).startswith("**Block-ADMM wins")
     ]
-    return out, [("the fair grid", settings, wins)]
+    return out, [("the fair grid" + (f", batch {batch}" if flag else ""), settings, wins)]
+
+
+def _candidate_notes(records: list[dict], nets: list[tuple]) -> list[str]:
+    """A line per net whose seed-0 runs are not the command's candidate list (a net kept from an earlier run)."""
+    out = []
+    for depth, act in nets:
+        ran = {r["label"] for r in records if (r["depth"], r["activation"], r["seed"]) == (depth, act, 0)}
+        listed = {c["label"] for c in fair.candidates(act, depth)}
+        extra, missing = ran - listed, listed - ran
+        if extra or missing:
+            out.append(
+                f"- {depth}×{act} is from an earlier run of the grid: {len(ran)} candidates"
+                + (f", {len(extra)} of them no longer listed ({'; '.join(sorted(extra))})" if extra else "")
+                + (f"; {len(missing)} listed ones not run ({'; '.join(sorted(missing))})" if missing else "")
+                + "."
+            )
+    return out + [""] if out else []
+
+
+def render_grid_timing(root: str, rel: str) -> list[str]:
+    """The timed runs of `blockadmm experiment grid` (every grid/*.json: full.json, quick.json and earlier runs
+    renamed beside them), as measured."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(root, "grid", "*.json"))):
+        name = os.path.basename(path)[: -len(".json")]
+        with open(path) as f:
+            g = json.load(f)
+        what = "`--quick`" if "--quick" in g["command"] else "The whole grid"
+        load = g["loadavg_1min"]
+        done = [u for u in g["units"] if u["rc"] == 0]
+        status = (
+            f"finished in {g['wall_s'] / 60:.1f} min"
+            if g["complete"]
+            else f"stopped after {g['wall_s'] / 60:.1f} min with {len(done)} of {len(done) + len(g['not_finished'])} "
+            f"units finished (not finished: {', '.join(g['not_finished'])})"
+        )
+        out.append(
+            f"- {what} (`{g['command']} --out ...`, started {g['start_utc']}): {status}, {g['jobs']} worker "
+            f"processes on {g['cpu_count']} CPU cores shared with other jobs, 1-minute load average {load['mean']:.1f} "
+            f"on average (max {load['max']:.1f}). Per unit: "
+            + ", ".join(f"{u['name']} {u['wall_s'] / 60:.1f} min" for u in done)
+            + f" ([{name}.json]({rel}/{name}.json))."
+            + (
+                f" Resumed: {sum(g['runs_done_before'].values())} runs were already done before this run started "
+                f"({', '.join(f'{k} {v}' for k, v in g['runs_done_before'].items() if v)}), so their time is not in it."
+                if sum(g.get("runs_done_before", {}).values())
+                else ""
+            )
+        )
+    return (["**Run time.**", ""] + out + [""]) if out else []
 
 
 def _part_table(rows: list[dict], title: str) -> tuple[list[str], list[tuple]]:
     out, found = (
-        [f"| {title} | method (choice from the fair grid) | test % mean (worst, n) | epochs |", "|---|---|---|---|"],
+        [f"| {title} | method (chosen on validation) | test % mean (worst, n) | epochs |", "|---|---|---|---|"],
         [],
     )
     nets = sorted({(r["depth"], r["activation"]) for r in rows})
@@ -188,16 +248,17 @@ def _part_table(rows: list[dict], title: str) -> tuple[list[str], list[tuple]]:
 
 
 def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[str], list[tuple]]:
-    """The init-gain map and/or the label-noise and time-budget tables of one robustness folder."""
-    rows = {
-        "map": robustness.map_rows(records),
-        "noise": robustness.part_rows(records, "noise"),
-        "budget": robustness.part_rows(records, "budget"),
-    }
+    """The init-gain map and/or the label-noise, time-budget and small-batch tables of one robustness folder."""
+    rows = {"map": robustness.map_rows(records), **{p: robustness.part_rows(records, p) for p in robustness.PARTS[1:]}}
+    parts = [p for p in robustness.PARTS if rows[p]]
+    names = {"noise": "label noise", "budget": "a fixed time budget", "batch": "small batches"}
     heading = (
-        "Where does Block-ADMM train when backprop does not?" if rows["map"] else "Label noise and a fixed time budget"
+        "Where does Block-ADMM train when backprop does not?"
+        if rows["map"]
+        else ", ".join(names[p] for p in parts).capitalize()
     )
-    out = [f"### {heading} (`{meta['command']} --out {rel}`)", ""]
+    command = f"blockadmm experiment robustness --parts {','.join(parts)}"
+    out = [f"### {heading} (`{command} --out {rel}`)", ""]
     tried = []
     if rows["map"]:
         gains = sorted({r["gain"] for r in rows["map"]})
@@ -205,10 +266,8 @@ def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[s
             (
                 "8 sigmoid layers of 256, Glorot-uniform init with gain g on the hidden layers (gain 1 on the logits), "
                 "10 epochs. Per gain and method the candidate with the best validation accuracy (seed 0) is chosen — "
-                "backprop Adam 3e-4 / 1e-3 / 3e-3, SGD 0.1 / 0.3; Block-ADMM online: the defaults or `deep`; batch: "
-                "`deep-batch`; local-greedy: Adam 1e-3 — then run with seeds 1, 2 where time allowed. Test accuracy "
-                "(%), "
-                "mean (worst, n)."
+                + "; ".join(f"{m}: {' / '.join(_map_option(o) for o in opts)}" for m, opts in _map_candidates(records))
+                + " — then run with seeds 1, 2. Test accuracy (%), mean (worst, n)."
             ),
             "",
             "| method | " + " | ".join(f"g={g:g}" for g in gains) + " | trains (≥ 80%) at |",
@@ -271,6 +330,15 @@ def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[s
                 "(per-epoch times measured in the fair grid)."
             ),
         ),
+        (
+            "batch",
+            f"batch {robustness.SMALL_BATCH}",
+            (
+                f"Mini-batches of {robustness.SMALL_BATCH} instead of 100 (5× the steps per epoch), 10 epochs: each "
+                "method's candidates that trained in the fair grid at batch 100 (validation above chance) run seed 0 "
+                f"at batch {robustness.SMALL_BATCH}, the best on validation then seeds 1, 2."
+            ),
+        ),
     ):
         if rows[part]:
             table, found = _part_table(rows[part], title)
@@ -295,9 +363,22 @@ def render_robustness(records: list[dict], meta: dict, rel: str) -> tuple[list[s
     return out, tried
 
 
+def _map_candidates(records: list[dict]) -> list[tuple]:
+    """Per map method, the options its seed-0 runs tried (over all gains)."""
+    recs = [r for r in records if r.get("part") == "map" and r["seed"] == 0]
+    return [(m, sorted({r["label"] for r in recs if r["method"] == m})) for m in robustness.MAP_ROWS]
+
+
+def _map_option(label: str) -> str:
+    return " ".join(w for w in label.split() if not w.startswith(("init=", "admm-", "backprop-", "local-")))
+
+
 def render_win_search(tried: list[tuple]) -> list[str]:
     """The issue's question answered from the settings tried: a >= 3-point win over the strongest baseline, or none."""
     wins = [w for _, _, ws in tried for w in ws]
+    names = " ".join(name + " " + " ".join(settings) for name, settings, _ in tried)
+    not_tried = [what for what, key in (("64-layer nets", "64×"), ("small batches", "batch ")) if key not in names]
+    not_tried.append("other datasets")
     listing = "; ".join(f"{name}: {', '.join(settings)}" for name, settings, _ in tried if settings)
     if wins:
         return [
@@ -312,8 +393,7 @@ def render_win_search(tried: list[tuple]) -> list[str]:
         (
             f"**No setting was found where Block-ADMM beats the strongest baseline by ≥ 3 points** (mean over 3 seeds, "
             f"more than the seed spread) among the settings tried: {listing}. Every net has no normalization layers. "
-            f"Not "
-            "tried: 64-layer nets, small batches, other datasets."
+            f"Not tried: {', '.join(not_tried)}."
         ),
         "",
     ]
@@ -387,10 +467,12 @@ def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
 def render(root: str = "results/experiments", link_root: str | None = None) -> str:
     """Markdown for the fair grid, the robustness experiment, the win search and the unrolled-NMF comparison."""
     link_root = link_root if link_root is not None else root
-    out, tried = [], []
-    if os.path.isdir(os.path.join(root, "fair")) and fair.read_all(os.path.join(root, "fair")):
-        lines, t = render_fair(os.path.join(root, "fair"), f"{link_root}/fair")
-        out, tried = out + lines, tried + t
+    out, tried = render_grid_timing(root, f"{link_root}/grid"), []
+    for folder in sorted(glob.glob(os.path.join(root, "fair*")), key=lambda p: (p != os.path.join(root, "fair"), p)):
+        if fair.read_all(folder):
+            name = os.path.basename(folder)
+            lines, t = render_fair(folder, f"{link_root}/{name}")
+            out, tried = out + lines, tried + t
     for name in ("robustness", "settings"):
         paths = sorted(glob.glob(os.path.join(root, name, "map-g*.json"))) + [os.path.join(root, name, "results.json")]
         path = next((p for p in paths if os.path.exists(p)), None)

@@ -4,6 +4,7 @@
     fair         every method at its best (init x optimizer x rate / preset chosen on validation), 3 seeds
     robustness   init-gain map on 8 sigmoid layers; label noise; a fixed training-time budget
     deepfacto_unrolled  DeepFacto vs its NMF layer trained by backprop through unrolled updates (one-step gradient)
+    grid         fair + robustness + deepfacto_unrolled in one timed command (--jobs worker processes)
     blocks       one 8-layer net cut into 1, 2, 4, 8 blocks; top-down, bottom-up, Jacobi
     convergence  batch mode on a small problem: augmented Lagrangian, residuals; constant vs adaptive rho
     binary       MLP with binary {0,1} hidden units: Block-ADMM (projection) vs straight-through backprop
@@ -19,7 +20,7 @@ from typing import List, Optional
 
 from ..argtypes import ArgumentParser
 
-EXPERIMENTS = ("depth", "fair", "robustness", "deepfacto_unrolled", "blocks", "convergence", "binary")
+EXPERIMENTS = ("depth", "fair", "robustness", "deepfacto_unrolled", "grid", "blocks", "convergence", "binary")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -24,23 +24,30 @@ validation accuracy: 92.1 / 91.6 / 92.2%; one sweep fails: 30% / 10%). With the 
 surrogate trains to 72% / 37% (depth 2 / 4, 5 epochs), projecting onto the box [0, 1] instead to 48% / 10%.
 
 Baseline: backprop with the straight-through estimator on the same net (forward 1[a > 0], backward
-the clipped identity 1[|a| ≤ 1]), Adam 1e-3, same batches, same initial weights.
+the clipped identity 1[|a| ≤ 1]), same batches, same initial weights. Each method at its best: init x optimizer x
+rate for the baseline, init x block rate (admm-online) / init x ρ (admm-relaxed) for Block-ADMM, chosen on the
+validation accuracy of the first seed; the chosen candidate of each then runs the other seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections import defaultdict
 
 import torch
 from torch import nn
 
+from ..models import init_weights
 from ..prox import Prox
 from . import common as C
+from . import fair
 
 METHODS = ("admm-online", "admm-relaxed", "backprop-ste")
 SURROGATES = ("hinge", "logistic", "ste")
+INITS = ("default", "xavier", "orthogonal")  # xavier/orthogonal with gain 1 on the step units
+STE_RATES = {"sgd": (0.1, 0.3), "adam": (3e-4, 1e-3, 3e-3)}  # the straight-through baseline's optimizers and rates
+BLOCK_LRS = (1e-3, 3e-3)  # admm-online: Adam rate of each block's surrogate fit
+RELAXED_RHOS = (1.0, 2.0)  # admm-relaxed: the penalty (lr_z = 1/rho)
 
 
 class _StepSTE(torch.autograd.Function):
@@ -134,14 +141,41 @@ def binary_mlp(run: C.Run):
         )
         prev = run.width
     blocks.append(nn.Sequential(nn.Linear(prev, sp.num_classes)))
-    model = nn.Sequential(*blocks)
+    model = init_weights(nn.Sequential(*blocks), run.init, "step")  # a step unit has no usual gain: 1
     return model, list(model)
+
+
+def candidates(quick: bool = False) -> list[dict]:
+    """Each method's candidates (init x optimizer x rate for the straight-through baseline, init x block rate /
+    penalty for Block-ADMM), each with its `label`; --quick: two inits and one setting per method."""
+    out = []
+    for init in INITS[:2] if quick else INITS:
+        for optimizer, rates in STE_RATES.items():
+            for lr in rates[1:2] if quick else rates:
+                out.append({"method": "backprop-ste", "init": init, "optimizer": optimizer, "lr": lr})
+        for block_lr in BLOCK_LRS[:1] if quick else BLOCK_LRS:
+            out.append({"method": "admm-online", "init": init, "block_lr": block_lr})
+        for rho in RELAXED_RHOS[-1:] if quick else RELAXED_RHOS:
+            out.append({"method": "admm-relaxed", "init": init, "rho": rho})
+    if quick:
+        out = [c for c in out if c.get("optimizer") != "sgd"]
+    for c in out:
+        c["label"] = " ".join(
+            [c["method"]]
+            + [
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in c.items()
+                if k not in ("method", "init")
+            ]
+            + [f"init={c['init']}"]
+        )
+    return out
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depths", help="comma list of binary hidden-layer counts (default 2,4)")
     p.add_argument("--methods", help=f"comma list of {','.join(METHODS)}")
-    p.add_argument("--seeds", help="comma list (default 0,1,2)")
+    p.add_argument("--seeds", help="comma list (default 0,1,2); the first one chooses each method's candidate")
     p.add_argument("--epochs", type=int, default=None, help="default 10 (--quick 3)")
     p.add_argument(
         "--lr-z", type=float, default=20.0, help="auxiliary step size of Block-ADMM (capped at 1/rho by the trainer)"
@@ -150,13 +184,48 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweeps", type=int, default=2, help="sweeps per mini-batch")
     p.add_argument("--margin", type=float, default=0.1, help="hinge-surrogate margin")
     p.add_argument("--surrogate", default="hinge", choices=SURROGATES)
-    p.add_argument("--block-lr", type=float, default=1e-3, help="Adam lr of each block's surrogate fit")
-    p.add_argument("--relaxed-rho", type=float, default=2.0, help="rho of admm-relaxed (its lr_z is 1/rho)")
-    p.add_argument("--ste-lr", type=float, default=1e-3, help="Adam lr of the STE baseline")
     p.add_argument("--train-size", type=int, default=None)
-    p.add_argument("--quick", action="store_true", help="depth 2, seed 0, 3 epochs")
+    p.add_argument("--quick", action="store_true", help="depth 2, seed 0, 3 epochs, a reduced candidate list")
     p.add_argument("--out", default="runs/experiments/binary")
     p.add_argument("--no-progress", action="store_true")
+
+
+def train(c: dict, depth: int, seed: int, epochs: int, splits, args, progress) -> dict:
+    """One run of candidate `c` on the binary net of `depth` hidden layers."""
+    method, relaxed = c["method"], c["method"] == "admm-relaxed"
+    run = C.Run(
+        method=method,
+        depth=depth,
+        activation="step",
+        seed=seed,
+        epochs=epochs,
+        splits=splits,
+        init=c["init"],
+        extra={
+            "block_lr": c.get("block_lr", 1e-3),
+            "surrogate": "ste" if relaxed else args.surrogate,
+            "margin": args.margin,
+        },
+    )
+    if method == "backprop-ste":
+        rec = C.run_backprop(run, c["optimizer"], c["lr"], blocks_factory=binary_mlp, progress=progress)
+    else:
+        rho = c["rho"] if relaxed else args.rho
+        run.overrides = {
+            "preset": "default",
+            "lr_z": 1.0 / rho if relaxed else args.lr_z,
+            "rho": rho,
+            "sweeps": args.sweeps,
+            "weight_lr": run.extra["block_lr"],
+        }
+        constraints = None if relaxed else {k: binary_projection() for k in range(depth)}
+        rec = C.run_admm(run, "online", blocks_factory=binary_mlp, progress=progress, constraints=constraints)
+        rec.pop("config", None)
+    return {**rec, "family": method, "label": c["label"], "phase": "select" if seed == args.seed_list[0] else "seed"}
+
+
+def key(r: dict) -> tuple:
+    return r["depth"], r.get("label", r["method"]), r["seed"]
 
 
 def main(args) -> int:
@@ -166,10 +235,11 @@ def main(args) -> int:
     splits = C.load_data(train_size=args.train_size)
     depths = C.parse_list(args.depths, int) or ([2] if args.quick else [2, 4])
     methods = C.parse_list(args.methods) or list(METHODS)
-    seeds = C.parse_list(args.seeds, int) or ([0] if args.quick else [0, 1, 2])
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    args.seed_list = C.parse_list(args.seeds, int) or ([0] if args.quick else [0, 1, 2])
     epochs = args.epochs or (3 if args.quick else 10)
-    cells = [(m, d, s) for d in depths for s in seeds for m in methods]
-    records = []
     meta = {
         "dataset": "mnist5k",
         "train": len(splits.train),
@@ -181,75 +251,84 @@ def main(args) -> int:
         "lr_z": args.lr_z,
         "rho": args.rho,
         "sweeps": args.sweeps,
-        "block_lr": args.block_lr,
-        "ste_lr": args.ste_lr,
         "surrogate": args.surrogate,
         "margin": args.margin,
-        "relaxed_rho": args.relaxed_rho,
         "projection": "z <- 1[z > 1/2]",
+        "selection": f"final validation accuracy, seed {args.seed_list[0]}, per method",
         "quick": bool(args.quick),
         "command": "blockadmm experiment binary" + (" --quick" if args.quick else ""),
     }
-    bar = tqdm(cells, desc="binary", disable=args.no_progress)
-    for m, d, s in bar:
-        relaxed = m == "admm-relaxed"
-        run = C.Run(
-            method=m,
-            depth=d,
-            activation="step",
-            seed=s,
-            epochs=epochs,
-            splits=splits,
-            extra={"block_lr": args.block_lr, "surrogate": "ste" if relaxed else args.surrogate, "margin": args.margin},
-        )
-        if m in ("admm-online", "admm-relaxed"):
-            rho = args.relaxed_rho if relaxed else args.rho
-            run.overrides = {
-                "preset": "default",
-                "lr_z": 1.0 / rho if relaxed else args.lr_z,
-                "rho": rho,
-                "sweeps": args.sweeps,
-                "weight_lr": args.block_lr,
-            }
-            rec = C.run_admm(
-                run,
-                "online",
-                blocks_factory=binary_mlp,
-                progress=bar,
-                constraints=None if relaxed else {k: binary_projection() for k in range(d)},
-            )
-            rec.pop("config", None)
-        elif m == "backprop-ste":
-            rec = C.run_backprop(run, "adam", args.ste_lr, blocks_factory=binary_mlp, progress=bar)
-        else:
-            raise SystemExit(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-        records.append(rec)
-        C.write_results(args.out, "binary", records, meta)
-    plot(records, args.out)
-    print(summary(records))
+    results = fair.ResultsFile(args.out, "binary", meta, key)
+    cands = [c for c in candidates(args.quick) if c["method"] in methods]
+    bar = tqdm(depths, desc="binary", disable=args.no_progress)
+
+    def ensure(c, depth, seed):
+        if results.get((depth, c["label"], seed)) is None:
+            results.add(train(c, depth, seed, epochs, splits, args, bar))
+        return results.get((depth, c["label"], seed))
+
+    for depth in bar:
+        first = [ensure(c, depth, args.seed_list[0]) for c in cands]
+        for method in methods:
+            best = max((r for r in first if r["family"] == method), key=lambda r: r["val_acc"])
+            for seed in args.seed_list[1:]:
+                ensure(next(c for c in cands if c["label"] == best["label"]), depth, seed)
+    rows = summary_rows(results.records, args.seed_list[0])
+    results.write(summary=rows)
+    plot(results.records, rows, args.out)
+    print(summary(rows))
     return 0
 
 
-def summary(records) -> str:
-    t = defaultdict(list)
-    for r in records:
-        t[(r["depth"], r["method"])].append(r)
-    lines = ["depth  method         seeds  mean_test  worst_test"]
-    for (d, m), rs in sorted(t.items()):
+def summary_rows(records: list[dict], first_seed: int = 0) -> list[dict]:
+    """Per depth and method: the candidate chosen on validation (seed `first_seed`) and its seeds' test accuracies."""
+    rows = []
+    for depth in sorted({r["depth"] for r in records}):
+        at = [r for r in records if r["depth"] == depth]
+        for method in METHODS:
+            pool = [r for r in at if r["method"] == method and r["seed"] == first_seed]
+            if not pool:
+                continue
+            best = max(pool, key=lambda r: r["val_acc"])
+            rs = sorted(
+                (r for r in at if r.get("label", r["method"]) == best.get("label", method)), key=lambda r: r["seed"]
+            )
+            tests = [r["test_acc"] for r in rs]
+            rows.append(
+                {
+                    "depth": depth,
+                    "method": method,
+                    "config": best.get("label", method),
+                    "init": best.get("init", "default"),
+                    "candidates": len(pool),
+                    "seeds": [r["seed"] for r in rs],
+                    "test_accs": tests,
+                    "mean_test": C.mean(tests),
+                    "worst_test": min(tests),
+                }
+            )
+    return rows
+
+
+def summary(rows: list[dict]) -> str:
+    lines = ["depth  method         seeds  mean_test  worst_test  config"]
+    for r in rows:
         lines.append(
-            f"{d:5d}  {m:13s}  {len(rs):5d}  {C.mean(r['test_acc'] for r in rs):9.3f}  "
-            f"{min(r['test_acc'] for r in rs):10.3f}"
+            f"{r['depth']:5d}  {r['method']:13s}  {len(r['seeds']):5d}  {r['mean_test']:9.3f}  "
+            f"{r['worst_test']:10.3f}  {r['config']}"
         )
     return "\n".join(lines)
 
 
-def plot(records, out):
+def plot(records, rows, out):
+    """Test accuracy per epoch of each method's chosen candidate, every seed, one panel per depth."""
     plt = C.plt()
-    depths = sorted({r["depth"] for r in records})
+    depths = sorted({r["depth"] for r in rows})
     fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.4), squeeze=False)
     for ax, d in zip(axes[0], depths):
         for i, m in enumerate(METHODS):
-            rs = [r for r in records if r["depth"] == d and r["method"] == m]
+            row = next((r for r in rows if r["depth"] == d and r["method"] == m), None)
+            rs = [r for r in records if r["depth"] == d and row and r.get("label", m) == row["config"]]
             for k, r in enumerate(rs):
                 ax.plot(
                     range(1, len(r["history"]) + 1),

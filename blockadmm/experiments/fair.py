@@ -2,10 +2,9 @@
 
 Per net (activation, depth) and method family, every candidate (init x optimizer x rate for backprop, init x preset
 for Block-ADMM, init for local-greedy) trains with seed 0; the one with the best final validation accuracy then
-trains with seeds 1 and 2 on the same batches (at 32 layers and more: seed 0 only, for time). Results go to one file
-per net
-(DEPTHxACTIVATION.json under --out), written after every run; a rerun skips the runs already there, so several
-processes can share a grid by taking different --nets.
+trains with seeds 1 and 2 on the same batches (at 64 layers and more: seed 0 only, for time). Results go to one file
+per net (DEPTHxACTIVATION.json under --out), written after every run; a rerun skips the runs already there, so
+several processes can share a grid by taking different --nets.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import glob
 import json
 import os
 
+from ..argtypes import positive_int
 from . import common as C
 
 FAMILIES = ("backprop", "block-admm", "local-greedy")
@@ -34,12 +34,15 @@ DEFAULT_NETS = (
 )
 QUICK_NETS = ((2, "sigmoid"), (4, "sigmoid"))
 SEEDS = (0, 1, 2)
-SEED0_ONLY_FROM = 32  # nets this deep run the chosen candidates with seed 0 only
+SEED0_ONLY_FROM = 64  # nets this deep run the chosen candidates with seed 0 only
 BACKPROP_RATES = {"backprop-sgd": (0.1, 0.3), "backprop-adam": (3e-4, 1e-3, 3e-3)}
 DEEP_NET = 16  # from this depth on: backprop Adam 3e-4 / 1e-3 for every init, SGD 0.1 from the activation's gain init
 DEEP_NET_RATES = {"backprop-sgd": (0.1,), "backprop-adam": (3e-4, 1e-3)}
 # the deep preset re-tuned for the activation-gain init, where its default lr_z (0.3, tuned on PyTorch's init) fails
 DEEP_RETUNED = ({"lr_z": 0.01},)
+# at 32 layers, where every recipe fails from both inits: the recipe with a smaller z step and with a softer penalty
+RETUNE_DEPTH = 32
+RETUNED_32 = ({"lr_z": 0.1}, {"rho": 0.25})
 CHANCE_MARGIN = 1.2  # a selection run whose validation accuracy is <= 1.2 / n_classes after half its epochs is stopped
 
 
@@ -49,47 +52,45 @@ def good_init(activation: str) -> str:
 
 
 def candidates(activation: str, depth: int, quick: bool = False) -> list[dict]:
-    """Every (family, method, init, lr, overrides) tried on a net; `label` names it in the results."""
+    """Every (family, method, init, lr, overrides) tried on a net; `label` names it in the results.
+    Backprop starts from the activation's gain init and orthogonal (PyTorch's default init never won its selection
+    on a net where backprop trained; the depth experiment keeps the default-init table)."""
     inits = ["default", good_init(activation)]
     out = []
-    for init in inits + ([] if quick else ["orthogonal"]):
+    for init in [good_init(activation)] + ([] if quick else ["orthogonal"]):
         for method, rates in BACKPROP_RATES.items():
             if depth >= DEEP_NET:  # fewer candidates on the slow nets: the rates that can train them
                 rates = DEEP_NET_RATES[method] if method == "backprop-adam" or init == good_init(activation) else ()
-            if depth >= SEED0_ONLY_FROM:  # the slowest nets: Adam 1e-3 from every init, 3e-4 from the gain init
-                rates = (
-                    (1e-3,) + ((3e-4,) if init == good_init(activation) else ()) if method == "backprop-adam" else ()
-                )
             for lr in rates[:1] if quick else rates:
                 out.append({"family": "backprop", "method": method, "init": init, "lr": lr, "overrides": {}})
     for init in inits:
-        # from 16 layers on, only the activation's own recipe (admm_recipe): the others fail there (depth grid)
+        # up to 8 layers: the presets that suit the activation; deeper, only its own recipe (admm_recipe): the others
+        # fail there (depth grid)
         presets = (
-            ["default"] + (["deep"] if activation != "relu" else []) + (["fast"] if depth <= 8 else [])
+            ["default"] + (["deep"] if activation == "sigmoid" else []) + ["fast"]
             if depth <= 8
             else [C.admm_recipe(activation, depth)["preset"]]
         )
-        for preset in presets:
-            overrides = {"preset": preset, "sweeps": 3} if preset == "default" else {"preset": preset}
+        tuned = []
+        if activation == "sigmoid" and init != "default" and 8 <= depth < DEEP_NET:  # at 16 it stayed at chance
+            tuned = [{"preset": "deep", **t} for t in DEEP_RETUNED]
+        if depth == RETUNE_DEPTH:
+            tuned = [{**preset_overrides(presets[0]), **t} for t in RETUNED_32]
+            if init != "default":  # from the gain init the plain defaults did best at 8 layers (fast on tanh)
+                tuned.append(preset_overrides("default" if activation == "sigmoid" else "fast"))
+        for overrides in [preset_overrides(p) for p in presets] + ([] if quick else tuned):
             out.append(
                 {"family": "block-admm", "method": "admm-online", "init": init, "lr": None, "overrides": overrides}
             )
-        if activation == "sigmoid" and init != "default" and 8 <= depth < SEED0_ONLY_FROM and not quick:
-            for tuned in DEEP_RETUNED:
-                out.append(
-                    {
-                        "family": "block-admm",
-                        "method": "admm-online",
-                        "init": init,
-                        "lr": None,
-                        "overrides": {"preset": "deep", **tuned},
-                    }
-                )
-        if depth < SEED0_ONLY_FROM or init != "default":
-            out.append({"family": "local-greedy", "method": "local-greedy", "init": init, "lr": 1e-3, "overrides": {}})
+        out.append({"family": "local-greedy", "method": "local-greedy", "init": init, "lr": 1e-3, "overrides": {}})
     for c in out:
         c["label"] = label(c)
     return out
+
+
+def preset_overrides(preset: str) -> dict:
+    """A preset as the experiments run it: the plain defaults with 3 sweeps (every committed result used 3)."""
+    return {"preset": preset, "sweeps": 3} if preset == "default" else {"preset": preset}
 
 
 def label(c: dict) -> str:
@@ -108,6 +109,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nets", help="comma list of DEPTHxACTIVATION, e.g. 8xsigmoid,16xtanh (default: the claims' nets)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10; --quick 2)")
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="mini-batch size of every method (default 100)")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -141,10 +143,13 @@ class ResultsFile:
         path = self.path
         if os.path.exists(path):
             old = C.read_results(path)
-            if old["meta"].get("epochs") != meta["epochs"] or old["meta"].get("train") != meta["train"]:
+            protocol = ("epochs", "train", "batch_size")
+            theirs = [old["meta"].get(k, 100 if k == "batch_size" else None) for k in protocol]
+            mine = [meta.get(k, 100 if k == "batch_size" else None) for k in protocol]
+            if theirs != mine:
                 raise SystemExit(
-                    f"{path} holds runs of another protocol (epochs/train size {old['meta'].get('epochs')}/"
-                    f"{old['meta'].get('train')}, this is {meta['epochs']}/{meta['train']}): use another --out"
+                    f"{path} holds runs of another protocol (epochs/train size/batch size "
+                    f"{'/'.join(map(str, theirs))}, this is {'/'.join(map(str, mine))}): use another --out"
                 )
             self.records = old["records"]
         self.done = {key(r): r for r in self.records}
@@ -181,6 +186,7 @@ def train(
     extra: dict | None = None,
     init_gain: float | None = None,
     progress=None,
+    batch_size: int = 100,
 ) -> dict:
     """One run of candidate `c`; a selection run (`select`) stops early at chance (CHANCE_MARGIN)."""
     run = C.Run(
@@ -190,6 +196,7 @@ def train(
         seed=seed,
         epochs=epochs,
         splits=splits,
+        batch_size=batch_size,
         overrides=dict(c["overrides"]),
         init=c["init"],
         init_gain=init_gain,
@@ -213,7 +220,9 @@ def choose(records: list[dict], family: str) -> dict | None:
     return max(pool, key=lambda r: r["val_acc"]) if pool else None
 
 
-def run_net(results: ResultsFile, depth: int, activation: str, epochs: int, splits, quick: bool, bar=None) -> None:
+def run_net(
+    results: ResultsFile, depth: int, activation: str, epochs: int, splits, quick: bool, bar=None, batch_size: int = 100
+) -> None:
     """Selection, then the chosen candidates' seeds, for one net."""
     cands = candidates(activation, depth, quick)
     by_label = {c["label"]: c for c in cands}
@@ -221,7 +230,9 @@ def run_net(results: ResultsFile, depth: int, activation: str, epochs: int, spli
     def ensure(c, seed):
         key = (activation, depth, c["label"], seed)
         if results.get(key) is None:
-            results.add(train(c, depth, activation, seed, epochs, splits, select=seed == 0, progress=bar))
+            results.add(
+                train(c, depth, activation, seed, epochs, splits, select=seed == 0, progress=bar, batch_size=batch_size)
+            )
         return results.get(key)
 
     net = [ensure(c, 0) for c in cands]
@@ -326,7 +337,7 @@ def meta(args, epochs: int, splits) -> dict:
         "val": len(splits.val),
         "test": len(splits.test),
         "epochs": epochs,
-        "batch_size": 100,
+        "batch_size": args.batch_size,
         "width": 256,
         "quick": bool(args.quick),
         "threads": 1,
@@ -337,6 +348,7 @@ def meta(args, epochs: int, splits) -> dict:
             + ([f"--nets {args.nets}"] if args.nets else [])
             + ([f"--epochs {args.epochs}"] if args.epochs else [])
             + ([f"--train-size {args.train_size}"] if args.train_size else [])
+            + ([f"--batch-size {args.batch_size}"] if args.batch_size != 100 else [])
         ),
     }
 
@@ -353,7 +365,7 @@ def main(args) -> int:
     files = {net: ResultsFile(args.out, "fair", info, record_key, f"{net[0]}x{net[1]}.json") for net in nets}
     bar = tqdm(nets, desc="fair", disable=args.no_progress)
     for depth, act in bar:
-        run_net(files[(depth, act)], depth, act, epochs, splits, args.quick, bar)
+        run_net(files[(depth, act)], depth, act, epochs, splits, args.quick, bar, args.batch_size)
     records = read_all(args.out)
     rows = summary_rows(records)
     with open(os.path.join(args.out, "summary.json"), "w") as f:

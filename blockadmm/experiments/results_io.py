@@ -55,15 +55,19 @@ def save_results(path: str, results: dict) -> str:
     for record in results["records"]:
         finals.append({k: v for k, v in record.items() if not _is_series(v)})
         series.append({k: _rounded(v) for k, v in record.items() if _is_series(v)})
-    with open(path, "w") as f:
-        json.dump({**results, "records": finals}, f, indent=1, default=float)
+    # each file written whole then renamed: a process reading the results while another writes them (the grid's
+    # workers) never sees half a file
     history = history_path(path)
     if any(series):
         # mtime 0: the same histories give the same bytes, so an unchanged re-run changes nothing in git
-        with open(history, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        with open(history + ".tmp", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
             f.write(json.dumps({"records": series}, separators=(",", ":"), default=float).encode())
+        os.replace(history + ".tmp", history)
     elif os.path.exists(history):
         os.remove(history)
+    with open(path + ".tmp", "w") as f:
+        json.dump({**results, "records": finals}, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
     return path
 
 
