@@ -183,35 +183,17 @@ def run_supervised(
                 r["test_acc"] = accuracy(m, test)
             return r
 
-        h = run_backprop(
-            lin,
-            train,
-            epochs,
-            batch_size=batch_size,
-            seed=seed,
-            lr=1e-3,
-            evaluate=ev,
-            progress=progress,
-            desc="backprop linear",
-        )
-        out["backprop_linear"] = h[-1] | {"epoch_s": float(np.median([e["wall_s"] for e in h]))}
-        log(f"[backprop linear seed {seed}] {out['backprop_linear']}")
+        def baseline(key, model, desc):
+            h = run_backprop(model, train, epochs, batch_size=batch_size, seed=seed, lr=1e-3, evaluate=ev,
+                             progress=progress, desc=desc)
+            out[key] = h[-1] | {"epoch_s": float(np.median([e["wall_s"] for e in h]))}
+            log(f"[{desc} seed {seed}] {out[key]}")
+
+        baseline("backprop_linear", lin, "backprop linear")
         if arch == "cnn":
             torch.manual_seed(seed)
-            cam = nn.Sequential(feature_cnn(1, flatten=False, normalize=False), GAPLinear(64, 10))
-            h = run_backprop(
-                cam,
-                train,
-                epochs,
-                batch_size=batch_size,
-                seed=seed,
-                lr=1e-3,
-                evaluate=ev,
-                progress=progress,
-                desc="backprop GAP",
-            )
-            out["backprop_gap"] = h[-1] | {"epoch_s": float(np.median([e["wall_s"] for e in h]))}
-            log(f"[backprop GAP seed {seed}] {out['backprop_gap']}")
+            baseline("backprop_gap", nn.Sequential(feature_cnn(1, flatten=False, normalize=False), GAPLinear(64, 10)),
+                     "backprop GAP")
     return out
 
 

@@ -64,6 +64,16 @@ class UnrolledNMF(nn.Module):
         return _from_rows(H, spatial)
 
 
+def _unrolled_model(feats: nn.Module, sample: torch.Tensor, **recipe) -> tuple[list, nn.Sequential]:
+    """DeepFacto's blocks with its recipe (energy head, 5 atoms a class, 10 NMF iterations, frozen basis; `recipe`
+    adds the task's) and the backprop model over them: features, the NMF layer unrolled, the head."""
+    with torch.no_grad():
+        feat_shape = tuple(feats(sample).shape[1:])
+    blocks = build_deepfacto(feats, feat_shape, 10, normalize=False, head="energy", per_class=5, n_iter=10,
+                             update_epochs=0, solver="gram", **recipe)
+    return blocks, nn.Sequential(blocks[0], UnrolledNMF(blocks[1]), blocks[2])
+
+
 def supervised_unrolled(
     seed: int,
     lr: float,
@@ -78,23 +88,8 @@ def supervised_unrolled(
     data = load("mnist5k", image=True, val_fraction=0.1, split_seed=0)
     train = C.subset(data.train, n_train)
     torch.manual_seed(seed)
-    feats = feature_cnn(1)
-    with torch.no_grad():
-        feat_shape = tuple(feats(train.X[:2]).shape[1:])
-    blocks = build_deepfacto(
-        feats,
-        feat_shape,
-        10,
-        normalize=False,
-        head="energy",
-        per_class=5,
-        n_iter=10,
-        update_epochs=0,
-        l1=0.1,
-        solver="gram",
-    )
+    blocks, model = _unrolled_model(feature_cnn(1), train.X[:2], l1=0.1)
     init_basis(blocks, train, seed=seed, contrast=2.0)
-    model = nn.Sequential(blocks[0], UnrolledNMF(blocks[1]), blocks[2])
 
     def evaluate(m):
         out = {}
@@ -137,22 +132,7 @@ def pairs_unrolled(
     data = load_pairs(n_train, n_test, val_fraction=0.1, seed=0)
     torch.manual_seed(seed)
     feats = WindowFeatures(feature_cnn(1, flatten=False, normalize=False), stride=window_stride)
-    with torch.no_grad():
-        feat_shape = tuple(feats(data.train.X[:2]).shape[1:])
-    blocks = build_deepfacto(
-        feats,
-        feat_shape,
-        10,
-        normalize=False,
-        head="energy",
-        per_class=5,
-        n_iter=10,
-        update_epochs=0,
-        pool_r=4.0,
-        l1=0.03,
-        solver="gram",
-    )
-    model = nn.Sequential(blocks[0], UnrolledNMF(blocks[1]), blocks[2])
+    blocks, model = _unrolled_model(feats, data.train.X[:2], pool_r=4.0, l1=0.03)
     kw = {
         "batch_size": batch_size,
         "seed": seed,
