@@ -102,3 +102,70 @@ def nmf_hals_update(
     A, G = A.contiguous(), G.contiguous()
     fn = resolve("nmf_hals_update", backend, H.device.type, {"perm": perm}, {"H": H, "A": A, "G": G})
     return fn(H, A, G, perm=perm)
+
+
+def _violation_dtype(H: torch.Tensor) -> torch.dtype:
+    return torch.float64 if H.dtype == torch.float64 else torch.float32
+
+
+def _check_kernel_args(H, A, G, perm, device_type: str) -> None:
+    """What the compiled kernels assume beyond the public checks (their ops may be called directly too)."""
+    for name, t in (("H", H), ("A", A), ("G", G)):
+        if t.device.type != device_type or t.dtype != H.dtype or t.dtype not in DTYPES or not t.is_contiguous():
+            raise ValueError(
+                f"{name} must be a contiguous float32/float64 {device_type} tensor of H's dtype, "
+                f"got {t.dtype} on {t.device}"
+            )
+    if perm is not None and (perm.dtype != torch.int64 or perm.device != H.device or not perm.is_contiguous()):
+        raise ValueError("perm must be a contiguous int64 tensor on H's device")
+
+
+def cpu_kernel(mod):
+    """The "cpu" backend's nmf_hals_update: the C++ kernel of csrc/cpu/nmf_hals.cpp (OpenMP over rows)."""
+
+    def nmf_hals_update(H, A, G, *, perm=None):
+        _check_kernel_args(H, A, G, perm, "cpu")
+        n, k = H.shape
+        total = mod.nmf_hals_update(
+            H.data_ptr(),
+            A.data_ptr(),
+            G.data_ptr(),
+            0 if perm is None else perm.data_ptr(),
+            n,
+            k,
+            int(H.dtype == torch.float64),
+            torch.get_num_threads(),
+        )
+        return torch.scalar_tensor(total, dtype=_violation_dtype(H))
+
+    return nmf_hals_update
+
+
+CUDA_DTYPE_CODES = {torch.float32: 0, torch.float64: 3}
+
+
+def cuda_kernel(mod):
+    """The "cuda" backend's nmf_hals_update: the kernel of csrc/cuda/nmf_hals.cu (one warp per row)."""
+
+    def nmf_hals_update(H, A, G, *, perm=None):
+        _check_kernel_args(H, A, G, perm, "cuda")
+        n, k = H.shape
+        viol = torch.empty(n, dtype=H.dtype, device=H.device)
+        if n == 0 or k == 0:
+            return torch.zeros((), dtype=_violation_dtype(H), device=H.device)
+        device = H.device.index if H.device.index is not None else torch.cuda.current_device()
+        mod.nmf_hals_update(
+            device,
+            torch.cuda.current_stream(H.device).cuda_stream,
+            H.data_ptr(),
+            A.data_ptr(),
+            G.data_ptr(),
+            0 if perm is None else perm.data_ptr(),
+            n,
+            k,
+            CUDA_DTYPE_CODES[H.dtype],
+            viol.data_ptr(),
+        )
+        return viol.sum(dtype=torch.float64).to(_violation_dtype(H))
+
+    return nmf_hals_update
