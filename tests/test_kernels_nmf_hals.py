@@ -12,6 +12,7 @@ from kernel_backends import backend_params
 from blockadmm import ops
 
 BACKENDS = backend_params()
+ALL = [pytest.param("torch", "cpu", id="torch"), *BACKENDS]
 # (n, k): a masked row tail and several row blocks (n = 45, 70), k not a power of two (7, 37)
 SHAPES = [(45, 7), (70, 37), (3, 1)]
 
@@ -64,18 +65,93 @@ def test_reference_matches_literal_sklearn_loop(shuffle):
     assert abs(float(v) - expect_v) <= 1e-12 * max(1.0, expect_v)
 
 
-@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("backend,device", ALL)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_matches_scikit_learn_update_cdnmf_fast(backend, shape):
+def test_matches_scikit_learn_update_cdnmf_fast(backend, device, shape):
     cdnmf = pytest.importorskip("sklearn.decomposition._cdnmf_fast")
     n, k = shape
     H, A, G = _problem(n, k, l1=0.02, l2=0.05)
     perm = torch.randperm(k)
     Hs = H.numpy().copy()
     expect_v = cdnmf._update_cdnmf_fast(Hs, G.numpy(), A.numpy(), perm.numpy().astype(np.intp))
+    H, A, G, perm = (t.to(device) for t in (H, A, G, perm))
     v = ops.nmf_hals_update(H, A, G, perm=perm, backend=backend)
-    torch.testing.assert_close(H, torch.from_numpy(Hs), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(H.cpu(), torch.from_numpy(Hs), rtol=1e-10, atol=1e-10)
+    assert v.dtype == torch.float64 and v.device == H.device
     assert abs(float(v) - expect_v) <= 1e-10 * max(1.0, expect_v)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in-order", "perm"])
+def test_backend_matches_reference(backend, device, dtype, shape, shuffle, nan_empty):
+    """Fresh random inputs of odd sizes, a zero Hessian entry, outputs the kernels allocate NaN-prefilled."""
+    n, k = shape
+    H, A, G = _problem(n, k, dtype=dtype, device=device, l1=0.02, l2=0.05)
+    if k > 1:
+        G[k // 2, k // 2] = 0.0
+    perm = torch.randperm(k, device=device) if shuffle else None
+    Hr = H.clone()
+    vr = ops.nmf_hals_update(Hr, A, G, perm=perm, backend="torch")
+    v = ops.nmf_hals_update(H, A, G, perm=perm, backend=backend)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(H, Hr, **tol)
+    assert v.dtype == vr.dtype and v.device == H.device and v.dim() == 0
+    torch.testing.assert_close(v, vr, **tol)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_backend_zero_rows(backend, device):
+    fn = ops.backends()[backend].ops()["nmf_hals_update"]
+    v = fn(torch.empty(0, 5, device=device), torch.empty(0, 5, device=device), torch.eye(5, device=device))
+    assert v.dtype == torch.float32 and float(v) == 0.0
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cpu_kernel_threads_match_reference(threads, dtype):
+    """n = 70 splits into blocks of 4 rows with a 2-row tail over 2 and 3 OpenMP threads."""
+    if ops.backends()["cpu"].load_error() is not None:
+        pytest.skip(ops.backends()["cpu"].load_error())
+    H, A, G = _problem(70, 37, dtype=dtype)
+    perm = torch.randperm(37)
+    Hr = H.clone()
+    vr = ops.nmf_hals_update(Hr, A, G, perm=perm, backend="torch")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        v = ops.nmf_hals_update(H, A, G, perm=perm, backend="cpu")
+    finally:
+        torch.set_num_threads(saved)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(H, Hr, **tol)
+    torch.testing.assert_close(v, vr, **tol)
+
+
+def test_auto_on_cpu_is_the_cpu_kernel_for_both_dtypes():
+    from blockadmm.ops._dispatch import resolve
+
+    cpu = ops.backends()["cpu"]
+    if cpu.load_error() is not None:
+        pytest.skip(cpu.load_error())
+    for dtype in (torch.float32, torch.float64):
+        H, A, G = _problem(4, 3, dtype=dtype)
+        fn = resolve("nmf_hals_update", "auto", "cpu", {"perm": None}, {"H": H, "A": A, "G": G})
+        assert fn is cpu.ops()["nmf_hals_update"]
+
+
+def test_triton_refuses_k_beyond_its_register_tile():
+    triton = ops.backends()["triton"]
+    if triton.load_error() is not None:
+        pytest.skip(triton.load_error())
+    from blockadmm.kernels.nmf_hals import MAX_K
+
+    k = MAX_K + 1
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    H, A, G = torch.zeros(1, k, device=device), torch.zeros(1, k, device=device), torch.eye(k, device=device)
+    with pytest.raises(ops.BackendUnavailable, match=f"k <= {MAX_K}"):
+        ops.nmf_hals_update(H, A, G, backend="triton")
 
 
 def test_float32_violation_dtype_and_sklearn_float32():
@@ -132,17 +208,17 @@ def test_bad_input_errors():
         _bad(H, A.cuda(), G, "one device")
 
 
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_invariants_nonneg_and_objective_never_rises(backend):
+@pytest.mark.parametrize("backend,device", ALL)
+def test_invariants_nonneg_and_objective_never_rises(backend, device):
     """Alternating H and W passes (W through the transposed problem): factors stay ≥ 0 and the Frobenius
     objective never rises across a pass (exact coordinate minimisation)."""
     n, k, d = 40, 6, 35
-    V = torch.rand(n, d, dtype=torch.float64)
-    H = torch.rand(n, k, dtype=torch.float64)
-    Wt = torch.rand(d, k, dtype=torch.float64)
+    V = torch.rand(n, d, dtype=torch.float64, device=device)
+    H = torch.rand(n, k, dtype=torch.float64, device=device)
+    Wt = torch.rand(d, k, dtype=torch.float64, device=device)
     losses = [_objective(V, H, Wt.T)]
     for _ in range(6):
-        ops.nmf_hals_update(H, V @ Wt, Wt.T @ Wt, perm=torch.randperm(k), backend=backend)
+        ops.nmf_hals_update(H, V @ Wt, Wt.T @ Wt, perm=torch.randperm(k, device=device), backend=backend)
         assert (H >= 0).all()
         losses.append(_objective(V, H, Wt.T))
         ops.nmf_hals_update(Wt, V.T @ H, H.T @ H, backend=backend)
