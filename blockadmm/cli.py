@@ -231,22 +231,19 @@ def _trainer_options(args, splits, mode: str) -> dict:
 
 
 def check_mode_options(args) -> None:
-    """Refuse the options that would do nothing in the chosen mode (one line naming the flag and the mode), then
-    fill in their defaults."""
-    given = {flag: getattr(args, name) is not None for flag, name in
-             (("--schedule", "schedule"), ("--staleness", "staleness"), ("--timeout", "timeout"))}
-    if args.nproc == 1:
-        for flag in (f for f, on in given.items() if on):
+    """Refuse an option that does nothing in the chosen mode (one line naming flag and mode); fill in the defaults."""
+    for flag in [f"--{n}" for n in ("schedule", "staleness", "timeout") if getattr(args, n) is not None]:
+        if args.nproc == 1:
             raise ValueError(f"{flag} applies to runs on several processes; this is a one-process run "
                              f"(--nproc 1): drop {flag} or pass --nproc N")
-    if given["--staleness"] and args.schedule == "sync":
+    if args.staleness is not None and args.schedule == "sync":
         raise ValueError("--staleness bounds the mini-batches in flight of --schedule pipeline; --schedule sync has "
                          "none in flight: drop --staleness or use --schedule pipeline")
     if args.table_storage is not None and "batch" not in args.mode:
         raise ValueError(f"--table-storage {args.table_storage} places batch mode's tables; --mode "
                          f"{','.join(args.mode)} keeps none: drop --table-storage or pass --mode batch")
-    args.schedule, args.timeout = args.schedule or "pipeline", args.timeout or 60.0
-    args.table_storage = args.table_storage or "device"
+    args.schedule, args.timeout, args.table_storage = args.schedule or "pipeline", args.timeout or 60.0, \
+        args.table_storage or "device"
 
 
 def cmd_train(args) -> int:
