@@ -19,16 +19,17 @@ from .config import ADMMConfig
 
 
 def check_state_values(state: Mapping, n_boundaries: int) -> None:
-    """Raise CheckpointError naming the field unless `state` (BlockADMM.state_dict's layout) holds valid values."""
+    """Raise CheckpointError naming the field unless `state` holds valid values: BlockADMM.state_dict's layout, or
+    a distributed shard's (blocks as {index: state}, without the parts a shard does not keep)."""
     for name, kind in (
         ("config", dict),
-        ("blocks", list),
+        ("blocks", (list, dict)),
         ("optimizers", list),
         ("schedulers", list),
         ("shapes", list),
     ):
-        if not isinstance(state[name], kind):
-            raise CheckpointError(f"field {name!r} must be a {kind.__name__}, got {type(state[name]).__name__}")
+        if name in state and not isinstance(state[name], kind):
+            raise CheckpointError(f"field {name!r} has the wrong type ({type(state[name]).__name__})")
     try:
         ADMMConfig(**state["config"])
     except (TypeError, ValueError) as e:
@@ -40,17 +41,18 @@ def check_state_values(state: Mapping, n_boundaries: int) -> None:
         if not _number(state[name], integral=True) or state[name] < 0:
             raise CheckpointError(f"field {name!r} must be an integer >= 0, got {state[name]!r}")
     for name in ("history", "resumes"):
-        if not isinstance(state[name], list) or not all(isinstance(r, dict) for r in state[name]):
+        if name in state and (not isinstance(state[name], list) or not all(isinstance(r, dict) for r in state[name])):
             raise CheckpointError(f"field {name!r} must be a list of records (dicts), got {type(state[name]).__name__}")
     window, prev = state["rho_window"], state["rho_prev"]
     if not (isinstance(window, list) and all(isinstance(w, list) and all(_number(v) for v in w) for w in window)):
         raise CheckpointError("field 'rho_window' must be lists of finite numbers")
     if not (isinstance(prev, list) and all(v is None or _number(v) for v in prev)):
         raise CheckpointError("field 'rho_prev' must be a list of finite numbers")
-    guard = state["divergence"]
+    guard = state.get("divergence", {})
     if not isinstance(guard, dict) or not all(v is None or _not_nan(v) for v in guard.values()):
         raise CheckpointError("field 'divergence' must map names to numbers (not NaN)")
-    for k, block in enumerate(state["blocks"]):
+    blocks = state["blocks"]
+    for k, block in blocks.items() if isinstance(blocks, dict) else enumerate(blocks):
         _finite(block, f"blocks[{k}]")
     for i, opt in enumerate(state["optimizers"]):
         _finite(opt, f"optimizers[{i}]")
@@ -89,7 +91,7 @@ def _check_rng(rng) -> None:
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != current.shape:
         raise CheckpointError("field 'rng' is not a CPU random number generator state")
     try:
-        torch.set_rng_state(rng)
+        torch.set_rng_state(rng.cpu())
     except (RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"field 'rng' is not a valid generator state ({str(e).splitlines()[0]})") from None
     finally:
