@@ -232,6 +232,19 @@ def test_an_idx_header_cut_short_names_the_file(tmp_path):
             read_idx(tmp_path / name)
 
 
+def test_a_cifar_batch_larger_than_a_batch_is_refused_before_it_is_read(tmp_path):
+    from blockadmm.data import load
+
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (folder / name).write_bytes(bytes(3073))  # one record: label 0, a black image
+    with open(folder / "data_batch_2.bin", "wb") as f:
+        f.truncate(10_001 * 3073)  # sparse: one record more than a CIFAR-10 batch holds, nothing on disk
+    with pytest.raises(ValueError, match=r"data_batch_2\.bin: 30733073 bytes .* at most 10000"):
+        load("cifar10", tmp_path)
+
+
 # ---------------------------------------------------------------- 4. one run at a time in a folder
 def _wait_for(pred, what, timeout=60):
     deadline = time.monotonic() + timeout
