@@ -189,13 +189,13 @@ def test_a_small_checkpoint_that_inflates_is_refused_with_bounded_memory(tmp_pat
     code = (
         BOMB
         + f"""
-bomb({str(path)!r}, 256)
+bomb({str(path)!r}, 128)
 def run():
     C.load_checkpoint({str(path)!r})
 """
     )
     rise, out = _peak_rss_increase_mb(code)
-    assert path.stat().st_size < 1 << 20  # under 1 MB on disk, 256 MB inflated
+    assert path.stat().st_size < 1 << 20  # under 1 MB on disk, 128 MB inflated
     assert "ERROR CheckpointError" in out and "bomb.pt" in out, out
     assert rise < 64, (rise, out)
 
@@ -246,7 +246,7 @@ def test_a_cifar_batch_larger_than_a_batch_is_refused_before_it_is_read(tmp_path
 
 
 # ---------------------------------------------------------------- 4. one run at a time in a folder
-def _wait_for(pred, what, timeout=60):
+def _wait_for(pred, what, timeout=120):
     deadline = time.monotonic() + timeout
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
