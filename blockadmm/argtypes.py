@@ -13,8 +13,8 @@ import sys
 import traceback
 from typing import Callable, List
 
-__all__ = ["ArgumentParser", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_list", "seed_list",
-           "float_list", "str_list", "device", "output_dir", "run_command"]
+__all__ = ["ArgumentParser", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_list", "seed",
+           "seed_list", "float_list", "str_list", "device", "output_dir", "run_command"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,6 +43,13 @@ def nonneg_int(text: str) -> int:
     return _number(int, text, "an integer >= 0", lambda v: v >= 0)
 
 
+SEED_MAX = 2**32 - 1  # what numpy and scikit-learn take as a seed (torch takes more)
+
+
+def seed(text: str) -> int:
+    return _number(int, text, f"a seed: an integer in 0..{SEED_MAX}", lambda v: 0 <= v <= SEED_MAX)
+
+
 def positive_float(text: str) -> float:
     return _number(float, text, "a finite number > 0", lambda v: v > 0)
 
@@ -63,7 +70,7 @@ def int_list(text: str) -> List[int]:
 
 
 def seed_list(text: str) -> List[int]:
-    return _list(nonneg_int, text)
+    return _list(seed, text)
 
 
 def float_list(text: str) -> List[float]:

@@ -20,6 +20,7 @@ from .argtypes import (
     positive_float,
     positive_int,
     run_command,
+    seed,
     str_list,
 )
 
@@ -61,7 +62,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
         "5/3 tanh), He (kaiming), orthogonal",
     )
     p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
-    p.add_argument("--table-storage", default="device", choices=["device", "pinned", "memmap"])
+    p.add_argument(
+        "--table-storage", default=None, choices=["device", "pinned", "memmap"], help="batch mode (default device)"
+    )
     p.add_argument(
         "--preset",
         default=None,
@@ -97,7 +100,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--val-fraction", type=nonneg_float, default=0.0, help="carve a validation split from the training data"
     )
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backend", default="auto")
     p.add_argument(
@@ -140,9 +143,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--schedule",
-        default="pipeline",
+        default=None,
         choices=["sync", "pipeline"],
-        help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight)",
+        help="with --nproc: sync (Jacobi order, exactly) or pipeline (mini-batches in flight; default)",
     )
     p.add_argument(
         "--staleness", type=nonneg_int, default=None, help="with --schedule pipeline: bound on in-flight batches"
@@ -150,8 +153,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout",
         type=positive_float,
-        default=60.0,
-        help="with --nproc: seconds a rank may wait for another before the run stops naming it",
+        default=None,
+        help="with --nproc: seconds a rank may wait for another before the run stops naming it (default 60)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -227,7 +230,32 @@ def _trainer_options(args, splits, mode: str) -> dict:
     }
 
 
+def check_mode_options(args) -> None:
+    """Refuse an option that does nothing in the chosen mode (one line naming flag and mode); fill in the defaults."""
+    for flag in [f"--{n}" for n in ("schedule", "staleness", "timeout") if getattr(args, n) is not None]:
+        if args.nproc == 1:
+            raise ValueError(f"{flag} applies to runs on several processes; this is a one-process run "
+                             f"(--nproc 1): drop {flag} or pass --nproc N")
+    if args.staleness is not None and args.schedule == "sync":
+        raise ValueError("--staleness bounds the mini-batches in flight of --schedule pipeline; --schedule sync has "
+                         "none in flight: drop --staleness or use --schedule pipeline")
+    if args.table_storage is not None and "batch" not in args.mode:
+        raise ValueError(f"--table-storage {args.table_storage} places batch mode's tables; --mode "
+                         f"{','.join(args.mode)} keeps none: drop --table-storage or pass --mode batch")
+    args.schedule, args.timeout, args.table_storage = args.schedule or "pipeline", args.timeout or 60.0, \
+        args.table_storage or "device"
+
+
 def cmd_train(args) -> int:
+    """`blockadmm train`, its run folder --out locked for the command's life (a second run into it is refused)."""
+    from .engine.runlock import RunLock
+
+    check_mode_options(args)
+    with RunLock(os.path.join(args.out, ".blockadmm.lock"), f"--out {args.out}"):
+        return _train(args)
+
+
+def _train(args) -> int:
     from . import data
     from .report import plot_curves, print_table
     from .trainer import BlockADMM, DivergenceError, NonFiniteError, adam

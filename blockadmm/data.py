@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import tarfile
 import urllib.request
@@ -130,6 +131,7 @@ _CIFAR_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 _CIFAR_FOLDER = "cifar-10-batches-bin"
 _CIFAR_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then the 3x32x32 image, channel-major
+_CIFAR_BATCH = 10_000  # records in each of the six batch files
 
 
 def _md5(path: Path) -> str:
@@ -161,20 +163,49 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an idx file (the MNIST format; gzip-compressed when the name ends in ``.gz``).
 
     The header is two zero bytes, a dtype code, the number of dimensions, then each dimension as a
-    big-endian uint32; the data follows in big-endian order.
+    big-endian uint32; the data follows in big-endian order. The header is checked against the data's size
+    (the file's, or the gzip stream's, counted in chunks) before the data is read: a small file whose header
+    declares a huge array is refused without allocating it.
     """
     path = Path(path)
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an idx file: bad magic number {raw[:4].hex()!r}")
-    ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    data = raw[4 + 4 * ndim:]
-    if len(data) != dtype.itemsize * int(np.prod(dims)):
-        raise ValueError(f"{path}: header says shape {dims} but holds {len(data)} data bytes")
-    return np.frombuffer(data, dtype).reshape(dims)
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
+            raise ValueError(f"{path} is not an idx file: bad magic number {head.hex()!r}")
+        ndim, dtype = head[3], np.dtype(_IDX_DTYPES[head[2]])
+        raw_dims = f.read(4 * ndim)
+        if len(raw_dims) != 4 * ndim:
+            raise ValueError(f"{path}: its idx header is cut short ({ndim} dimensions need {4 * ndim} bytes after "
+                             f"the magic number, the file has {len(raw_dims)})")
+        dims = tuple(int(d) for d in np.frombuffer(raw_dims, ">u4"))
+        need = dtype.itemsize * math.prod(dims)
+        have = _bytes_left(f, path, need)
+        if have != need:
+            raise ValueError(f"{path}: header says shape {dims} ({need} data bytes) but holds "
+                             f"{have if have <= need else f'more than {need}'} data bytes")
+        f.seek(4 + 4 * ndim)
+        data = np.empty(need, np.uint8)
+        view, got = memoryview(data), 0
+        while got < need:
+            n = f.readinto(view[got:])
+            if not n:
+                raise ValueError(f"{path}: the data ended after {got} of {need} bytes while reading it")
+            got += n
+    return data.view(dtype).reshape(dims)
+
+
+def _bytes_left(f, path: Path, limit: int) -> int:
+    """The bytes after the current position of `f` (a plain file: from its size; gzip: the stream read in chunks
+    and dropped, stopping past `limit`)."""
+    if path.suffix != ".gz":
+        return os.fstat(f.fileno()).st_size - f.tell()
+    count = 0
+    while count <= limit:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            break
+        count += len(chunk)
+    return count
 
 
 def _idx_source(name):
@@ -232,11 +263,11 @@ def _cifar10(root, fetch):
     def read(names):
         records = []
         for n in names:
-            raw = np.fromfile(folder / n, np.uint8)
-            if raw.size == 0 or raw.size % _CIFAR_RECORD:
-                raise ValueError(f"{folder / n}: {raw.size} bytes is not a whole number of {_CIFAR_RECORD}-byte "
-                                 f"CIFAR-10 records (a label byte and a 3x32x32 image)")
-            records.append(raw.reshape(-1, _CIFAR_RECORD))
+            size = os.path.getsize(folder / n)  # checked before anything is read
+            if size == 0 or size % _CIFAR_RECORD or size > _CIFAR_BATCH * _CIFAR_RECORD:
+                raise ValueError(f"{folder / n}: {size} bytes is not a whole number of {_CIFAR_RECORD}-byte "
+                                 f"CIFAR-10 records (a label byte and a 3x32x32 image), at most {_CIFAR_BATCH}")
+            records.append(np.fromfile(folder / n, np.uint8, count=size).reshape(-1, _CIFAR_RECORD))
         rows = np.concatenate(records)
         labels = rows[:, 0].astype(np.int64)
         if labels.max() > 9:

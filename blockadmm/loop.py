@@ -22,6 +22,7 @@ from .callbacks import Callback
 from .engine.batch import is_classification
 from .engine.checkpoint import NonFiniteError
 from .engine.divergence import DivergenceError
+from .engine.runlock import checkpoint_lock
 from .loader import epoch_batches, unpack_batch
 
 
@@ -108,6 +109,7 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
         exists = checkpoint and os.path.exists(checkpoint)
         return f" The last good checkpoint is {checkpoint} (epoch {trainer.epoch})." if exists else ""
 
+    lock = checkpoint_lock(checkpoint).acquire() if checkpoint else None  # one run at a time writes it
     for cb in callbacks:
         cb.on_train_begin(trainer)
     try:
@@ -162,4 +164,6 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
     finally:
         for cb in callbacks:
             cb.on_train_end(trainer)
+        if lock is not None:
+            lock.release()
     return trainer.history

@@ -9,12 +9,16 @@ or "memmap" (files in a folder, for tables larger than memory).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from .engine.runlock import RunLock
 
 STORAGES = ("device", "pinned", "memmap")
 
@@ -25,12 +29,25 @@ class TableMismatch(ValueError):
 
 def _check_table_folder(path: str) -> None:
     """Memmap tables (re)create their files: refuse a folder holding anything but such tables (a checkpoint's
-    table snapshot, the run folder, your data), so that nothing a user keeps is wiped."""
+    table snapshot, the run folder, your data), so that nothing a user keeps is wiped, and a symbolic link."""
+    if os.path.islink(path):
+        raise ValueError(f"table_dir {path} is a symbolic link: memmap tables are never written through a link "
+                         f"(it could point at any folder); pass a plain folder")
     if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "tables.json")):
         raise ValueError(
             f"table_dir {path} holds files and is not a table folder of this package (no tables.json): "
             f"it may be a checkpoint's table snapshot or your data; pass a new or empty folder"
         )
+
+
+def _create(path: str):
+    """A new, empty file `path` opened for writing, never through a link: whatever had the name (a file, or a
+    symbolic or hard link to one outside the folder) is removed first, its target untouched."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644), "w+b")
 
 
 class VariableTables:
@@ -48,6 +65,8 @@ class VariableTables:
             raise ValueError(f"unknown table storage {storage!r}; choose one of {STORAGES}")
         if storage == "memmap" and path is None:
             raise ValueError("memmap tables need a folder: pass table_dir=...")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+            raise ValueError(f"num_samples must be a whole number >= 1 (len(train_dataset)), got {num_samples!r}")
         self.num_samples = int(num_samples)
         self.shapes = [tuple(s) for s in shapes]
         self.storage, self.path, self.dtype = storage, path, dtype
@@ -58,8 +77,12 @@ class VariableTables:
         if storage == "memmap":
             _check_table_folder(path)
             os.makedirs(path, exist_ok=True)
-            with open(os.path.join(path, "tables.json"), "w") as f:
-                json.dump(self.meta(), f)
+            self._lock = RunLock(os.path.join(os.path.dirname(os.path.abspath(path)),
+                                              f".{os.path.basename(os.path.abspath(path))}.lock"),
+                                 f"the table folder {path}").acquire()
+            weakref.finalize(self, self._lock.release)
+            with _create(os.path.join(path, "tables.json")) as f:
+                f.write(json.dumps(self.meta()).encode())
             self.seen = self._memmap("seen", (self.num_samples,), np.bool_)
             for b, s in enumerate(self.shapes):
                 self.z.append(self._memmap(f"z{b}", (self.num_samples, *s), np.float32))
@@ -76,7 +99,11 @@ class VariableTables:
         return {"num_samples": self.num_samples, "shapes": [list(s) for s in self.shapes], "dtype": str(self.dtype)}
 
     def _memmap(self, name, shape, np_dtype) -> torch.Tensor:
-        arr = np.lib.format.open_memmap(os.path.join(self.path, f"{name}.npy"), mode="w+", dtype=np_dtype, shape=shape)
+        with _create(os.path.join(self.path, f"{name}.npy")) as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np_dtype)), "fortran_order": False,
+                      "shape": tuple(shape)}
+            np.lib.format.write_array_header_1_0(f, header)
+            arr = np.memmap(f, dtype=np_dtype, mode="r+", offset=f.tell(), shape=tuple(shape))
         self._maps.append(arr)
         return torch.from_numpy(arr)
 

@@ -33,6 +33,7 @@ from .engine.checkpoint import (
     save_checkpoint,
 )
 from .engine.divergence import DivergenceError, DivergenceGuard
+from .engine.state_values import check_state_values
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -388,6 +389,7 @@ class BlockADMM:
 
     def _check_fits(self, state: dict) -> None:
         """Raise CheckpointError / TableMismatch unless every part of `state` fits this trainer."""
+        check_state_values(state, self.n_blocks - 1)
         if state["shapes"] != self.shapes or len(state["blocks"]) != self.n_blocks:
             raise CheckpointError(f"the checkpoint is for blocks with output shapes {state['shapes']}, "
                                   f"this model has {self.shapes}")

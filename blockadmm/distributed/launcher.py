@@ -148,6 +148,13 @@ def _exit_reports(store, nproc: int) -> list[dict | None]:
     return out
 
 
+def _only_culprits_left(procs, store, nproc: int) -> bool:
+    """Whether every rank still running is named as the failed one in a stopped rank's report."""
+    running = {r for r, p in enumerate(procs) if p.exitcode is None}
+    named = {rep["culprit"] for rep in _exit_reports(store, nproc) if rep is not None}
+    return bool(running) and running <= named
+
+
 def _how_it_ended(code: int | None) -> str:
     if code is None:
         return "hangs (stopped by the launcher)"
@@ -267,7 +274,9 @@ def launch(
                     first_failure = time.monotonic()
                 if first_failure is not None and time.monotonic() - first_failure > min(timeout, 3.0) + 2.0:
                     break  # the others had the time to name the failed rank; the rest are hung or waiting
-                multiprocessing.connection.wait([p.sentinel for p in procs if p.exitcode is None], timeout=0.5)
+                if first_failure is not None and _only_culprits_left(procs, store, nproc):
+                    break  # every rank still running was named by one that stopped: hung, nothing more to learn
+                multiprocessing.connection.wait([p.sentinel for p in procs if p.exitcode is None], timeout=0.2)
             codes = [p.exitcode for p in procs]
         finally:
             for p in procs:

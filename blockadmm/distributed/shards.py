@@ -24,6 +24,7 @@ from ..engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ..engine.state_values import check_state_values
 
 STEP_DIR = re.compile(r"step-\d{9}")
 FORMAT = "blockadmm-distributed-2"
@@ -178,6 +179,7 @@ def load_shard(folder: str, rank: int, world: int, partition: Sequence[tuple[int
 def _check_shard(trainer, state: dict, where: str) -> ADMMConfig:
     """Raise unless `state` fits this rank's trainer whole; changes nothing. Returns the checkpoint's config."""
     try:
+        check_state_values(state, len(trainer.engine.rho))
         if state["world_size"] != trainer.world or [tuple(p) for p in state["partition"]] != trainer.partition:
             raise CheckpointMismatch(
                 f"it is from a run with {state['world_size']} ranks, partition "

@@ -18,7 +18,9 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import uuid
+import zipfile
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -170,7 +172,7 @@ def _remove(path: str) -> None:
 
 def _sha256_file(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
         for block in iter(lambda: f.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -214,6 +216,7 @@ def load_checkpoint(path: str, *, map_location=None) -> dict:
     if hashlib.sha256(payload).hexdigest() != header["payload"]["sha256"]:
         raise CheckpointError(f"{path} is corrupted: its payload does not match the checksum in its header")
     files = {name: _verified_file(path, entry) for name, entry in header["files"].items()}
+    _check_archive(path, payload)
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
@@ -279,25 +282,57 @@ def _read_header(path: str) -> tuple[dict, int]:
 
 def _verified_file(path: str, entry: Mapping) -> str:
     """The absolute path of the table file `entry` of checkpoint `path`, checked to lie in the checkpoint's
-    folder and to have the recorded size and sha256."""
+    folder (real paths compared, no symbolic link on the way: a link can point anywhere), to be a regular file
+    and to have the recorded size and sha256."""
     folder = os.path.dirname(path)
     rel = str(entry["path"])
     full = os.path.normpath(os.path.join(folder, rel))
     if os.path.isabs(rel) or os.path.commonpath([folder, full]) != folder:
         raise CheckpointError(f"{path} names the table file {rel!r} outside its folder; refusing it")
+    part = folder
+    for name in os.path.relpath(full, folder).split(os.sep):
+        part = os.path.join(part, name)
+        if os.path.islink(part):
+            raise CheckpointError(f"{path}: its table file {full} is reached through the symbolic link {part}; "
+                                  f"refusing it (table files must be plain files in the checkpoint's folder)")
+    real_folder = os.path.realpath(folder)
+    if os.path.commonpath([real_folder, os.path.realpath(full)]) != real_folder:
+        raise CheckpointError(f"{path} names the table file {rel!r}, which resolves outside its folder; refusing it")
     try:
-        size = os.path.getsize(full)
+        info = os.lstat(full)
     except OSError:
         raise CheckpointError(
             f"{path}: its table file {full} is missing (was the run folder copied without it?)"
         ) from None
-    if size != entry["size"]:
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path}: its table file {full} is not a regular file; refusing it")
+    if info.st_size != entry["size"]:
         raise CheckpointError(
-            f"{path}: its table file {full} has {size} bytes, the manifest says {entry['size']} (truncated or replaced)"
+            f"{path}: its table file {full} has {info.st_size} bytes, the manifest says {entry['size']} "
+            f"(truncated or replaced)"
         )
     if _sha256_file(full) != entry["sha256"]:
         raise CheckpointError(f"{path}: its table file {full} is corrupted (its sha256 differs from the manifest)")
     return full
+
+
+def _check_archive(path: str, payload) -> None:
+    """Refuse a payload whose zip entries would inflate: torch.save stores every entry uncompressed, so each
+    entry's declared size must equal the bytes it takes in the file, and all of them fit in the payload. Checked
+    on the zip directory alone, before torch.load reads an entry (which then checks each tensor entry's size
+    against the storage size the pickle declares): loading never takes more memory than the file's size."""
+    try:
+        entries = zipfile.ZipFile(io.BytesIO(payload)).infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path} holds no torch.save archive ({e}); refusing it") from None
+    for info in entries:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise CheckpointError(
+                f"{path}: its archive entry {info.filename} is compressed ({info.compress_size} bytes declared to "
+                f"inflate to {info.file_size}); torch.save writes stored entries only, refusing to inflate it"
+            )
+    if sum(info.file_size for info in entries) > len(payload):
+        raise CheckpointError(f"{path}: its archive entries declare more bytes than the file holds; refusing it")
 
 
 # ---------------------------------------------------------------- checking a state against live objects

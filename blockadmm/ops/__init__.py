@@ -5,6 +5,9 @@ shapes, dtypes, devices, contiguity of in-place outputs, unique indices.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .. import ref
@@ -101,6 +104,30 @@ def _check_inplace(name: str, t: torch.Tensor) -> None:
                          f"pass {name}.contiguous() and use the result")
 
 
+def _check_scalars(**values) -> None:
+    """Each value (given as name=(value, low, strict)) a finite real number >= low (> low when strict)."""
+    for name, (value, low, strict) in values.items():
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < low or (strict and value == low):
+            raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def _check_no_alias(outputs: dict, others: dict) -> None:
+    """Refuse an in-place output that shares memory with another argument (`z is u`): one kernel pass would
+    read what it has already overwritten, and the backends would disagree."""
+    def span(t):
+        return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+
+    items = [(n, t) for n, t in {**outputs, **others}.items() if t is not None and t.numel()]
+    for i, (name, t) in enumerate(items):
+        for other, o in items[i + 1:]:
+            if name in outputs or other in outputs:
+                (a0, a1), (b0, b1) = span(t), span(o)
+                if t.device == o.device and a0 < b1 and b0 < a1:
+                    raise ValueError(f"{name} and {other} share memory, and {name if name in outputs else other} "
+                                     f"is updated in place: pass separate tensors (e.g. {other}.clone())")
+
+
 def aux_dual_update(
     z: torch.Tensor,
     u: torch.Tensor,
@@ -153,8 +180,10 @@ def aux_dual_update(
         raise ValueError(f"g has shape {tuple(g.shape)} but a has {tuple(a.shape)}")
     if step not in ("grad", "sign"):
         raise ValueError(f"step must be 'grad' or 'sign', got {step!r}")
+    _check_scalars(rho=(rho, 0, False), lr=(lr, 0, False), dual_step=(dual_step, 0, False))
     a = a.contiguous()
     g = g.contiguous() if g is not None else None
+    _check_no_alias({"z": z, "u": u}, {"a": a, "g": g})
     kwargs = {"rho": float(rho), "lr": float(lr), "dual_step": float(dual_step), "prox": prox, "index": index,
               "step": step}
     fn = resolve("aux_dual_update", backend, device, kwargs, {"z": z, "u": u, "a": a, "g": g})
@@ -174,6 +203,9 @@ def nmf_mu_update(
 ) -> None:
     """Lee-Seung multiplicative updates of H (n×k) and/or W (k×d) for V ≈ H W, in place.
 
+    V must be non-negative: a negative entry makes the numerators, and so H and W, negative (the updates keep
+    factors non-negative only for V >= 0), so V with a negative (or NaN) entry is refused (one min over V).
+
     The cpu backend sets entries that an update takes below sqrt(FLT_MIN) ≈ 1.1e-19 to zero: long runs
     drive many entries that low, and on CPUs with a slow path for subnormal products a GEMM that forms them
     runs several times slower (bench/bench_nmf.py measures it per machine). The other backends keep them."""
@@ -188,10 +220,13 @@ def nmf_mu_update(
                          f"got V {tuple(V.shape)}, H {tuple(H.shape)}, W {tuple(W.shape)}")
     if which not in ("H", "W", "both"):
         raise ValueError(f"which must be 'H', 'W' or 'both', got {which!r}")
-    if eps <= 0 or l1 < 0 or l2 < 0:
-        raise ValueError(f"need eps > 0, l1 >= 0, l2 >= 0; got eps={eps}, l1={l1}, l2={l2}")
+    _check_scalars(eps=(eps, 0, True), l1=(l1, 0, False), l2=(l2, 0, False))
     _check_inplace("H", H)
     _check_inplace("W", W)
+    _check_no_alias({"H": H, "W": W}, {"V": V})
+    if V.numel() and not bool(V.min() >= 0):
+        raise ValueError("V has negative or NaN entries: multiplicative updates need V >= 0 (a negative V turns "
+                         "H and W negative); shift or clip V first")
     kwargs = {"which": which, "eps": float(eps), "l1": float(l1), "l2": float(l2)}
     fn = resolve("nmf_mu_update", backend, device, kwargs, {"V": V, "H": H, "W": W})
     fn(V.contiguous(), H, W, **kwargs)
@@ -212,7 +247,8 @@ def linear_block_fwd_bwd(
     """Local ADMM loss and gradients of the block act(x W^T + b) against target z with scaled dual u:
     out = act(x W^T + b), r = out - z - u (u with the sign of aux_dual_update's), loss = (rho/2m) sum r^2.
 
-    Returns (loss, grad_weight, grad_bias, grad_input, out); grad_input is None unless needed.
+    Returns (loss, grad_weight, grad_bias, grad_input, out); grad_input is None unless needed. With 0 rows:
+    loss 0, zero gradients, empty grad_input and out (the mean over no rows is taken as 0, not 0/0).
     """
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("z", z), ("u", u)):
         if t is not None:
@@ -227,6 +263,11 @@ def linear_block_fwd_bwd(
         raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
     if activation not in ref.ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {ref.ACTIVATIONS}")
+    _check_scalars(rho=(rho, 0, False))
+    if x.shape[0] == 0:
+        return (torch.zeros((), dtype=torch.float32, device=x.device), torch.zeros_like(weight),
+                None if bias is None else torch.zeros_like(bias), x.new_empty(x.shape) if need_input_grad else None,
+                x.new_empty(out_shape))
     kwargs = {"rho": float(rho), "activation": activation, "need_input_grad": bool(need_input_grad)}
     tensors = {"x": x, "weight": weight, "bias": bias, "z": z, "u": u}
     fn = resolve("linear_block_fwd_bwd", backend, device, kwargs, tensors)

@@ -84,6 +84,12 @@ def _mm_inner(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor, scratch: str)
         out.addmm_(A[t * q:].T, B[t * q:])
 
 
+def _float32(value: float) -> torch.Tensor:
+    """A double sum from the module as a float32 0-d tensor: beyond float32's range it is inf (which the trainer
+    reports as a non-finite value), not torch's "cannot be converted without overflow"."""
+    return torch.tensor(value, dtype=torch.float64).to(torch.float32)
+
+
 def can_run(op: str, device: str, kwargs: dict) -> str | None:
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
@@ -125,7 +131,7 @@ def load():
             0 if index is None else index.data_ptr(), rows, cols, float(rho), float(lr), float(dual_step),
             kind, lo, hi, thr, step == "sign", torch.get_num_threads(),
         )
-        return torch.scalar_tensor(total, dtype=torch.float32)
+        return _float32(total)
 
     def _mu(X, num, den, l1, l2, eps):
         mod.nmf_mu_epilogue(X.data_ptr(), num.data_ptr(), den.data_ptr(), X.numel(), float(l1), float(l2), float(eps),
@@ -167,7 +173,7 @@ def load():
         ssq = mod.linear_epilogue(pre.data_ptr(), out.data_ptr(), z.data_ptr(), u.data_ptr(), pre.numel(),
                                   float(rho) / m, ACT_CODES[activation], torch.get_num_threads())
         gp = pre  # the epilogue overwrote pre with gp = (rho/m) r act'(pre)
-        loss = torch.scalar_tensor((float(rho) / (2 * m)) * ssq, dtype=torch.float32)
+        loss = _float32((float(rho) / (2 * m)) * ssq)
         grad_weight = gp.T @ x
         grad_bias = gp.sum(0) if bias is not None else None
         grad_input = gp @ weight if need_input_grad else None
