@@ -1,4 +1,4 @@
-"""The raw or silent edges of issue 28 (finding 6): non-finite sums of the C++ op, ops' scalars, aliasing, 0 rows
+"""Edges at the ops and the command line: non-finite sums of the C++ op, ops' scalars, aliasing, 0 rows
 and negative V, num_samples, --seed, and options that do nothing in the chosen mode."""
 
 import math
