@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -168,8 +169,12 @@ class BlockADMM:
         config.__post_init__()
         self.device = torch.device(device or "cpu")
         self.blocks = nn.ModuleList(make_blocks(model, blocks)).to(self.device)
+        # what save_weights writes: the model as given (a list of blocks: as nn.Sequential(*blocks))
+        self.model = self.blocks[0] if len(self.blocks) == 1 else (
+            model if isinstance(model, nn.Sequential) else nn.Sequential(*self.blocks))
+        self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         self.input_shape = tuple(input_shape)
-        self.shapes = check_chain(self.blocks, self.input_shape, self.device)
+        self.shapes = check_chain(self.blocks, self.input_shape, self.device, dtype=self.dtype)
         self.n_blocks = len(self.blocks)
         nb = self.n_blocks - 1  # boundaries
         rho = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * nb
@@ -202,7 +207,6 @@ class BlockADMM:
         self.optimizers = list({id(o): o for o in self.engine.optimizers if o is not None}.values())
         self.schedulers = [scheduler(o) for o in self.optimizers] if scheduler is not None else []
         self.epoch_scheduled = [b for b in self.blocks if isinstance(b, EpochScheduledBlock)]
-        self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         self.stop_training = False  # a callback sets it to end fit() after the current epoch
         self.metric_names: set[str] = set()  # the evaluated history keys of the running fit (train_*, val_*, test_*)
         self.tables = None
@@ -215,8 +219,13 @@ class BlockADMM:
         self.epoch = 0
         self.history: list[dict] = []
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
-        n_out = self.shapes[-1][-1]
+        n_out = self.n_outputs
         self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs per sample of the last block (1 for a scalar output, e.g. after nn.Flatten(0))."""
+        return self.shapes[-1][-1] if self.shapes[-1] else 1
 
     @property
     def config(self) -> ADMMConfig:
@@ -248,7 +257,7 @@ class BlockADMM:
     def _check_batch(self, x, y, index):
         """The batch checks (engine.batch), with this trainer's shapes; the index as int64."""
         return check_batch(x, y, index, input_shape=self.input_shape,
-                           n_classes=self.shapes[-1][-1] if self._default_loss else None,
+                           n_classes=self.n_outputs if self._default_loss else None,
                            num_samples=None if self.tables is None else self.tables.num_samples)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
@@ -288,13 +297,23 @@ class BlockADMM:
 
 
     # ---------------------------------------------------------------- inference
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain composed network F(x): auxiliary variables exist only in training."""
-        for b in self.blocks:
-            x = b(x)
+        """The plain composed network F(x) (auxiliary variables exist only in training), as inference runs it: in
+        eval mode (dropout off, batch norm on its running statistics) and without autograd; the blocks' modes are
+        put back afterwards. x is cast to the model's dtype and moved to the trainer's device."""
+        x = torch.as_tensor(x).to(self.device, self.dtype)
+        was = [b.training for b in self.blocks]
+        try:
+            for b in self.blocks:
+                b.eval()
+                x = b(x)
+        finally:
+            for b, t in zip(self.blocks, was):
+                b.train(t)
         return x
 
-    __call__ = forward
+    __call__ = predict = forward
 
     def evaluate(self, data, batch_size: int = 1000) -> dict[str, float]:
         """{"loss": mean task loss of F} on `data` (a Dataset, a DataLoader or an iterable of (x, y[, index])
@@ -434,6 +453,15 @@ class BlockADMM:
         if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"override lr must be a finite number > 0, got {lr!r}")
         return config, rho, lr
+
+    def save_weights(self, path: str) -> None:
+        """Write the trained model's plain state_dict with torch.save (atomically): the state_dict of the model
+        passed to the trainer (a list of blocks: of nn.Sequential(*blocks)), loadable by anyone with
+        torch.load(path, weights_only=True) and model.load_state_dict, without this library. save() is the
+        checkpoint to resume training from."""
+        tmp = f"{path}.tmp"
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, tmp)
+        os.replace(tmp, path)
 
     def save(self, path: str) -> None:
         """Write the checkpoint `path` atomically (blockadmm.engine.checkpoint); refuses non-finite state."""

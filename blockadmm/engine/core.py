@@ -220,8 +220,8 @@ class Engine:
     def statistics(self, state: BatchState, boundaries: Sequence[int]) -> tuple[float | None, list[float], list[float]]:
         """(the last sweep's task loss if this range has the last block, primal residuals |z_k - f_k(z_{k-1})|/|z_k|,
         dual residuals rho_k |z_k - z_k(start)|/|z_k|), read back in one transfer."""
-        def norm(t):
-            return torch.linalg.vector_norm(t, dtype=torch.float32)
+        def norm(t):  # in float32, or float64 for a float64 model
+            return torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32))
 
         loss = state.losses[-1:]
         values = torch.stack(  # (stack promotes a low-precision loss to float32)
