@@ -158,7 +158,8 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                       "lr": [group["lr"] for o in trainer.optimizers for group in o.param_groups],
                       "wall_s": time.perf_counter() - t0}
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-                for name, part in (("train", data if eval_train else None), ("val", val), ("test", test)):
+                train_set = (train if fixed is None else fixed) if eval_train else None  # a function: called again
+                for name, part in (("train", train_set), ("val", val), ("test", test)):
                     if part is not None:
                         record.update({f"{name}_{k}": v for k, v in evaluate(trainer, part).items()})
             if diverging:

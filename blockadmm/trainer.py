@@ -214,7 +214,7 @@ class BlockADMM:
             if num_samples is None:
                 raise ValueError("batch mode keeps variables per training sample: pass num_samples=len(train_dataset)")
             self.tables = VariableTables(num_samples, self.shapes[:-1], storage=table_storage, device=self.device,
-                                         path=table_dir)
+                                         path=table_dir, dtype=self.dtype)
         self.step_count = 0
         self.epoch = 0
         self.history: list[dict] = []

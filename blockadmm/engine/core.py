@@ -186,6 +186,7 @@ class Engine:
             self.check_finite(losses, "loss", state, blocks.start)
             for optimizer in optimizers:
                 optimizer.step()
+            torch.clear_autocast_cache()  # under torch.autocast: forwards must see the new weights, not cached casts
             for k in blocks:
                 state.kept[k] = None
         if last in blocks:
