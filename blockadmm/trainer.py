@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -168,13 +169,18 @@ class BlockADMM:
             setattr(config, k, v)
         config.__post_init__()
         self.device = torch.device(device or "cpu")
-        self.blocks = nn.ModuleList(make_blocks(model, blocks)).to(self.device)
+        given = make_blocks(model, blocks)
         # what save_weights writes: the model as given (a list of blocks: as nn.Sequential(*blocks))
-        self.model = self.blocks[0] if len(self.blocks) == 1 else (
-            model if isinstance(model, nn.Sequential) else nn.Sequential(*self.blocks))
+        self.model = (given[0] if len(given) == 1 else model if isinstance(model, nn.Sequential)
+                      else nn.Sequential(*given))
+        # a layer that Block-ADMM trains by its own rules becomes its block (an NMFLayer: an NMFBlock sharing its basis)
+        self.blocks = nn.ModuleList([b.admm_block() if hasattr(b, "admm_block") else b for b in given]).to(self.device)
         self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         self.input_shape = tuple(input_shape)
         self.shapes = check_chain(self.blocks, self.input_shape, self.device, dtype=self.dtype)
+        for j in range(1, len(self.blocks)):  # what a block refuses to be trained on (NMF: per-pixel codes)
+            if hasattr(self.blocks[j], "admm_check_input"):
+                self.blocks[j].admm_check_input(self.blocks[j - 1], self.shapes[j - 1])
         self.n_blocks = len(self.blocks)
         nb = self.n_blocks - 1  # boundaries
         rho = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * nb
@@ -186,6 +192,10 @@ class BlockADMM:
                 raise ValueError(f"constraint on boundary {k}, but boundaries are 0..{nb - 1} "
                                  f"(boundary k is block k's output)")
             self.constraints[k] = as_prox(c)
+        for j, b in enumerate(self.blocks):  # what a block needs around it (NMF: non-negative in and out), unless given
+            for k, name in ((j - 1, "admm_input_constraint"), (j, "admm_output_constraint")):
+                if 0 <= k < nb and self.constraints[k] is None and getattr(b, name, None) is not None:
+                    self.constraints[k] = as_prox(getattr(b, name))
         self.mode, self.backend, self.seed = mode, backend, seed
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self._default_loss = loss is None
@@ -216,6 +226,7 @@ class BlockADMM:
             self.tables = VariableTables(num_samples, self.shapes[:-1], storage=table_storage, device=self.device,
                                          path=table_dir, dtype=self.dtype)
         self.step_count = 0
+        self._dead_warned: set[int] = set()  # boundaries whose constraint was found to zero them (_check_constraints)
         self.epoch = 0
         self.history: list[dict] = []
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
@@ -282,6 +293,8 @@ class BlockADMM:
             if not engine.skips_dual(sweep):
                 engine.dual_step(state, boundaries)
         _, primal, dual = engine.statistics(state, boundaries)
+        if self.step_count % 50 == 0:
+            self._check_constraints(state)
         if self.tables is not None:
             self.tables.scatter(index, state.z, state.u)
         self.step_count += 1
@@ -295,6 +308,19 @@ class BlockADMM:
         stats.step_s = time.perf_counter() - t0
         return stats
 
+
+    def _check_constraints(self, state) -> None:
+        """Warn (once per boundary) when a constraint leaves almost every auxiliary variable of its boundary at zero:
+        the signal between the blocks is gone (Prox.l1(0.1) on a hidden boundary: 98% zeros, chance accuracy)."""
+        for k, prox in enumerate(self.constraints):
+            if prox is None or k in self._dead_warned or state.z[k] is None:
+                continue
+            share = float((state.z[k] == 0).float().mean())
+            if share >= 0.9:
+                self._dead_warned.add(k)
+                warnings.warn(f"the constraint {prox.kind} on boundary {k} leaves {100 * share:.0f}% of its auxiliary "
+                              f"variables at zero (step {self.step_count}): the blocks above it get almost no signal "
+                              f"from below; weaken it (a smaller lam for Prox.l1) or remove it", stacklevel=3)
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
