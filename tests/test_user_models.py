@@ -154,3 +154,35 @@ def test_save_weights_is_a_plain_state_dict_of_the_model_given(tmp_path, digits)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert set(torch.load(tmp_path / "l.pt", weights_only=True)) == set(nn.Sequential(*listed).state_dict())
+
+
+# ------------------------------------------------------------------ skips across a cut, constraints that kill
+def test_a_skip_connection_across_a_cut_computes_the_residual_and_trains(digits):
+    from blockadmm.blocks import AddSkip, CarrySkip
+
+    torch.manual_seed(0)
+    f, g = nn.Sequential(nn.Linear(48, 48), nn.ReLU()), nn.Sequential(nn.Linear(48, 48), nn.ReLU())
+    stem = nn.Sequential(nn.Linear(64, 48), nn.ReLU())
+    blocks = [stem, CarrySkip(f), AddSkip(g, skip_channels=48), nn.Linear(48, 10)]
+    x = digits.test.X[:7]
+    with torch.no_grad():
+        h = stem(x)
+        assert torch.equal(blocks[2](blocks[1](h)), h + g(f(h)))
+    tr = BlockADMM(blocks, input_shape=(64,))
+    assert tr.shapes[1] == (96,)  # the skip input travels in boundary 1's auxiliary variable
+    hist = tr.fit(digits.train, 4, test=digits.test, progress=False, eval_train=False)
+    assert hist[-1]["test_acc"] > 0.8
+
+
+def test_a_constraint_that_zeroes_a_hidden_boundary_is_a_warning(digits):
+    from blockadmm.prox import Prox
+
+    torch.manual_seed(0)
+    tr = BlockADMM(mlp(), input_shape=(64,), constraints={0: Prox.l1(0.1)})
+    with pytest.warns(UserWarning, match=r"constraint l1 on boundary 0 leaves \d+% .* at zero"):
+        tr.fit(digits.train, 4, progress=False, eval_train=False)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BlockADMM(mlp(), input_shape=(64,), constraints={0: Prox.l1(0.001), 1: "nonneg"}).fit(
+            digits.train, 4, progress=False, eval_train=False)
