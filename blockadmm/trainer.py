@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -35,6 +34,7 @@ from .engine.checkpoint import (
     save_checkpoint,
 )
 from .engine.divergence import DivergenceError, DivergenceGuard
+from .engine.watch import ConstraintWatch
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -226,13 +226,12 @@ class BlockADMM:
             self.tables = VariableTables(num_samples, self.shapes[:-1], storage=table_storage, device=self.device,
                                          path=table_dir, dtype=self.dtype)
         self.step_count = 0
-        self._dead_warned: set[int] = set()  # boundaries whose constraint was found to zero them (_check_constraints)
-        self._recent_loss: list[float] = []
         self.epoch = 0
         self.history: list[dict] = []
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
         n_out = self.n_outputs
         self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
+        self.constraint_watch = ConstraintWatch(self.constraints, self.divergence.chance)
 
     @property
     def n_outputs(self) -> int:
@@ -304,30 +303,10 @@ class BlockADMM:
         for k, factor in engine.update_rho(dict(enumerate(primal))).items():
             if self.tables is not None:
                 self.tables.scale_duals(k, factor)  # scaled duals: u = y / rho
-        self._recent_loss.append(stats.loss)
-        if len(self._recent_loss) == 50:
-            self._check_constraints(state, sum(self._recent_loss) / 50)
-            self._recent_loss.clear()
+        self.constraint_watch.update(state, stats.loss, self.step_count)
         stats.step_s = time.perf_counter() - t0
         return stats
 
-
-    def _check_constraints(self, state, mean_loss: float) -> None:
-        """Warn (once per boundary) when a constraint leaves most auxiliary variables of its boundary at zero and the
-        signal between the blocks is gone: 90% zeros, or half of them with the loss of the last 50 steps at chance
-        (Prox.l1(0.1) on a hidden boundary: 55-98% zeros, chance accuracy)."""
-        chance = self.divergence.chance
-        at_chance = chance is not None and mean_loss >= 0.95 * chance
-        for k, prox in enumerate(self.constraints):
-            if prox is None or k in self._dead_warned or state.z[k] is None:
-                continue
-            share = float((state.z[k] == 0).float().mean())
-            if share >= 0.9 or (at_chance and share >= 0.5):
-                self._dead_warned.add(k)
-                warnings.warn(f"the constraint {prox.kind} on boundary {k} leaves {100 * share:.0f}% of its auxiliary "
-                              f"variables at zero (step {self.step_count}"
-                              f"{', the loss at chance level' if at_chance else ''}): the blocks above it get almost "
-                              f"no signal from below; weaken it (a smaller lam for Prox.l1) or remove it", stacklevel=3)
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()

@@ -186,3 +186,21 @@ def test_a_constraint_that_zeroes_a_hidden_boundary_is_a_warning(digits):
         warnings.simplefilter("error")
         BlockADMM(mlp(), input_shape=(64,), constraints={0: Prox.l1(0.001), 1: "nonneg"}).fit(
             digits.train, 4, progress=False, eval_train=False)
+
+
+def test_the_ops_take_float64_on_the_torch_backend_in_float64():
+    from blockadmm import ops
+    from blockadmm.ops import BackendUnavailable
+
+    g = torch.Generator().manual_seed(0)
+    z, u, a = (torch.randn(5, 7, generator=g, dtype=torch.float64) for _ in range(3))
+    z0, u0 = z.clone(), u.clone()
+    res = ops.aux_dual_update(z, u, a, None, rho=1.0, lr=1e-9)  # auto: the torch reference, in float64
+    zn = z0 - 1e-9 * (z0 - a + u0)
+    assert torch.equal(z, zn) and float(res) == pytest.approx(float((zn - a).square().sum()))
+    x, w = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    loss, gw, _, _, out = ops.linear_block_fwd_bwd(x, w, None, a[:4, :5].contiguous(), u0[:4, :5].contiguous(),
+                                                   rho=1.0, activation="identity")
+    assert out.dtype == gw.dtype == torch.float64 and torch.equal(out, x @ w.T) and loss.dtype == torch.float32
+    with pytest.raises(BackendUnavailable, match="float32"):
+        ops.aux_dual_update(z, u, a, None, rho=1.0, lr=0.1, backend="cpu")
