@@ -77,3 +77,14 @@ def test_dropout_and_batch_norm_at_cuts_train_within_1_5_points_of_backprop_on_m
         with torch.no_grad():
             backprop.append(float((net(splits.test.X).argmax(1) == splits.test.Y).float().mean()))
     assert sum(admm) / 3 > sum(backprop) / 3 - 0.015, (admm, backprop)
+
+
+def test_the_stochastic_experiment_writes_its_records_with_commit_and_cpu(tmp_path):
+    from blockadmm.experiments import run
+    from blockadmm.experiments.results_io import read_results
+
+    assert run(["stochastic", "--quick", "--width", "16", "--out", str(tmp_path)]) == 0
+    res = read_results(str(tmp_path / "results.json"))
+    assert [r["method"] for r in res["records"]] == ["backprop", "admm", "admm-fast"]
+    assert all(0.2 < r["test_acc"] <= 1 and len(r["test_acc_per_epoch"]) == 1 for r in res["records"])
+    assert res["meta"]["cpu"] and "load_start" in res["meta"] and "commit" in res["meta"]
