@@ -9,9 +9,9 @@ from .state import BatchState
 class ConstraintWatch:
     """Every `every` steps, warn (once per boundary) when a constraint leaves most of its boundary's auxiliary variables
     at zero and the signal between the blocks is gone: 90% zeros, or half of them with the mean loss of those steps at
-    chance level (Prox.l1(0.1) on a hidden boundary: 55-98% zeros, chance accuracy)."""
+    chance level after the first `every` steps (Prox.l1(0.1) on a hidden boundary: 55-98% zeros, chance accuracy)."""
 
-    def __init__(self, constraints: list, chance: float | None, every: int = 50):
+    def __init__(self, constraints: list, chance: float | None, every: int = 25):
         self.constraints, self.chance, self.every = constraints, chance, every
         self.losses: list[float] = []
         self.warned: set[int] = set()
@@ -20,7 +20,9 @@ class ConstraintWatch:
         self.losses.append(loss)
         if len(self.losses) < self.every:
             return
-        at_chance = self.chance is not None and sum(self.losses) / len(self.losses) >= 0.95 * self.chance
+        # (not in the first window: a net that learns starts at chance too)
+        at_chance = (self.chance is not None and step > self.every
+                     and sum(self.losses) / len(self.losses) >= 0.95 * self.chance)
         self.losses.clear()
         for k, prox in enumerate(self.constraints):
             if prox is None or k in self.warned or state.z[k] is None:
