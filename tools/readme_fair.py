@@ -405,6 +405,7 @@ def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
     full = "--full" in res["meta"]["command"]  # DeepFacto's own pairs protocol (deepfacto_unrolled --full)
     seeds_run = sorted({r["seed"] for r in res["records"] if r["method"] == "deepfacto"})
     size_note = "(DeepFacto's own protocol)" if full else "(fewer than DeepFacto's own section, for time)"
+    supervised = any(r["task"] == "supervised" for r in res["records"])
     out = [
         f"### DeepFacto against an NMF layer trained by backprop (`{res['meta']['command']} --out {rel}`)",
         "",
@@ -416,14 +417,16 @@ def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
             "et "
             "al. 2021), its Adam rate (1e-3 or 3e-3) chosen on validation; the CAM network (conv features, global "
             "average "
-            f"pooling, linear) beside them. Supervised MNIST-5k: {p['supervised']['epochs']} epochs. Pairs: "
+            f"pooling, linear) beside them. "
+            f"{'Supervised MNIST-5k: ' + str(p['supervised']['epochs']) + ' epochs. ' if supervised else ''}Pairs: "
             f"{p['pairs']['n_train']} training / {p['pairs']['n_test']} test canvases "
             f"{size_note}, "
             f"{p['pairs']['curriculum_epochs']} curriculum epochs on ink proposals then "
             f"{p['pairs']['epochs']} "
             f"on the canvases (CAM: {p['pairs']['cam_epochs']}). Test metrics (%), mean (worst, n)."
-            + (f" Seeds run: {', '.join(map(str, seeds_run))} of {', '.join(map(str, res['meta']['seeds']))}."
-               if full else "")
+            + (f" Seeds run: {', '.join(map(str, seeds_run))} of {', '.join(map(str, res['meta']['seeds']))} "
+               f"(the others did not fit the session's time; the command resumes them)."
+               if full and len(seeds_run) < len(res["meta"]["seeds"]) else "")
         ),
         "",
     ]
