@@ -400,10 +400,12 @@ def render_win_search(tried: list[tuple]) -> list[str]:
 
 
 def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
-    rows = unrolled_rows(res["records"])
     p = res["meta"]["protocol"]
     full = "--full" in res["meta"]["command"]  # DeepFacto's own pairs protocol (deepfacto_unrolled --full)
     seeds_run = sorted({r["seed"] for r in res["records"] if r["method"] == "deepfacto"})
+    paired = [r for r in res["records"] if r["seed"] in seeds_run]  # a seed counts when every method ran on it
+    unpaired = [r for r in res["records"] if r["seed"] not in seeds_run]
+    rows = unrolled_rows(paired if full else res["records"])
     size_note = "(DeepFacto's own protocol)" if full else "(fewer than DeepFacto's own section, for time)"
     supervised = any(r["task"] == "supervised" for r in res["records"])
     out = [
@@ -426,6 +428,9 @@ def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
             f"on the canvases (CAM: {p['pairs']['cam_epochs']}). Test metrics (%), mean (worst, n)."
             + (f" Seeds run: {', '.join(map(str, seeds_run))} of {', '.join(map(str, res['meta']['seeds']))} "
                f"(the others did not fit the session's time; the command resumes them)."
+               + (" Left out, for want of their seed's DeepFacto run: "
+                  + "; ".join(f"{r['label']} seed {r['seed']} (pointing {pct(r['test_pointing'])}, both "
+                              f"{pct(r['test_acc_both'])})" for r in unpaired) + "." if unpaired else "")
                if full and len(seeds_run) < len(res["meta"]["seeds"]) else "")
         ),
         "",
