@@ -215,3 +215,29 @@ def compile_blocks(blocks: Sequence[nn.Module], options: dict, *, fused_linear: 
     chosen = [not isinstance(b, ADMMBlock) and not (fused_linear and fusable_linear(b)) for b in blocks]
     n = sum(chosen)
     return [CompiledBlock(b, n, **options) if c else b for b, c in zip(blocks, chosen)]
+
+
+class CarrySkip(nn.Module):
+    """The block before a cut that a skip connection crosses: returns cat([module(x), x], dim=1), so the skip input
+    travels to the next block inside the boundary's auxiliary variable. With AddSkip after the cut,
+    [CarrySkip(f), AddSkip(g, skip_channels=C)] computes x + g(f(x)) for an input x of C channels (features)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.module(x), x], dim=1)
+
+
+class AddSkip(nn.Module):
+    """The block after the cut: splits its input into (h, x), x the last `skip_channels` channels, and returns
+    module(h) + x (module(h) must have x's shape)."""
+
+    def __init__(self, module: nn.Module, skip_channels: int):
+        super().__init__()
+        self.module, self.skip_channels = module, int(skip_channels)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        c = self.skip_channels
+        return self.module(t[:, :-c]) + t[:, -c:]

@@ -54,6 +54,8 @@ class WindowFeatures(nn.Module):
     pixels: one window on a single 28×28 digit, a 4×4 grid on a 64×64 canvas.
     """
 
+    object_sized_positions = True  # what an NMF layer after it checks for (NMFLayer.admm_check_input)
+
     def __init__(self, cnn: nn.Module, window: int = 7, stride: int = 3):
         super().__init__()
         self.cnn, self.window, self.stride = cnn, int(window), int(stride)

@@ -5,14 +5,18 @@ This part of the data layer needs only torch and numpy: it is what the trainers 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, TensorDataset
 
-__all__ = ["IndexedDataset", "make_loader", "epoch_batches", "unpack_batch", "BATCH_FORMS"]
+__all__ = ["IndexedDataset", "make_loader", "epoch_batches", "epoch_length", "unpack_batch", "as_data",
+           "is_single_use", "BATCH_FORMS"]
 
 BATCH_FORMS = ("a Dataset or DataLoader whose items are (x, y) or (x, y, index) tuples of tensors, "
-               "or any iterable of such batches")
+               "a whole set as an (X, y) tuple of tensors, any iterable of such batches, "
+               "or a function that returns an epoch's batches")
 
 
 class IndexedDataset(Dataset):
@@ -77,6 +81,37 @@ def make_loader(
         batches = BatchSampler(order, batch_size, drop_last)
         return DataLoader(dataset, batch_size=None, sampler=batches, **common)
     return DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=drop_last, **common)
+
+
+def as_data(data):
+    """A whole set given as an (X, y) or (X, y, index) tuple of tensors (or arrays) with one row per sample becomes a
+    TensorDataset (batched and shuffled like any Dataset); a function with no arguments is called for an epoch's
+    batches; anything else is returned as it is."""
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(
+            isinstance(t, (torch.Tensor, np.ndarray)) for t in data):
+        tensors = [torch.as_tensor(t) for t in data]
+        if any(t.dim() == 0 for t in tensors) or len({len(t) for t in tensors}) != 1:
+            raise ValueError(f"an (X, y) data tuple needs one row per sample in each tensor, got shapes "
+                             f"{[tuple(t.shape) for t in tensors]}")
+        return TensorDataset(*tensors)
+    if callable(data) and not isinstance(data, (Dataset, DataLoader)):
+        return as_data(data())
+    return data
+
+
+def is_single_use(data) -> bool:
+    """Whether `data` can be iterated once only (a generator or another iterator): its second epoch would be empty."""
+    return isinstance(data, Iterator)
+
+
+def epoch_length(data, batch_size: int) -> int | None:
+    """How many batches an epoch of `data` (as as_data returns it) has, when that is known without iterating."""
+    if isinstance(data, Dataset) and not isinstance(data, DataLoader) and hasattr(data, "__len__"):
+        return -(-len(data) // batch_size)
+    try:
+        return len(data)
+    except TypeError:  # an iterable without a length (a generator, an IterableDataset's loader)
+        return None
 
 
 def unpack_batch(batch, *, dtype: torch.dtype = torch.float32):

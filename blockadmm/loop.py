@@ -23,7 +23,7 @@ from .engine.batch import is_classification
 from .engine.checkpoint import NonFiniteError
 from .engine.divergence import DivergenceError
 from .engine.runlock import checkpoint_lock
-from .loader import epoch_batches, unpack_batch
+from .loader import as_data, epoch_batches, epoch_length, is_single_use, unpack_batch
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def evaluate(trainer, data, *, batch_size: int = 1000) -> dict[str, float]:
         b.eval()
     total, loss_sum, correct, classification = 0, 0.0, 0, None
     try:
-        for batch in epoch_batches(data, batch_size, shuffle=False, seed=0, epoch=0):
+        for batch in epoch_batches(as_data(data), batch_size, shuffle=False, seed=0, epoch=0):
             x, y, _ = trainer.prepare_batch(*unpack_batch(batch, dtype=trainer.dtype))
             out = trainer.forward(x)
             loss_sum += float(trainer.loss_fn(out, y)) * x.shape[0]
@@ -89,7 +89,9 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
         raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n_train = len(train.dataset) if isinstance(train, DataLoader) else (len(train) if isinstance(train, Dataset)
+    single_use = is_single_use(train)
+    fixed = None if callable(train) and not isinstance(train, (Dataset, DataLoader)) else as_data(train)
+    n_train = len(fixed.dataset) if isinstance(fixed, DataLoader) else (len(fixed) if isinstance(fixed, Dataset)
                                                                         else None)
     if n_train == 0:
         raise ValueError("the training set is empty")
@@ -101,6 +103,11 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                       f"fit trains until `epochs` epochs are done in all (epochs={trainer.epoch + 1} for one more)",
                       stacklevel=3)
     callbacks = list(callbacks)
+    if single_use and eval_train:
+        warnings.warn("the training data is a single-use iterator (a generator): it cannot be read again to evaluate "
+                      "the training set, so train_loss/train_acc are left out (pass a Dataset, an (X, y) tuple, a "
+                      "list of batches, or a function that returns an epoch's batches to have them)", stacklevel=3)
+        eval_train = False
     evaluated = {"train": eval_train, "val": val is not None, "test": test is not None}
     trainer.metric_names = {f"{name}_{m}" for name, on in evaluated.items() if on for m in ("loss", "acc")}
     trainer.stop_training = False
@@ -110,16 +117,25 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
         return f" The last good checkpoint is {checkpoint} (epoch {trainer.epoch})." if exists else ""
 
     lock = checkpoint_lock(checkpoint).acquire() if checkpoint else None  # one run at a time writes it
+    was_training = [b.training for b in trainer.blocks]  # put back after fit (steps train, evaluations eval)
+    first_epoch = trainer.epoch
     for cb in callbacks:
         cb.on_train_begin(trainer)
     try:
         for epoch in range(trainer.epoch, epochs):
+            if single_use and epoch > first_epoch:
+                raise ValueError(f"the training data is a single-use iterator (a generator), used up by epoch {epoch}: "
+                                 f"pass a Dataset, an (X, y) tuple, a DataLoader or a list of batches, or a function "
+                                 f"that returns an epoch's batches (fit(lambda: make_batches(), ...)); the "
+                                 f"{epoch - first_epoch} epoch(s) trained are in trainer.history{last_good()}")
             for block in trainer.epoch_scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
                 block.admm_set_epoch(epoch)
             t0 = time.perf_counter()
             rows, diverging = [], None
-            batches = epoch_batches(train, batch_size, shuffle=True, seed=trainer.seed, epoch=epoch)
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            data = fixed if fixed is not None else as_data(train)
+            batches = epoch_batches(data, batch_size, shuffle=True, seed=trainer.seed, epoch=epoch)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", total=epoch_length(data, batch_size),
+                       disable=not progress, leave=False)
             for batch in bar:
                 x, y, index = unpack_batch(batch, dtype=trainer.dtype)
                 try:
@@ -144,9 +160,10 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                       "lr": [group["lr"] for o in trainer.optimizers for group in o.param_groups],
                       "wall_s": time.perf_counter() - t0}
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-                for name, data in (("train", train if eval_train else None), ("val", val), ("test", test)):
-                    if data is not None:
-                        record.update({f"{name}_{k}": v for k, v in evaluate(trainer, data).items()})
+                train_set = (train if fixed is None else fixed) if eval_train else None  # a function: called again
+                for name, part in (("train", train_set), ("val", val), ("test", test)):
+                    if part is not None:
+                        record.update({f"{name}_{k}": v for k, v in evaluate(trainer, part).items()})
             if diverging:
                 record["divergence"] = diverging
             for scheduler in trainer.schedulers:
@@ -162,6 +179,8 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
             if trainer.stop_training:
                 break
     finally:
+        for b, t in zip(trainer.blocks, was_training):
+            b.train(t)
         for cb in callbacks:
             cb.on_train_end(trainer)
         if lock is not None:

@@ -120,6 +120,37 @@ class NMFLayer(nn.Module):
         return (f"in_features={self.in_features}, n_components={self.n_components}, n_classes={self.n_classes}, "
                 f"n_iter={self.n_iter}")
 
+    # what the trainer applies to the boundaries around the layer unless told otherwise: non-negative features in,
+    # non-negative codes out
+    admm_input_constraint = "nonneg"
+    admm_output_constraint = "nonneg"
+
+    def admm_check_input(self, previous: nn.Module, shape: tuple) -> None:
+        """Refuse per-position codes of conv features whose positions are smaller than an object (BlockADMM calls this
+        with the block before and its output shape): a position's channels see a few pixels, the class groups do not
+        separate there (a small CNN on digits: 13% where its flattened features give 82%). Positions that are whole
+        object-sized windows (deepfacto.WindowFeatures, marked `object_sized_positions`) are the weak-supervision
+        recipe, and pass."""
+        if len(shape) == 3 and not any(getattr(m, "object_sized_positions", False) for m in previous.modules()):
+            raise ValueError(
+                f"{self.name} gets conv features of per-sample shape {tuple(shape)} and would code each of the "
+                f"{shape[1]}x{shape[2]} positions on its own, but a position of a conv feature map sees a few pixels, "
+                f"too little for class groups to separate (they do not train): end the feature block in nn.Flatten() "
+                f"for one code vector per sample, or wrap the conv net in blockadmm.deepfacto.WindowFeatures(cnn, "
+                f"window, stride) so that each position is an object-sized window (the weakly supervised recipe)")
+
+    def admm_block(self) -> NMFBlock:
+        """The layer as Block-ADMM trains it (BlockADMM calls this on each block): an NMFBlock sharing this layer's
+        basis, groups and settings, so training updates this layer too. A basis set from data (fit_basis,
+        init_basis_from) stays frozen, as in the DeepFacto recipe; a random one is learned for 3 epochs, then frozen
+        (NMFBlock's default)."""
+        block = NMFBlock(self.in_features, update_epochs=0 if bool(self.basis_fitted) else 3,
+                         n_components=self.n_components, n_iter=self.n_iter, eps=self.eps, l1=self.l1,
+                         backend=self.backend, solver=self.solver, name=self.name)
+        block.n_classes, block.W = self.n_classes, self.W
+        block.group, block.basis_fitted = self.group, self.basis_fitted
+        return block
+
     # ------------------------------------------------------------------ the solve
     def _check_input(self, V: torch.Tensor) -> None:
         if V.dim() not in (2, 4):
@@ -258,6 +289,9 @@ class NMFBlock(NMFLayer):
         self.eg_steps, self.eg_lr, self.eg_clip = int(eg_steps), float(eg_lr), float(eg_clip)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))  # saved with checkpoints
         self.register_buffer("w_updates", torch.zeros((), dtype=torch.long))
+
+    def admm_block(self) -> NMFBlock:
+        return self
 
     @property
     def frozen(self) -> bool:

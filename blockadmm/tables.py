@@ -114,8 +114,9 @@ class VariableTables:
         """(seen mask, [z_b rows], [u_b rows]) for the mini-batch, on the training device."""
         rows = self._rows(index)
         seen = self.seen[rows].to(self.device, non_blocking=True)
-        zs = [t[rows].to(self.device, non_blocking=True) for t in self.z]
-        us = [t[rows].to(self.device, non_blocking=True) for t in self.u]
+        # (memmap tables hold float32: rows come back in the model's dtype)
+        zs = [t[rows].to(self.device, self.dtype, non_blocking=True) for t in self.z]
+        us = [t[rows].to(self.device, self.dtype, non_blocking=True) for t in self.u]
         return seen, zs, us
 
     def scatter(self, index: torch.Tensor, zs: Sequence[torch.Tensor], us: Sequence[torch.Tensor]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -34,6 +35,7 @@ from .engine.checkpoint import (
 )
 from .engine.divergence import DivergenceError, DivergenceGuard
 from .engine.state_values import check_state_values
+from .engine.watch import ConstraintWatch
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -168,9 +170,18 @@ class BlockADMM:
             setattr(config, k, v)
         config.__post_init__()
         self.device = torch.device(device or "cpu")
-        self.blocks = nn.ModuleList(make_blocks(model, blocks)).to(self.device)
+        given = make_blocks(model, blocks)
+        # what save_weights writes: the model as given (a list of blocks: as nn.Sequential(*blocks))
+        self.model = (given[0] if len(given) == 1 else model if isinstance(model, nn.Sequential)
+                      else nn.Sequential(*given))
+        # a layer that Block-ADMM trains by its own rules becomes its block (an NMFLayer: an NMFBlock sharing its basis)
+        self.blocks = nn.ModuleList([b.admm_block() if hasattr(b, "admm_block") else b for b in given]).to(self.device)
+        self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         self.input_shape = tuple(input_shape)
-        self.shapes = check_chain(self.blocks, self.input_shape, self.device)
+        self.shapes = check_chain(self.blocks, self.input_shape, self.device, dtype=self.dtype)
+        for j in range(1, len(self.blocks)):  # what a block refuses to be trained on (NMF: per-pixel codes)
+            if hasattr(self.blocks[j], "admm_check_input"):
+                self.blocks[j].admm_check_input(self.blocks[j - 1], self.shapes[j - 1])
         self.n_blocks = len(self.blocks)
         nb = self.n_blocks - 1  # boundaries
         rho = config.rho if isinstance(config.rho, (list, tuple)) else [config.rho] * nb
@@ -182,6 +193,10 @@ class BlockADMM:
                 raise ValueError(f"constraint on boundary {k}, but boundaries are 0..{nb - 1} "
                                  f"(boundary k is block k's output)")
             self.constraints[k] = as_prox(c)
+        for j, b in enumerate(self.blocks):  # what a block needs around it (NMF: non-negative in and out), unless given
+            for k, name in ((j - 1, "admm_input_constraint"), (j, "admm_output_constraint")):
+                if 0 <= k < nb and self.constraints[k] is None and getattr(b, name, None) is not None:
+                    self.constraints[k] = as_prox(getattr(b, name))
         self.mode, self.backend, self.seed = mode, backend, seed
         self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
         self._default_loss = loss is None
@@ -203,7 +218,6 @@ class BlockADMM:
         self.optimizers = list({id(o): o for o in self.engine.optimizers if o is not None}.values())
         self.schedulers = [scheduler(o) for o in self.optimizers] if scheduler is not None else []
         self.epoch_scheduled = [b for b in self.blocks if isinstance(b, EpochScheduledBlock)]
-        self.dtype = next((p.dtype for p in self.blocks.parameters() if p.is_floating_point()), torch.float32)
         self.stop_training = False  # a callback sets it to end fit() after the current epoch
         self.metric_names: set[str] = set()  # the evaluated history keys of the running fit (train_*, val_*, test_*)
         self.tables = None
@@ -211,13 +225,19 @@ class BlockADMM:
             if num_samples is None:
                 raise ValueError("batch mode keeps variables per training sample: pass num_samples=len(train_dataset)")
             self.tables = VariableTables(num_samples, self.shapes[:-1], storage=table_storage, device=self.device,
-                                         path=table_dir)
+                                         path=table_dir, dtype=self.dtype)
         self.step_count = 0
         self.epoch = 0
         self.history: list[dict] = []
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
-        n_out = self.shapes[-1][-1]
+        n_out = self.n_outputs
         self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
+        self.constraint_watch = ConstraintWatch(self.constraints, self.divergence.chance)
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs per sample of the last block (1 for a scalar output, e.g. after nn.Flatten(0))."""
+        return self.shapes[-1][-1] if self.shapes[-1] else 1
 
     @property
     def config(self) -> ADMMConfig:
@@ -249,7 +269,7 @@ class BlockADMM:
     def _check_batch(self, x, y, index):
         """The batch checks (engine.batch), with this trainer's shapes; the index as int64."""
         return check_batch(x, y, index, input_shape=self.input_shape,
-                           n_classes=self.shapes[-1][-1] if self._default_loss else None,
+                           n_classes=self.n_outputs if self._default_loss else None,
                            num_samples=None if self.tables is None else self.tables.num_samples)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> StepStats:
@@ -284,18 +304,29 @@ class BlockADMM:
         for k, factor in engine.update_rho(dict(enumerate(primal))).items():
             if self.tables is not None:
                 self.tables.scale_duals(k, factor)  # scaled duals: u = y / rho
+        self.constraint_watch.update(state, stats.loss, self.step_count)
         stats.step_s = time.perf_counter() - t0
         return stats
 
 
     # ---------------------------------------------------------------- inference
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain composed network F(x): auxiliary variables exist only in training."""
-        for b in self.blocks:
-            x = b(x)
+        """The plain composed network F(x) (auxiliary variables exist only in training), as inference runs it: in
+        eval mode (dropout off, batch norm on its running statistics) and without autograd; the blocks' modes are
+        put back afterwards. x is cast to the model's dtype and moved to the trainer's device."""
+        x = torch.as_tensor(x).to(self.device, self.dtype)
+        was = [b.training for b in self.blocks]
+        try:
+            for b in self.blocks:
+                b.eval()
+                x = b(x)
+        finally:
+            for b, t in zip(self.blocks, was):
+                b.train(t)
         return x
 
-    __call__ = forward
+    __call__ = predict = forward
 
     def evaluate(self, data, batch_size: int = 1000) -> dict[str, float]:
         """{"loss": mean task loss of F} on `data` (a Dataset, a DataLoader or an iterable of (x, y[, index])
@@ -436,6 +467,15 @@ class BlockADMM:
         if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"override lr must be a finite number > 0, got {lr!r}")
         return config, rho, lr
+
+    def save_weights(self, path: str) -> None:
+        """Write the trained model's plain state_dict with torch.save (atomically): the state_dict of the model
+        passed to the trainer (a list of blocks: of nn.Sequential(*blocks)), loadable by anyone with
+        torch.load(path, weights_only=True) and model.load_state_dict, without this library. save() is the
+        checkpoint to resume training from."""
+        tmp = f"{path}.tmp"
+        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, tmp)
+        os.replace(tmp, path)
 
     def save(self, path: str) -> None:
         """Write the checkpoint `path` atomically (blockadmm.engine.checkpoint); refuses non-finite state."""

@@ -4,6 +4,8 @@ import torch
 from torch import nn
 
 from blockadmm.deepfacto import (
+    GroupEnergyHead,
+    WindowFeatures,
     build_deepfacto,
     class_group_matrix,
     feature_mlp,
@@ -255,3 +257,46 @@ def test_nmf_layer_fit_basis_is_the_estimators_components():
     assert bool(layer.basis_fitted)
     H = layer(V)  # codes: V ≈ H W
     assert H.shape == (60, 4) and float((V - H @ layer.W).norm() / V.norm()) < 0.5
+
+
+def test_build_deepfacto_trains_with_the_trainers_defaults():
+    """No constraints, no recipe options: the NMF block's boundaries get their non-negativity from the block."""
+    from blockadmm.data import load
+
+    data = load("digits", val_fraction=0.0)
+    blocks = build_deepfacto(_user_features(), (64,), 10, basis_from=(data.train.X[:500], data.train.Y[:500]))
+    t = BlockADMM(blocks, input_shape=(64,))
+    assert [c.kind for c in t.constraints] == ["nonneg", "nonneg"]
+    hist = t.fit(data.train, 3, test=data.test, eval_train=False, progress=False)
+    assert hist[-1]["test_acc"] > 0.9, [h["test_acc"] for h in hist]
+
+
+def test_an_nmf_layer_in_a_list_of_blocks_trains_as_its_block_and_keeps_a_users_constraint():
+    from blockadmm.nmf import NMFBlock, NMFLayer
+    from blockadmm.prox import Prox
+
+    layer = NMFLayer(64, n_classes=10, per_class=2, n_iter=5)
+    head = GroupEnergyHead(layer.group, 10)
+    t = BlockADMM([_user_features(), layer, head], input_shape=(64,), constraints={0: Prox.box(0.0, 5.0)})
+    block = t.blocks[1]
+    assert isinstance(block, NMFBlock) and block.W is layer.W and block.update_epochs == 3  # random basis: learned
+    assert [c.kind for c in t.constraints] == ["box", "nonneg"]
+    before = layer.W.detach().clone()
+    t.step(torch.rand(32, 64), torch.randint(0, 10, (32,)))
+    assert not torch.equal(before, layer.W)  # the user's layer holds what training did
+    layer.init_basis_from(torch.rand(40, 64), torch.arange(40) % 10)
+    assert BlockADMM([_user_features(), layer, head], input_shape=(64,)).blocks[1].update_epochs == 0  # fitted: frozen
+
+
+def test_per_position_codes_of_a_conv_map_are_refused_saying_why_windows_pass():
+    from blockadmm.nmf import NMFLayer
+
+    cnn = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    layer = NMFLayer(16, n_classes=10, per_class=2)
+    with pytest.raises(ValueError, match=r"\(16, 4, 4\).*nn\.Flatten\(\).*WindowFeatures") as e:
+        BlockADMM([cnn, layer, GroupEnergyHead(layer.group, 10)], input_shape=(1, 8, 8))
+    assert "\n" not in str(e.value)
+    windows = WindowFeatures(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()), window=4, stride=2)
+    layer = NMFLayer(64, n_classes=10, per_class=2)
+    t = BlockADMM([windows, layer, GroupEnergyHead(layer.group, 10, pool_r=4.0)], input_shape=(1, 8, 8))
+    assert t.shapes[1] == (20, 3, 3)

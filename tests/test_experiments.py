@@ -130,47 +130,6 @@ def test_binary_xavier_init_reaches_the_binary_blocks():
     assert torch.count_nonzero(lin.bias) == 0 and float(lin.weight.detach().abs().max()) <= math.sqrt(6.0 / (784 + 256))
 
 
-def test_binary_block_outputs_are_binary_and_projection():
-    from blockadmm.experiments.binary import BinaryBlock, binary_projection
-
-    blk = BinaryBlock(5, 4)
-    with torch.no_grad():
-        h = blk(torch.randn(7, 5))
-    assert set(h.unique().tolist()) <= {0.0, 1.0}
-    z = torch.tensor([-0.3, 0.2, 0.6, 1.7])
-    assert binary_projection().apply(z, 1.0).tolist() == [0.0, 0.0, 1.0, 1.0]
-    # the hinge surrogate's input gradient vanishes where the block already meets its target by the margin
-    x = torch.randn(3, 5)
-    a = blk.linear(x).detach()
-    target = (a > 0).float()
-    blk.margin = 0.0
-    g = blk.admm_input_grad(x, target, torch.zeros_like(target), rho=1.0, y=None, loss_fn=None)
-    assert torch.count_nonzero(g) == 0
-
-
-def test_binary_ste_surrogate_is_the_admm_term_through_the_straight_through_step():
-    from blockadmm.experiments.binary import BinaryBlock
-
-    torch.manual_seed(1)
-    blk = BinaryBlock(5, 4, surrogate="ste")
-    x, z, u = (
-        torch.randn(6, 5, dtype=torch.float64),
-        torch.randn(6, 4, dtype=torch.float64),
-        torch.randn(6, 4, dtype=torch.float64),
-    )
-    blk = blk.double()
-    a = blk.linear(x).detach()
-    r = z + u - (a > 0).double()
-    rho = 0.7
-    # d/dx of (rho/2)|z + u - step(Wx + b)|^2 with step' := 1[|a| <= 1]
-    want = -rho * (r * (a.abs() <= 1).double()) @ blk.linear.weight.detach()
-    got = blk.admm_input_grad(x, z, u, rho=rho, y=None, loss_fn=None)
-    torch.testing.assert_close(got, want)
-    assert torch.count_nonzero(got) > 0
-    loss = blk.admm_local_step(x, z, u, rho=rho, y=None, loss_fn=None)
-    torch.testing.assert_close(loss, rho * 0.5 * r.square().sum() / 6)
-
-
 def test_blocks_tiny(tmp_path):
     out = str(tmp_path / "blocks")
     args = ["blocks", "--depth", "2", "--blocks", "1,3", "--orders", "top-down,jacobi", "--activations", "relu",

@@ -400,8 +400,14 @@ def render_win_search(tried: list[tuple]) -> list[str]:
 
 
 def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
-    rows = unrolled_rows(res["records"])
     p = res["meta"]["protocol"]
+    full = "--full" in res["meta"]["command"]  # DeepFacto's own pairs protocol (deepfacto_unrolled --full)
+    seeds_run = sorted({r["seed"] for r in res["records"] if r["method"] == "deepfacto"})
+    paired = [r for r in res["records"] if r["seed"] in seeds_run]  # a seed counts when every method ran on it
+    unpaired = [r for r in res["records"] if r["seed"] not in seeds_run]
+    rows = unrolled_rows(paired if full else res["records"])
+    size_note = "(DeepFacto's own protocol)" if full else "(fewer than DeepFacto's own section, for time)"
+    supervised = any(r["task"] == "supervised" for r in res["records"])
     out = [
         f"### DeepFacto against an NMF layer trained by backprop (`{res['meta']['command']} --out {rel}`)",
         "",
@@ -413,12 +419,19 @@ def render_deepfacto_unrolled(res: dict, rel: str) -> list[str]:
             "et "
             "al. 2021), its Adam rate (1e-3 or 3e-3) chosen on validation; the CAM network (conv features, global "
             "average "
-            f"pooling, linear) beside them. Supervised MNIST-5k: {p['supervised']['epochs']} epochs. Pairs: "
-            f"{p['pairs']['n_train']} training / {p['pairs']['n_test']} test canvases (fewer than DeepFacto's own "
-            f"section, "
-            f"for time), {p['pairs']['curriculum_epochs']} curriculum epochs on ink proposals then "
+            f"pooling, linear) beside them. "
+            f"{'Supervised MNIST-5k: ' + str(p['supervised']['epochs']) + ' epochs. ' if supervised else ''}Pairs: "
+            f"{p['pairs']['n_train']} training / {p['pairs']['n_test']} test canvases "
+            f"{size_note}, "
+            f"{p['pairs']['curriculum_epochs']} curriculum epochs on ink proposals then "
             f"{p['pairs']['epochs']} "
             f"on the canvases (CAM: {p['pairs']['cam_epochs']}). Test metrics (%), mean (worst, n)."
+            + (f" Seeds run: {', '.join(map(str, seeds_run))} of {', '.join(map(str, res['meta']['seeds']))} "
+               f"(the others did not fit the session's time; the command resumes them)."
+               + (" Left out, for want of their seed's DeepFacto run: "
+                  + "; ".join(f"{r['label']} seed {r['seed']} (pointing {pct(r['test_pointing'])}, both "
+                              f"{pct(r['test_acc_both'])})" for r in unpaired) + "." if unpaired else "")
+               if full and len(seeds_run) < len(res["meta"]["seeds"]) else "")
         ),
         "",
     ]
@@ -483,7 +496,8 @@ def render(root: str = "results/experiments", link_root: str | None = None) -> s
             out, tried = out + lines, tried + t
     if tried:
         out += render_win_search(tried)
-    path = os.path.join(root, "deepfacto_unrolled", "results.json")
-    if os.path.exists(path):
-        out += render_deepfacto_unrolled(read_results(path), f"{link_root}/deepfacto_unrolled")
+    for name in ("deepfacto_unrolled", "deepfacto_unrolled_full"):
+        path = os.path.join(root, name, "results.json")
+        if os.path.exists(path):
+            out += render_deepfacto_unrolled(read_results(path), f"{link_root}/{name}")
     return "\n".join(out).rstrip() + "\n" if out else ""

@@ -16,6 +16,7 @@ from .. import ops
 from .batch import is_classification
 from .checkpoint import NonFiniteError
 from .config import ADMMConfig
+from .randomness import SameRandomness, needs_same_randomness, new_draws
 from .rules import make_rule
 from .state import BatchState
 from .terms import Kept, make_term
@@ -51,7 +52,9 @@ class Engine:
 
     def __init__(self, blocks: Sequence[nn.Module], *, config: ADMMConfig, rho: list[float], constraints: list,
                  loss_fn: Callable, default_loss: bool, online: bool, fused_linear: bool = True, backend: str = "auto"):
-        self.blocks = list(blocks)
+        # blocks with dropout or running statistics: one random state per batch, statistics updated once per step
+        self.blocks = [SameRandomness(b) if needs_same_randomness(b) else b for b in blocks]
+        self.wrapped = {k: b for k, b in enumerate(self.blocks) if isinstance(b, SameRandomness)}
         self.n_blocks = len(self.blocks)
         self.rho, self.constraints, self.loss_fn = rho, constraints, loss_fn
         self.online, self.backend = online, backend
@@ -74,12 +77,20 @@ class Engine:
 
     # ------------------------------------------------------------------ the start of a mini-batch
     def new_batch(self, x, y, index=None, *, step: int = 0, epoch: int = 0) -> BatchState:
-        return BatchState.empty(self.n_blocks, x, y, index, step=step, epoch=epoch)
+        state = BatchState.empty(self.n_blocks, x, y, index, step=step, epoch=epoch)
+        state.draws = new_draws(list(self.wrapped))
+        return state
+
+    def use(self, state: BatchState) -> None:
+        """Bind the wrapped blocks to this batch's random states (every primitive that runs a forward does)."""
+        for k, block in self.wrapped.items():
+            block.bind(state.draws.get(k))
 
     def init_online(self, state: BatchState, blocks: range, h: torch.Tensor | None = None) -> None:
         """z from the forward pass from h (block blocks.start's input, default x), u = 0. The forwards are kept
         (with their graphs where a term uses one), the last block's too: no input has moved yet."""
         h = state.x if h is None else h
+        self.use(state)
         for k in blocks:
             term = self.terms[k]
             if k == self.n_blocks - 1:
@@ -99,6 +110,7 @@ class Engine:
         """z, u from the tables' rows (z_rows, u_rows: one per boundary in blocks), the forward for rows not seen
         before. Only block 0's forward is kept: the others' inputs are the tables' z, not the forward."""
         h = state.x if h is None else h
+        self.use(state)
         boundaries = [k for k in blocks if k < self.n_blocks - 1]
         for j, k in enumerate(boundaries):
             kept = self.terms[k].forward(h, keep_graph=k == 0)
@@ -134,6 +146,7 @@ class Engine:
     def kept_forward(self, state: BatchState, k: int) -> Kept:
         """Block k's forward at its current input, run (and kept) if it is not kept already."""
         if state.kept[k] is None:
+            self.use(state)
             state.kept[k] = self.terms[k].forward(state.input(k), keep_graph=True)
         return state.kept[k]
 
@@ -152,6 +165,7 @@ class Engine:
     def consumer_grad(self, state: BatchState, k: int, z_k: torch.Tensor, kept: Kept | None = None) -> torch.Tensor:
         """The gradient in z_k (per sample, summed) of block k+1's term (or the task loss), reading z_{k+1}, u_{k+1}
         from this sweep's z_src, u_src; kept: block k+1's forward at this z_k, if kept."""
+        self.use(state)
         nxt = k + 1
         hidden = nxt < self.n_blocks - 1
         z_next, u_next = (state.z_src[nxt], state.u_src[nxt]) if hidden else (None, None)
@@ -177,6 +191,7 @@ class Engine:
         """k_w optimizer steps of every block in `blocks` on its own term; returns the terms of the last one.
         The first step uses the kept forwards (which the new weights then make stale)."""
         last = self.n_blocks - 1
+        self.use(state)
         optimizers = list({id(o): o for o in (self.optimizers[k] for k in blocks) if o is not None}.values())
         for _ in range(self.config.k_w):
             losses = [self.terms[k].loss_and_grads(state.input(k), state.z[k] if k < last else None,
@@ -186,6 +201,7 @@ class Engine:
             self.check_finite(losses, "loss", state, blocks.start)
             for optimizer in optimizers:
                 optimizer.step()
+            torch.clear_autocast_cache()  # under torch.autocast: forwards must see the new weights, not cached casts
             for k in blocks:
                 state.kept[k] = None
         if last in blocks:
@@ -196,6 +212,7 @@ class Engine:
         """u_k += dual_step * (z_k - f_k(z_{k-1})) with the new weights; its primal residual is the one reported.
         Gauss-Seidel keeps these forwards for the next sweep."""
         keep = not self.jacobi and state.sweep < self.config.sweeps - 1
+        self.use(state)
         for k in boundaries:
             kept = self.terms[k].forward(state.input(k), keep_graph=keep)
             state.primal_sq[k] = ops.aux_dual_update(state.z[k], state.u[k], kept.value, None, rho=self.rho[k], lr=0.0,
@@ -209,6 +226,7 @@ class Engine:
         the step's other numbers), from the forward the batch starts with; the last block's kept forward serves
         when there is one. For the range holding the last block, online (its input is then the forward)."""
         last = self.n_blocks - 1
+        self.use(state)
         kept = state.kept[last]
         out = kept.value if kept is not None else self.blocks[last](state.forward_in)
         metrics = [self.loss_fn(out, state.y).detach()]
@@ -220,8 +238,8 @@ class Engine:
     def statistics(self, state: BatchState, boundaries: Sequence[int]) -> tuple[float | None, list[float], list[float]]:
         """(the last sweep's task loss if this range has the last block, primal residuals |z_k - f_k(z_{k-1})|/|z_k|,
         dual residuals rho_k |z_k - z_k(start)|/|z_k|), read back in one transfer."""
-        def norm(t):
-            return torch.linalg.vector_norm(t, dtype=torch.float32)
+        def norm(t):  # in float32, or float64 for a float64 model
+            return torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32))
 
         loss = state.losses[-1:]
         values = torch.stack(  # (stack promotes a low-precision loss to float32)

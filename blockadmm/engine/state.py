@@ -37,6 +37,7 @@ class BatchState:
     primal_sq: dict[int, torch.Tensor] = field(default_factory=dict)
     losses: list[torch.Tensor] = field(default_factory=list)
     forward_in: torch.Tensor | None = None
+    draws: dict[int, object] = field(default_factory=dict)  # block k -> its random state for this batch (randomness)
 
     @classmethod
     def empty(cls, n_blocks: int, x, y, index=None, *, step: int = 0, epoch: int = 0) -> BatchState:

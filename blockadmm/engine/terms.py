@@ -193,7 +193,8 @@ def make_term(block: nn.Module, k: int, n_blocks: int, *, loss_fn: Callable, def
 
 
 def _set_grads(linear: nn.Linear, grad_weight, grad_bias, loss):
-    linear.weight.grad = grad_weight
+    """Closed-form gradients into the layer, in its parameters' dtype (under autocast the GEMMs give half types)."""
+    linear.weight.grad = grad_weight.to(linear.weight.dtype)
     if linear.bias is not None:
-        linear.bias.grad = grad_bias
+        linear.bias.grad = grad_bias.to(linear.bias.dtype)
     return loss

@@ -1,5 +1,7 @@
 """`blockadmm experiment binary`: an MLP with binary {0,1} hidden units, Block-ADMM vs straight-through.
 
+The blocks and their rules are the library's (`blockadmm.binary`); this module runs the comparison.
+
 Net: 784 → L×256 step units (h = 1[Wx + b > 0]) → 10 linear logits, one layer per block.
 
 Block-ADMM (online): the auxiliary variables carry the binary constraint, applied by projection
@@ -37,92 +39,16 @@ import os
 import torch
 from torch import nn
 
+from ..binary import SURROGATES, BinaryBlock, binary_projection
 from ..models import init_weights
-from ..prox import Prox
 from . import common as C
 from . import fair
 
 METHODS = ("admm-online", "admm-relaxed", "backprop-ste")
-SURROGATES = ("hinge", "logistic", "ste")
 INITS = ("default", "xavier", "orthogonal")  # xavier/orthogonal with gain 1 on the step units
 STE_RATES = {"sgd": (0.1, 0.3), "adam": (3e-4, 1e-3, 3e-3)}  # the straight-through baseline's optimizers and rates
 BLOCK_LRS = (1e-3, 3e-3)  # admm-online: Adam rate of each block's surrogate fit
 RELAXED_RHOS = (1.0, 2.0)  # admm-relaxed: the penalty (lr_z = 1/rho)
-
-
-class _StepSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a):
-        ctx.save_for_backward(a)
-        return (a > 0).to(a.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (a,) = ctx.saved_tensors
-        return g * (a.abs() <= 1).to(g.dtype)
-
-
-class BinaryBlock(nn.Module):
-    """Linear layer + step activation with outputs in {0, 1}.
-
-    Under autograd the step passes gradients straight through (clipped identity): that is the STE
-    baseline. For Block-ADMM the block brings its own rule (`admm_local_step`, `admm_input_grad`):
-    one of the surrogates described in the module docstring (hinge by default).
-    """
-
-    def __init__(
-        self, in_features: int, out_features: int, lr: float = 1e-3, surrogate: str = "hinge", margin: float = 0.1
-    ):
-        super().__init__()
-        if surrogate not in SURROGATES:
-            raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-        self.linear = nn.Linear(in_features, out_features)
-        self.lr, self.surrogate, self.margin = lr, surrogate, margin
-        self._opt = None
-
-    def surrogate_loss(self, inp, z, u):
-        """Sum over the batch of the surrogate of |z + u - step(W inp + b)|: logistic, hinge or ste."""
-        a = self.linear(inp)
-        if self.surrogate == "ste":  # the ADMM term itself, through the block's own straight-through step
-            return 0.5 * (z + u - _StepSTE.apply(a)).square().sum()
-        t = self._target(z, u)
-        if self.surrogate == "logistic":
-            return nn.functional.binary_cross_entropy_with_logits(a, t, reduction="sum")
-        return torch.relu(self.margin - (2 * t - 1) * a).sum()
-
-    def forward(self, x):
-        a = self.linear(x)
-        if torch.is_grad_enabled() and a.requires_grad:
-            return _StepSTE.apply(a)
-        return (a > 0).to(a.dtype)
-
-    @staticmethod
-    def _target(z, u):
-        return (z + u).clamp(0.0, 1.0)
-
-    def admm_local_step(self, inp, target, dual, *, rho, y, loss_fn):
-        if self._opt is None:
-            self._opt = torch.optim.Adam(self.linear.parameters(), lr=self.lr)
-        self._opt.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            loss = rho * self.surrogate_loss(inp, target, dual) / inp.shape[0]
-            loss.backward()
-        self._opt.step()
-        return loss.detach()
-
-    def admm_input_grad(self, z_in, z_out, u_out, *, rho, y, loss_fn, out=None):
-        """The surrogate's gradient in z_in; it needs the pre-activation's graph, which the kept forward (the step
-        outputs, without a graph) does not hold, so `out` is not used."""
-        z_in = z_in.detach().requires_grad_(True)
-        with torch.enable_grad():
-            obj = rho * self.surrogate_loss(z_in, z_out, u_out)
-            (g,) = torch.autograd.grad(obj, z_in)
-        return g
-
-
-def binary_projection() -> Prox:
-    """Projection onto {0, 1} (nearest point), as a custom prox."""
-    return Prox.custom(lambda z, lr: (z > 0.5).to(z.dtype))
 
 
 def binary_mlp(run: C.Run):

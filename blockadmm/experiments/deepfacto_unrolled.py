@@ -42,6 +42,13 @@ PROTOCOL = {
     "supervised": {"epochs": 6, "n_train": 1500},
     "pairs": {"epochs": 3, "n_train": 600, "n_test": 300, "curriculum_epochs": 3, "window_stride": 2, "cam_epochs": 9},
 }
+# DeepFacto's own protocol (its section of the README: 4,000 / 1,000 canvases, 15 curriculum epochs on ink proposals,
+# 4 on the canvases, CAM 15), for the pairs task; `--full`
+FULL = {
+    "supervised": {"epochs": 12, "n_train": None},
+    "pairs": {"epochs": 4, "n_train": 4000, "n_test": 1000, "curriculum_epochs": 15, "window_stride": 2,
+              "cam_epochs": 15},
+}
 QUICK = {
     "supervised": {"epochs": 1, "n_train": 300},
     "pairs": {"epochs": 1, "n_train": 200, "n_test": 100, "curriculum_epochs": 1, "window_stride": 2, "cam_epochs": 1},
@@ -226,6 +233,9 @@ def deepfacto_and_cam(task: str, seed: int, protocol: dict, progress: bool) -> l
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", help=f"comma list of {','.join(TASKS)} (default both)")
     p.add_argument("--quick", action="store_true", help="1 epoch on a few hundred samples, seeds 0 and 1 (smoke run)")
+    p.add_argument("--full", action="store_true",
+                   help="DeepFacto's own protocol (pairs: 4,000 canvases, 15 curriculum epochs, 4 on the canvases)")
+    p.add_argument("--seeds", help="comma list of seeds (default 0,1,2; the rate is chosen on the first)")
     p.add_argument("--out", default="runs/experiments/deepfacto_unrolled")
     p.add_argument("--no-progress", action="store_true")
 
@@ -260,8 +270,10 @@ def main(args) -> int:
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise SystemExit(f"unknown tasks {bad}; choose from {', '.join(TASKS)}")
-    protocols = QUICK if args.quick else PROTOCOL
-    seeds = fair.SEEDS[:2] if args.quick else fair.SEEDS
+    if args.quick and args.full:
+        raise SystemExit("pass --quick or --full, not both")
+    protocols = QUICK if args.quick else FULL if args.full else PROTOCOL
+    seeds = [int(s) for s in C.parse_list(args.seeds)] if args.seeds else fair.SEEDS[:2] if args.quick else fair.SEEDS
     info = {
         "protocol": protocols,
         "seeds": list(seeds),
@@ -272,6 +284,8 @@ def main(args) -> int:
         "command": " ".join(
             ["blockadmm experiment deepfacto_unrolled"]
             + (["--quick"] if args.quick else [])
+            + (["--full"] if args.full else [])
+            + ([f"--seeds {args.seeds}"] if args.seeds else [])
             + ([f"--tasks {args.tasks}"] if args.tasks else [])
         ),
     }

@@ -40,7 +40,7 @@ __all__ = [
     "status",
 ]
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: the torch backend only
 
 
 register_backend(
@@ -83,12 +83,14 @@ def needs_torch_backend(op: str, device: str, kwargs: dict) -> str | None:
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
         return "a Prox.custom callable runs only on the torch backend"
+    if any(t is not None and t.dtype == torch.float64 for t in (kwargs.get("tensors") or {}).values()):
+        return "float64 runs only on the torch backend (the kernels take float32, float16, bfloat16)"
     return None
 
 
 def _check_float(name: str, t: torch.Tensor) -> None:
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
 
 
 def _same_device(**tensors) -> str:

@@ -18,9 +18,11 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def can_run(op: str, device: str, kwargs: dict) -> str | None:
-    prox = kwargs.get("prox")
-    if prox is not None and prox.kind == "custom":
-        return "a Prox.custom callable runs only on the torch backend"
+    from . import needs_torch_backend
+
+    reason = needs_torch_backend(op, device, kwargs)
+    if reason:
+        return reason
     return None
 
 

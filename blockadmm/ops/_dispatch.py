@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
+
 BACKEND_ENV = "BLOCKADMM_BACKEND"
 
 # Fastest first. On CUDA, the CUDA C++ module leads because it launches fewer kernels per op than the
@@ -70,6 +72,19 @@ def backends() -> dict[str, Backend]:
     return dict(_BACKENDS)
 
 
+def _outside_autocast(fn: Callable, device: str) -> Callable:
+    """fn run with torch.autocast off: an op computes in its tensors' own dtypes (a kernel that fills float32 buffers
+    through torch GEMMs must not get half-precision results from them)."""
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return fn
+
+    def run(*args, **kwargs):
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def resolve(op: str, backend: str, device: str, kwargs: dict, tensors: Mapping | None = None) -> Callable:
     """Return the implementation of `op` that `backend` names (or the best one for "auto")."""
     if backend == "auto":
@@ -86,11 +101,11 @@ def resolve(op: str, backend: str, device: str, kwargs: dict, tensors: Mapping |
                 f"backend {backend!r} cannot run {op}: {reason}. Use backend='auto' to fall back, "
                 f"or see `blockadmm info` for what is available."
             )
-        return _BACKENDS[backend].ops()[op]
+        return _outside_autocast(_BACKENDS[backend].ops()[op], device)
     for name in AUTO_ORDER.get(device, ("torch",)):
         b = _BACKENDS.get(name)
         if b is not None and b.why_not(op, device, kwargs, tensors) is None:
-            return b.ops()[op]
+            return _outside_autocast(b.ops()[op], device)
     raise BackendUnavailable(f"no backend can run {op} on {device} tensors")
 
 

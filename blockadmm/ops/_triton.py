@@ -16,9 +16,11 @@ def interpreting() -> bool:
 
 
 def can_run(op: str, device: str, kwargs: dict) -> str | None:
-    prox = kwargs.get("prox")
-    if prox is not None and prox.kind == "custom":
-        return "a Prox.custom callable runs only on the torch backend"
+    from . import needs_torch_backend
+
+    reason = needs_torch_backend(op, device, kwargs)
+    if reason:
+        return reason
     if device == "cpu" and not interpreting():
         return ("Triton kernels run on CPU tensors only under the interpreter "
                 "(set TRITON_INTERPRET=1 before importing blockadmm)")

@@ -23,12 +23,13 @@ def aux_dual_update(
     index: torch.Tensor | None = None,
     step: str = "grad",
 ) -> torch.Tensor:
-    zj = (z if index is None else z[index]).float()
-    uj = (u if index is None else u[index]).float()
-    af = a.float()
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32  # half types accumulate in float32
+    zj = (z if index is None else z[index]).to(acc)
+    uj = (u if index is None else u[index]).to(acc)
+    af = a.to(acc)
     d = rho * (zj - af + uj)
     if g is not None:
-        d = d + g.float()
+        d = d + g.to(acc)
     if step == "sign":
         d = d.sign()
     zn = zj - lr * d
@@ -42,4 +43,4 @@ def aux_dual_update(
     else:
         z[index] = zn.to(z.dtype)
         u[index] = un.to(u.dtype)
-    return diff.square().sum()
+    return diff.square().sum().float()

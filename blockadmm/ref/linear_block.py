@@ -43,13 +43,14 @@ def linear_block_fwd_bwd(
     need_input_grad: bool = True,
 ):
     m = x.shape[0]
-    xf, wf = x.float(), weight.float()
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # half types accumulate in float32
+    xf, wf = x.to(acc), weight.to(acc)
     pre = xf @ wf.T
     if bias is not None:
-        pre = pre + bias.float()
+        pre = pre + bias.to(acc)
     out, dact = activation_and_derivative(pre, activation)
-    r = out - z.float() - u.float()
-    loss = (rho / (2 * m)) * r.square().sum()
+    r = out - z.to(acc) - u.to(acc)
+    loss = ((rho / (2 * m)) * r.square().sum()).float()
     gp = (rho / m) * r * dact
     grad_weight = (gp.T @ xf).to(weight.dtype)
     grad_bias = gp.sum(0).to(bias.dtype) if bias is not None else None
