@@ -31,8 +31,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CPU_SOURCES = ["csrc/cpu/blockadmm_cpu.cpp"]
-CUDA_SOURCES = ["csrc/cuda/blockadmm_cuda.cu", "csrc/cuda/bind.cpp"]
+CPU_SOURCES = ["csrc/cpu/blockadmm_cpu.cpp", "csrc/cpu/nmf_hals.cpp"]
+CUDA_SOURCES = ["csrc/cuda/blockadmm_cuda.cu", "csrc/cuda/nmf_hals.cu", "csrc/cuda/bind.cpp"]
 CUDA_DEPENDS = ["csrc/cuda/blockadmm_cuda.h"]
 DEFAULT_CUDA_ARCH = "80;90"
 

@@ -2,6 +2,7 @@
 
     aux_dual.py      fused auxiliary/dual update, plain and indexed, every built-in prox, step grad/sign
     nmf.py           fused Lee-Seung multiplicative update (numerator and denominator GEMMs + epilogue)
+    nmf_hals.py      HALS / coordinate-descent pass on NMF codes (a row tile in registers, loop over components)
     linear_block.py  linear block forward GEMM with the residual/activation epilogue, backward GEMMs
     matmul.py        the plain strided GEMM the last two share (Gram matrices, backward products)
 

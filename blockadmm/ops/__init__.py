@@ -19,6 +19,7 @@ from ._dispatch import (
     resolve,
     status,
 )
+from .nmf_hals import nmf_hals_update
 
 __all__ = [
     "AUTO_ORDER",
@@ -30,6 +31,7 @@ __all__ = [
     "backends",
     "compiled_modules",
     "linear_block_fwd_bwd",
+    "nmf_hals_update",
     "nmf_mu_update",
     "register_backend",
     "status",
@@ -45,6 +47,7 @@ register_backend(
         load=lambda: {
             "aux_dual_update": ref.aux_dual_update,
             "nmf_mu_update": ref.nmf_mu_update,
+            "nmf_hals_update": ref.nmf_hals_update,
             "linear_block_fwd_bwd": ref.linear_block_fwd_bwd,
         },
     )

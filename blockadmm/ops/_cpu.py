@@ -15,6 +15,7 @@ import torch
 from .. import _native
 from .._kernel_args import ACT_CODES, check_linear_residual, prox_args
 from ..ref import linear_block as _ref_linear
+from . import nmf_hals
 
 DEVICES = ("cpu",)
 _SCRATCH = threading.local()
@@ -87,6 +88,8 @@ def can_run(op: str, device: str, kwargs: dict) -> str | None:
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
         return "a Prox.custom callable runs only on the torch backend"
+    if op == "nmf_hals_update":  # float32 and float64, the only dtypes the op takes
+        return None
     for name, t in (kwargs.get("tensors") or {}).items():
         if t is not None and t.is_floating_point() and t.dtype != torch.float32:
             return f"the C++ CPU module handles float32 only ({name} is {t.dtype}); the torch backend runs other dtypes"
@@ -173,5 +176,6 @@ def load():
     return {
         "aux_dual_update": aux_dual_update,
         "nmf_mu_update": nmf_mu_update,
+        "nmf_hals_update": nmf_hals.cpu_kernel(mod),
         "linear_block_fwd_bwd": linear_block_fwd_bwd,
     }

@@ -11,6 +11,7 @@ import torch
 
 from .. import _native
 from .._kernel_args import ACT_CODES, check_linear_residual, prox_args
+from . import nmf_hals
 
 DEVICES = ("cuda",)
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -139,5 +140,6 @@ def load():
     return {
         "aux_dual_update": aux_dual_update,
         "nmf_mu_update": nmf_mu_update,
+        "nmf_hals_update": nmf_hals.cuda_kernel(mod),
         "linear_block_fwd_bwd": linear_block_fwd_bwd,
     }

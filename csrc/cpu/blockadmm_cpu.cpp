@@ -12,6 +12,7 @@
 //   nmf_mu_epilogue   x <- x * num / (den + l1 + l2*x + eps), in place, results below sqrt(FLT_MIN) flushed to zero
 //                     (the GEMMs stay with torch's BLAS)
 //   linear_epilogue   out = act(pre); r = out - z - u; pre <- (rho/m) r act'(pre); returns sum r^2
+//   nmf_hals_update   one HALS pass on NMF codes, float32 and float64 (its own file: nmf_hals.cpp)
 //
 // Portable flags only (no -march=native, no -ffast-math: NaN and inf must behave as in torch).
 // Inner loops are branch-free (selects), so the compiler vectorizes them with `omp simd`.
@@ -243,6 +244,8 @@ double linear_epilogue(uintptr_t pre, uintptr_t out, uintptr_t z, uintptr_t u, i
 
 }  // namespace
 
+void bind_nmf_hals(py::module_& m);  // nmf_hals.cpp
+
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "blockadmm C++ CPU kernels (OpenMP); raw float32 pointers, torch-free interface";
   m.def("aux_dual_update", &aux_dual_update, py::arg("z"), py::arg("u"), py::arg("a"), py::arg("g"),
@@ -255,6 +258,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("linear_epilogue", &linear_epilogue, py::arg("pre"), py::arg("out"), py::arg("z"), py::arg("u"),
         py::arg("n"), py::arg("scale"), py::arg("activation"), py::arg("nthreads") = 0,
         "out = act(pre); pre <- scale*(out - z - u)*act'(pre); returns sum (out - z - u)^2.");
+  bind_nmf_hals(m);
   m.attr("LINEAR_RESIDUAL") = "out - z - u";
 #ifdef _OPENMP
   m.attr("openmp") = true;

@@ -113,6 +113,21 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("out"), py::arg("out_dtype"), py::arg("gp"), py::arg("m"), py::arg("n"), py::arg("k"),
       py::arg("scale"), py::arg("activation"), py::arg("loss_partials"), py::arg("bias_partials"));
 
+  m.def(
+      "nmf_hals_update",
+      [](int device, uintptr_t stream, uintptr_t H, uintptr_t A, uintptr_t G, uintptr_t perm, int64_t n, int64_t k,
+         int dtype, uintptr_t viol) {
+        int err;
+        {
+          py::gil_scoped_release nogil;
+          err = bam_nmf_hals_update(device, stream_of(stream), ptr<void>(H), ptr<const void>(A), ptr<const void>(G),
+                                    ptr<const int64_t>(perm), n, k, dtype, ptr<void>(viol));
+        }
+        check(err, "nmf_hals_update");
+      },
+      py::arg("device"), py::arg("stream"), py::arg("H"), py::arg("A"), py::arg("G"), py::arg("perm"), py::arg("n"),
+      py::arg("k"), py::arg("dtype"), py::arg("viol"));
+
   m.def("device_count", []() {
     int n = 0;
     const int err = bam_device_count(&n);

@@ -5,7 +5,7 @@
  * the Python side (blockadmm/ops/_cuda.py) checks device, dtype, contiguity and sizes, then passes
  * tensor.data_ptr() and torch.cuda.current_stream().cuda_stream.
  *
- * Dtype codes: 0 float32, 1 float16, 2 bfloat16. All arithmetic is float32 (accumulation included);
+ * Dtype codes: 0 float32, 1 float16, 2 bfloat16 (3 float64: nmf_hals_update only). All arithmetic is float32 (accumulation included);
  * loads convert, stores round to the destination's dtype.
  *
  * GEMMs are hand-written shared-memory tiles (64x64 output tile, K step 16, 4x4 register micro-tile,
@@ -24,7 +24,7 @@
 extern "C" {
 #endif
 
-enum { BAM_F32 = 0, BAM_F16 = 1, BAM_BF16 = 2 };
+enum { BAM_F32 = 0, BAM_F16 = 1, BAM_BF16 = 2, BAM_F64 = 3 };
 enum { BAM_PROX_NONE = 0, BAM_PROX_CLAMP = 1, BAM_PROX_L1 = 2 };
 enum { BAM_ACT_IDENTITY = 0, BAM_ACT_RELU = 1, BAM_ACT_LEAKY = 2, BAM_ACT_SIGMOID = 3, BAM_ACT_TANH = 4 };
 
@@ -66,6 +66,13 @@ int bam_linear_fwd(int device, cudaStream_t stream, const void* x, int x_dtype, 
                    float* loss_partials, float* bias_partials);
 int64_t bam_linear_grid(int64_t m, int64_t n);
 int64_t bam_tile_m(void);
+
+/* One HALS / coordinate-descent pass on NMF codes H (n x k, row-major, in place; nmf_hals.cu), dtype BAM_F32 or
+ * BAM_F64 for H, A (n x k) and G (k x k) alike; perm (int64, k entries) or NULL for 0..k-1. For each row i and
+ * t in perm: grad = G[t,:].H[i,:] - A[i,t]; viol[i] += |H[i,t] == 0 ? min(0, grad) : grad|;
+ * H[i,t] = max(H[i,t] - grad / G[t,t], 0) unless G[t,t] == 0. viol (n entries, H's dtype) gets each row's sum. */
+int bam_nmf_hals_update(int device, cudaStream_t stream, void* H, const void* A, const void* G, const int64_t* perm,
+                        int64_t n, int64_t k, int dtype, void* viol);
 
 /* Device count as the runtime sees it (0 and an error code when there is no usable GPU/driver). */
 int bam_device_count(int* count);
