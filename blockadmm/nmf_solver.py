@@ -22,6 +22,14 @@ EPSILON = float(np.finfo(np.float32).eps)
 _ROW_CHUNK = 4096  # rows of a dense W H formed at once where a sparse X needs it
 
 
+def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for dense factors; on the CPU through numpy's BLAS, the one scikit-learn runs (torch's CPU wheels
+    bring MKL, whose float64 GEMMs run at about half of OpenBLAS's speed on AMD CPUs: bench/bench_nmf.py)."""
+    if a.device.type == "cpu" and a.layout == b.layout == torch.strided:
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+    return a @ b
+
+
 class Matrix:
     """X as the solvers read it: a dense tensor, or a sparse CSR tensor with its transpose kept (built once), so
     X @ B and Xᵀ @ B are both row-major sparse-dense products and X is never densified."""
@@ -49,7 +57,7 @@ class Matrix:
         return self.X.values() if self.is_sparse else self.X.reshape(-1)
 
     def mm(self, B: torch.Tensor) -> torch.Tensor:
-        return self.X @ B
+        return self.X @ B if self.is_sparse else mm(self.X, B)
 
     def rows_cols(self):
         """Row and column index of every stored entry (sparse only)."""
@@ -137,7 +145,7 @@ def beta_divergence(X: Matrix, W: torch.Tensor, H: torch.Tensor, beta: float, sq
             cross = float((X.mm(H.T) * W).sum(dtype=torch.float64))
             res = (float(Xv @ Xv) + norm_wh - 2.0 * cross) / 2.0
         else:
-            res = float(torch.linalg.vector_norm(X.X - W @ H, dtype=torch.float64)) ** 2 / 2.0
+            res = float(torch.linalg.vector_norm(X.X - mm(W, H), dtype=torch.float64)) ** 2 / 2.0
         return math.sqrt(max(2.0 * res, 0.0)) if square_root else res
     Xv, WHv = X.values, _wh_at_entries(X, W, H)
     keep = Xv > EPSILON  # scikit-learn's rule: entries of X at or below EPSILON do not count
@@ -158,7 +166,7 @@ def beta_divergence(X: Matrix, W: torch.Tensor, H: torch.Tensor, beta: float, sq
 def _wh_at_entries(X: Matrix, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """(W H) at X's stored entries (sparse) or everywhere (dense), flat."""
     if not X.is_sparse:
-        return (W @ H).reshape(-1)
+        return mm(W, H).reshape(-1)
     rows, cols = X.rows_cols()
     out = torch.empty(rows.numel(), dtype=W.dtype)
     Ht = H.T
@@ -170,13 +178,13 @@ def _wh_at_entries(X: Matrix, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
 
 def _wh_row_chunks(W: torch.Tensor, H: torch.Tensor):
     for s in range(0, W.shape[0], _ROW_CHUNK):
-        yield W[s : s + _ROW_CHUNK] @ H
+        yield mm(W[s : s + _ROW_CHUNK], H)
 
 
 # ---------------------------------------------------------------------------------------------------- cd
 def _cd_half(X: Matrix, W: torch.Tensor, Ht: torch.Tensor, l1: float, l2: float, perm, backend: str) -> float:
     """One coordinate-descent pass over W for X ≈ W Htᵀ (scikit-learn's `_update_coordinate_descent`)."""
-    G = Ht.T @ Ht
+    G = mm(Ht.T, Ht)
     if l2:
         G.diagonal().add_(l2)
     A = X.mm(Ht)
@@ -230,7 +238,7 @@ def _mu_factor(X: Matrix, W: torch.Tensor, H: torch.Tensor, beta: float, l1: flo
     """The multiplicative factor of scikit-learn's `_multiplicative_update_w` (the codes W of X ≈ W H)."""
     if beta == 2:
         numerator = X.mm(H.T)
-        denominator = W @ (H @ H.T)
+        denominator = mm(W, mm(H, H.T))
     else:
         WHx = _wh_at_entries(X, W, H)
         if beta < 2:
@@ -243,7 +251,7 @@ def _mu_factor(X: Matrix, W: torch.Tensor, H: torch.Tensor, beta: float, l1: flo
         else:
             WHx = Xv * WHx.pow(beta - 2)
         weighted = X.with_values(WHx) if X.is_sparse else WHx.reshape(X.shape)
-        numerator = weighted @ H.T
+        numerator = weighted @ H.T if X.is_sparse else mm(weighted, H.T)
         if beta == 1:
             denominator = H.sum(1).unsqueeze(0).expand_as(W).clone()
         else:
@@ -251,7 +259,7 @@ def _mu_factor(X: Matrix, W: torch.Tensor, H: torch.Tensor, beta: float, l1: flo
             for chunk in _wh_row_chunks(W, H):
                 if beta < 1:
                     chunk = chunk.clamp_min(EPSILON)
-                parts.append(chunk.pow(beta - 1) @ H.T)
+                parts.append(mm(chunk.pow(beta - 1), H.T))
             denominator = torch.cat(parts)
     if l1 > 0:
         denominator += l1
