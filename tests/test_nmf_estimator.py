@@ -206,3 +206,32 @@ def test_clone_gridsearch_pipelines_and_cross_validation():
             return -np.linalg.norm(X_ - estimator.inverse_transform(estimator.transform(X_)))
 
         assert np.isfinite(cross_val_score(NMF(6, max_iter=50, tol=1e-3), X, cv=2, scoring=fit_quality)).all()
+
+
+def test_bench_compares_at_scikit_learns_error_and_renders():
+    """bench/bench_nmf_estimator.py on digits, one round: both estimators from the same start, blockadmm's time
+    counted at scikit-learn's error, and the README section says each target reached or not."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import bench_nmf_estimator as bench
+
+    row = bench.compare("digits", np.float32, 1, "cd", rounds=1)
+    assert row["sklearn"]["n_iter"] >= 1 and row["blockadmm"]["n_iter"] >= row["sklearn"]["n_iter"] * 0.9
+    assert row["reached_error"] == (row["blockadmm"]["err"] <= row["sklearn"]["err"] * (1 + bench.EQUAL))
+    assert row["speedup"] == pytest.approx(row["sklearn"]["s"] / row["blockadmm"]["s"]) or not row["reached_error"]
+    res = dict(
+        command="c",
+        cpu="cpu",
+        cores=2,
+        started="now",
+        seconds=1,
+        load_avg={"start": [1], "end": [1]},
+        commit="0" * 40,
+        versions={},
+        equal_error_rel=bench.EQUAL,
+        rows=[row],
+    )
+    md = bench.render(res, "link.json")
+    assert "| digits 1797×64 k=16 | float32 | 1 |" in md and ("**reached**" in md or "**missed**" in md)
