@@ -1,4 +1,4 @@
-"""The three ops on every backend that can run here, at small / medium / large sizes, in one run.
+"""The four ops on every backend that can run here, at small / medium / large sizes, in one run.
 
     pytest bench/bench_ops.py --benchmark-columns=min,median,rounds     (or: python -m bench)
 
@@ -9,8 +9,9 @@ Rows (op x size x implementation):
   triton    the Triton kernels (backend="triton"; CUDA tensors only: on a CPU there is no compiled Triton)
   cuda      the CUDA C++ module (backend="cuda")
   eager cuda, compile cuda   with a GPU: the reference and its torch.compile on CUDA tensors
+  sklearn   (nmf_hals_update only) scikit-learn's own pass, `_update_cdnmf_fast`, on the same float32 inputs
 Each row records the bytes (aux/dual: read z, u, a, g, write z, u) or FLOPs (NMF: 4ndk + 4k^2(n+d);
-linear block: 6mkn for forward, grad_weight and grad_input) it moves, so the report gives GB/s against
+HALS pass: 2nk^2; linear block: 6mkn for forward, grad_weight and grad_input) it moves, so the report gives GB/s against
 the copy bandwidth and GFLOP/s against torch.mm, both measured in the same run (bench_limits.py).
 bench_ops_cpu.py (the kernel issue's file) holds the CPU acceptance checks of the aux/dual kernel,
 the indexed (batch-mode) variant among them; this file is the matrix the README table is made from.
@@ -36,6 +37,12 @@ NMF_SIZES = pick(
     {"small": (1024, 256, 16), "medium": (5000, 784, 64), "large": (16384, 1024, 128)},
     {"medium": (5000, 784, 64)},
     {"tiny": (32, 24, 4)},
+)
+# (rows n, components k) of the codes a HALS pass updates: digits (k=16), MNIST-5k (k=64), the sparse set (k=32)
+HALS_SIZES = pick(
+    {"small": (1797, 16), "medium": (5000, 64), "large": (20000, 32)},
+    {"medium": (5000, 64)},
+    {"tiny": (32, 4)},
 )
 LIN_SIZES = pick(
     {"small": (100, 784, 256), "medium": (1024, 784, 512), "large": (4096, 1024, 1024)},
@@ -165,6 +172,63 @@ def test_nmf_mu_update(benchmark, size, impl):
         size=size,
         device=device,
         shape=[n, d, k],
+        flops=flops,
+        bound="gemm",
+        **t,
+    )
+
+
+def _sklearn_hals(H, A, G, perm):
+    """scikit-learn's coordinate-descent pass on the same arrays (numpy views: in place on H), or skip."""
+    try:
+        from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast
+    except ImportError as e:
+        return None, f"scikit-learn unavailable: {e}"
+    import numpy as np
+
+    Hn, An, Gn, pn = H.numpy(), A.numpy(), G.numpy(), perm.numpy().astype(np.intp)
+    return lambda: _update_cdnmf_fast(Hn, Gn, An, pn), None
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["sklearn"])
+@pytest.mark.parametrize("size", list(HALS_SIZES))
+def test_nmf_hals_update(benchmark, size, impl):
+    op = "nmf_hals_update"
+    n, k = HALS_SIZES[size]
+    g = torch.Generator().manual_seed(0)
+    V, W = torch.rand(n, 3 * k, generator=g), torch.rand(k, 3 * k, generator=g)
+    H0, A, G = torch.rand(n, k, generator=g), V @ W.T, W @ W.T
+    perm = torch.randperm(k, generator=g)
+    if impl == "sklearn":
+        device = "cpu"
+        H = H0.clone()
+        run, err = _sklearn_hals(H, A, G, perm)
+        if run is None:
+            _skip(op, impl, size, err)
+    else:
+        fn, device = _impl_fn(op, impl, size)
+        H, A, G, perm = H0.to(device), A.to(device), G.to(device), perm.to(device)
+
+        def run():
+            fn(H, A, G, perm=perm)
+            _sync(device)
+
+    flops = 2 * n * k * k
+    try:
+        run()
+    except Exception as e:
+        _skip(op, impl, size, f"{type(e).__name__}: {e}")
+    # every round from the same codes (a pass does the same arithmetic whatever the values, but not the same
+    # branches in scikit-learn's loop)
+    t = timed(benchmark, run, rounds=_rounds(flops, impl == "eager"), warmup=1, setup=lambda: H.copy_(H0))
+    record(
+        "ops",
+        f"{op} {impl} {size}",
+        op=op,
+        impl=impl,
+        size=size,
+        device=device,
+        shape=[n, k],
         flops=flops,
         bound="gemm",
         **t,

@@ -24,9 +24,9 @@ TARGETS = {
 EQUAL_ERR_RTOL = 1e-3  # "equal reconstruction error": relative difference at most this
 # "at the accuracy of the default run": a faster recipe's final test accuracy at most this many points below it
 SAME_ACC_POINTS = 0.5
-OP_ORDER = ["aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd"]
+OP_ORDER = ["aux_dual_update", "nmf_mu_update", "nmf_hals_update", "linear_block_fwd_bwd"]
 SIZE_ORDER = ["tiny", "small", "medium", "large"]
-IMPL_ORDER = ["eager", "compile", "cpu", "eager cuda", "compile cuda", "triton", "cuda"]
+IMPL_ORDER = ["eager", "compile", "cpu", "sklearn", "eager cuda", "compile cuda", "triton", "cuda"]
 
 
 def _best(recs, name, key):
@@ -65,6 +65,9 @@ def summarize(records: List[dict], meta: dict) -> dict:
             else:
                 row["GFLOPs"] = r["flops"] / s / 1e9
                 row["limit_fraction"] = row["GFLOPs"] / fl if fl else None
+            sk = timed_ops.get((op, size, "sklearn"))
+            if sk and sk.get("s") and impl != "sklearn":
+                row["vs_sklearn"] = sk["s"] / s
             for base in ("eager", "compile"):
                 if r.get("device") == "cuda":
                     b = timed_ops.get((op, size, base + " cuda"))
@@ -309,7 +312,8 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
     L.append("")
     L.append(
         "**Ops** (min of the rounds; fraction of the limit: GB/s ÷ copy GB/s for the memory-bound aux/dual update, "
-        "GFLOP/s ÷ `torch.mm` GFLOP/s for the GEMM-bound NMF update and linear block)"
+        "GFLOP/s ÷ `torch.mm` GFLOP/s for the GEMM-bound NMF update and linear block and for the dot products of "
+        "the HALS pass)"
     )
     L.append("")
     L.append(
@@ -325,6 +329,13 @@ def render(res: dict, *, heading: bool = True, plots_prefix: Optional[str] = Non
             f"| {r['op']} | {r['size']} | {'×'.join(map(str, r.get('shape', [])))} | {r['impl']} | "
             f"{r.get('device', '')} | {_f(r['ms'], '{:.3f}')} | "
             f"{rate} | {_f(r.get('limit_fraction'))} | {_x(r.get('vs_eager'))} | {_x(r.get('vs_compile'))} |"
+        )
+    hals = [r for r in res["ops"] if r.get("vs_sklearn")]
+    if hals:
+        L.append("")
+        L.append(
+            "HALS pass (`nmf_hals_update`, float32) against scikit-learn's own pass `_update_cdnmf_fast` on the same "
+            "inputs: " + "; ".join(f"{r['impl']} {r['size']} {_x(r['vs_sklearn'])}" for r in hals) + "."
         )
     if res.get("kernel_checks"):
         L.append("")

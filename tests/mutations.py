@@ -84,6 +84,22 @@ MUTATIONS = [
         ["tests/test_ref.py"],
         "the reference NMF update of W without its l2 term",
     ),
+    Mutation(
+        "ref-hals-projected-gradient",
+        "blockadmm/ref/nmf_hals.py",
+        "pg = torch.where(h == 0, grad.clamp(max=0), grad)",
+        "pg = grad",
+        ["tests/test_kernels_nmf_hals.py"],
+        "the HALS reference counts the raw gradient, not the projected one, at zero codes",
+    ),
+    Mutation(
+        "triton-hals-perm-ignored",
+        "kernels/nmf_hals.py",
+        "HAS_PERM=perm is not None",
+        "HAS_PERM=False",
+        ["tests/test_kernels_nmf_hals.py"],
+        "the Triton HALS pass visits the components in the order 0..k-1 whatever perm says",
+    ),
     # ---------------------------------------------------------------- the engine's step (blockadmm/engine/)
     Mutation(
         "trainer-dual-sign",

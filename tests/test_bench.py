@@ -32,7 +32,7 @@ def test_bench_runs_without_timing(tmp_path):
     assert res["machine"]["cpu"] and res["machine"]["cores"] >= 1 and "torch" in res["versions"]
     assert len(res["load_avg"]["start"]) == 3
     ops_impls = {(r["op"], r["impl"]) for r in res["ops"]}
-    for op in ("aux_dual_update", "nmf_mu_update", "linear_block_fwd_bwd"):
+    for op in ("aux_dual_update", "nmf_mu_update", "nmf_hals_update", "linear_block_fwd_bwd"):
         assert (op, "eager") in ops_impls
     nmf = {r["impl"]: r for r in res["nmf"]}
     # the eager reference always; the C++ module's row wherever it loads (it does here), scikit-learn's where installed

@@ -110,23 +110,27 @@ def test_backend_zero_rows(backend, device):
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_cpu_kernel_threads_match_reference(threads, dtype):
-    """n = 70 splits into blocks of 4 rows with a 2-row tail over 2 and 3 OpenMP threads."""
+def test_cpu_kernel_threads_match_reference_and_one_thread(threads, dtype):
+    """n = 1000 rows (above the kernel's serial threshold) in blocks with a tail, over 2 and 3 OpenMP threads:
+    the reference's values, and exactly the one-thread codes and violation (the sum runs in row order)."""
     if ops.backends()["cpu"].load_error() is not None:
         pytest.skip(ops.backends()["cpu"].load_error())
-    H, A, G = _problem(70, 37, dtype=dtype)
+    H, A, G = _problem(1000, 37, dtype=dtype)
     perm = torch.randperm(37)
-    Hr = H.clone()
+    Hr, H1 = H.clone(), H.clone()
     vr = ops.nmf_hals_update(Hr, A, G, perm=perm, backend="torch")
     saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
+        torch.set_num_threads(1)
+        v1 = ops.nmf_hals_update(H1, A, G, perm=perm, backend="cpu")
+        torch.set_num_threads(threads)
         v = ops.nmf_hals_update(H, A, G, perm=perm, backend="cpu")
     finally:
         torch.set_num_threads(saved)
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(H, Hr, **tol)
     torch.testing.assert_close(v, vr, **tol)
+    assert torch.equal(H, H1) and torch.equal(v, v1)
 
 
 def test_auto_on_cpu_is_the_cpu_kernel_for_both_dtypes():
