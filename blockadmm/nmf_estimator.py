@@ -170,6 +170,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 "values to X, or use a positive beta_loss."
             )
         device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"NMF(device={self.device!r}) but torch sees no CUDA device: use device=None (the CPU)")
         Xm = _as_matrix(X, device)
         W, H = self._start(X, Xm, W, H, update_H)
         W, H = W.to(device), H.to(device)

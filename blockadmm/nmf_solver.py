@@ -168,7 +168,7 @@ def _wh_at_entries(X: Matrix, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     if not X.is_sparse:
         return mm(W, H).reshape(-1)
     rows, cols = X.rows_cols()
-    out = torch.empty(rows.numel(), dtype=W.dtype)
+    out = torch.empty(rows.numel(), dtype=W.dtype, device=W.device)
     Ht = H.T
     step = max(1, (1 << 22) // max(W.shape[1], 1))
     for s in range(0, rows.numel(), step):
@@ -217,7 +217,7 @@ def fit_cd(
     k = W.shape[1]
 
     def order():
-        return torch.from_numpy(rng.permutation(k).astype(np.int64)) if shuffle else None
+        return torch.from_numpy(rng.permutation(k).astype(np.int64)).to(W.device) if shuffle else None
 
     violation_init, n_iter = None, 0
     for n_iter in range(1, max_iter + 1):

@@ -155,6 +155,9 @@ def test_bad_settings_and_shapes_are_named():
         NMF(2, beta_loss="kullback-leibler").fit(X)
     with pytest.warns(ConvergenceWarning, match="Maximum number of iterations 2 reached"):
         NMF(2, max_iter=2).fit(X)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device: use device=None"):
+            NMF(2, device="cuda").fit(X)
 
 
 def test_feature_names_and_set_output():
