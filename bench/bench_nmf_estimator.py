@@ -65,7 +65,7 @@ def _error(X, W, H) -> float:
     from blockadmm.nmf_solver import beta_divergence
 
     return beta_divergence(
-        _as_matrix(X, torch.device("cpu")),
+        _as_matrix(X.astype(np.float64), torch.device("cpu")),
         torch.from_numpy(np.ascontiguousarray(W)).double(),
         torch.from_numpy(np.ascontiguousarray(H)).double(),
         2.0,
@@ -136,6 +136,7 @@ def main(argv=None) -> str:
     p.add_argument("--datasets", default=",".join(RANKS))
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--resume", action="store_true", help="keep the rows the results file has, measure the rest")
     a = p.parse_args(argv)
     names = ["digits"] if a.quick else a.datasets.split(",")
     rounds = 1 if a.quick else a.rounds
@@ -155,13 +156,23 @@ def main(argv=None) -> str:
     }
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"nmf-estimator-{machine_name()}.json")
+    if a.resume and os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        res["rows"] = [dict(r, commit=r.get("commit", before["commit"])) for r in before["rows"]]
+        res.update(started=before["started"], command=before["command"] + " (then --resume)")
+        load_start, t0 = before["load_avg"]["start"], t0 - before["seconds"]
+    done = {(r["dataset"], r["dtype"], r["threads"], r["solver"]) for r in res["rows"]}
     # one thread first, cd first; the file is rewritten after every row, so a cut-short run keeps what it measured
     for threads in (1, 2):
         for solver in ("cd", "mu"):
             for name in names:
                 for dtype in (np.float32, np.float64):
-                    row = compare(name, dtype, threads, solver, rounds)
+                    if (name, np.dtype(dtype).name, threads, solver) in done:
+                        continue
+                    row = dict(compare(name, dtype, threads, solver, rounds), commit=commit)
                     res["rows"].append(row)
+                    res["commit"] = sorted({r["commit"] for r in res["rows"]})
                     res.update(seconds=round(time.time() - t0), load_avg={"start": load_start, "end": load_avg()})
                     with open(path, "w") as f:
                         json.dump(res, f, indent=1)
@@ -182,7 +193,7 @@ def render(res: dict, link: str) -> str:
         "",
         f"{res['cpu']}, {res['cores']} cores, {res['started']}, {res['seconds']} s, load average "
         f"{res['load_avg']['start']} at the start and {res['load_avg']['end']} at the end, git "
-        f"{res['commit'][:7]}, scikit-learn {res['versions'].get('sklearn')}, torch {res['versions'].get('torch')}. "
+        f"{_commits(res)}, scikit-learn {res['versions'].get('sklearn')}, torch {res['versions'].get('torch')}. "
         "Both estimators start from the same factors (scikit-learn's default start, nndsvda) with scikit-learn's "
         "default tol=1e-4 and max_iter=200; scikit-learn runs to its stopping rule and sets the bar (its error "
         "‖X − WH‖_F); blockadmm runs with the same settings, and where its error is above the bar (beyond "
@@ -209,6 +220,11 @@ def render(res: dict, link: str) -> str:
             )
     lines += [""] + _verdicts(res["rows"])
     return "\n".join(lines)
+
+
+def _commits(res) -> str:
+    commits = [res["commit"]] if isinstance(res["commit"], str) else res["commit"]
+    return ", ".join(c[:7] for c in commits)
 
 
 def _verdicts(rows) -> list:
