@@ -30,14 +30,30 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+def _scipy_csr(X: torch.Tensor):
+    """The CPU CSR tensor X as a scipy CSR matrix on the same memory, or None without scipy (not a core
+    dependency). scipy's sparse products are scikit-learn's; torch's (MKL on its CPU wheels) run Xᵀ B in float64 at
+    under half their speed on AMD CPUs (bench/bench_nmf.py)."""
+    try:
+        import scipy.sparse as sp
+    except ImportError:
+        return None
+    return sp.csr_matrix((X.values().numpy(), X.col_indices().numpy(), X.crow_indices().numpy()), shape=X.shape)
+
+
 class Matrix:
     """X as the solvers read it: a dense tensor, or a sparse CSR tensor with its transpose kept (built once), so
-    X @ B and Xᵀ @ B are both row-major sparse-dense products and X is never densified."""
+    X @ B and Xᵀ @ B are both row-major sparse-dense products and X is never densified (on the CPU: scipy's
+    products, where scipy is installed)."""
 
     def __init__(self, X: torch.Tensor, _transpose: Matrix | None = None):
         self.X, self.shape, self.dtype = X, tuple(X.shape), X.dtype
         self.is_sparse = X.layout == torch.sparse_csr
         self._T = _transpose
+        if _transpose is not None:  # the transpose of a scipy CSR matrix is a CSC view of the same memory
+            self._scipy = None if _transpose._scipy is None else _transpose._scipy.T
+        else:
+            self._scipy = _scipy_csr(X) if self.is_sparse and X.device.type == "cpu" else None
 
     @property
     def T(self) -> Matrix:
@@ -57,6 +73,8 @@ class Matrix:
         return self.X.values() if self.is_sparse else self.X.reshape(-1)
 
     def mm(self, B: torch.Tensor) -> torch.Tensor:
+        if self._scipy is not None:
+            return torch.from_numpy(np.asarray(self._scipy @ B.numpy()))
         return self.X @ B if self.is_sparse else mm(self.X, B)
 
     def rows_cols(self):
