@@ -199,7 +199,9 @@ def render(res: dict, link: str) -> str:
         "‖X − WH‖_F); blockadmm runs with the same settings, and where its error is above the bar (beyond "
         f"{res['equal_error_rel']:g} relative) again with more iterations until it is not. × = scikit-learn's "
         "time ÷ blockadmm's time to reach the bar (min of the rounds, the two alternating; threads: torch's and "
-        "the BLAS's, pinned alike with threadpoolctl).",
+        "the BLAS's, pinned alike with threadpoolctl); error rel. diff: blockadmm's error ÷ scikit-learn's − 1 (0: the "
+        "same to the last digit, negative: lower). The machine was shared while this ran: the load average above is "
+        "its cores' queue, and 2-thread times suffer most from it.",
     ]
     for solver in ("cd", "mu"):
         rows = [r for r in res["rows"] if r["solver"] == solver]
