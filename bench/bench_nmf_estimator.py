@@ -204,7 +204,11 @@ def render(res: dict, link: str) -> str:
         "its cores' queue, and 2-thread times suffer most from it.",
     ]
     for solver in ("cd", "mu"):
-        rows = [r for r in res["rows"] if r["solver"] == solver]
+        order = list(RANKS)
+        rows = sorted(
+            (r for r in res["rows"] if r["solver"] == solver),
+            key=lambda r: (r["threads"], order.index(r["dataset"]), r["dtype"]),
+        )
         if not rows:
             continue
         lines += [
