@@ -21,7 +21,7 @@ algorithm, not of a particular way to do it), and reported as GFLOP/s next to th
                     (V Wᵀ, Hᵀ V) on bfloat16 inputs (V converted once per run, inside the timing), float32
                     factors, Gram products and the C++ epilogue. torch on CPU returns bf16 GEMM outputs (no
                     float32 out_dtype), so the numerators are rounded to 8 bits: its error is what decides
-  blockadmm NMF     the scikit-learn-shaped estimator blockadmm.nmf.NMF(init="custom", tol=0), fit_transform:
+  blockadmm NMF     the estimator blockadmm.nmf.NMF(init="custom", solver="mu", tol=0), fit_transform:
                     the op plus its input checks and final error, the same work as the sklearn row's
   sklearn mu        sklearn.decomposition.NMF(solver="mu", init="custom", tol=0), fit_transform on the float32
                     arrays, which it computes in (its time includes its input checks and the final error); the
@@ -94,7 +94,7 @@ def test_nmf(benchmark, dataset, impl):
         from blockadmm.nmf import NMF
 
         def run():
-            m = NMF(k, init="custom", tol=0.0, max_iter=ITERS)
+            m = NMF(k, init="custom", solver="mu", tol=0.0, max_iter=ITERS)
             codes = m.fit_transform(V, W=H0, H=W0)
             out.update(H=torch.from_numpy(codes), W=torch.from_numpy(m.components_))
 

@@ -31,13 +31,22 @@ of once per update (equal to the op's result up to rounding); the default goes t
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import ops
-from .nmf_estimator import NMF
+from . import nmf_solver, ops
 
-__all__ = ["NMF", "NMFBlock", "NMFLayer", "disentangling_score", "group_energy"]
+__all__ = ["NMFBlock", "NMFLayer", "disentangling_score", "group_energy"]  # and NMF, imported on first use
+
+
+def __getattr__(name):
+    # the estimator needs scikit-learn (an extra): imported on first use, so `import blockadmm.nmf` never needs it
+    if name == "NMF":
+        from .nmf_estimator import NMF
+
+        return NMF
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _to_rows(V: torch.Tensor):
@@ -65,7 +74,7 @@ class NMFLayer(nn.Module):
     scikit-learn's `components_` (and `blockadmm.nmf.NMF`'s), its H scikit-learn's W.
 
     The basis starts random (uniform on [0.1, 1.1), seed 0) and the forward never changes it. To learn one:
-    `fit_basis(V)` fits it to features by NMF (blockadmm.nmf.NMF, scikit-learn's multiplicative updates);
+    `fit_basis(V)` fits it to features by NMF (scikit-learn's coordinate descent, on blockadmm's ops);
     `init_basis_from(features, labels)` gives each class group components drawn from that class's features;
     inside Block-ADMM, NMFBlock updates it by multiplicative updates toward the codes' targets (update_epochs).
 
@@ -226,14 +235,25 @@ class NMFLayer(nn.Module):
         return 0.5 * (V - self.reconstruct(H)).square().sum()
 
     @torch.no_grad()
-    def fit_basis(self, V: torch.Tensor, **nmf_options) -> NMFLayer:
-        """Learn the basis W from features V (n, d[, h, w]; conv features per position) by NMF: W becomes
-        `NMF(n_components=k, **nmf_options).fit(V).components_`. Returns the layer."""
+    def fit_basis(self, V: torch.Tensor, *, init: str = "nndsvda", solver: str = "cd", max_iter: int = 200,
+                  tol: float = 1e-4, random_state: int | None = None) -> NMFLayer:
+        """Learn the basis W from features V (n, d[, h, w]; conv features per position) by NMF, as
+        `blockadmm.nmf.NMF(n_components=k, init=..., solver=..., ...)` fits it (the exact SVD where the estimator
+        uses scikit-learn's randomized one), without needing scikit-learn. Returns the layer."""
         self._check_input(V)
         V2, _ = _to_rows(V)
-        nmf_options.setdefault("backend", self.backend)
-        components = NMF(self.n_components, **nmf_options).fit(V2.detach().float()).components_
-        self.W.data.copy_(torch.as_tensor(components, dtype=self.W.dtype).clamp_min(1e-6))
+        X = nmf_solver.Matrix(V2.detach().float().contiguous())
+        if solver not in ("cd", "mu"):
+            raise ValueError(f"{self.name}: solver must be 'cd' or 'mu', got {solver!r}")
+        if init not in ("random", "nndsvd", "nndsvda", "nndsvdar"):
+            raise ValueError(f"{self.name}: init must be 'random', 'nndsvd', 'nndsvda' or 'nndsvdar', got {init!r}")
+        if init != "random" and self.n_components > min(X.shape):
+            raise ValueError(f"{self.name}: init={init!r} needs n_components <= min(n_samples, n_features) "
+                             f"= {min(X.shape)}, got {self.n_components}: use init='random'")
+        W, H = nmf_solver.initialize(X, self.n_components, init, lambda: np.random.RandomState(random_state))
+        fit = nmf_solver.fit_cd if solver == "cd" else nmf_solver.fit_mu
+        _, H, _ = fit(X, W, H, tol=tol, max_iter=max_iter, backend=self.backend)
+        self.W.data.copy_(H.to(self.W.dtype).clamp_min(1e-6))
         self.basis_fitted.fill_(True)
         return self
 

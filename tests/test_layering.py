@@ -111,8 +111,8 @@ def test_library_modules_stay_short():
 
 
 def test_core_runs_without_the_extras():
-    """`import blockadmm`, the ops and `fit` on a TensorDataset with scikit-learn, mlxtend, mnist1d, matplotlib and
-    tensorboard made unimportable (as after `pip install .` with no extras)."""
+    """`import blockadmm`, the ops, `fit` on a TensorDataset and NMFLayer.fit_basis with scikit-learn, mlxtend,
+    mnist1d, matplotlib and tensorboard made unimportable (as after `pip install .` with no extras)."""
     script = textwrap.dedent("""
         import importlib.abc
         import importlib.machinery
@@ -136,7 +136,7 @@ def test_core_runs_without_the_extras():
         from torch.utils.data import TensorDataset
         import blockadmm
         from blockadmm import ops
-        from blockadmm.nmf import NMF
+        from blockadmm.nmf import NMFLayer
 
         torch.manual_seed(0)
         X, Y = torch.randn(64, 5), torch.randint(0, 3, (64,))
@@ -145,7 +145,13 @@ def test_core_runs_without_the_extras():
         trainer.fit(TensorDataset(X, Y), 1, batch_size=16, progress=False)
         z, u, a = torch.randn(4, 3), torch.zeros(4, 3), torch.randn(4, 3)
         ops.aux_dual_update(z, u, a, None, rho=1.0, lr=0.1)
-        NMF(2, max_iter=5).fit(torch.rand(10, 4))
+        NMFLayer(4, n_components=2).fit_basis(torch.rand(10, 4), max_iter=5)  # the solvers need no extra
+        try:  # the scikit-learn estimator names the extra to install, in one line
+            from blockadmm.nmf import NMF  # noqa: F401
+        except ImportError as err:
+            assert 'pip install "blockadmm[sklearn]"' in str(err) and "\\n" not in str(err), str(err)
+        else:
+            raise AssertionError("blockadmm.nmf.NMF imported without scikit-learn")
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
         print("ok")

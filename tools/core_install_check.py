@@ -1,5 +1,6 @@
-"""The core library with no extras installed, as a user runs it: fit on a TensorDataset, the ops, the NMF estimator;
-no extra (scikit-learn, matplotlib, ...) imported. Run by tools/core_install_check.sh in a fresh venv."""
+"""The core library with no extras installed, as a user runs it: fit on a TensorDataset, the ops, the NMF layer's
+solver (the scikit-learn estimator says which extra it needs); no extra (scikit-learn, matplotlib, ...) imported.
+Run by tools/core_install_check.sh in a fresh venv."""
 import sys
 
 import torch
@@ -8,7 +9,7 @@ from torch.utils.data import TensorDataset
 import blockadmm
 from blockadmm import BlockADMM, ops
 from blockadmm.models import mlp_blocks
-from blockadmm.nmf import NMF
+from blockadmm.nmf import NMFLayer
 
 print("blockadmm from", blockadmm.__file__)
 torch.manual_seed(0)
@@ -30,9 +31,16 @@ ops.aux_dual_update(zc, uc, a, g, rho=1.0, lr=0.1, backend="cpu")
 assert torch.allclose(z, zc, atol=1e-6) and torch.allclose(u, uc, atol=1e-6)
 print("aux_dual_update: the C++ cpu kernel equals the torch reference")
 V = torch.rand(200, 50)
-est = NMF(n_components=8, max_iter=100, random_state=0)
-W = est.fit_transform(V)
-print("NMF err", float(est.reconstruction_err_), "n_iter", est.n_iter_, W.shape)
+layer = NMFLayer(50, n_components=8).fit_basis(V, max_iter=100)
+print("NMFLayer basis fitted by coordinate descent, reconstruction error",
+      float((V - layer(V) @ layer.W).norm() / V.norm()))
+try:
+    from blockadmm.nmf import NMF  # noqa: F401  (the scikit-learn estimator: an extra)
+except ImportError as err:
+    print("blockadmm.nmf.NMF without scikit-learn:", err)
+    assert 'pip install "blockadmm[sklearn]"' in str(err)
+else:
+    raise AssertionError("blockadmm.nmf.NMF imported without scikit-learn")
 bad = [m for m in ("sklearn", "matplotlib", "mlxtend", "mnist1d", "tensorboard", "triton") if m in sys.modules]
 print("extras imported:", bad)
 assert not bad

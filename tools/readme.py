@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bench.bench_nmf_estimator import render as render_nmf_estimator  # noqa: E402
 from bench.report import render as render_bench_run  # noqa: E402 (needs ROOT on sys.path)
 from tools import readme_experiments  # noqa: E402
 
@@ -188,6 +189,9 @@ def render_bench(bench_results: str, link: str) -> str:
             "installed with the package). Each results file also records library versions and the raw records."
         ),
     ]
+    for path in sorted(glob.glob(os.path.join(bench_results, "nmf-estimator-*.json"))):  # NMF against cd first
+        with open(path) as f:
+            lines += ["", render_nmf_estimator(json.load(f), f"{link}/{os.path.basename(path)}")]
     for title, group in (("CPU", cpu), ("GPU", gpu)):
         lines.append("")
         if not group:
