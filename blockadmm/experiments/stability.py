@@ -4,7 +4,7 @@ Each recipe (`default`, `fast` on the nets it claims, `deep` on the tanh net, an
 `--recipe NAME:preset=fast,lr=2.5e-3,adam_eps=1e-4`) trains online with `fit`, batch 100, next to backprop (Adam,
 its rate chosen on the validation accuracy of seed 0, the same batches and initial weights). A run collapses when
 its test or validation accuracy falls more than 10 points below its running best, or its training loss rises above
-3x its best (DESIGN §4). One results file per (recipe, net, data, seed) under OUT/runs/, so the grid resumes and can
+3x its best (DESIGN §4). One results file per (recipe, net, data, seed) under OUT/units/, so the grid resumes and can
 run piecewise; OUT/results.json holds every run's summary and the table, OUT/timing.json the wall time and load,
 OUT/stability.png the collapse map and the final accuracies.
 """
@@ -102,23 +102,35 @@ def _history_row(rec: dict) -> dict:
     return {k: rec[k] for k in keep if k in rec}
 
 
+def trainer_kwargs(recipe: dict) -> dict:
+    """The keyword arguments of BlockADMM (or DistributedBlockADMM) for a recipe: its preset, Adam with the recipe's
+    rate and eps (fused, as the library's default Adam), the preset's optimizer sharing unless the recipe sets it, and
+    the ADMMConfig fields it overrides."""
+    preset = PRESETS[recipe["preset"]]
+    lr, eps = recipe.get("lr", preset.weight_lr), recipe.get("adam_eps", 1e-8)
+    return {
+        "preset": recipe["preset"],
+        "optimizer": lambda p: torch.optim.Adam(list(p), lr=lr, eps=eps, fused=True),
+        "shared_optimizer": recipe.get("shared_optimizer", preset.shared_optimizer),
+        **{k: v for k, v in recipe.items() if k in ADMMConfig.__dataclass_fields__},
+    }
+
+
+def fit_kwargs(recipe: dict) -> dict:
+    """The keyword arguments of fit() a recipe sets (a divergence guard, say)."""
+    return {k: v for k, v in recipe.items() if k in _fit_keys()}
+
+
 def train_admm(recipe: dict, net: str, splits, seed: int, epochs: int) -> tuple[list[dict], str | None]:
     """fit() of the recipe on the net; (history, the error that ended it early or None)."""
     blocks, constraints = nets.build(net, splits, seed, admm=True)
-    preset = PRESETS[recipe["preset"]]
-    config = {k: v for k, v in recipe.items() if k in ADMMConfig.__dataclass_fields__}
-    fit_kwargs = {k: v for k, v in recipe.items() if k in _fit_keys()}
-    lr, eps = recipe.get("lr", preset.weight_lr), recipe.get("adam_eps", 1e-8)
     trainer = BlockADMM(
         blocks,
         input_shape=splits.input_shape,
         mode="online",
-        preset=recipe["preset"],
-        optimizer=lambda p: torch.optim.Adam(list(p), lr=lr, eps=eps, fused=True),
-        shared_optimizer=recipe.get("shared_optimizer", preset.shared_optimizer),
         constraints=constraints,
         seed=seed,
-        **config,
+        **trainer_kwargs(recipe),
     )
     error = None
     try:
@@ -130,7 +142,7 @@ def train_admm(recipe: dict, net: str, splits, seed: int, epochs: int) -> tuple[
             test=splits.test,
             progress=False,
             eval_train=False,
-            **fit_kwargs,
+            **fit_kwargs(recipe),
         )
     except Exception as e:  # a run that raises (non-finite loss, the guard stopping it) is a collapse, recorded
         error = f"{type(e).__name__}: {e}".split("\n")[0]
@@ -176,7 +188,7 @@ def record(recipe_name: str, recipe: dict, net: str, data: str, seed: int, histo
 
 # ------------------------------------------------------------------------------------------ units
 def unit_path(out: str, recipe: str, net: str, data: str, seed: int) -> str:
-    return os.path.join(out, "runs", recipe, net, data, f"seed{seed}.json")
+    return os.path.join(out, "units", recipe, net, data, f"seed{seed}.json")
 
 
 def _done(path: str, epochs: int, spec) -> bool:
@@ -337,9 +349,9 @@ def run_phases(phases: list[list[dict]], jobs: int, log) -> list[dict]:
 
 
 def collect(out: str) -> list[dict]:
-    """Every run's record under OUT/runs (without its history), backprop's selection runs left out."""
+    """Every run's record under OUT/units (without its history), backprop's selection runs left out."""
     records = []
-    for root, _, files in os.walk(os.path.join(out, "runs")):
+    for root, _, files in os.walk(os.path.join(out, "units")):
         if f"{os.sep}{BACKPROP}-select" in root:
             continue
         for f in sorted(files):
