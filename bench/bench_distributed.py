@@ -249,9 +249,10 @@ TTA_RATES = (1e-3, 2e-3, 3e-3, 5e-3)  # backprop's Adam rates tried on validatio
 TTA_SWEEP_EPOCHS = 10
 
 
-def _backprop_history(hidden, threads, lr, epochs, val=False):
+def _backprop_history(hidden, threads, lr, epochs, val=False, budget_s=None):
     """Backprop (the experiments' Backprop, fused Adam as the blocks get) from the shared initial weights; per epoch
-    the training seconds and the test accuracy (val: the validation accuracy, training on the rest)."""
+    the training seconds and the test accuracy (val: the validation accuracy, training on the rest). budget_s: stop
+    after the epoch in which the training time passes it."""
     from blockadmm import data
     from blockadmm.experiments.training import Backprop, accuracy, train_epochs
     from blockadmm.trainer import adam
@@ -262,9 +263,15 @@ def _backprop_history(hidden, threads, lr, epochs, val=False):
         splits = data.load("mnist5k", val_fraction=0.2)
     learner = Backprop(model, optimizer=adam(lr))
     held_out = splits.val if val else splits.test
+    spent = []
     hist = train_epochs(learner.step, splits.train, epochs, batch_size=100, seed=0,
-                        evaluate=lambda: {"test_acc": accuracy(model.eval(), held_out)})
+                        evaluate=lambda: {"test_acc": accuracy(model.eval(), held_out)},
+                        on_epoch=lambda rec: spent.append(rec["wall_s"]) or _over(spent, budget_s))
     return {"hist": hist}
+
+
+def _over(walls, budget_s) -> bool:
+    return budget_s is not None and sum(walls) > budget_s
 
 
 def _ddp_worker(hidden, lr, epochs, out_path):
@@ -306,15 +313,19 @@ def run_ddp(hidden, lr, epochs):
     return res
 
 
-def run_admm(hidden, recipe, threads, epochs):
+def run_admm(hidden, recipe, threads, epochs, budget_s=None):
     from blockadmm.experiments.stability import fit_kwargs, trainer_kwargs
     from blockadmm.trainer import BlockADMM
 
     torch.set_num_threads(threads)
     splits, model, cuts = _setup(hidden)
     tr = BlockADMM(model, blocks=cuts, input_shape=splits.input_shape, seed=0, **trainer_kwargs(recipe))
+
+    def stop_after_budget(record):
+        tr.stop_training = _over([h["wall_s"] for h in tr.history], budget_s)
+
     hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False, eval_train=False,
-                  **fit_kwargs(recipe))
+                  on_epoch=stop_after_budget, **fit_kwargs(recipe))
     return {"hist": hist}
 
 
@@ -346,25 +357,28 @@ def choose_backprop_rate(hidden, rates=TTA_RATES, epochs=TTA_SWEEP_EPOCHS):
     return float(best), sweep
 
 
-def time_to_accuracy(recipes, epochs=20, hidden=None, rates=TTA_RATES, sweep_epochs=TTA_SWEEP_EPOCHS):
-    """Every row of the time-to-92% table, one after the other, each with the load average at its start."""
+def time_to_accuracy(recipes, epochs=20, hidden=None, rates=TTA_RATES, sweep_epochs=TTA_SWEEP_EPOCHS, budget_s=None):
+    """Every row of the time-to-92% table, one after the other, each with the load average at its start; a
+    one-process row stops after the epoch in which its training time passes `budget_s` (a loaded machine)."""
     hidden = hidden or TTA_HIDDEN
     t0 = time.time()
     lr, sweep = choose_backprop_rate(hidden, rates, sweep_epochs)
     runs = {
-        "backprop-1t": lambda: _backprop_history(hidden, 1, lr, epochs),
-        "backprop-2t": lambda: _backprop_history(hidden, 2, lr, epochs),
+        "backprop-1t": lambda: _backprop_history(hidden, 1, lr, epochs, budget_s=budget_s),
+        "backprop-2t": lambda: _backprop_history(hidden, 2, lr, epochs, budget_s=budget_s),
         "ddp-2r": lambda: run_ddp(hidden, lr, epochs),
     }
     for name, recipe in recipes.items():
-        runs[f"admm-1t {name}"] = lambda r=recipe: run_admm(hidden, r, 1, epochs)
-        runs[f"admm-2t {name}"] = lambda r=recipe: run_admm(hidden, r, 2, epochs)
+        runs[f"admm-1t {name}"] = lambda r=recipe: run_admm(hidden, r, 1, epochs, budget_s)
+        runs[f"admm-2t {name}"] = lambda r=recipe: run_admm(hidden, r, 2, epochs, budget_s)
         runs[f"sync-2r {name}"] = lambda r=recipe: run_dist(2, hidden, "sync", 0, epochs, recipe=r)
         runs[f"pipe-2r {name}"] = lambda r=recipe: run_dist(2, hidden, "pipeline", 1, epochs, recipe=r)
     rows = {}
     for name, run in runs.items():
         load = os.getloadavg()[0]
-        rows[name] = dict(tta_row(run()["hist"], at=min(20, epochs)), load_avg_at_start=round(load, 2))
+        hist = run()["hist"]
+        rows[name] = dict(tta_row(hist, at=min(20, epochs)), load_avg_at_start=round(load, 2),
+                          load_avg_at_end=round(os.getloadavg()[0], 2), stopped_by_budget=len(hist) < epochs)
         r = rows[name]
         print(f"{name}: {r['epoch_s']:.2f} s/epoch, to 92% {r['time_to_target_s']}, final {r['final_test_acc']:.3f}"
               f" (load {load:.1f})", flush=True)
@@ -376,6 +390,7 @@ def time_to_accuracy(recipes, epochs=20, hidden=None, rates=TTA_RATES, sweep_epo
         "backprop_lr": lr,
         "backprop_rate_sweep": {"epochs": sweep_epochs, "val_fraction": 0.2, "rates": sweep},
         "recipes": recipes,
+        "budget_s": budget_s,
         "bench_s": round(time.time() - t0, 1),
         "rows": rows,
     }
@@ -390,6 +405,8 @@ def tta_main(argv):
                    "presets default and fast as they are")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="a 2x64 MLP, 2 epochs, 2 rates: proves every row runs")
+    p.add_argument("--budget-s", type=float, help="stop a one-process row after the epoch that passes this many "
+                   "training seconds (default: no limit)")
     p.add_argument("--out", help="the results file (default: bench/results/distributed-tta-<host>.json)")
     a = p.parse_args(argv)
     try:
@@ -399,7 +416,7 @@ def tta_main(argv):
     if a.quick:
         res = time_to_accuracy(recipes, epochs=2, hidden=[64, 64], rates=TTA_RATES[:2], sweep_epochs=1)
     else:
-        res = time_to_accuracy(recipes, epochs=a.epochs)
+        res = time_to_accuracy(recipes, epochs=a.epochs, budget_s=a.budget_s)
     return dict(res, out=a.out) if a.out else res
 
 
