@@ -15,7 +15,6 @@ import argparse
 import inspect
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -40,7 +39,7 @@ BACKPROP_RATES = (3e-4, 1e-3, 3e-3)
 SEEDS = (0, 1, 2, 3, 4)
 EPOCHS = 30
 BATCH = 100
-QUICK = {"nets": ["2x256"], "data": ["mnist5k", "inverted"], "seeds": [0, 1], "epochs": 2, "train_size": 400}
+QUICK = {"nets": ["2x256"], "data": ["digits"], "seeds": [0, 1], "epochs": 2, "train_size": 400}
 OPTIMIZER_KEYS = ("lr", "adam_eps", "shared_optimizer")
 
 
@@ -277,9 +276,27 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     p.add_argument("--epochs", type=positive_int, default=EPOCHS)
     p.add_argument("--jobs", type=positive_int, default=1, help="worker processes at once (one torch thread each)")
-    p.add_argument("--quick", action="store_true", help="2x256 on 400 samples, 2 data, 2 seeds, 2 epochs (seconds)")
+    p.add_argument("--quick", action="store_true", help="2x256 on 400 digits, 2 seeds, 2 epochs (seconds)")
     p.add_argument("--out", default="runs/experiments/stability")
     p.add_argument("--no-progress", action="store_true")
+
+
+def command(args) -> str:
+    """The flags of this invocation that differ from the defaults (what reproduces it, after `blockadmm experiment
+    stability`)."""
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    defaults = vars(parser.parse_args([]))
+    flags = []
+    for key, value in vars(args).items():
+        if key not in defaults or value == defaults[key] or key == "no_progress":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        else:
+            flags += [f"{flag} {v}" for v in (value if isinstance(value, list) else [value])]
+    return " ".join(flags)
 
 
 def plan(args) -> tuple[list[list[dict]], dict]:
@@ -387,7 +404,7 @@ def main(args) -> int:
     timing["invocations"].append(
         {
             **provenance(),
-            "argv": " ".join(sys.argv[1:]) or None,
+            "argv": command(args),
             "jobs": args.jobs,
             "wall_s": time.monotonic() - t0,
             "loadavg_1min": {"mean": sum(samples) / len(samples), "max": max(samples), "samples": samples},
