@@ -55,7 +55,7 @@ def _setup(hidden):
 
 def _dist_worker(hidden, schedule, staleness, epochs, out_path, order, recipe=None):
     from blockadmm.distributed import DistributedBlockADMM
-    from blockadmm.experiments.stability import fit_kwargs, trainer_kwargs
+    from blockadmm.experiments.stability_recipes import fit_kwargs, trainer_kwargs
 
     splits, model, cuts = _setup(hidden)
     kw = {} if order is None else {"order": order}
@@ -314,7 +314,7 @@ def run_ddp(hidden, lr, epochs):
 
 
 def run_admm(hidden, recipe, threads, epochs, budget_s=None):
-    from blockadmm.experiments.stability import fit_kwargs, trainer_kwargs
+    from blockadmm.experiments.stability_recipes import fit_kwargs, trainer_kwargs
     from blockadmm.trainer import BlockADMM
 
     torch.set_num_threads(threads)
@@ -398,7 +398,7 @@ def time_to_accuracy(recipes, epochs=20, hidden=None, rates=TTA_RATES, sweep_epo
 
 def tta_main(argv):
     """`tta [--recipe NAME:key=value,...] [--epochs N] [--quick]`: the time-to-92% rows (time_to_accuracy)."""
-    from blockadmm.experiments.stability import RECIPES, parse_recipe
+    from blockadmm.experiments.stability_recipes import RECIPES, parse_recipe
 
     p = argparse.ArgumentParser(prog="python bench/bench_distributed.py tta")
     p.add_argument("--recipe", action="append", default=[], help="a Block-ADMM recipe (repeatable); default: the "

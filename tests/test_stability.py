@@ -12,7 +12,7 @@ import torch
 from blockadmm import data
 from blockadmm.experiments import run
 from blockadmm.experiments.results_io import read_results
-from blockadmm.experiments.stability import fit_kwargs, parse_recipe, trainer_kwargs
+from blockadmm.experiments.stability_recipes import fit_kwargs, parse_recipe, trainer_kwargs
 from blockadmm.experiments.stability_report import collapses, per_recipe, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

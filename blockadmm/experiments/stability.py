@@ -12,7 +12,6 @@ OUT/stability.png the collapse map and the final accuracies.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import time
@@ -22,67 +21,21 @@ import torch
 
 from .. import data as bdata
 from ..argtypes import positive_int
-from ..engine.config import ADMMConfig
-from ..engine.presets import PRESETS
 from ..trainer import BlockADMM
 from . import stability_nets as nets
 from . import stability_report as report
 from .common import parse_list, setup_threads
 from .grid import LoadSampler
 from .results_io import load_json, provenance, read_results, save_results
+from .stability_recipes import BACKPROP, RECIPES, fit_kwargs, parse_recipe, recipe_nets, trainer_kwargs
 from .stability_report import ACC_DROP, LOSS_FACTOR, collapses
 from .training import Backprop, accuracy, train_epochs
 
-RECIPES = {"default": {"preset": "default"}, "fast": {"preset": "fast"}, "deep": {"preset": "deep"}}
-BACKPROP = "backprop"
 BACKPROP_RATES = (3e-4, 1e-3, 3e-3)
 SEEDS = (0, 1, 2, 3, 4)
 EPOCHS = 30
 BATCH = 100
 QUICK = {"nets": ["2x256"], "data": ["digits"], "seeds": [0, 1], "epochs": 2, "train_size": 400}
-OPTIMIZER_KEYS = ("lr", "adam_eps", "shared_optimizer")
-
-
-# ------------------------------------------------------------------------------------------ recipes
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_recipe(spec: str) -> tuple[str, dict]:
-    """`NAME:key=value,...` -> (NAME, {key: value}); keys: preset, lr (the blocks' Adam rate), adam_eps,
-    shared_optimizer, ADMMConfig fields, and keyword arguments of BlockADMM.fit (e.g. a divergence guard)."""
-    name, _, body = spec.partition(":")
-    if not name or name == BACKPROP or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"--recipe {spec!r}: give NAME:key=value,... with a plain NAME other than {BACKPROP!r}")
-    recipe = {}
-    for item in filter(None, body.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"--recipe {spec!r}: {item!r} is not key=value")
-        recipe[key.strip()] = _value(value.strip())
-    recipe.setdefault("preset", "default")
-    if recipe["preset"] not in PRESETS:
-        raise ValueError(f"--recipe {spec!r}: unknown preset {recipe['preset']!r}; choose one of {sorted(PRESETS)}")
-    known = set(OPTIMIZER_KEYS) | {"preset"} | set(ADMMConfig.__dataclass_fields__) | _fit_keys()
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise ValueError(f"--recipe {spec!r}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return name, recipe
-
-
-def _fit_keys() -> set[str]:
-    skip = {"self", "train", "epochs", "batch_size", "val", "test", "progress", "eval_train", "callbacks", "on_epoch"}
-    return set(inspect.signature(BlockADMM.fit).parameters) - skip
-
-
-def recipe_nets(recipe: dict) -> tuple[str, ...]:
-    """The nets a recipe claims: its preset's (fast: the shallow nets; deep: the tanh net), default: all."""
-    return nets.PRESET_NETS.get(recipe.get("preset", "default"), tuple(nets.NETS))
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -99,25 +52,6 @@ def load_splits(name: str, image: bool, train_size: int | None = None) -> bdata.
 def _history_row(rec: dict) -> dict:
     keep = ("epoch", "loss", "val_acc", "test_acc", "val_loss", "test_loss", "wall_s", "primal_residual", "lr")
     return {k: rec[k] for k in keep if k in rec}
-
-
-def trainer_kwargs(recipe: dict) -> dict:
-    """The keyword arguments of BlockADMM (or DistributedBlockADMM) for a recipe: its preset, Adam with the recipe's
-    rate and eps (fused, as the library's default Adam), the preset's optimizer sharing unless the recipe sets it, and
-    the ADMMConfig fields it overrides."""
-    preset = PRESETS[recipe["preset"]]
-    lr, eps = recipe.get("lr", preset.weight_lr), recipe.get("adam_eps", 1e-8)
-    return {
-        "preset": recipe["preset"],
-        "optimizer": lambda p: torch.optim.Adam(list(p), lr=lr, eps=eps, fused=True),
-        "shared_optimizer": recipe.get("shared_optimizer", preset.shared_optimizer),
-        **{k: v for k, v in recipe.items() if k in ADMMConfig.__dataclass_fields__},
-    }
-
-
-def fit_kwargs(recipe: dict) -> dict:
-    """The keyword arguments of fit() a recipe sets (a divergence guard, say)."""
-    return {k: v for k, v in recipe.items() if k in _fit_keys()}
 
 
 def train_admm(recipe: dict, net: str, splits, seed: int, epochs: int) -> tuple[list[dict], str | None]:
@@ -202,6 +136,23 @@ def _save(path: str, rec: dict, meta: dict) -> None:
     save_results(path, {"experiment": "stability", "meta": meta, "records": [rec]})
 
 
+def backprop_record(unit: dict, splits, meta: dict) -> dict:
+    """Backprop on the unit's seed at the rate with the best validation accuracy of seed 0 (mean of the last 5
+    epochs); the selection runs (seed 0, each rate) are files of their own, made by the first unit that needs them."""
+    out, net, data, seed, epochs = (unit[k] for k in ("out", "net", "data", "seed", "epochs"))
+    histories, scores = {}, {}
+    for lr in unit["rates"]:
+        path = os.path.join(out, "units", f"{BACKPROP}-select", net, data, f"lr{lr:g}.json")
+        if not _done(path, epochs, unit["spec"]):
+            history = train_backprop(net, splits, 0, epochs, lr)
+            _save(path, record(f"{BACKPROP} lr={lr:g}", {"lr": lr}, net, data, 0, history), meta)
+        histories[lr] = read_results(path)["records"][0]["history"]
+        scores[f"{lr:g}"] = sum(h["val_acc"] for h in histories[lr][-5:]) / len(histories[lr][-5:])
+    lr = max(histories, key=lambda r: scores[f"{r:g}"])
+    history = histories[lr] if seed == 0 else train_backprop(net, splits, seed, epochs, lr)
+    return record(BACKPROP, {"lr": lr}, net, data, seed, history, chosen_lr=lr, val_scores=scores)
+
+
 def run_unit(unit: dict) -> dict:
     """Train one (recipe, net, data, seed) unless its file holds it already; returns {path, wall_s, skipped}."""
     setup_threads()
@@ -221,29 +172,7 @@ def run_unit(unit: dict) -> dict:
         "threads": torch.get_num_threads(),
     }
     if name == BACKPROP:
-        rates = unit["rates"]
-        scores = {}
-        for lr in rates:  # the rate chosen on seed 0's validation accuracy (mean of the last 5 epochs)
-            sel = unit_path(out, f"{BACKPROP}-select", net, data, 0).replace("seed0", f"lr{lr:g}")
-            if not _done(sel, epochs, spec):
-                _save(
-                    sel,
-                    record(
-                        f"{BACKPROP} lr={lr:g}", {"lr": lr}, net, data, 0, train_backprop(net, splits, 0, epochs, lr)
-                    ),
-                    meta,
-                )
-            hist = read_results(sel)["records"][0]["history"]
-            scores[f"{lr:g}"] = sum(h["val_acc"] for h in hist[-5:]) / len(hist[-5:])
-        lr = float(max(scores, key=scores.get))
-        history = (
-            read_results(unit_path(out, f"{BACKPROP}-select", net, data, 0).replace("seed0", f"lr{lr:g}"))["records"][
-                0
-            ]["history"]
-            if seed == 0
-            else train_backprop(net, splits, seed, epochs, lr)
-        )
-        rec = record(name, {"lr": lr}, net, data, seed, history, chosen_lr=lr, val_scores=scores)
+        rec = backprop_record(unit, splits, meta)
     else:
         history, error = train_admm(spec, net, splits, seed, epochs)
         rec = record(name, spec, net, data, seed, history, error=error)
