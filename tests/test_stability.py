@@ -55,8 +55,8 @@ def test_a_loss_spike_above_three_times_its_best_counts():
 
 
 def test_summary_counts_collapsed_runs_per_recipe():
-    def rec(recipe, seed, accs):
-        hist = curve(accs)
+    def rec(recipe, seed, accs, losses=None):
+        hist = curve(accs, losses)
         return {
             "recipe": recipe,
             "net": "2x256",
@@ -68,12 +68,19 @@ def test_summary_counts_collapsed_runs_per_recipe():
             "collapses": collapses(hist),
         }
 
-    rows = summary([rec("fast", 0, [0.9, 0.95, 0.1]), rec("fast", 1, [0.9, 0.95, 0.96]), rec("default", 0, [0.9])])
+    tiny_rise = rec("default", 1, [0.9, 0.92, 0.92], [0.5, 0.003, 0.01])  # by the loss alone, at a tiny loss
+    rows = summary(
+        [rec("fast", 0, [0.9, 0.95, 0.1]), rec("fast", 1, [0.9, 0.95, 0.96]), rec("default", 0, [0.9]), tiny_rise]
+    )
     fast = next(r for r in rows if r["recipe"] == "fast")
     assert (fast["runs"], fast["collapsed"], fast["acc_collapsed"], fast["loss_collapsed"]) == (2, 1, 1, 0)
     assert fast["final_worst"] == pytest.approx(10.0) and fast["best_mean"] == pytest.approx(95.5)
     assert fast["first_collapse_epochs"] == [3]
-    assert per_recipe(rows) == {"default": {"runs": 1, "collapsed": 0}, "fast": {"runs": 2, "collapsed": 1}}
+    assert fast["loss_only"] == 0 and fast["loss_only_max"] is None
+    default = next(r for r in rows if r["recipe"] == "default")
+    assert (default["collapsed"], default["acc_collapsed"], default["loss_only"]) == (1, 0, 1)
+    assert default["loss_only_max"] == 0.01
+    assert per_recipe(rows) == {"default": {"runs": 2, "collapsed": 1}, "fast": {"runs": 2, "collapsed": 1}}
 
 
 def test_recipes_from_the_command_line():

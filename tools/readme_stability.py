@@ -26,7 +26,9 @@ def _cells(row) -> list[str]:
     if row is None:
         return ["", ""]
     runs = f"{row['collapsed']}/{row['runs']}"
-    kinds = [f"{row[k]} {label}" for k, label in (("acc_collapsed", "acc"), ("loss_collapsed", "loss")) if row[k]]
+    kinds = [f"{row[k]} {label}" for k, label in (("acc_collapsed", "acc"), ("errors", "error")) if row.get(k)]
+    if row.get("loss_only"):
+        kinds.append(f"{row['loss_only']} loss only, ≤ {row['loss_only_max']:.2g}")
     runs += f" ({', '.join(kinds)})" if kinds else ""
     return [runs, f"{row['final_mean']:.1f} ({row['final_worst']:.1f}) / {row['best_mean']:.1f}"]
 
@@ -88,8 +90,9 @@ def render(stability: str, link: str) -> str:
     lines += [
         "",
         (
-            "Per net and data: runs collapsed (by accuracy, by loss), then the final test accuracy mean (worst seed) / "
-            "the best epoch's, in %; seeds × epochs."
+            "Per net and data: runs collapsed (of which by accuracy; by the training loss alone, with the highest "
+            "loss at such an event: a rise from 0.003 to 0.01 counts by the definition), then the final test accuracy "
+            "mean (worst seed) / the best epoch's, in %; seeds × epochs."
         ),
         "",
         "| recipe | net | data | seeds × epochs | before: collapsed | before: final (worst) / best | "

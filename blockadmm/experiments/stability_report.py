@@ -63,6 +63,12 @@ def summary(records: list[dict]) -> list[dict]:
                 "acc_collapsed": sum("acc" in k for k in kinds),
                 "loss_collapsed": sum("loss" in k for k in kinds),
                 "errors": sum("error" in k for k in kinds),
+                "loss_only": sum(k == {"loss"} for k in kinds),
+                # the highest training loss at an event of the runs collapsed by their loss alone: a rise to 3x a tiny
+                # best (0.003 -> 0.01) counts by the definition, and this says whether that is all it was
+                "loss_only_max": max(
+                    (e["value"] for r, k in zip(rs, kinds) if k == {"loss"} for e in r["collapses"]), default=None
+                ),
                 "final_mean": mean(final),
                 "final_worst": min(final),
                 "best_mean": mean(best),
