@@ -149,3 +149,15 @@ def test_time_to_accuracy_row():
     assert (row["time_to_target_s"], row["epochs_to_target"], row["test_acc_at_3"]) == (3.0, 2, 0.91)
     assert row["min_test_acc_after_target"] == 0.91 and row["final_test_acc"] == 0.95 and row["epoch_s"] == 1.25
     assert tta_row(hist, target=0.99)["time_to_target_s"] is None
+
+
+def test_collected_records_keep_their_collapse_events(tmp_path):
+    """A unit's collapse events (a list of dicts) go to its compressed history file; the summary must read them."""
+    from blockadmm.experiments import stability
+
+    hist = curve([0.9, 0.95, 0.1])
+    rec = stability.record("fast", {"preset": "fast"}, "2x256", "digits", 0, hist)
+    stability._save(stability.unit_path(str(tmp_path), "fast", "2x256", "digits", 0), rec, {"epochs": 3})
+    (got,) = stability.collect(str(tmp_path))
+    assert got["collapses"] == collapses(hist) != [] and "history" not in got
+    assert summary([got])[0]["collapsed"] == 1

@@ -295,15 +295,16 @@ def run_phases(phases: list[list[dict]], jobs: int, log) -> list[dict]:
 
 
 def collect(out: str) -> list[dict]:
-    """Every run's record under OUT/units (without its history), backprop's selection runs left out."""
+    """Every run's record under OUT/units with its collapse events, without its per-epoch history; backprop's
+    selection runs left out."""
     records = []
     for root, _, files in os.walk(os.path.join(out, "units")):
         if f"{os.sep}{BACKPROP}-select" in root:
             continue
         for f in sorted(files):
             if f.endswith(".json"):
-                rec = load_json(os.path.join(root, f))["records"][0]
-                records.append(rec)
+                rec = read_results(os.path.join(root, f))["records"][0]
+                records.append({k: v for k, v in rec.items() if k != "history"})
     return sorted(records, key=lambda r: (r["recipe"], r["net"], r["data"], r["seed"]))
 
 
