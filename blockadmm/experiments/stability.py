@@ -308,6 +308,22 @@ def collect(out: str) -> list[dict]:
     return sorted(records, key=lambda r: (r["recipe"], r["net"], r["data"], r["seed"]))
 
 
+def append_invocation(path: str, invocation: dict) -> None:
+    """Add one invocation's timing to `path`, under a lock: invocations into one OUT may run side by side."""
+    import fcntl
+
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)  # the lock: the folder, no stray file
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        timing = load_json(path) if os.path.exists(path) else {"invocations": []}
+        timing["invocations"].append(invocation)
+        with open(path + ".tmp", "w") as f:
+            json.dump(timing, f, indent=1)
+        os.replace(path + ".tmp", path)
+    finally:
+        os.close(folder)
+
+
 def main(args) -> int:
     phases, info = plan(args)
     os.makedirs(args.out, exist_ok=True)
@@ -328,29 +344,23 @@ def main(args) -> int:
 
     run_phases(phases, args.jobs, log)
     load.halt.set()
-    timing_path = os.path.join(args.out, "timing.json")
-    timing = load_json(timing_path) if os.path.exists(timing_path) else {"invocations": []}
     samples = load.samples
-    timing["invocations"].append(
-        {
-            **provenance(),
-            "argv": command(args),
-            "jobs": args.jobs,
-            "wall_s": time.monotonic() - t0,
-            "loadavg_1min": {"mean": sum(samples) / len(samples), "max": max(samples), "samples": samples},
-            "units_run": sum(not u["skipped"] for u in ran),
-            "units_done_before": sum(u["skipped"] for u in ran),
-            "unit_wall_s": {
-                f"{u['recipe']} {u['net']} {u['data']} seed{u['seed']}": round(u["wall_s"], 1)
-                for u in ran
-                if not u["skipped"]
-            },
-            **{k: v for k, v in info.items() if k != "recipes"},
-        }
-    )
-    with open(timing_path + ".tmp", "w") as f:
-        json.dump(timing, f, indent=1)
-    os.replace(timing_path + ".tmp", timing_path)
+    invocation = {
+        **provenance(),
+        "argv": command(args),
+        "jobs": args.jobs,
+        "wall_s": time.monotonic() - t0,
+        "loadavg_1min": {"mean": sum(samples) / len(samples), "max": max(samples), "samples": samples},
+        "units_run": sum(not u["skipped"] for u in ran),
+        "units_done_before": sum(u["skipped"] for u in ran),
+        "unit_wall_s": {
+            f"{u['recipe']} {u['net']} {u['data']} seed{u['seed']}": round(u["wall_s"], 1)
+            for u in ran
+            if not u["skipped"]
+        },
+        **{k: v for k, v in info.items() if k != "recipes"},
+    }
+    append_invocation(os.path.join(args.out, "timing.json"), invocation)
     records = collect(args.out)
     rows = report.summary(records)
     meta = {
