@@ -139,6 +139,7 @@ def test_quick_run_resumes_and_renders(tmp_path, capsys):
     assert read_results(os.path.join(out, "results.json"))["records"] == res["records"]
     md = readme_stability.render(str(tmp_path), "results/experiments/stability")
     assert "| fast | 2x256 | digits | 2 × 2 |" in md and "--quick --out" in md
+    assert "deep on 8x256tanh (all data)" in md and "fast on 2x256 (mnist5k, inverted, standardized)" in md
     with pytest.raises(SystemExit, match="unknown net"):
         run(["stability", "--nets", "4x4", "--out", out])
 

@@ -11,6 +11,9 @@ import glob
 import json
 import os
 
+from blockadmm.experiments.stability_nets import DATA, NETS
+from blockadmm.experiments.stability_recipes import BACKPROP, RECIPES, recipe_nets
+
 PHASES = ("before", "after")
 
 
@@ -52,6 +55,18 @@ def _invocations(timing, phase: str, out: str) -> list[str]:
     return lines
 
 
+def not_run(rows: dict) -> str:
+    """The cells of the command's default grid (each built-in recipe on the nets it claims, backprop on every net, every
+    data variant) without a single run, as 'recipe on net (data, ...)' items."""
+    missing = []
+    for recipe in (*RECIPES, BACKPROP):
+        for net in NETS if recipe == BACKPROP else recipe_nets(RECIPES[recipe]):
+            absent = [d for d in DATA if (recipe, net, d) not in rows]
+            if absent:
+                missing.append(f"{recipe} on {net} ({', '.join(absent) if len(absent) < len(DATA) else 'all data'})")
+    return "; ".join(missing)
+
+
 def render(stability: str, link: str) -> str:
     """The stability block from `stability`/{before,after}/results.json; '' when there is no before run."""
     res = {p: _load(os.path.join(stability, p, "results.json")) for p in PHASES}
@@ -77,6 +92,7 @@ def render(stability: str, link: str) -> str:
         "",
         *_invocations(_load(os.path.join(stability, "before", "timing.json")), "before", link),
         *_invocations(_load(os.path.join(stability, "after", "timing.json")), "after", link),
+        *[f"- not run {p}: {not_run(rows[p])}." for p in PHASES if res[p] is not None and not_run(rows[p])],
         "",
         "| recipe | runs before | collapsed before | runs after | collapsed after |",
         "|---|---:|---:|---:|---:|",
