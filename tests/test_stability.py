@@ -97,6 +97,8 @@ def test_recipes_from_the_command_line():
         ("x:preset=nope", "unknown preset"),
         ("x:warp=9", "unknown key"),
         ("backprop:lr=1", "plain NAME"),
+        ("x:lr=-1", "lr must be a number > 0"),
+        ("x:sweeps=0", "sweeps"),
     ):
         with pytest.raises(ValueError, match=words):
             parse_recipe(bad)

@@ -45,6 +45,13 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
     unknown = sorted(set(recipe) - known)
     if unknown:
         raise ValueError(f"--recipe {spec!r}: unknown key(s) {unknown}; known: {sorted(known)}")
+    for key in ("lr", "adam_eps"):
+        if key in recipe and not (isinstance(recipe[key], (int, float)) and recipe[key] > 0):
+            raise ValueError(f"--recipe {spec!r}: {key} must be a number > 0, got {recipe[key]!r}")
+    try:  # the config fields checked now, not in a worker an hour into the grid
+        ADMMConfig.preset(recipe["preset"], **{k: v for k, v in recipe.items() if k in ADMMConfig.__dataclass_fields__})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--recipe {spec!r}: {e}") from None
     return name, recipe
 
 
