@@ -9,6 +9,7 @@
     convergence  batch mode on a small problem: augmented Lagrangian, residuals; constant vs adaptive rho
     binary       MLP with binary {0,1} hidden units: Block-ADMM (projection) vs straight-through backprop
     stochastic   batch norm and dropout at the block cuts: Block-ADMM (defaults, fast) vs backprop
+    stability    every recipe over nets, data, seeds and 30 epochs: collapses counted, backprop beside
 
 Each writes results.json and PNG plots under --out (default runs/experiments/<name>/); --quick runs
 a reduced grid in under 2 minutes.
@@ -22,7 +23,7 @@ from typing import List, Optional
 from ..argtypes import ArgumentParser
 
 EXPERIMENTS = ("depth", "fair", "robustness", "deepfacto_unrolled", "grid", "blocks", "convergence", "binary",
-               "stochastic")
+               "stochastic", "stability")
 
 
 def parser() -> argparse.ArgumentParser:
