@@ -32,7 +32,7 @@ from .engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .engine.divergence import DivergenceError, DivergenceGuard
+from .engine.divergence import DivergenceError, DivergenceGuard, DivergenceWarning
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -43,6 +43,7 @@ __all__ = [
     "ADMMConfig",
     "BlockADMM",
     "DivergenceError",
+    "DivergenceWarning",
     "NonFiniteError",
     "StepStats",
     "adam",
@@ -304,7 +305,7 @@ class BlockADMM:
     # ---------------------------------------------------------------- epochs
     def fit(self, train, epochs: int, *, batch_size: int = 100, val=None, test=None, checkpoint: str | None = None,
             progress: bool = True, eval_train: bool = True, eval_every: int = 1, callbacks: Sequence[Callback] = (),
-            on_epoch: Callable[[dict], None] | None = None, stop_on_divergence: bool = False) -> list[dict]:
+            on_epoch: Callable[[dict], None] | None = None, on_divergence: str = "rollback") -> list[dict]:
         """Train until `epochs` epochs are done (continuing from self.epoch after a resume); returns the history.
 
         train, val, test: a Dataset (batched here, in an order that is a function of (seed, epoch), so a resumed
@@ -316,13 +317,18 @@ class BlockADMM:
         epochs and after the last, train_loss / train_acc over the whole training set (eval_train), val_* and
         test_*. callbacks: blockadmm.callbacks (loggers, EarlyStopping); a callback ends training by setting
         `stop_training`. checkpoint: saved atomically after every epoch; a non-finite value stops training and
-        leaves the last good checkpoint. on_epoch(record): called after every epoch. Divergence without NaN
-        (self.divergence: the loss at chance level or growing) is a warning in the log and the epoch's record
-        ("divergence"), or, with stop_on_divergence, a DivergenceError.
+        leaves the last good checkpoint. on_epoch(record): called after every epoch.
+        on_divergence: what a collapse without NaN does (self.divergence, engine.divergence.DivergenceGuard: the
+        training loss or a boundary's residual rising far above its best within a few steps; its thresholds and
+        rollback_factor are its fields). "warn": a DivergenceWarning (and the log); "stop": a DivergenceError;
+        "restore": the weights of the step with the lowest training loss are put back and training stops;
+        "rollback" (default): those weights and their optimizer state are put back and training goes on with every
+        learning rate times divergence.rollback_factor. Each event goes to the epoch's record ("divergence",
+        "divergence_events"). A loss stuck at chance level is warned about (stopped by "stop" / "restore").
         """
         return loop.fit(self, train, epochs, batch_size=batch_size, val=val, test=test, checkpoint=checkpoint,
                         progress=progress, eval_train=eval_train, eval_every=eval_every, callbacks=callbacks,
-                        on_epoch=on_epoch, stop_on_divergence=stop_on_divergence)
+                        on_epoch=on_epoch, on_divergence=on_divergence)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:

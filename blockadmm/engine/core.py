@@ -18,7 +18,7 @@ from .checkpoint import NonFiniteError
 from .config import ADMMConfig
 from .rules import make_rule
 from .state import BatchState
-from .terms import Kept, make_term
+from .terms import HookTerm, Kept, make_term
 
 
 class RhoSchedule:
@@ -142,8 +142,11 @@ class Engine:
         block k+1's, computed here; a rank passes the one it received from the rank that owns block k+1)."""
         a = self.kept_forward(state, k).value
         rule = self.rules[k]
+        # the step cut by the consumer's curvature needs the consumer here (not on another rank)
+        curv_fn = self.consumer_curvature_fn(state, k) if grad_fn is None and self.config.line_search else None
         res_sq = rule.run(state.z[k], state.u[k], a, grad_fn or self.consumer_grad_fn(state, k), rho=self.rho[k],
-                          prox=self.constraints[k], memory=state.memory.setdefault(k, rule.new_memory()))
+                          prox=self.constraints[k], memory=state.memory.setdefault(k, rule.new_memory()),
+                          curv_fn=curv_fn)
         if self.skips_dual(state.sweep):
             state.primal_sq[k] = res_sq if res_sq is not None else (state.z[k] - a).float().square().sum()
         if not self.jacobi:  # block k+1's input moved
@@ -172,6 +175,19 @@ class Engine:
             return self.consumer_grad(state, k, z_k, kept_now)
 
         return grad_fn
+
+    def consumer_curvature_fn(self, state: BatchState, k: int) -> Callable | None:
+        """curv_fn(z_k, d) for boundary k's rule: per sample, the curvature along d of block k+1's term (or the task
+        loss) at z_k (terms' input_curvature), the first call from block k+1's kept forward; None where unknown."""
+        nxt = k + 1
+        rho = self.rho[nxt] if nxt < self.n_blocks - 1 else None
+        first = [state.kept[nxt]]
+
+        def curv_fn(z_k, d):
+            kept_now, first[0] = first[0], None
+            return self.terms[nxt].input_curvature(z_k, d, state.y, rho=rho, kept=kept_now)
+
+        return None if isinstance(self.terms[nxt], HookTerm) else curv_fn
 
     def weight_step(self, state: BatchState, blocks: range) -> list[torch.Tensor]:
         """k_w optimizer steps of every block in `blocks` on its own term; returns the terms of the last one.
