@@ -39,7 +39,7 @@ import torch
 
 from .loader import IndexedDataset, make_loader
 
-__all__ = ["IndexedDataset", "DataSplits", "DATASETS", "load", "read_idx", "make_loader"]
+__all__ = ["IndexedDataset", "DataSplits", "DATASETS", "load", "read_idx", "make_loader", "transpose_invert"]
 
 
 @dataclass
@@ -246,6 +246,14 @@ def _cifar10(root, fetch):
     return (*read(_CIFAR_FILES[:5]), *read(_CIFAR_FILES[5:]))
 
 
+def transpose_invert(x: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] transposed (H and W swapped) and inverted (1 - x): the same task in a form no
+    recipe was tuned on (a `transform` for :func:`load`)."""
+    if x.ndim != 4:
+        raise ValueError(f"transpose_invert needs images shaped (N, C, H, W), got shape {tuple(x.shape)}")
+    return 1.0 - x.transpose(-1, -2)
+
+
 # name -> (source, number of classes, default for `image`, whether the source reads `root`)
 DATASETS = {
     "digits": (_digits, 10, False, False),
@@ -266,6 +274,7 @@ def load(
     download: bool = False,
     normalize: bool = False,
     image: bool | None = None,
+    transform=None,
 ) -> DataSplits:
     """Load dataset ``name`` as train / val / test :class:`IndexedDataset` splits.
 
@@ -282,6 +291,8 @@ def load(
             Off by default: pixels in [0, 1] train MLPs well (mnist1d comes standardized already).
         image: True gives x shaped (C, H, W) (mnist1d: (1, 40)), False flat features. Default:
             images for ``cifar10``, flat for the rest.
+        transform: a function of the float32 inputs of each split, shaped (N, C, *spatial), applied before the
+            validation split and ``normalize`` (e.g. :func:`transpose_invert`); it must keep the shape.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -295,6 +306,12 @@ def load(
         root, download = None, False  # keeps the lru_cache of the built-in sources to one entry
     x_tr, y_tr, x_te, y_te = (torch.as_tensor(np.asarray(a)) for a in source(root, download))
     x_tr, x_te = x_tr.float(), x_te.float()
+    if transform is not None:
+        shapes = (x_tr.shape, x_te.shape)
+        x_tr, x_te = transform(x_tr), transform(x_te)
+        if (x_tr.shape, x_te.shape) != shapes:
+            raise ValueError(f"transform changed the inputs' shape from {tuple(shapes[0][1:])} to "
+                             f"{tuple(x_tr.shape[1:])}: it must keep it")
 
     x_val = y_val = None
     if val_fraction > 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import platform
+import subprocess
 
 SERIES_DIGITS = 6  # significant digits of the floats in a history file (accuracies k/n with n <= 10^5 stay exact)
 
@@ -83,3 +85,28 @@ def read_results(path: str) -> dict:
         for record, extra in zip(res["records"], series):
             record.update(extra)
     return res
+
+
+def provenance() -> dict:
+    """What every results file records about where it ran: the commit (`git rev-parse HEAD`, "+dirty" with
+    uncommitted changes to tracked files), the CPU model (lscpu's model name), the core count, torch's version."""
+    import torch
+
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "HEAD") or None
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"commit": commit, "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__}
