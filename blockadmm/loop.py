@@ -3,7 +3,7 @@ schedulers, evaluation on a schedule, checkpoints, the history.
 
 Works on any trainer with `step(x, y, index) -> StepStats`, `forward`, `blocks`, `epoch`, `history`, `seed`,
 `schedulers`, `epoch_scheduled` (blocks told the epoch), `divergence` (engine.divergence.DivergenceGuard),
-`optimizers`, `rho`, `save(path)` and `stop_training`.
+`best_weights` (engine.divergence.BestWeights), `optimizers`, `rho`, `save(path)` and `stop_training`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .callbacks import Callback
 from .engine.batch import is_classification
 from .engine.checkpoint import NonFiniteError
-from .engine.divergence import ON_DIVERGENCE, BestWeights, DivergenceError, DivergenceWarning
+from .engine.divergence import ON_DIVERGENCE, DivergenceError, DivergenceWarning
 from .loader import epoch_batches, unpack_batch
 
 
@@ -117,8 +117,7 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
         exists = checkpoint and os.path.exists(checkpoint)
         return f" The last good checkpoint is {checkpoint} (epoch {trainer.epoch})." if exists else ""
 
-    best = BestWeights()
-    guard = trainer.divergence
+    best, guard = trainer.best_weights, trainer.divergence
 
     def restore_best() -> str:
         rho = best.put_back(trainer.blocks, trainer.optimizers)

@@ -32,7 +32,7 @@ from .engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .engine.divergence import DivergenceError, DivergenceGuard, DivergenceWarning
+from .engine.divergence import BestWeights, DivergenceError, DivergenceGuard, DivergenceWarning
 from .prox import as_prox
 from .tables import TableMismatch, VariableTables
 
@@ -218,6 +218,7 @@ class BlockADMM:
         self.resumes: list[dict] = []  # hyperparameters changed on resume (load(override=...)), with when
         n_out = self.shapes[-1][-1]
         self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
+        self.best_weights = BestWeights()  # in memory only: after a resume, the weights resumed from come first
 
     @property
     def config(self) -> ADMMConfig:

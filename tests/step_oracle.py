@@ -7,10 +7,9 @@ it fixes, beyond the formulas of DESIGN §1:
 - boundary k is block k's output; the auxiliary step of boundary k minimises
   (rho_k/2)|z_k - f_k(z_{k-1}) + u_k|^2 + [the per-sample sum of block k+1's term, or of the task loss],
   k_z proximal-gradient steps, the prox applied after each step;
-- step rules: "grad" z -= min(lr_z, 1/rho_k) * d, each sample's step cut (line_search) to
-  min(lr, over_relax / (rho_k + c_i / |d_i|^2)) with c_i = the Gauss-Newton curvature of the consumer along d_i
-  (rho_{k+1} |J_i d_i|^2 for block k+1's term, s^T (diag(p) - p p^T) s with s = J_i d_i for the cross-entropy)
-  at the current z_k, the prox threshold still lr's; "sign" z -= lr_z * sign(d), "adam" z -= lr_z * m_hat /
+- step rules: "grad" z -= min(lr_z, 1/(rho_k + L_k)) * d, L_k the consumer's curvature bound from its weights
+  (curvature_cap): rho_{k+1} |J|^2 for block k+1's term, |J|^2 / 2 for the cross-entropy of the last block, |J| the
+  product of its Linear layers' spectral norms and its activations' largest slopes (tanh 1, sigmoid 1/4); "sign" z -= lr_z * sign(d), "adam" z -= lr_z * m_hat /
   (sqrt(v_hat) + 1e-8) with betas (0.9, 0.999) and moments per boundary kept over the k_z steps and the
   sweeps of one step only; the prox threshold uses the step's lr;
 - Gauss-Seidel (top-down: the last boundary first; bottom-up) reads every neighbour as it is now; Jacobi
@@ -22,7 +21,7 @@ it fixes, beyond the formulas of DESIGN §1:
 - dual step, with the new weights: u_k += dual_step * (z_k - f_k(input)); online mode skips it in the last
   sweep (those duals leave with the mini-batch);
 - returned beside the results: the smallest non-zero |d| a sign or Adam step met ("sign_margin"), below which
-  a float32 run may legitimately take the other sign; how many sample steps the line search cut ("cut");
+  a float32 run may legitimately take the other sign; per boundary, whether the curvature cap bound ("capped");
 - reported: network_loss = the mean task loss of the composed forward F(x) with the weights the step starts
   from; loss = the last block's term in the last weight step (before that update); primal_k =
   |z_k - a_k| / |z_k| with a_k of the last dual step (online: of the last auxiliary step); dual_k =
@@ -73,13 +72,18 @@ def _consumer_grad(block, zin, z_out, u_out, rho, y):
     return g
 
 
-def _consumer_curvature(block, zin, d, rho, last):
-    """Per sample, the Gauss-Newton curvature along d of the consuming term (written out with a jvp)."""
-    out, jd = torch.autograd.functional.jvp(block, zin.detach(), d)
-    if not last:
-        return rho * jd.square().sum(1)
-    p = torch.softmax(out, 1)
-    return (p * jd * jd).sum(1) - (p * jd).sum(1).square()
+SLOPES = {torch.nn.Tanh: 1.0, torch.nn.Sigmoid: 0.25, torch.nn.ReLU: 1.0}
+
+
+def _lipschitz(block):
+    """|J| <= the product of the Linear layers' spectral norms and the activations' largest slopes."""
+    bound = 1.0
+    for m in block.modules() if isinstance(block, torch.nn.Sequential) else [block]:
+        if isinstance(m, torch.nn.Linear):
+            bound *= float(torch.linalg.matrix_norm(m.weight.detach(), 2))
+        elif type(m) in SLOPES:
+            bound *= SLOPES[type(m)]
+    return bound
 
 
 def oracle_step(
@@ -101,8 +105,7 @@ def oracle_step(
     dual_step,
     constraints,
     online,
-    line_search=True,
-    over_relax=1.0,
+    curvature_cap=True,
 ):
     """One step on float64 copies of `blocks`. Batch mode: z, u are the rows gathered from the tables and
     `seen` their flags (a row never seen starts at the forward values, u = 0). Returns a dict with the new
@@ -132,7 +135,7 @@ def oracle_step(
         network_loss = float(F.cross_entropy(h, y))
     # the smallest |d| a sign (or Adam) step saw: float32 cannot follow a sign decided by rounding
     margin = float("inf")
-    cut = 0  # how many (sample, step) pairs the line search cut below lr
+    capped = [False] * nb  # where the consumer's curvature made the step smaller than min(lr_z, 1/rho_k)
 
     def f(k, inp):
         with torch.no_grad():
@@ -156,16 +159,10 @@ def oracle_step(
                 g = g_fixed if jacobi else _consumer_grad(blocks[k + 1], z[k], z_next, u_next, rho_next, y)
                 d = rho[k] * (z[k] - a + u[k]) + g
                 if aux_step == "grad":
-                    lr = min(lr_z, 1.0 / rho[k])
-                    step = lr
-                    if line_search:
-                        c = _consumer_curvature(blocks[k + 1], z[k], d, rho_next, k + 1 == nb)
-                        dd = d.square().sum(1)
-                        at_rest = dd == 0  # no step to cut
-                        step = torch.clamp(over_relax / (rho[k] + c / torch.where(at_rest, 1.0, dd)), max=lr)
-                        step = torch.where(at_rest, lr, step).unsqueeze(1)
-                        cut += int((step < lr).sum())
-                    z[k] = prox(constraints[k], z[k] - step * d, lr)
+                    scale = (rho_next if rho_next is not None else 0.5) if curvature_cap else 0.0
+                    lr = min(lr_z, 1.0 / (rho[k] + scale * _lipschitz(blocks[k + 1]) ** 2))
+                    capped[k] = capped[k] or lr < min(lr_z, 1.0 / rho[k])
+                    z[k] = prox(constraints[k], z[k] - lr * d, lr)
                 elif aux_step == "sign":
                     margin = min(margin, _smallest_nonzero(d))
                     z[k] = prox(constraints[k], z[k] - lr_z * torch.sign(d), lr_z)
@@ -204,4 +201,4 @@ def oracle_step(
     primal = [float(p.sqrt() / n) for p, n in zip(primal_sq, norms)]
     dual = [float(r * (zk - z0).norm() / n) for r, zk, z0, n in zip(rho, z, z_start, norms)]
     return {"blocks": blocks, "z": z, "u": u, "loss": loss, "network_loss": network_loss, "primal": primal,
-            "dual": dual, "sign_margin": margin, "cut": cut}
+            "dual": dual, "sign_margin": margin, "capped": capped}

@@ -1,6 +1,7 @@
 """One full `BlockADMM.step` against the float64 oracle of DESIGN §1 (tests/step_oracle.py).
 
-A 4-block net (3 boundaries, a different penalty on each, one above 1/lr_z so the step-size cap binds),
+A 4-block net (3 boundaries, a different penalty on each, one above 1/lr_z so the step-size cap binds, and the
+consumer's curvature capping the step of another),
 constraints on two boundaries, every order, every auxiliary rule, k_z and k_w above 1, online and batch
 mode; in batch mode the tables are seeded through their public API with z far from f(z_prev) and u != 0
 (and two rows left unseen, which must start from the forward pass). Compared: the new weights, the tables
@@ -116,8 +117,8 @@ def run_and_compare(
         online=mode == "online",
     )
     assert want["sign_margin"] > 1e-5, "a sign step of the oracle decided by rounding: choose other seeds"
-    if aux_step == "grad":  # the line search must bind on some rows and not on all, for the test to mean anything
-        assert 0 < want["cut"] < sweeps * k_z * len(WIDTHS) * M, want["cut"]
+    if aux_step == "grad":  # the consumer's curvature caps the step on some boundary, not on all
+        assert any(want["capped"]) and not all(want["capped"]), want["capped"]
     moved = float((_flat(want["blocks"]) - _flat(blocks)).abs().max())
     assert moved > 1e-3, "the oracle's step must move the weights for the comparison to mean anything"
     torch.testing.assert_close(

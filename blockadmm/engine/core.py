@@ -16,9 +16,10 @@ from .. import ops
 from .batch import is_classification
 from .checkpoint import NonFiniteError
 from .config import ADMMConfig
+from .curvature import LipschitzBound, consumer_curvature
 from .rules import make_rule
 from .state import BatchState
-from .terms import HookTerm, Kept, make_term
+from .terms import Kept, make_term
 
 
 class RhoSchedule:
@@ -57,6 +58,8 @@ class Engine:
         self.online, self.backend = online, backend
         self.terms = [make_term(b, k, self.n_blocks, loss_fn=loss_fn, default_loss=default_loss,
                                 fused_linear=fused_linear, backend=backend) for k, b in enumerate(self.blocks)]
+        self.bounds = [LipschitzBound(b) for b in self.blocks]
+        self.loss_curvature = 0.5 if isinstance(loss_fn, nn.CrossEntropyLoss) else None  # softmax CE: <= 1/2
         self.optimizers: list[torch.optim.Optimizer | None] = [None] * self.n_blocks
         self.rho_schedule = RhoSchedule(self.n_blocks - 1)
         self.set_config(config)
@@ -142,15 +145,24 @@ class Engine:
         block k+1's, computed here; a rank passes the one it received from the rank that owns block k+1)."""
         a = self.kept_forward(state, k).value
         rule = self.rules[k]
-        # the step cut by the consumer's curvature needs the consumer here (not on another rank)
-        curv_fn = self.consumer_curvature_fn(state, k) if grad_fn is None and self.config.line_search else None
+        # the consumer's curvature caps the step where the consumer is here (a rank's top boundary: not capped)
+        curvature = self.consumer_curvature(k) if grad_fn is None else 0.0
         res_sq = rule.run(state.z[k], state.u[k], a, grad_fn or self.consumer_grad_fn(state, k), rho=self.rho[k],
                           prox=self.constraints[k], memory=state.memory.setdefault(k, rule.new_memory()),
-                          curv_fn=curv_fn)
+                          curvature=curvature)
         if self.skips_dual(state.sweep):
             state.primal_sq[k] = res_sq if res_sq is not None else (state.z[k] - a).float().square().sum()
         if not self.jacobi:  # block k+1's input moved
             state.kept[k + 1] = None
+
+    def consumer_curvature(self, k: int) -> float:
+        """An upper bound on the curvature in z_k of block k+1's term (or the task loss), 0 where unknown or with
+        config.curvature_cap off (engine.curvature)."""
+        if not self.config.curvature_cap:
+            return 0.0
+        nxt = k + 1
+        rho = self.rho[nxt] if nxt < self.n_blocks - 1 else None
+        return consumer_curvature(self.bounds[nxt], rho, self.loss_curvature)
 
     def consumer_grad(self, state: BatchState, k: int, z_k: torch.Tensor, kept: Kept | None = None) -> torch.Tensor:
         """The gradient in z_k (per sample, summed) of block k+1's term (or the task loss), reading z_{k+1}, u_{k+1}
@@ -175,19 +187,6 @@ class Engine:
             return self.consumer_grad(state, k, z_k, kept_now)
 
         return grad_fn
-
-    def consumer_curvature_fn(self, state: BatchState, k: int) -> Callable | None:
-        """curv_fn(z_k, d) for boundary k's rule: per sample, the curvature along d of block k+1's term (or the task
-        loss) at z_k (terms' input_curvature), the first call from block k+1's kept forward; None where unknown."""
-        nxt = k + 1
-        rho = self.rho[nxt] if nxt < self.n_blocks - 1 else None
-        first = [state.kept[nxt]]
-
-        def curv_fn(z_k, d):
-            kept_now, first[0] = first[0], None
-            return self.terms[nxt].input_curvature(z_k, d, state.y, rho=rho, kept=kept_now)
-
-        return None if isinstance(self.terms[nxt], HookTerm) else curv_fn
 
     def weight_step(self, state: BatchState, blocks: range) -> list[torch.Tensor]:
         """k_w optimizer steps of every block in `blocks` on its own term; returns the terms of the last one.

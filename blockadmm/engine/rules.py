@@ -14,61 +14,43 @@ from .. import ops
 from ..prox import Prox
 from .protocol import AuxStepBlock
 
-# the cut step is at most OVER_RELAX / curvature: the quadratic model's error shrinks by |1 - OVER_RELAX| per step
-OVER_RELAX = 1.0
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
 class GradRule:
-    """k_z prox-gradient steps of size lr = min(lr_z, 1/rho): rho*lr never goes above 1, so a growing rho cannot
-    make the boundary's own penalty overshoot. With curv_fn (the consumer's curvature along a direction, per
-    sample), sample i's step d_i is cut to min(lr, 1 / (rho + c_i / |d_i|^2)), the minimiser along d_i of the
-    local quadratic model: the consumer's term (block k+1's, or the task loss) overshoots no more than the own
-    penalty does, however large block k+1's Jacobian grows (DESIGN §1, stability)."""
+    """k_z prox-gradient steps of size min(lr_z, 1/(rho + curvature)): the boundary's own penalty bends by rho, the
+    consumer's term by at most `curvature` (engine.curvature), so the step never overshoots either, however large
+    rho or the consumer's weights grow."""
 
     step = "grad"
 
     def __init__(self, lr_z: float, k_z: int, backend: str):
         self.lr_z, self.k_z, self.backend = lr_z, k_z, backend
 
-    def lr(self, rho: float) -> float:
-        return min(self.lr_z, 1.0 / rho)
+    def lr(self, rho: float, curvature: float = 0.0) -> float:
+        return min(self.lr_z, 1.0 / (rho + curvature))
 
     def new_memory(self):
         return None
 
     def run(self, z, u, a, grad_fn: Callable, *, rho: float, prox: Prox | None, memory,
-            curv_fn: Callable | None = None) -> torch.Tensor | None:
+            curvature: float = 0.0) -> torch.Tensor | None:
         """In place on z; returns |z - a|^2 after the last step (the op's result)."""
-        lr = self.lr(rho)
+        lr = self.lr(rho, curvature)
         for _ in range(self.k_z):
-            g = grad_fn(z)
-            if curv_fn is None:
-                res_sq = ops.aux_dual_update(z, u, a, g, rho=rho, lr=lr, dual_step=0.0, prox=prox, step=self.step,
-                                             backend=self.backend)
-                continue
-            d = torch.sub(z, a).add_(u).mul_(rho).add_(g)
-            c = curv_fn(z, d)
-            dd = d.flatten(1).square().sum(1)
-            # t_i / lr = min(1, 1 / (lr (rho + c_i / |d_i|^2))), written to stay finite where d_i = 0
-            scale = OVER_RELAX * dd / (lr * (rho * dd + c.to(dd.dtype)).clamp_min(torch.finfo(dd.dtype).tiny))
-            d.mul_(scale.clamp_(max=1.0).view(-1, *([1] * (d.dim() - 1))))
-            # rho=0: the op's step is then lr * (the cut direction), with the prox applied by the op
-            res_sq = ops.aux_dual_update(z, u, a, d, rho=0.0, lr=lr, dual_step=0.0, prox=prox, backend=self.backend)
+            res_sq = ops.aux_dual_update(z, u, a, grad_fn(z), rho=rho, lr=lr, dual_step=0.0, prox=prox,
+                                         step=self.step, backend=self.backend)
         return res_sq
 
 
 class SignRule(GradRule):
-    """The fixed-size normalized step z -= lr_z * sign(grad) (deep saturating nets, DESIGN §1); never cut."""
+    """The fixed-size normalized step z -= lr_z * sign(grad) (deep saturating nets, DESIGN §1); never capped."""
 
     step = "sign"
 
-    def lr(self, rho: float) -> float:
+    def lr(self, rho: float, curvature: float = 0.0) -> float:
         return self.lr_z
-
-    def run(self, z, u, a, grad_fn, *, rho, prox, memory, curv_fn=None):
-        return super().run(z, u, a, grad_fn, rho=rho, prox=prox, memory=memory)
 
 
 @dataclass
@@ -84,7 +66,7 @@ class AdamRule(GradRule):
     def new_memory(self):
         return AdamMoments()
 
-    def run(self, z, u, a, grad_fn, *, rho, prox, memory: AdamMoments, curv_fn=None):
+    def run(self, z, u, a, grad_fn, *, rho, prox, memory: AdamMoments, curvature: float = 0.0):
         beta1, beta2 = ADAM_BETAS
         for _ in range(self.k_z):
             g = grad_fn(z)
@@ -112,7 +94,7 @@ class BlockRule:
     def new_memory(self):
         return None
 
-    def run(self, z, u, a, grad_fn, *, rho, prox, memory, curv_fn=None) -> None:
+    def run(self, z, u, a, grad_fn, *, rho, prox, memory, curvature: float = 0.0) -> None:
         self.block.admm_aux_update(z, u, a, grad_fn, rho=rho, lr=self.lr_z, prox=prox)
 
 

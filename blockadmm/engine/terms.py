@@ -92,28 +92,6 @@ class AutogradTerm:
         (g,) = torch.autograd.grad(out if grad_out is not None else obj, leaf, grad_out, retain_graph=retain)
         return g
 
-    def input_curvature(self, inp, d, y, *, rho, kept: Kept | None = None) -> torch.Tensor:
-        """Per sample i, the Gauss-Newton curvature of the block's term in inp along d_i: rho_k |J_i d_i|^2 for a
-        hidden term, (J_i d_i)^T H_i (J_i d_i) with H_i the Hessian of sample i's task loss in the output for the
-        last block (J_i: the block's Jacobian at inp_i). J d by the double-backward trick, through autograd."""
-        if kept is not None and kept.leaf is not None:
-            leaf, out = kept.leaf, kept.out
-        else:
-            leaf = inp.detach().requires_grad_(True)
-            with torch.enable_grad():
-                out = self.block(leaf)
-        with torch.enable_grad():
-            v = torch.zeros_like(out, requires_grad=True)
-            (jt_v,) = torch.autograd.grad(out, leaf, v, create_graph=True)
-            (jd,) = torch.autograd.grad(jt_v, v, d, retain_graph=kept is not None and kept.leaf is not None)
-        if not self.last:
-            return rho * jd.flatten(1).square().sum(1)
-        with torch.enable_grad():
-            o = out.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.loss_fn(o, y) * o.shape[0], o, create_graph=True)
-            (hjd,) = torch.autograd.grad(g, o, jd)
-        return (jd * hjd).flatten(1).sum(1)
-
 
 class FusedLinearTerm(AutogradTerm):
     """A hidden Linear(+activation) block: the fused op, and closed forms from a kept output (one GEMM
@@ -153,12 +131,6 @@ class FusedLinearTerm(AutogradTerm):
         g, _ = self._kept_term(kept.value, target, dual, rho)
         return g @ self.linear.weight.detach()
 
-    def input_curvature(self, inp, d, y, *, rho, kept=None):
-        """rho_k |act'(pre_i) * (W d_i)|^2 per sample (the Gauss-Newton curvature, exact for ReLU)."""
-        out = kept.value if kept is not None else self.forward(inp).value
-        jd = (d @ self.linear.weight.detach().T).mul_(derivative_from_output(out, self.activation))
-        return rho * jd.square().sum(1)
-
 
 class LinearHeadTerm(AutogradTerm):
     """The last block as one nn.Linear under the default cross-entropy: gradients in closed form, no graph
@@ -182,14 +154,6 @@ class LinearHeadTerm(AutogradTerm):
                                           logits=None if kept is None else kept.value)
         return g * inp.shape[0]  # the gradient of the per-sample losses summed
 
-    def input_curvature(self, inp, d, y, *, rho, kept=None):
-        """s^T (diag(p) - p p^T) s per sample, s = W d_i, p the softmax: cross-entropy's curvature along d_i."""
-        logits = kept.value if kept is not None else self.forward(inp).value
-        p = torch.softmax(logits.float(), 1)
-        s = (d @ self.linear.weight.detach().T).float()
-        ps = p * s
-        return (ps * s).sum(1) - ps.sum(1).square()
-
 
 class HookTerm:
     """A block with its own rules (`ADMMBlock`): it gets no optimizer."""
@@ -207,9 +171,6 @@ class HookTerm:
 
     def loss_and_grads(self, inp, target, dual, y, *, rho, kept=None):
         return self.block.admm_local_step(inp, target, dual, rho=rho, y=y, loss_fn=self.loss_fn).detach()
-
-    def input_curvature(self, inp, d, y, *, rho, kept=None):
-        return None  # a block with its own rules: its curvature is unknown, the plain step applies
 
     def input_grad(self, inp, target, dual, y, *, rho, kept=None):
         return self.block.admm_input_grad(inp, target, dual, rho=rho, y=y, loss_fn=self.loss_fn,
