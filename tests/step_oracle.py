@@ -7,11 +7,11 @@ it fixes, beyond the formulas of DESIGN §1:
 - boundary k is block k's output; the auxiliary step of boundary k minimises
   (rho_k/2)|z_k - f_k(z_{k-1}) + u_k|^2 + [the per-sample sum of block k+1's term, or of the task loss],
   k_z proximal-gradient steps, the prox applied after each step;
-- step rules: "grad" z -= min(lr_z, 1/(rho_k + L_k)) * d, L_k the consumer's curvature bound from its weights
+- step rules: "grad" z -= min(lr_z, 1/rho_k, 2/(rho_k + L_k)) * d, L_k the consumer's curvature bound from its weights
   (curvature_cap): rho_{k+1} |J|^2 for block k+1's term, |J|^2 / 2 for the cross-entropy of the last block, |J| the
-  product of its Linear layers' spectral norms and its activations' largest slopes (tanh 1, sigmoid 1/4); "sign" z -= lr_z * sign(d), "adam" z -= lr_z * m_hat /
-  (sqrt(v_hat) + 1e-8) with betas (0.9, 0.999) and moments per boundary kept over the k_z steps and the
-  sweeps of one step only; the prox threshold uses the step's lr;
+  product of its Linear layers' spectral norms and its activations' largest slopes (tanh 1, sigmoid 1/4);
+  "sign" z -= lr_z * sign(d), "adam" z -= lr_z * m_hat / (sqrt(v_hat) + 1e-8) with betas (0.9, 0.999) and
+  moments per boundary kept over the k_z steps and the sweeps of one step only; the prox threshold uses the step's lr;
 - Gauss-Seidel (top-down: the last boundary first; bottom-up) reads every neighbour as it is now; Jacobi
   reads every neighbour's z, u as they were at the start of the sweep, and the gradient from above is
   evaluated once per sweep, at the sweep-start z_k; the weight and dual steps of block k then also take
@@ -160,7 +160,7 @@ def oracle_step(
                 d = rho[k] * (z[k] - a + u[k]) + g
                 if aux_step == "grad":
                     scale = (rho_next if rho_next is not None else 0.5) if curvature_cap else 0.0
-                    lr = min(lr_z, 1.0 / (rho[k] + scale * _lipschitz(blocks[k + 1]) ** 2))
+                    lr = min(lr_z, 1.0 / rho[k], 2.0 / (rho[k] + scale * _lipschitz(blocks[k + 1]) ** 2))
                     capped[k] = capped[k] or lr < min(lr_z, 1.0 / rho[k])
                     z[k] = prox(constraints[k], z[k] - lr * d, lr)
                 elif aux_step == "sign":

@@ -22,6 +22,7 @@ from blockadmm.trainer import BlockADMM
 D_IN, WIDTHS, N_CLS, M, N_ROWS = 7, (6, 5, 4), 3, 9, 20
 RHO = [0.7, 2.5, 1.3]  # 2.5 > 1/LR_Z: the grad rule's step is capped at 1/rho on boundary 1
 LR_Z, LR_W, DUAL_STEP = 0.6, 0.2, 0.8
+CONSUMER_GAIN = 3.0
 CONSTRAINTS = {
     "nonneg-box": ({0: Prox.nonneg(), 2: Prox.box(0.2, 0.7)}, [("nonneg",), None, ("box", 0.2, 0.7)]),
     "l1": ({1: Prox.l1(0.3)}, [None, ("l1", 0.3), None]),
@@ -31,12 +32,15 @@ CONSTRAINTS = {
 def make_blocks(seed=0):
     torch.manual_seed(seed)
     (a, b, c) = WIDTHS
-    return [
+    blocks = [
         nn.Sequential(nn.Linear(D_IN, a), nn.Tanh()),
         nn.Sequential(nn.Linear(a, b), nn.Tanh()),
         nn.Sequential(nn.Linear(b, c), nn.Sigmoid()),
         nn.Linear(c, N_CLS),
     ]
+    with torch.no_grad():  # block 1 steeper: its curvature caps boundary 0's step (2 / (rho_0 + rho_1 |W_1|^2))
+        blocks[1][0].weight.mul_(CONSUMER_GAIN)
+    return blocks
 
 
 def make_batch(seed=1):

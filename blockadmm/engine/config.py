@@ -23,9 +23,9 @@ class ADMMConfig:
     (z -= lr_z*m_hat/(sqrt(v_hat)+eps), moments kept within one mini-batch's step only). rho_schedule
     "adaptive" multiplies rho by rho_factor (up to rho_max) when a boundary's mean primal residual over
     rho_check_every steps did not fall below rho_stall times that of the window before. The plain gradient
-    step of boundary k uses min(lr_z, 1/(rho_k + L_{k+1})), L_{k+1} a bound on the consumer's curvature from its
-    weights (engine.curvature; curvature_cap=False: L = 0), so that neither a growing rho nor the consumer's growing
-    weights make the step overshoot.
+    step of boundary k uses min(lr_z, 1/rho_k, 2/(rho_k + L_{k+1})), L_{k+1} a bound on the consumer's curvature
+    from its weights (engine.curvature; curvature_cap=False: L = 0), so that neither a growing rho nor the consumer's
+    growing weights make the step overshoot or diverge.
     """
 
     rho: object = 1.0

@@ -2,7 +2,7 @@
 term (or the task loss) bends in its input.
 
 Boundary k's auxiliary objective is (rho_k/2)|z_k - a_k + u_k|^2 + [block k+1's term or the task loss at z_k]; a
-gradient step on it is stable below 2/L and never overshoots below 1/L, L = rho_k + L_{k+1}. L_{k+1} is
+gradient step on it never diverges below 2/L, L = rho_k + L_{k+1} (engine.rules.GradRule caps it there). L_{k+1} is
 rho_{k+1} |J_{k+1}|^2 for a hidden block, (1/2)|J_{k+1}|^2 for a cross-entropy head, and |J_{k+1}| grows with the
 block's weights: with a width-independent Adam rate a wide block's spectral norm grows about tenfold in an epoch, and
 an uncapped step then overshoots until it diverges (DESIGN §1, stability). The bound here is the product of the

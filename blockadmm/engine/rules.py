@@ -14,14 +14,15 @@ from .. import ops
 from ..prox import Prox
 from .protocol import AuxStepBlock
 
+CAP_FACTOR = 2.0  # below 2/L a gradient step on an L-smooth objective never diverges
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
 class GradRule:
-    """k_z prox-gradient steps of size min(lr_z, 1/(rho + curvature)): the boundary's own penalty bends by rho, the
-    consumer's term by at most `curvature` (engine.curvature), so the step never overshoots either, however large
-    rho or the consumer's weights grow."""
+    """k_z prox-gradient steps of size min(lr_z, 1/rho, 2/(rho + curvature)): the boundary's own penalty bends by rho
+    (1/rho: it never overshoots), the consumer's term by at most `curvature` (engine.curvature; below 2/L a gradient
+    step on an L-smooth objective never diverges), however large rho or the consumer's weights grow."""
 
     step = "grad"
 
@@ -29,7 +30,7 @@ class GradRule:
         self.lr_z, self.k_z, self.backend = lr_z, k_z, backend
 
     def lr(self, rho: float, curvature: float = 0.0) -> float:
-        return min(self.lr_z, 1.0 / (rho + curvature))
+        return min(self.lr_z, 1.0 / rho, CAP_FACTOR / (rho + curvature))
 
     def new_memory(self):
         return None
