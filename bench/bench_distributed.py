@@ -14,10 +14,22 @@ stands for a device). Rows, all measured in the same run:
   pipe-2r-s2   the same with staleness 2: one more batch in flight, so the first rank rarely waits
 The reported epoch time is the median over the timed epochs (after one warm-up epoch); the speedup is
 single-1t / row. Numbers go to bench/results/distributed-<host>.json and are printed.
+
+    python bench/bench_distributed.py tta [--recipe NAME:key=value,...] [--epochs 20]
+
+Time to 92% test accuracy on the same 4-block MLP (issue #25), every row on the same batches from the same initial
+weights, run one after the other in one command: backprop (Adam at the rate that reaches 92% validation accuracy in
+the fewest epochs of a sweep on a validation split carved from the training data) on 1 and 2 threads and as DDP on 2
+ranks (gloo, one thread each, each rank half of every batch); Block-ADMM per recipe (`--recipe`, as `blockadmm
+experiment stability` takes it; default: today's `default` and `fast`) in one process on 1 and 2 threads and on 2
+ranks, sync and pipelined. Time to 92%: training seconds (evaluation excluded) up to the end of the first epoch whose
+test accuracy reaches 92% (an epoch's resolution for every row alike).
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import os
 import socket
@@ -41,25 +53,28 @@ def _setup(hidden):
     return splits, model, cuts
 
 
-def _dist_worker(hidden, schedule, staleness, epochs, out_path, order):
+def _dist_worker(hidden, schedule, staleness, epochs, out_path, order, recipe=None):
     from blockadmm.distributed import DistributedBlockADMM
+    from blockadmm.experiments.stability_recipes import fit_kwargs, trainer_kwargs
 
     splits, model, cuts = _setup(hidden)
     kw = {} if order is None else {"order": order}
+    kw.update(trainer_kwargs(recipe) if recipe is not None else {})
     tr = DistributedBlockADMM(
         model, blocks=cuts, input_shape=splits.input_shape, schedule=schedule, staleness=staleness, **kw
     )
-    hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False, eval_train=False)
+    extra = {k: v for k, v in fit_kwargs(recipe or {}).items() if k in inspect.signature(tr.fit).parameters}
+    hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False, eval_train=False, **extra)
     if torch.distributed.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump({"hist": hist, "partition": tr.partition, "order": tr.config.order, "staleness": tr.staleness}, f)
 
 
-def run_dist(nproc, hidden, schedule, staleness, epochs, order=None):
+def run_dist(nproc, hidden, schedule, staleness, epochs, order=None, recipe=None):
     from blockadmm.distributed import launch
 
     out = tempfile.mktemp(suffix=".json")
-    launch(_dist_worker, nproc, hidden, schedule, staleness, epochs, out, order, backend="gloo", threads=1)
+    launch(_dist_worker, nproc, hidden, schedule, staleness, epochs, out, order, recipe, backend="gloo", threads=1)
     with open(out) as f:
         res = json.load(f)
     os.remove(out)
@@ -227,14 +242,195 @@ def nccl(epochs=1):
     }
 
 
+# ------------------------------------------------------------------ time to accuracy (issue #25)
+TTA_HIDDEN = [1024, 1024, 1024]
+TTA_TARGET = 0.92
+TTA_RATES = (1e-3, 2e-3, 3e-3, 5e-3)  # backprop's Adam rates tried on validation
+TTA_SWEEP_EPOCHS = 10
+
+
+def _backprop_history(hidden, threads, lr, epochs, val=False, budget_s=None):
+    """Backprop (the experiments' Backprop, fused Adam as the blocks get) from the shared initial weights; per epoch
+    the training seconds and the test accuracy (val: the validation accuracy, training on the rest). budget_s: stop
+    after the epoch in which the training time passes it."""
+    from blockadmm import data
+    from blockadmm.experiments.training import Backprop, accuracy, train_epochs
+    from blockadmm.trainer import adam
+
+    torch.set_num_threads(threads)
+    splits, model, _ = _setup(hidden)
+    if val:
+        splits = data.load("mnist5k", val_fraction=0.2)
+    learner = Backprop(model, optimizer=adam(lr))
+    held_out = splits.val if val else splits.test
+    spent = []
+    hist = train_epochs(learner.step, splits.train, epochs, batch_size=100, seed=0,
+                        evaluate=lambda: {"test_acc": accuracy(model.eval(), held_out)},
+                        on_epoch=lambda rec: spent.append(rec["wall_s"]) or _over(spent, budget_s))
+    return {"hist": hist}
+
+
+def _over(walls, budget_s) -> bool:
+    return budget_s is not None and sum(walls) > budget_s
+
+
+def _ddp_worker(hidden, lr, epochs, out_path):
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from blockadmm.experiments.training import accuracy, train_epochs
+    from blockadmm.trainer import adam
+
+    splits, model, _ = _setup(hidden)
+    ddp = DistributedDataParallel(model)
+    opt, loss_fn = adam(lr)(ddp.parameters()), nn.CrossEntropyLoss()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    def step(x, y, index):  # each rank its share of the batch; DDP averages the gradients: the whole batch's step
+        rows = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+        ddp.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(ddp(x[rows]), y[rows])
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss.detach())}
+
+    hist = train_epochs(step, splits.train, epochs, batch_size=100, seed=0,
+                        evaluate=lambda: {"test_acc": accuracy(model.eval(), splits.test)})
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump({"hist": hist}, f)
+
+
+def run_ddp(hidden, lr, epochs):
+    from blockadmm.distributed import launch
+
+    out = tempfile.mktemp(suffix=".json")
+    launch(_ddp_worker, 2, hidden, lr, epochs, out, backend="gloo", threads=1)
+    with open(out) as f:
+        res = json.load(f)
+    os.remove(out)
+    return res
+
+
+def run_admm(hidden, recipe, threads, epochs, budget_s=None):
+    from blockadmm.experiments.stability_recipes import fit_kwargs, trainer_kwargs
+    from blockadmm.trainer import BlockADMM
+
+    torch.set_num_threads(threads)
+    splits, model, cuts = _setup(hidden)
+    tr = BlockADMM(model, blocks=cuts, input_shape=splits.input_shape, seed=0, **trainer_kwargs(recipe))
+
+    def stop_after_budget(record):
+        tr.stop_training = _over([h["wall_s"] for h in tr.history], budget_s)
+
+    hist = tr.fit(splits.train, epochs, batch_size=100, test=splits.test, progress=False, eval_train=False,
+                  on_epoch=stop_after_budget, **fit_kwargs(recipe))
+    return {"hist": hist}
+
+
+def tta_row(hist, target=TTA_TARGET, at=20):
+    """Epoch time (median), time to `target` (training seconds to the end of the first epoch at or above it), the
+    final accuracy, the accuracy at epoch `at`, and the lowest accuracy from reaching the target on."""
+    walls, accs = [h["wall_s"] for h in hist], [h["test_acc"] for h in hist]
+    hit = next((i for i, a in enumerate(accs) if a >= target), None)
+    return {
+        "epoch_s": statistics.median(walls),
+        "time_to_target_s": None if hit is None else sum(walls[: hit + 1]),
+        "epochs_to_target": None if hit is None else hit + 1,
+        "final_test_acc": accs[-1],
+        f"test_acc_at_{at}": accs[at - 1] if len(accs) >= at else None,
+        "min_test_acc_after_target": None if hit is None else min(accs[hit:]),
+        "test_acc": [round(a, 4) for a in accs],
+        "epoch_wall_s": [round(w, 3) for w in walls],
+    }
+
+
+def choose_backprop_rate(hidden, rates=TTA_RATES, epochs=TTA_SWEEP_EPOCHS):
+    """The Adam rate whose validation accuracy reaches the target in the fewest epochs (ties: the higher best)."""
+    sweep = {}
+    for lr in rates:
+        accs = [h["test_acc"] for h in _backprop_history(hidden, 1, lr, epochs, val=True)["hist"]]
+        hit = next((i + 1 for i, a in enumerate(accs) if a >= TTA_TARGET), None)
+        sweep[f"{lr:g}"] = {"epochs_to_target_val": hit, "best_val_acc": max(accs), "val_acc": accs}
+    best = min(sweep, key=lambda k: (sweep[k]["epochs_to_target_val"] or epochs + 1, -sweep[k]["best_val_acc"]))
+    return float(best), sweep
+
+
+def time_to_accuracy(recipes, epochs=20, hidden=None, rates=TTA_RATES, sweep_epochs=TTA_SWEEP_EPOCHS, budget_s=None):
+    """Every row of the time-to-92% table, one after the other, each with the load average at its start; a
+    one-process row stops after the epoch in which its training time passes `budget_s` (a loaded machine)."""
+    hidden = hidden or TTA_HIDDEN
+    t0 = time.time()
+    lr, sweep = choose_backprop_rate(hidden, rates, sweep_epochs)
+    runs = {
+        "backprop-1t": lambda: _backprop_history(hidden, 1, lr, epochs, budget_s=budget_s),
+        "backprop-2t": lambda: _backprop_history(hidden, 2, lr, epochs, budget_s=budget_s),
+        "ddp-2r": lambda: run_ddp(hidden, lr, epochs),
+    }
+    for name, recipe in recipes.items():
+        runs[f"admm-1t {name}"] = lambda r=recipe: run_admm(hidden, r, 1, epochs, budget_s)
+        runs[f"admm-2t {name}"] = lambda r=recipe: run_admm(hidden, r, 2, epochs, budget_s)
+        runs[f"sync-2r {name}"] = lambda r=recipe: run_dist(2, hidden, "sync", 0, epochs, recipe=r)
+        runs[f"pipe-2r {name}"] = lambda r=recipe: run_dist(2, hidden, "pipeline", 1, epochs, recipe=r)
+    rows = {}
+    for name, run in runs.items():
+        load = os.getloadavg()[0]
+        hist = run()["hist"]
+        rows[name] = dict(tta_row(hist, at=min(20, epochs)), load_avg_at_start=round(load, 2),
+                          load_avg_at_end=round(os.getloadavg()[0], 2), stopped_by_budget=len(hist) < epochs)
+        r = rows[name]
+        print(f"{name}: {r['epoch_s']:.2f} s/epoch, to 92% {r['time_to_target_s']}, final {r['final_test_acc']:.3f}"
+              f" (load {load:.1f})", flush=True)
+    return {
+        "what": f"time to {TTA_TARGET:.0%} test accuracy, MLP 784-{'-'.join(map(str, hidden))}-10, MNIST-5k (4000 "
+        f"train / 1000 test), online, batch 100, {epochs} epochs, the same batches and initial weights for every row",
+        "target": TTA_TARGET,
+        "epochs": epochs,
+        "backprop_lr": lr,
+        "backprop_rate_sweep": {"epochs": sweep_epochs, "val_fraction": 0.2, "rates": sweep},
+        "recipes": recipes,
+        "budget_s": budget_s,
+        "bench_s": round(time.time() - t0, 1),
+        "rows": rows,
+    }
+
+
+def tta_main(argv):
+    """`tta [--recipe NAME:key=value,...] [--epochs N] [--quick]`: the time-to-92% rows (time_to_accuracy)."""
+    from blockadmm.experiments.stability_recipes import RECIPES, parse_recipe
+
+    p = argparse.ArgumentParser(prog="python bench/bench_distributed.py tta")
+    p.add_argument("--recipe", action="append", default=[], help="a Block-ADMM recipe (repeatable); default: the "
+                   "presets default and fast as they are")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="a 2x64 MLP, 2 epochs, 2 rates: proves every row runs")
+    p.add_argument("--budget-s", type=float, help="stop a one-process row after the epoch that passes this many "
+                   "training seconds (default: no limit)")
+    p.add_argument("--out", help="the results file (default: bench/results/distributed-tta-<host>.json)")
+    a = p.parse_args(argv)
+    try:
+        recipes = dict(parse_recipe(s) for s in a.recipe) or {k: RECIPES[k] for k in ("default", "fast")}
+    except ValueError as e:
+        p.error(str(e))
+    if a.quick:
+        res = time_to_accuracy(recipes, epochs=2, hidden=[64, 64], rates=TTA_RATES[:2], sweep_epochs=1)
+    else:
+        res = time_to_accuracy(recipes, epochs=a.epochs, budget_s=a.budget_s)
+    return dict(res, out=a.out) if a.out else res
+
+
 def main(argv):
+    from blockadmm.experiments.results_io import provenance
+
     what = argv[1] if len(argv) > 1 else "speed"
     load0 = os.getloadavg()
-    res = {"accuracy": accuracy, "nccl": nccl}.get(what, speed)()
+    res = tta_main(argv[2:]) if what == "tta" else {"accuracy": accuracy, "nccl": nccl}.get(what, speed)()
     res["load_avg_before_after"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
     res["host"], res["cpus"], res["torch"] = socket.gethostname(), os.cpu_count(), torch.__version__
+    res.update(provenance())  # the commit and the CPU
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", f"distributed-{what}-{socket.gethostname()}.json")
+    path = res.pop("out", None) or os.path.join(HERE, "results", f"distributed-{what}-{socket.gethostname()}.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

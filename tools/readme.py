@@ -1,6 +1,6 @@
 """Regenerate README.md's result blocks from the committed results files (a repository tool, not installed).
 
-    python tools/readme.py            all blocks: train-results, bench, deepfacto, results (the experiments)
+    python tools/readme.py            all blocks: train-results, bench, deepfacto, stability, results (the experiments)
     python tools/readme.py --print    the markdown on stdout instead
 
 Each block sits between `<!-- NAME:start -->` and `<!-- NAME:end -->`; a block whose results are absent is left
@@ -20,7 +20,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench.report import render as render_bench_run  # noqa: E402 (needs ROOT on sys.path)
-from tools import readme_experiments  # noqa: E402
+from tools import readme_experiments, readme_stability  # noqa: E402
 
 
 def replace_section(text: str, name: str, body: str, *, append_heading: str | None = None) -> str:
@@ -278,7 +278,8 @@ def render_distributed(bench_results: str, link: str) -> str:
                 f"{row['epoch_s']:.2f} |"
             )
         lines.append("")
-    return "\n".join(lines).rstrip()
+    tta = readme_stability.render_time_to_accuracy(bench_results, link)
+    return "\n".join(lines + ([tta] if tta else [])).rstrip()
 
 
 def _per_rank(rows) -> str:
@@ -306,6 +307,9 @@ def render_blocks(readme: str, results: str, bench_results: str) -> dict[str, tu
     if os.path.isdir(bench_results):
         blocks["bench"] = (render_bench(bench_results, link(bench_results)), "")
     experiments = os.path.join(results, "experiments")
+    stability = readme_stability.render(os.path.join(experiments, "stability"), link(experiments) + "/stability")
+    if stability:
+        blocks["stability"] = (stability, None)
     if os.path.isdir(experiments):
         blocks["results"] = (readme_experiments.render(experiments, link(experiments)), "## Experiments")
     return blocks

@@ -4,7 +4,7 @@ Each recipe (`default`, `fast` on the nets it claims, `deep` on the tanh net, an
 `--recipe NAME:preset=fast,lr=2.5e-3,adam_eps=1e-4`) trains online with `fit`, batch 100, next to backprop (Adam,
 its rate chosen on the validation accuracy of seed 0, the same batches and initial weights). A run collapses when
 its test or validation accuracy falls more than 10 points below its running best, or its training loss rises above
-3x its best (DESIGN §4). One results file per (recipe, net, data, seed) under OUT/runs/, so the grid resumes and can
+3x its best (DESIGN §4). One results file per (recipe, net, data, seed) under OUT/units/, so the grid resumes and can
 run piecewise; OUT/results.json holds every run's summary and the table, OUT/timing.json the wall time and load,
 OUT/stability.png the collapse map and the final accuracies.
 """
@@ -12,10 +12,8 @@ OUT/stability.png the collapse map and the final accuracies.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -23,67 +21,21 @@ import torch
 
 from .. import data as bdata
 from ..argtypes import positive_int
-from ..engine.config import ADMMConfig
-from ..engine.presets import PRESETS
 from ..trainer import BlockADMM
 from . import stability_nets as nets
 from . import stability_report as report
 from .common import parse_list, setup_threads
 from .grid import LoadSampler
 from .results_io import load_json, provenance, read_results, save_results
+from .stability_recipes import BACKPROP, RECIPES, fit_kwargs, parse_recipe, recipe_nets, trainer_kwargs
 from .stability_report import ACC_DROP, LOSS_FACTOR, collapses
 from .training import Backprop, accuracy, train_epochs
 
-RECIPES = {"default": {"preset": "default"}, "fast": {"preset": "fast"}, "deep": {"preset": "deep"}}
-BACKPROP = "backprop"
 BACKPROP_RATES = (3e-4, 1e-3, 3e-3)
 SEEDS = (0, 1, 2, 3, 4)
 EPOCHS = 30
 BATCH = 100
-QUICK = {"nets": ["2x256"], "data": ["mnist5k", "inverted"], "seeds": [0, 1], "epochs": 2, "train_size": 400}
-OPTIMIZER_KEYS = ("lr", "adam_eps", "shared_optimizer")
-
-
-# ------------------------------------------------------------------------------------------ recipes
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_recipe(spec: str) -> tuple[str, dict]:
-    """`NAME:key=value,...` -> (NAME, {key: value}); keys: preset, lr (the blocks' Adam rate), adam_eps,
-    shared_optimizer, ADMMConfig fields, and keyword arguments of BlockADMM.fit (e.g. a divergence guard)."""
-    name, _, body = spec.partition(":")
-    if not name or name == BACKPROP or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"--recipe {spec!r}: give NAME:key=value,... with a plain NAME other than {BACKPROP!r}")
-    recipe = {}
-    for item in filter(None, body.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"--recipe {spec!r}: {item!r} is not key=value")
-        recipe[key.strip()] = _value(value.strip())
-    recipe.setdefault("preset", "default")
-    if recipe["preset"] not in PRESETS:
-        raise ValueError(f"--recipe {spec!r}: unknown preset {recipe['preset']!r}; choose one of {sorted(PRESETS)}")
-    known = set(OPTIMIZER_KEYS) | {"preset"} | set(ADMMConfig.__dataclass_fields__) | _fit_keys()
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise ValueError(f"--recipe {spec!r}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return name, recipe
-
-
-def _fit_keys() -> set[str]:
-    skip = {"self", "train", "epochs", "batch_size", "val", "test", "progress", "eval_train", "callbacks", "on_epoch"}
-    return set(inspect.signature(BlockADMM.fit).parameters) - skip
-
-
-def recipe_nets(recipe: dict) -> tuple[str, ...]:
-    """The nets a recipe claims: its preset's (fast: the shallow nets; deep: the tanh net), default: all."""
-    return nets.PRESET_NETS.get(recipe.get("preset", "default"), tuple(nets.NETS))
+QUICK = {"nets": ["2x256"], "data": ["digits"], "seeds": [0, 1], "epochs": 2, "train_size": 400}
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -105,20 +57,13 @@ def _history_row(rec: dict) -> dict:
 def train_admm(recipe: dict, net: str, splits, seed: int, epochs: int) -> tuple[list[dict], str | None]:
     """fit() of the recipe on the net; (history, the error that ended it early or None)."""
     blocks, constraints = nets.build(net, splits, seed, admm=True)
-    preset = PRESETS[recipe["preset"]]
-    config = {k: v for k, v in recipe.items() if k in ADMMConfig.__dataclass_fields__}
-    fit_kwargs = {k: v for k, v in recipe.items() if k in _fit_keys()}
-    lr, eps = recipe.get("lr", preset.weight_lr), recipe.get("adam_eps", 1e-8)
     trainer = BlockADMM(
         blocks,
         input_shape=splits.input_shape,
         mode="online",
-        preset=recipe["preset"],
-        optimizer=lambda p: torch.optim.Adam(list(p), lr=lr, eps=eps, fused=True),
-        shared_optimizer=recipe.get("shared_optimizer", preset.shared_optimizer),
         constraints=constraints,
         seed=seed,
-        **config,
+        **trainer_kwargs(recipe),
     )
     error = None
     try:
@@ -130,7 +75,7 @@ def train_admm(recipe: dict, net: str, splits, seed: int, epochs: int) -> tuple[
             test=splits.test,
             progress=False,
             eval_train=False,
-            **fit_kwargs,
+            **fit_kwargs(recipe),
         )
     except Exception as e:  # a run that raises (non-finite loss, the guard stopping it) is a collapse, recorded
         error = f"{type(e).__name__}: {e}".split("\n")[0]
@@ -176,7 +121,7 @@ def record(recipe_name: str, recipe: dict, net: str, data: str, seed: int, histo
 
 # ------------------------------------------------------------------------------------------ units
 def unit_path(out: str, recipe: str, net: str, data: str, seed: int) -> str:
-    return os.path.join(out, "runs", recipe, net, data, f"seed{seed}.json")
+    return os.path.join(out, "units", recipe, net, data, f"seed{seed}.json")
 
 
 def _done(path: str, epochs: int, spec) -> bool:
@@ -189,6 +134,23 @@ def _done(path: str, epochs: int, spec) -> bool:
 def _save(path: str, rec: dict, meta: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_results(path, {"experiment": "stability", "meta": meta, "records": [rec]})
+
+
+def backprop_record(unit: dict, splits, meta: dict) -> dict:
+    """Backprop on the unit's seed at the rate with the best validation accuracy of seed 0 (mean of the last 5
+    epochs); the selection runs (seed 0, each rate) are files of their own, made by the first unit that needs them."""
+    out, net, data, seed, epochs = (unit[k] for k in ("out", "net", "data", "seed", "epochs"))
+    histories, scores = {}, {}
+    for lr in unit["rates"]:
+        path = os.path.join(out, "units", f"{BACKPROP}-select", net, data, f"lr{lr:g}.json")
+        if not _done(path, epochs, unit["spec"]):
+            history = train_backprop(net, splits, 0, epochs, lr)
+            _save(path, record(f"{BACKPROP} lr={lr:g}", {"lr": lr}, net, data, 0, history), meta)
+        histories[lr] = read_results(path)["records"][0]["history"]
+        scores[f"{lr:g}"] = sum(h["val_acc"] for h in histories[lr][-5:]) / len(histories[lr][-5:])
+    lr = max(histories, key=lambda r: scores[f"{r:g}"])
+    history = histories[lr] if seed == 0 else train_backprop(net, splits, seed, epochs, lr)
+    return record(BACKPROP, {"lr": lr}, net, data, seed, history, chosen_lr=lr, val_scores=scores)
 
 
 def run_unit(unit: dict) -> dict:
@@ -210,29 +172,7 @@ def run_unit(unit: dict) -> dict:
         "threads": torch.get_num_threads(),
     }
     if name == BACKPROP:
-        rates = unit["rates"]
-        scores = {}
-        for lr in rates:  # the rate chosen on seed 0's validation accuracy (mean of the last 5 epochs)
-            sel = unit_path(out, f"{BACKPROP}-select", net, data, 0).replace("seed0", f"lr{lr:g}")
-            if not _done(sel, epochs, spec):
-                _save(
-                    sel,
-                    record(
-                        f"{BACKPROP} lr={lr:g}", {"lr": lr}, net, data, 0, train_backprop(net, splits, 0, epochs, lr)
-                    ),
-                    meta,
-                )
-            hist = read_results(sel)["records"][0]["history"]
-            scores[f"{lr:g}"] = sum(h["val_acc"] for h in hist[-5:]) / len(hist[-5:])
-        lr = float(max(scores, key=scores.get))
-        history = (
-            read_results(unit_path(out, f"{BACKPROP}-select", net, data, 0).replace("seed0", f"lr{lr:g}"))["records"][
-                0
-            ]["history"]
-            if seed == 0
-            else train_backprop(net, splits, seed, epochs, lr)
-        )
-        rec = record(name, {"lr": lr}, net, data, seed, history, chosen_lr=lr, val_scores=scores)
+        rec = backprop_record(unit, splits, meta)
     else:
         history, error = train_admm(spec, net, splits, seed, epochs)
         rec = record(name, spec, net, data, seed, history, error=error)
@@ -265,9 +205,27 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     p.add_argument("--epochs", type=positive_int, default=EPOCHS)
     p.add_argument("--jobs", type=positive_int, default=1, help="worker processes at once (one torch thread each)")
-    p.add_argument("--quick", action="store_true", help="2x256 on 400 samples, 2 data, 2 seeds, 2 epochs (seconds)")
+    p.add_argument("--quick", action="store_true", help="2x256 on 400 digits, 2 seeds, 2 epochs (seconds)")
     p.add_argument("--out", default="runs/experiments/stability")
     p.add_argument("--no-progress", action="store_true")
+
+
+def command(args) -> str:
+    """The flags of this invocation that differ from the defaults (what reproduces it, after `blockadmm experiment
+    stability`)."""
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    defaults = vars(parser.parse_args([]))
+    flags = []
+    for key, value in vars(args).items():
+        if key not in defaults or value == defaults[key] or key == "no_progress":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        else:
+            flags += [f"{flag} {v}" for v in (value if isinstance(value, list) else [value])]
+    return " ".join(flags)
 
 
 def plan(args) -> tuple[list[list[dict]], dict]:
@@ -337,15 +295,16 @@ def run_phases(phases: list[list[dict]], jobs: int, log) -> list[dict]:
 
 
 def collect(out: str) -> list[dict]:
-    """Every run's record under OUT/runs (without its history), backprop's selection runs left out."""
+    """Every run's record under OUT/units with its collapse events, without its per-epoch history; backprop's
+    selection runs left out."""
     records = []
-    for root, _, files in os.walk(os.path.join(out, "runs")):
+    for root, _, files in os.walk(os.path.join(out, "units")):
         if f"{os.sep}{BACKPROP}-select" in root:
             continue
         for f in sorted(files):
             if f.endswith(".json"):
-                rec = load_json(os.path.join(root, f))["records"][0]
-                records.append(rec)
+                rec = read_results(os.path.join(root, f))["records"][0]
+                records.append({k: v for k, v in rec.items() if k != "history"})
     return sorted(records, key=lambda r: (r["recipe"], r["net"], r["data"], r["seed"]))
 
 
@@ -375,7 +334,7 @@ def main(args) -> int:
     timing["invocations"].append(
         {
             **provenance(),
-            "argv": " ".join(sys.argv[1:]) or None,
+            "argv": command(args),
             "jobs": args.jobs,
             "wall_s": time.monotonic() - t0,
             "loadavg_1min": {"mean": sum(samples) / len(samples), "max": max(samples), "samples": samples},

@@ -63,6 +63,12 @@ def summary(records: list[dict]) -> list[dict]:
                 "acc_collapsed": sum("acc" in k for k in kinds),
                 "loss_collapsed": sum("loss" in k for k in kinds),
                 "errors": sum("error" in k for k in kinds),
+                "loss_only": sum(k == {"loss"} for k in kinds),
+                # the highest training loss at an event of the runs collapsed by their loss alone: a rise to 3x a tiny
+                # best (0.003 -> 0.01) counts by the definition, and this says whether that is all it was
+                "loss_only_max": max(
+                    (e["value"] for r, k in zip(rs, kinds) if k == {"loss"} for e in r["collapses"]), default=None
+                ),
                 "final_mean": mean(final),
                 "final_worst": min(final),
                 "best_mean": mean(best),
@@ -95,39 +101,49 @@ def text_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], out: str) -> str:
-    """Two maps, recipes x (net, data): the share of runs that collapsed (annotated k/n), the mean final test
-    accuracy."""
+    """Two maps, recipes x (net, data): the share of runs that collapsed (annotated "k/n, a acc": k runs collapsed,
+    a of them by their accuracy), and the mean final test accuracy (annotated with the worst seed's)."""
     pyplot = plt()
     recipes = sorted({r["recipe"] for r in rows})
     cols = sorted({(r["net"], r["data"]) for r in rows})
     cell = {(r["recipe"], r["net"], r["data"]): r for r in rows}
-    fig, axes = pyplot.subplots(2, 1, figsize=(max(6, 0.9 * len(cols) + 2), 1.2 * len(recipes) * 2 + 2.5))
-    for ax, (title, value, fmt, cmap) in zip(
-        axes,
+    maps = (
         (
-            (
-                "runs that collapsed",
-                lambda r: r["collapsed"] / r["runs"],
-                lambda r: f"{r['collapsed']}/{r['runs']}",
-                "Reds",
-            ),
-            (
-                "final test accuracy (%, mean over seeds)",
-                lambda r: r["final_mean"],
-                lambda r: f"{r['final_mean']:.1f}",
-                "viridis",
-            ),
+            "runs that collapsed (k/n; of which by accuracy)",
+            lambda r: r["collapsed"] / r["runs"],
+            lambda r: f"{r['collapsed']}/{r['runs']}\n{r['acc_collapsed']} acc",
+            "Reds",
+            (0, 1),
         ),
-    ):
+        (
+            "final test accuracy, % (mean; worst seed)",
+            lambda r: r["final_mean"],
+            lambda r: f"{r['final_mean']:.1f}\n{r['final_worst']:.1f}",
+            "viridis",
+            (10, 100),
+        ),
+    )
+    fig, axes = pyplot.subplots(2, 1, figsize=(max(6, 0.8 * len(cols) + 2), 0.5 * len(recipes) * 2 + 3))
+    for ax, (title, value, fmt, cmap, (lo, hi)) in zip(axes, maps):
         grid = [[value(cell[(rc, *c)]) if (rc, *c) in cell else float("nan") for c in cols] for rc in recipes]
-        ax.imshow(grid, aspect="auto", cmap=cmap)
+        ax.imshow(grid, aspect="auto", cmap=cmap, vmin=lo, vmax=hi)
         for i, rc in enumerate(recipes):
             for j, c in enumerate(cols):
                 if (rc, *c) in cell:
-                    ax.text(j, i, fmt(cell[(rc, *c)]), ha="center", va="center", fontsize=8)
+                    v = (value(cell[(rc, *c)]) - lo) / (hi - lo)
+                    dark = v > 0.5 if cmap == "Reds" else v < 0.5
+                    ax.text(
+                        j,
+                        i,
+                        fmt(cell[(rc, *c)]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
         ax.set_yticks(range(len(recipes)), recipes)
         ax.set_xticks(range(len(cols)), [f"{n}\n{d}" for n, d in cols], fontsize=7)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = os.path.join(out, "stability.png")
     fig.savefig(path, dpi=110)
