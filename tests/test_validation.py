@@ -25,6 +25,7 @@ def _mlp(seed=0):
     ("rho", []), ("lr_z", math.nan), ("lr_z", 0.0), ("dual_step", -0.5), ("dual_step", math.nan),
     ("rho_factor", -2.0), ("rho_factor", 0.5), ("rho_factor", math.nan), ("rho_max", 0.0), ("rho_max", math.inf),
     ("rho_stall", -0.1), ("sweeps", 2.5), ("sweeps", True), ("sweeps", 0), ("k_z", math.nan), ("rho_check_every", 0),
+    ("curvature_cap", 1),
 ])
 def test_bad_hyperparameters_are_refused_at_construction(field, value):
     with pytest.raises(ValueError, match=f"^{field} must be"):
