@@ -350,6 +350,7 @@ class BlockADMM:
             "history": copy.deepcopy(self.history),
             "resumes": copy.deepcopy(self.resumes),
             "divergence": self.divergence.state_dict(),
+            "curvature": [b.state_dict() for b in self.engine.bounds],
             "rng": torch.get_rng_state(),
             "tables": None if self.tables is None else self.tables.state_dict(),
         }
@@ -386,6 +387,8 @@ class BlockADMM:
         self.history = copy.deepcopy(state["history"])
         self.resumes = copy.deepcopy(state["resumes"])
         self.divergence.load_state_dict(state["divergence"])
+        for bound, sd in zip(self.engine.bounds, state.get("curvature") or [{}] * self.n_blocks):
+            bound.load_state_dict(sd)
         if changed:
             self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
             logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,
@@ -418,6 +421,10 @@ class BlockADMM:
             raise TableMismatch("the checkpoint and this trainer disagree on having batch-mode tables")
         if self.tables is not None:
             self.tables.check_state(state["tables"], state.get(TABLE_FILES))
+        try:  # absent from checkpoints of earlier versions
+            self.engine.check_curvature_state(state.get("curvature") or [{}] * self.n_blocks)
+        except ValueError as e:
+            raise CheckpointError(f"the checkpoint's curvature-cap state does not fit this model: {e}") from None
         rng = state["rng"]
         if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
             raise CheckpointError("the checkpoint's random number generator state is not a CPU generator state")

@@ -155,6 +155,13 @@ class Engine:
         if not self.jacobi:  # block k+1's input moved
             state.kept[k + 1] = None
 
+    def check_curvature_state(self, states) -> None:
+        """ValueError unless `states` (a checkpoint's, one per block) fits the bounds here."""
+        if not isinstance(states, list) or len(states) != self.n_blocks:
+            raise ValueError(f"expected {self.n_blocks} per-block states")
+        for bound, state in zip(self.bounds, states):
+            bound.check_state(state)
+
     def consumer_curvature(self, k: int) -> float:
         """An upper bound on the curvature in z_k of block k+1's term (or the task loss), 0 where unknown or with
         config.curvature_cap off (engine.curvature)."""

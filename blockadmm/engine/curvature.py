@@ -59,6 +59,21 @@ class LipschitzBound:
         self.vectors[i] = v
         return norm**0.5
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The power-iteration vectors (a resumed run then takes the steps the whole run would have taken)."""
+        return {str(i): v for i, v in self.vectors.items()}
+
+    def check_state(self, state) -> None:
+        """ValueError unless `state` holds one vector of the right length per Linear layer it names."""
+        lengths = {str(i): m.in_features for i, m in enumerate(self.layers or []) if isinstance(m, nn.Linear)}
+        if not isinstance(state, dict) or set(state) - set(lengths) or not all(
+                isinstance(v, torch.Tensor) and v.dtype == torch.float32 and tuple(v.shape) == (lengths[i],)
+                for i, v in state.items()):
+            raise ValueError(f"expected float32 vectors for layers {sorted(lengths)} of lengths {lengths}")
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vectors = {int(i): v.clone() for i, v in state.items()}
+
     def __call__(self) -> float:
         bound = 1.0
         for i, m in enumerate(self.layers):
