@@ -1,6 +1,7 @@
-"""The collapses of issue 25, each a run that collapsed with the step as it was and must not now (the guard off:
-on_divergence="warn", so that what is tested is the step, not the rollback). A collapse: test accuracy more than
-10 points below its running best, or the epoch's training loss above 3x its best (DESIGN §4)."""
+"""The collapses of issue 25, each a run that collapsed before and must not now: `fast` on the wide net with the guard
+off (on_divergence="warn": what is tested is the step), the defaults on inverted data with the default guard. A
+collapse: test accuracy more than 10 points below its running best, or the epoch's training loss above 3x its best
+(DESIGN §4)."""
 
 import pytest
 import torch
@@ -37,18 +38,16 @@ def test_fast_on_the_wide_net_does_not_collapse(mnist5k):
     assert history[-1]["test_acc"] >= 0.92, [h["test_acc"] for h in history]
 
 
-def test_the_defaults_on_transposed_inverted_mnist_do_not_collapse():
+def test_the_defaults_on_transposed_inverted_mnist_hand_back_no_collapse():
     """The defaults (3 blocks, 784-256-256-10) on MNIST-5k transposed and inverted (1 - x), seed 0, as `blockadmm
-    train --data mnist --root DIR` runs them: the uncapped step dropped from 87.1% to 76.9% test at epoch 8, the
-    training loss 0.39 -> 0.94; capped, the loss falls every epoch (0.41 at epoch 12). Checked here: no epoch's loss
-    above 1.5x the best before it, and no collapse."""
+    train --data mnist --root DIR` runs them: the run dropped from 87.1% to 76.9% test at epoch 8, the training loss
+    0.39 -> 0.94, and fit went on from there. The default guard (on_divergence="rollback") catches the rise within a
+    few steps and puts back the best weights at half the rate: no epoch ends collapsed."""
     torch.set_num_threads(1)
     splits = data.load("mnist5k", transform=data.transpose_invert)
     torch.manual_seed(0)
     model, cuts = mlp_blocks(784, [256, 256], 10)
     tr = BlockADMM(model, blocks=cuts, input_shape=(784,), seed=0)
-    history = tr.fit(splits.train, 8, test=splits.test, eval_train=False, progress=False, on_divergence="warn")
-    losses = [h["loss"] for h in history]
-    assert all(b <= 1.5 * min(losses[:i]) for i, b in enumerate(losses) if i), losses
-    assert not _collapses(history), history
-    assert history[-1]["test_acc"] >= 0.80, [h["test_acc"] for h in history]
+    history = tr.fit(splits.train, 8, test=splits.test, eval_train=False, progress=False)
+    assert not _collapses(history), [(h["epoch"], h["test_acc"], h["loss"]) for h in history]
+    assert history[-1]["test_acc"] >= 0.84, [h["test_acc"] for h in history]

@@ -90,6 +90,7 @@ def run_and_compare(
         aux_step=aux_step,
         dual_step=DUAL_STEP,
         constraints=cons,
+        curvature_cap=True,  # the `fast` preset's step (off by default)
         optimizer=lambda p: torch.optim.SGD(p, lr=LR_W),
         backend=backend,
         fused_linear=fused_linear,

@@ -24,8 +24,9 @@ class ADMMConfig:
     "adaptive" multiplies rho by rho_factor (up to rho_max) when a boundary's mean primal residual over
     rho_check_every steps did not fall below rho_stall times that of the window before. The plain gradient
     step of boundary k uses min(lr_z, 1/rho_k, 2/(rho_k + L_{k+1})), L_{k+1} a bound on the consumer's curvature
-    from its weights (engine.curvature; curvature_cap=False: L = 0), so that neither a growing rho nor the consumer's
-    growing weights make the step overshoot or diverge.
+    from its weights (engine.curvature) when curvature_cap is on (the `fast` preset: one sweep, a wide net's growing
+    weights made its step diverge; off by default: on 784-1024x3-10 with inverted inputs the capped defaults stalled),
+    else min(lr_z, 1/rho_k), so that a growing rho never makes the penalty term overshoot.
     """
 
     rho: object = 1.0
@@ -41,7 +42,7 @@ class ADMMConfig:
     rho_max: float = 100.0
     rho_check_every: int = 40
     rho_stall: float = 0.9
-    curvature_cap: bool = True
+    curvature_cap: bool = False
 
     def __post_init__(self):
         self.order = ORDER_ALIASES.get(self.order, self.order)

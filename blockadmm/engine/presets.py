@@ -46,8 +46,9 @@ PRESETS: dict[str, Preset] = {
     # shallow nets (a few blocks) and ReLU MLPs: the ADMMConfig defaults
     "default": Preset("default"),
     # one sweep per mini-batch, a softer penalty, a faster Adam over all blocks at once: shallow nets only, online
-    "fast": Preset("fast", {"sweeps": 1, "rho": 0.125, "lr_z": 0.3}, weight_lr=5e-3, mode="online",
-                   shared_optimizer=True),
+    # (and its auxiliary step capped by the consumer's curvature: without it, wide nets diverge)
+    "fast": Preset("fast", {"sweeps": 1, "rho": 0.125, "lr_z": 0.3, "curvature_cap": True}, weight_lr=5e-3,
+                   mode="online", shared_optimizer=True),
     # deep narrow saturating nets (8+ sigmoid layers, one per block) from PyTorch's default init: the fixed-size sign
     # step on z (unstable on ReLU; fails from the gain-4 xavier init, where the defaults do better)
     "deep": Preset("deep", _DEEP, weight_lr=3e-3),
