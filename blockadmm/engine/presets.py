@@ -4,8 +4,9 @@ README's paragraphs on them. Every preset was tuned from PyTorch's default init 
 from the Glorot gain-4 init of sigmoid nets the deep presets fail (the README's fair-baseline table).
 
 The nets each was tuned on (a validation split of MNIST-5k's training data), and checked on for collapses:
-- default: tuned on 784-256-256-10 ReLU (bench/tune_defaults.py); checked, with the curvature cap, on that net over
-  MNIST-5k as shipped, transposed + inverted, standardized and digits (`blockadmm experiment stability`);
+- default: tuned on 784-256-256-10 ReLU (bench/tune_defaults.py); checked for collapses on that net and 784-1024x3-10
+  over MNIST-5k as shipped, transposed + inverted, standardized and digits (`blockadmm experiment stability`); no
+  curvature cap (capped, it stalled on the wide net with inverted inputs): the divergence guard catches its drops;
 - fast: tuned on 784-256-256-10 ReLU; with the curvature cap it also trains 784-1024-1024-1024-10 (where it
   collapsed without), and the study checks it on those two nets and the small CNN;
 - deep, deep-batch: tuned on 8x256 sigmoid; their sign step is not capped, and online `deep` still collapses late
