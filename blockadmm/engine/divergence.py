@@ -131,8 +131,11 @@ class DivergenceGuard:
         return {name: copy.copy(getattr(self, name)) for name in self.STATE}
 
     def load_state_dict(self, state: dict) -> None:
+        if "average" in state:  # the earlier guard's checkpoint: one average, its best
+            state = {"loss_fast": state["average"], "loss_slow": state["average"], "best": float(state["best"])}
         for name in self.STATE:
-            setattr(self, name, copy.copy(state[name]))
+            if name in state:
+                setattr(self, name, copy.copy(state[name]))
 
 
 class BestWeights:
