@@ -130,10 +130,11 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="train into an OUT that holds an earlier run, replacing it")
     p.add_argument(
-        "--stop-on-divergence",
-        action="store_true",
-        help="stop (exit code 1) when the training loss stays at chance level or grows far above its best; "
-        "without it that is a warning in the log and in metrics.json",
+        "--on-divergence",
+        choices=("warn", "stop", "restore", "rollback"),
+        default=None,
+        help="when the training loss or a boundary residual collapses: warn; stop (exit code 1); restore (put back "
+        "the best weights seen and stop); rollback (put them back and go on at half the rate; the default)",
     )
     p.add_argument(
         "--nproc",
@@ -313,7 +314,7 @@ def _train(args) -> int:
                 splits.train,
                 args.epochs,
                 checkpoint=ckpt,
-                stop_on_divergence=args.stop_on_divergence,
+                **({"on_divergence": args.on_divergence} if args.on_divergence else {}),
                 callbacks=_loggers(args, "admm-" + mode),
                 **fit_kw,
             )
@@ -330,7 +331,8 @@ def _train(args) -> int:
             device=args.device,
             seed=args.seed,
         )
-        runs["backprop"] = bp.fit(splits.train, args.epochs, callbacks=_loggers(args, "backprop"), **fit_kw)
+        runs["backprop"] = bp.fit(splits.train, args.epochs, callbacks=_loggers(args, "backprop"), on_divergence="warn",
+                                  **fit_kw)  # plain backprop, as a user runs it elsewhere
     metrics = {
         "command": " ".join(["blockadmm"] + sys.argv[1:]),
         "config": {k: v for k, v in vars(args).items() if k != "func"},
@@ -442,8 +444,8 @@ def launch_train(args, explicit: dict) -> int:
             f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
             f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)"
         )
-    if args.stop_on_divergence:
-        raise SystemExit("blockadmm train: --stop-on-divergence watches a run in one process; drop it with --nproc")
+    if args.on_divergence:
+        raise SystemExit("blockadmm train: --on-divergence watches a run in one process; drop it with --nproc")
     if args.resume and explicit:
         flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
         raise SystemExit(

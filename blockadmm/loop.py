@@ -3,7 +3,7 @@ schedulers, evaluation on a schedule, checkpoints, the history.
 
 Works on any trainer with `step(x, y, index) -> StepStats`, `forward`, `blocks`, `epoch`, `history`, `seed`,
 `schedulers`, `epoch_scheduled` (blocks told the epoch), `divergence` (engine.divergence.DivergenceGuard),
-`save(path)` and `stop_training`.
+`best_weights` (engine.divergence.BestWeights), `optimizers`, `rho`, `save(path)` and `stop_training`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from .callbacks import Callback
 from .engine.batch import is_classification
 from .engine.checkpoint import NonFiniteError
-from .engine.divergence import DivergenceError
+from .engine.divergence import ON_DIVERGENCE, DivergenceError, DivergenceWarning
 from .engine.runlock import checkpoint_lock
 from .loader import as_data, epoch_batches, epoch_length, is_single_use, unpack_batch
 
@@ -70,6 +70,12 @@ def epoch_means(rows: list[tuple[dict, int]]) -> dict:
     return record
 
 
+def _report(event: str) -> None:
+    """A divergence event to the log and to Python's warnings."""
+    logging.getLogger(__name__).warning("%s", event)
+    warnings.warn(event, DivergenceWarning, stacklevel=4)
+
+
 def _step_scheduler(scheduler, record: dict) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(record.get("val_loss", record["loss"]))
@@ -79,9 +85,12 @@ def _step_scheduler(scheduler, record: dict) -> None:
 
 def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=None, checkpoint: str | None = None,
         progress: bool = True, eval_train: bool = True, eval_every: int = 1, callbacks: Sequence[Callback] = (),
-        on_epoch: Callable[[dict], None] | None = None, stop_on_divergence: bool = False) -> list[dict]:
+        on_epoch: Callable[[dict], None] | None = None, on_divergence: str = "rollback") -> list[dict]:
     """Train until `epochs` epochs are done (continuing from trainer.epoch after a resume); see BlockADMM.fit."""
     from tqdm.auto import tqdm
+
+    if on_divergence not in ON_DIVERGENCE:
+        raise ValueError(f"on_divergence must be one of {ON_DIVERGENCE}, got {on_divergence!r}")
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -119,6 +128,13 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
     lock = checkpoint_lock(checkpoint).acquire() if checkpoint else None  # one run at a time writes it
     was_training = [b.training for b in trainer.blocks]  # put back after fit (steps train, evaluations eval)
     first_epoch = trainer.epoch
+    best, guard = trainer.best_weights, trainer.divergence
+
+    def restore_best() -> str:
+        rho = best.put_back(trainer.blocks, trainer.optimizers)
+        trainer.rho = rho
+        return f"the weights of step {best.step} (the lowest training loss) were put back"
+
     for cb in callbacks:
         cb.on_train_begin(trainer)
     try:
@@ -131,7 +147,7 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
             for block in trainer.epoch_scheduled:  # blocks with epoch schedules (NMF: update W, then freeze it)
                 block.admm_set_epoch(epoch)
             t0 = time.perf_counter()
-            rows, diverging = [], None
+            rows, diverging, events = [], None, []
             data = fixed if fixed is not None else as_data(train)
             batches = epoch_batches(data, batch_size, shuffle=True, seed=trainer.seed, epoch=epoch)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", total=epoch_length(data, batch_size),
@@ -142,13 +158,31 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                     stats = trainer.step(x, y, index)
                 except NonFiniteError as e:
                     raise NonFiniteError(f"{e}{last_good()}") from e
-                reason = trainer.divergence.update(stats.loss)
-                if reason and diverging is None:
-                    diverging = f"training diverges at step {trainer.step_count} (epoch {epoch + 1}): {reason}"
-                    if stop_on_divergence:
-                        raise DivergenceError(f"{diverging}; stopped (stop_on_divergence). Resume from the last "
+                trip = guard.update(stats.loss, stats.primal_residual)
+                if trip is None and best.due(trainer.step_count, guard.improved):
+                    best.take(trainer.step_count, trainer.blocks, trainer.optimizers, trainer.rho)
+                if trip is not None:
+                    event = f"training diverges at step {trainer.step_count} (epoch {epoch + 1}): {trip.reason}"
+                    if on_divergence == "stop":
+                        raise DivergenceError(f"{event}; stopped (on_divergence='stop'). Resume from the last "
                                               f"checkpoint with a smaller learning rate, lr_z or rho.{last_good()}")
-                    logging.getLogger(__name__).warning("%s", diverging)
+                    acted = on_divergence == "restore" or (on_divergence == "rollback" and trip.collapse)
+                    if on_divergence == "restore":
+                        event += f"; {restore_best()}; stopped (on_divergence='restore')"
+                        trainer.stop_training = True
+                    elif acted:
+                        lrs = [[g["lr"] for g in o.param_groups] for o in trainer.optimizers]
+                        event += f"; {restore_best()}, training goes on at {guard.rollback_factor:g} times the rate"
+                        for o, old in zip(trainer.optimizers, lrs):
+                            for g, lr in zip(o.param_groups, old):
+                                g["lr"] = lr * guard.rollback_factor
+                        guard.rolled_back()
+                    if diverging is None or acted:  # warnings: once an epoch, and at every rollback
+                        _report(event)
+                        events.append(event)
+                    diverging = diverging or event
+                    if trainer.stop_training:
+                        break
                 step_stats = dataclasses.asdict(stats)
                 rows.append((step_stats, x.shape[0]))
                 bar.set_postfix(loss=f"{stats.loss:.3f}")
@@ -166,6 +200,7 @@ def fit(trainer, train, epochs: int, *, batch_size: int = 100, val=None, test=No
                         record.update({f"{name}_{k}": v for k, v in evaluate(trainer, part).items()})
             if diverging:
                 record["divergence"] = diverging
+                record["divergence_events"] = events
             for scheduler in trainer.schedulers:
                 _step_scheduler(scheduler, record)
             trainer.epoch = epoch + 1

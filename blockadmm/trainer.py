@@ -33,7 +33,7 @@ from .engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .engine.divergence import DivergenceError, DivergenceGuard
+from .engine.divergence import BestWeights, DivergenceError, DivergenceGuard, DivergenceWarning
 from .engine.state_values import check_state_values
 from .engine.watch import ConstraintWatch
 from .prox import as_prox
@@ -46,6 +46,7 @@ __all__ = [
     "ADMMConfig",
     "BlockADMM",
     "DivergenceError",
+    "DivergenceWarning",
     "NonFiniteError",
     "StepStats",
     "adam",
@@ -233,6 +234,7 @@ class BlockADMM:
         n_out = self.n_outputs
         self.divergence = DivergenceGuard(chance=math.log(n_out) if self._default_loss and n_out > 1 else None)
         self.constraint_watch = ConstraintWatch(self.constraints, self.divergence.chance)
+        self.best_weights = BestWeights()  # in memory only: after a resume, the weights resumed from come first
 
     @property
     def n_outputs(self) -> int:
@@ -336,7 +338,7 @@ class BlockADMM:
     # ---------------------------------------------------------------- epochs
     def fit(self, train, epochs: int, *, batch_size: int = 100, val=None, test=None, checkpoint: str | None = None,
             progress: bool = True, eval_train: bool = True, eval_every: int = 1, callbacks: Sequence[Callback] = (),
-            on_epoch: Callable[[dict], None] | None = None, stop_on_divergence: bool = False) -> list[dict]:
+            on_epoch: Callable[[dict], None] | None = None, on_divergence: str = "rollback") -> list[dict]:
         """Train until `epochs` epochs are done (continuing from self.epoch after a resume); returns the history.
 
         train, val, test: a Dataset (batched here, in an order that is a function of (seed, epoch), so a resumed
@@ -348,13 +350,18 @@ class BlockADMM:
         epochs and after the last, train_loss / train_acc over the whole training set (eval_train), val_* and
         test_*. callbacks: blockadmm.callbacks (loggers, EarlyStopping); a callback ends training by setting
         `stop_training`. checkpoint: saved atomically after every epoch; a non-finite value stops training and
-        leaves the last good checkpoint. on_epoch(record): called after every epoch. Divergence without NaN
-        (self.divergence: the loss at chance level or growing) is a warning in the log and the epoch's record
-        ("divergence"), or, with stop_on_divergence, a DivergenceError.
+        leaves the last good checkpoint. on_epoch(record): called after every epoch.
+        on_divergence: what a collapse without NaN does (self.divergence, engine.divergence.DivergenceGuard: the
+        training loss or a boundary's residual rising far above its best within a few steps; its thresholds and
+        rollback_factor are its fields). "warn": a DivergenceWarning (and the log); "stop": a DivergenceError;
+        "restore": the weights of the step with the lowest training loss are put back and training stops;
+        "rollback" (default): those weights and their optimizer state are put back and training goes on with every
+        learning rate times divergence.rollback_factor. Each event goes to the epoch's record ("divergence",
+        "divergence_events"). A loss stuck at chance level is warned about (stopped by "stop" / "restore").
         """
         return loop.fit(self, train, epochs, batch_size=batch_size, val=val, test=test, checkpoint=checkpoint,
                         progress=progress, eval_train=eval_train, eval_every=eval_every, callbacks=callbacks,
-                        on_epoch=on_epoch, stop_on_divergence=stop_on_divergence)
+                        on_epoch=on_epoch, on_divergence=on_divergence)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -375,6 +382,7 @@ class BlockADMM:
             "history": copy.deepcopy(self.history),
             "resumes": copy.deepcopy(self.resumes),
             "divergence": self.divergence.state_dict(),
+            "curvature": [b.state_dict() for b in self.engine.bounds],
             "rng": torch.get_rng_state(),
             "tables": None if self.tables is None else self.tables.state_dict(),
         }
@@ -411,6 +419,8 @@ class BlockADMM:
         self.history = copy.deepcopy(state["history"])
         self.resumes = copy.deepcopy(state["resumes"])
         self.divergence.load_state_dict(state["divergence"])
+        for bound, sd in zip(self.engine.bounds, state.get("curvature") or [{}] * self.n_blocks):
+            bound.load_state_dict(sd)
         if changed:
             self.resumes.append({"epoch": self.epoch, "step": self.step_count, "changed": changed})
             logging.getLogger(__name__).info("resumed at epoch %d with %s", self.epoch,
@@ -444,6 +454,10 @@ class BlockADMM:
             raise TableMismatch("the checkpoint and this trainer disagree on having batch-mode tables")
         if self.tables is not None:
             self.tables.check_state(state["tables"], state.get(TABLE_FILES))
+        try:  # absent from checkpoints of earlier versions
+            self.engine.check_curvature_state(state.get("curvature") or [{}] * self.n_blocks)
+        except ValueError as e:
+            raise CheckpointError(f"the checkpoint's curvature-cap state does not fit this model: {e}") from None
         rng = state["rng"]
         if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
             raise CheckpointError("the checkpoint's random number generator state is not a CPU generator state")

@@ -7,9 +7,11 @@ it fixes, beyond the formulas of DESIGN §1:
 - boundary k is block k's output; the auxiliary step of boundary k minimises
   (rho_k/2)|z_k - f_k(z_{k-1}) + u_k|^2 + [the per-sample sum of block k+1's term, or of the task loss],
   k_z proximal-gradient steps, the prox applied after each step;
-- step rules: "grad" z -= min(lr_z, 1/rho_k) * d, "sign" z -= lr_z * sign(d), "adam" z -= lr_z * m_hat /
-  (sqrt(v_hat) + 1e-8) with betas (0.9, 0.999) and moments per boundary kept over the k_z steps and the
-  sweeps of one step only; the prox threshold uses the step's lr;
+- step rules: "grad" z -= min(lr_z, 1/rho_k, 2/(rho_k + L_k)) * d, L_k the consumer's curvature bound from its weights
+  (curvature_cap): rho_{k+1} |J|^2 for block k+1's term, |J|^2 / 2 for the cross-entropy of the last block, |J| the
+  product of its Linear layers' spectral norms and its activations' largest slopes (tanh 1, sigmoid 1/4);
+  "sign" z -= lr_z * sign(d), "adam" z -= lr_z * m_hat / (sqrt(v_hat) + 1e-8) with betas (0.9, 0.999) and
+  moments per boundary kept over the k_z steps and the sweeps of one step only; the prox threshold uses the step's lr;
 - Gauss-Seidel (top-down: the last boundary first; bottom-up) reads every neighbour as it is now; Jacobi
   reads every neighbour's z, u as they were at the start of the sweep, and the gradient from above is
   evaluated once per sweep, at the sweep-start z_k; the weight and dual steps of block k then also take
@@ -19,7 +21,7 @@ it fixes, beyond the formulas of DESIGN §1:
 - dual step, with the new weights: u_k += dual_step * (z_k - f_k(input)); online mode skips it in the last
   sweep (those duals leave with the mini-batch);
 - returned beside the results: the smallest non-zero |d| a sign or Adam step met ("sign_margin"), below which
-  a float32 run may legitimately take the other sign;
+  a float32 run may legitimately take the other sign; per boundary, whether the curvature cap bound ("capped");
 - reported: network_loss = the mean task loss of the composed forward F(x) with the weights the step starts
   from; loss = the last block's term in the last weight step (before that update); primal_k =
   |z_k - a_k| / |z_k| with a_k of the last dual step (online: of the last auxiliary step); dual_k =
@@ -70,6 +72,20 @@ def _consumer_grad(block, zin, z_out, u_out, rho, y):
     return g
 
 
+SLOPES = {torch.nn.Tanh: 1.0, torch.nn.Sigmoid: 0.25, torch.nn.ReLU: 1.0}
+
+
+def _lipschitz(block):
+    """|J| <= the product of the Linear layers' spectral norms and the activations' largest slopes."""
+    bound = 1.0
+    for m in block.modules() if isinstance(block, torch.nn.Sequential) else [block]:
+        if isinstance(m, torch.nn.Linear):
+            bound *= float(torch.linalg.matrix_norm(m.weight.detach(), 2))
+        elif type(m) in SLOPES:
+            bound *= SLOPES[type(m)]
+    return bound
+
+
 def oracle_step(
     blocks,
     x,
@@ -89,6 +105,7 @@ def oracle_step(
     dual_step,
     constraints,
     online,
+    curvature_cap=True,
 ):
     """One step on float64 copies of `blocks`. Batch mode: z, u are the rows gathered from the tables and
     `seen` their flags (a row never seen starts at the forward values, u = 0). Returns a dict with the new
@@ -118,6 +135,7 @@ def oracle_step(
         network_loss = float(F.cross_entropy(h, y))
     # the smallest |d| a sign (or Adam) step saw: float32 cannot follow a sign decided by rounding
     margin = float("inf")
+    capped = [False] * nb  # where the consumer's curvature made the step smaller than min(lr_z, 1/rho_k)
 
     def f(k, inp):
         with torch.no_grad():
@@ -141,7 +159,9 @@ def oracle_step(
                 g = g_fixed if jacobi else _consumer_grad(blocks[k + 1], z[k], z_next, u_next, rho_next, y)
                 d = rho[k] * (z[k] - a + u[k]) + g
                 if aux_step == "grad":
-                    lr = min(lr_z, 1.0 / rho[k])
+                    scale = (rho_next if rho_next is not None else 0.5) if curvature_cap else 0.0
+                    lr = min(lr_z, 1.0 / rho[k], 2.0 / (rho[k] + scale * _lipschitz(blocks[k + 1]) ** 2))
+                    capped[k] = capped[k] or lr < min(lr_z, 1.0 / rho[k])
                     z[k] = prox(constraints[k], z[k] - lr * d, lr)
                 elif aux_step == "sign":
                     margin = min(margin, _smallest_nonzero(d))
@@ -181,4 +201,4 @@ def oracle_step(
     primal = [float(p.sqrt() / n) for p, n in zip(primal_sq, norms)]
     dual = [float(r * (zk - z0).norm() / n) for r, zk, z0, n in zip(rho, z, z_start, norms)]
     return {"blocks": blocks, "z": z, "u": u, "loss": loss, "network_loss": network_loss, "primal": primal,
-            "dual": dual, "sign_margin": margin}
+            "dual": dual, "sign_margin": margin, "capped": capped}

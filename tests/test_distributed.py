@@ -557,7 +557,7 @@ def _cli(tmp_path, *flags):
         (["--nproc", "2", "--timeout", "0"], "argument --timeout: expected a finite number > 0, got '0'"),
         (["--nproc", "3", "--hidden", "16"], "--nproc 3 needs at least 3 blocks, the network has 2"),
         (["--nproc", "3", "--hidden", "16,16,16"], "--nproc: 3 processes on 2 CPU cores: each rank needs a core"),
-        (["--nproc", "2", "--stop-on-divergence"], "--stop-on-divergence watches a run in one process"),
+        (["--nproc", "2", "--on-divergence", "stop"], "--on-divergence watches a run in one process"),
         (
             ["--nproc", "2", "--resume", "--lr", "0.01"],
             (

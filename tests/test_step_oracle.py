@@ -1,6 +1,7 @@
 """One full `BlockADMM.step` against the float64 oracle of DESIGN §1 (tests/step_oracle.py).
 
-A 4-block net (3 boundaries, a different penalty on each, one above 1/lr_z so the step-size cap binds),
+A 4-block net (3 boundaries, a different penalty on each, one above 1/lr_z so the step-size cap binds, and the
+consumer's curvature capping the step of another),
 constraints on two boundaries, every order, every auxiliary rule, k_z and k_w above 1, online and batch
 mode; in batch mode the tables are seeded through their public API with z far from f(z_prev) and u != 0
 (and two rows left unseen, which must start from the forward pass). Compared: the new weights, the tables
@@ -21,6 +22,7 @@ from blockadmm.trainer import BlockADMM
 D_IN, WIDTHS, N_CLS, M, N_ROWS = 7, (6, 5, 4), 3, 9, 20
 RHO = [0.7, 2.5, 1.3]  # 2.5 > 1/LR_Z: the grad rule's step is capped at 1/rho on boundary 1
 LR_Z, LR_W, DUAL_STEP = 0.6, 0.2, 0.8
+CONSUMER_GAIN = 3.0
 CONSTRAINTS = {
     "nonneg-box": ({0: Prox.nonneg(), 2: Prox.box(0.2, 0.7)}, [("nonneg",), None, ("box", 0.2, 0.7)]),
     "l1": ({1: Prox.l1(0.3)}, [None, ("l1", 0.3), None]),
@@ -30,12 +32,15 @@ CONSTRAINTS = {
 def make_blocks(seed=0):
     torch.manual_seed(seed)
     (a, b, c) = WIDTHS
-    return [
+    blocks = [
         nn.Sequential(nn.Linear(D_IN, a), nn.Tanh()),
         nn.Sequential(nn.Linear(a, b), nn.Tanh()),
         nn.Sequential(nn.Linear(b, c), nn.Sigmoid()),
         nn.Linear(c, N_CLS),
     ]
+    with torch.no_grad():  # block 1 steeper: its curvature caps boundary 0's step (2 / (rho_0 + rho_1 |W_1|^2))
+        blocks[1][0].weight.mul_(CONSUMER_GAIN)
+    return blocks
 
 
 def make_batch(seed=1):
@@ -85,6 +90,7 @@ def run_and_compare(
         aux_step=aux_step,
         dual_step=DUAL_STEP,
         constraints=cons,
+        curvature_cap=True,  # the `fast` preset's step (off by default)
         optimizer=lambda p: torch.optim.SGD(p, lr=LR_W),
         backend=backend,
         fused_linear=fused_linear,
@@ -116,6 +122,8 @@ def run_and_compare(
         online=mode == "online",
     )
     assert want["sign_margin"] > 1e-5, "a sign step of the oracle decided by rounding: choose other seeds"
+    if aux_step == "grad":  # the consumer's curvature caps the step on some boundary, not on all
+        assert any(want["capped"]) and not all(want["capped"]), want["capped"]
     moved = float((_flat(want["blocks"]) - _flat(blocks)).abs().max())
     assert moved > 1e-3, "the oracle's step must move the weights for the comparison to mean anything"
     torch.testing.assert_close(

@@ -65,6 +65,7 @@ def shard_state(trainer) -> dict:
         "rho": list(engine.rho),
         "rho_window": copy.deepcopy(engine.rho_schedule.window),
         "rho_prev": list(engine.rho_schedule.prev),
+        "curvature": [b.state_dict() for b in engine.bounds],
         "step_count": trainer.step_count,
         "epoch": trainer.epoch,
         "epoch_step": trainer.epoch_step,
@@ -206,6 +207,10 @@ def _check_shard(trainer, state: dict, where: str) -> ADMMConfig:
         rng = state["rng"]
         if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
             raise CheckpointMismatch("its random number generator state is not a CPU generator state")
+        try:  # absent from shards of earlier versions
+            trainer.engine.check_curvature_state(state.get("curvature") or [{}] * len(trainer.engine.bounds))
+        except ValueError as e:
+            raise CheckpointMismatch(f"its curvature-cap state does not fit this model: {e}") from None
         if set(state["config"]) - {f.name for f in fields(ADMMConfig)}:
             raise CheckpointMismatch(f"its config has unknown fields {sorted(state['config'])}")
         return ADMMConfig(**state["config"])
@@ -235,6 +240,8 @@ def load_shards(trainer, folder: str) -> None:
     engine.rho[:] = [float(r) for r in state["rho"]]
     engine.rho_schedule.window = copy.deepcopy(state["rho_window"])
     engine.rho_schedule.prev = list(state["rho_prev"])
+    for bound, sd in zip(engine.bounds, state.get("curvature") or [{}] * len(engine.bounds)):
+        bound.load_state_dict(sd)
     trainer.step_count, trainer.epoch, trainer.epoch_step = state["step_count"], state["epoch"], state["epoch_step"]
     trainer.comm.step = trainer.step_count
     trainer.history = copy.deepcopy(state["history"])

@@ -23,7 +23,10 @@ class ADMMConfig:
     (z -= lr_z*m_hat/(sqrt(v_hat)+eps), moments kept within one mini-batch's step only). rho_schedule
     "adaptive" multiplies rho by rho_factor (up to rho_max) when a boundary's mean primal residual over
     rho_check_every steps did not fall below rho_stall times that of the window before. The plain gradient
-    step of boundary k uses min(lr_z, 1/rho_k), so that a growing rho never makes the penalty term overshoot.
+    step of boundary k uses min(lr_z, 1/rho_k, 2/(rho_k + L_{k+1})), L_{k+1} a bound on the consumer's curvature
+    from its weights (engine.curvature) when curvature_cap is on (the `fast` preset: one sweep, a wide net's growing
+    weights made its step diverge; off by default: on 784-1024x3-10 with inverted inputs the capped defaults stalled),
+    else min(lr_z, 1/rho_k), so that a growing rho never makes the penalty term overshoot.
     """
 
     rho: object = 1.0
@@ -39,6 +42,7 @@ class ADMMConfig:
     rho_max: float = 100.0
     rho_check_every: int = 40
     rho_stall: float = 0.9
+    curvature_cap: bool = False
 
     def __post_init__(self):
         self.order = ORDER_ALIASES.get(self.order, self.order)
@@ -52,6 +56,8 @@ class ADMMConfig:
             value = getattr(self, name)
             if not _is_number(value, integral=True) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.curvature_cap, bool):
+            raise ValueError(f"curvature_cap must be True or False, got {self.curvature_cap!r}")
         rhos = list(self.rho) if isinstance(self.rho, (list, tuple)) else [self.rho]
         if not rhos or not all(_is_number(r) and r > 0 for r in rhos):
             raise ValueError(f"rho must be a finite number > 0, or a list of them (one per boundary), got {self.rho!r}")

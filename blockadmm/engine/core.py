@@ -16,6 +16,7 @@ from .. import ops
 from .batch import is_classification
 from .checkpoint import NonFiniteError
 from .config import ADMMConfig
+from .curvature import LipschitzBound, consumer_curvature
 from .randomness import SameRandomness, needs_same_randomness, new_draws
 from .rules import make_rule
 from .state import BatchState
@@ -60,6 +61,8 @@ class Engine:
         self.online, self.backend = online, backend
         self.terms = [make_term(b, k, self.n_blocks, loss_fn=loss_fn, default_loss=default_loss,
                                 fused_linear=fused_linear, backend=backend) for k, b in enumerate(self.blocks)]
+        self.bounds = [LipschitzBound(b) for b in self.blocks]
+        self.loss_curvature = 0.5 if isinstance(loss_fn, nn.CrossEntropyLoss) else None  # softmax CE: <= 1/2
         self.optimizers: list[torch.optim.Optimizer | None] = [None] * self.n_blocks
         self.rho_schedule = RhoSchedule(self.n_blocks - 1)
         self.set_config(config)
@@ -155,12 +158,31 @@ class Engine:
         block k+1's, computed here; a rank passes the one it received from the rank that owns block k+1)."""
         a = self.kept_forward(state, k).value
         rule = self.rules[k]
+        # the consumer's curvature caps the step where the consumer is here (a rank's top boundary: not capped)
+        curvature = self.consumer_curvature(k) if grad_fn is None else 0.0
         res_sq = rule.run(state.z[k], state.u[k], a, grad_fn or self.consumer_grad_fn(state, k), rho=self.rho[k],
-                          prox=self.constraints[k], memory=state.memory.setdefault(k, rule.new_memory()))
+                          prox=self.constraints[k], memory=state.memory.setdefault(k, rule.new_memory()),
+                          curvature=curvature)
         if self.skips_dual(state.sweep):
             state.primal_sq[k] = res_sq if res_sq is not None else (state.z[k] - a).float().square().sum()
         if not self.jacobi:  # block k+1's input moved
             state.kept[k + 1] = None
+
+    def check_curvature_state(self, states) -> None:
+        """ValueError unless `states` (a checkpoint's, one per block) fits the bounds here."""
+        if not isinstance(states, list) or len(states) != self.n_blocks:
+            raise ValueError(f"expected {self.n_blocks} per-block states")
+        for bound, state in zip(self.bounds, states):
+            bound.check_state(state)
+
+    def consumer_curvature(self, k: int) -> float:
+        """An upper bound on the curvature in z_k of block k+1's term (or the task loss), 0 where unknown or with
+        config.curvature_cap off (engine.curvature)."""
+        if not self.config.curvature_cap:
+            return 0.0
+        nxt = k + 1
+        rho = self.rho[nxt] if nxt < self.n_blocks - 1 else None
+        return consumer_curvature(self.bounds[nxt], rho, self.loss_curvature)
 
     def consumer_grad(self, state: BatchState, k: int, z_k: torch.Tensor, kept: Kept | None = None) -> torch.Tensor:
         """The gradient in z_k (per sample, summed) of block k+1's term (or the task loss), reading z_{k+1}, u_{k+1}

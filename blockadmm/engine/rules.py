@@ -14,39 +14,43 @@ from .. import ops
 from ..prox import Prox
 from .protocol import AuxStepBlock
 
+CAP_FACTOR = 2.0  # below 2/L a gradient step on an L-smooth objective never diverges
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
 class GradRule:
-    """k_z prox-gradient steps; the step size min(lr_z, 1/rho) never takes rho*lr above 1, so a growing rho
-    cannot make the penalty term overshoot."""
+    """k_z prox-gradient steps of size min(lr_z, 1/rho, 2/(rho + curvature)): the boundary's own penalty bends by rho
+    (1/rho: it never overshoots), the consumer's term by at most `curvature` (engine.curvature; below 2/L a gradient
+    step on an L-smooth objective never diverges), however large rho or the consumer's weights grow."""
 
     step = "grad"
 
     def __init__(self, lr_z: float, k_z: int, backend: str):
         self.lr_z, self.k_z, self.backend = lr_z, k_z, backend
 
-    def lr(self, rho: float) -> float:
-        return min(self.lr_z, 1.0 / rho)
+    def lr(self, rho: float, curvature: float = 0.0) -> float:
+        return min(self.lr_z, 1.0 / rho, CAP_FACTOR / (rho + curvature))
 
     def new_memory(self):
         return None
 
-    def run(self, z, u, a, grad_fn: Callable, *, rho: float, prox: Prox | None, memory) -> torch.Tensor | None:
+    def run(self, z, u, a, grad_fn: Callable, *, rho: float, prox: Prox | None, memory,
+            curvature: float = 0.0) -> torch.Tensor | None:
         """In place on z; returns |z - a|^2 after the last step (the op's result)."""
+        lr = self.lr(rho, curvature)
         for _ in range(self.k_z):
-            res_sq = ops.aux_dual_update(z, u, a, grad_fn(z), rho=rho, lr=self.lr(rho), dual_step=0.0, prox=prox,
+            res_sq = ops.aux_dual_update(z, u, a, grad_fn(z), rho=rho, lr=lr, dual_step=0.0, prox=prox,
                                          step=self.step, backend=self.backend)
         return res_sq
 
 
 class SignRule(GradRule):
-    """The fixed-size normalized step z -= lr_z * sign(grad) (deep saturating nets, DESIGN §1)."""
+    """The fixed-size normalized step z -= lr_z * sign(grad) (deep saturating nets, DESIGN §1); never capped."""
 
     step = "sign"
 
-    def lr(self, rho: float) -> float:
+    def lr(self, rho: float, curvature: float = 0.0) -> float:
         return self.lr_z
 
 
@@ -63,7 +67,7 @@ class AdamRule(GradRule):
     def new_memory(self):
         return AdamMoments()
 
-    def run(self, z, u, a, grad_fn, *, rho, prox, memory: AdamMoments):
+    def run(self, z, u, a, grad_fn, *, rho, prox, memory: AdamMoments, curvature: float = 0.0):
         beta1, beta2 = ADAM_BETAS
         for _ in range(self.k_z):
             g = grad_fn(z)
@@ -91,7 +95,7 @@ class BlockRule:
     def new_memory(self):
         return None
 
-    def run(self, z, u, a, grad_fn, *, rho, prox, memory) -> None:
+    def run(self, z, u, a, grad_fn, *, rho, prox, memory, curvature: float = 0.0) -> None:
         self.block.admm_aux_update(z, u, a, grad_fn, rho=rho, lr=self.lr_z, prox=prox)
 
 

@@ -50,7 +50,8 @@ def load_splits(name: str, image: bool, train_size: int | None = None) -> bdata.
 
 
 def _history_row(rec: dict) -> dict:
-    keep = ("epoch", "loss", "val_acc", "test_acc", "val_loss", "test_loss", "wall_s", "primal_residual", "lr")
+    keep = ("epoch", "loss", "val_acc", "test_acc", "val_loss", "test_loss", "wall_s", "primal_residual", "lr",
+            "divergence_events")
     return {k: rec[k] for k in keep if k in rec}
 
 
