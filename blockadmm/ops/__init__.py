@@ -83,7 +83,9 @@ def needs_torch_backend(op: str, device: str, kwargs: dict) -> str | None:
     prox = kwargs.get("prox")
     if prox is not None and prox.kind == "custom":
         return "a Prox.custom callable runs only on the torch backend"
-    if any(t is not None and t.dtype == torch.float64 for t in (kwargs.get("tensors") or {}).values()):
+    if op != "nmf_hals_update" and any(  # the HALS kernels take float64 too
+        t is not None and t.dtype == torch.float64 for t in (kwargs.get("tensors") or {}).values()
+    ):
         return "float64 runs only on the torch backend (the kernels take float32, float16, bfloat16)"
     return None
 
