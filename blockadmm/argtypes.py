@@ -127,3 +127,22 @@ def run_command(prog: str, fn: Callable[[], int]) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
+
+
+LOGS = ("tensorboard", "csv")
+
+
+def modes(text: str) -> list[str]:
+    """--mode: online, batch or both."""
+    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    if not chosen or any(m not in ("online", "batch") for m in chosen):
+        raise argparse.ArgumentTypeError(f"--mode takes online, batch or online,batch; got {text!r}")
+    return chosen
+
+
+def log_kinds(text: str) -> list[str]:
+    """--log: tensorboard, csv or both."""
+    kinds = str_list(text)
+    if any(k not in LOGS for k in kinds):
+        raise argparse.ArgumentTypeError(f"--log takes {', '.join(LOGS)} or both (tensorboard,csv); got {text!r}")
+    return kinds

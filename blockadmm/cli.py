@@ -14,6 +14,8 @@ from .argtypes import (
     ArgumentParser,
     device,
     int_list,
+    log_kinds,
+    modes,
     nonneg_float,
     nonneg_int,
     output_dir,
@@ -21,24 +23,7 @@ from .argtypes import (
     positive_int,
     run_command,
     seed,
-    str_list,
 )
-
-LOGS = ("tensorboard", "csv")
-
-
-def _modes(text: str) -> list[str]:
-    modes = [t.strip() for t in text.split(",") if t.strip()]
-    if not modes or any(m not in ("online", "batch") for m in modes):
-        raise argparse.ArgumentTypeError(f"--mode takes online, batch or online,batch; got {text!r}")
-    return modes
-
-
-def _logs(text: str) -> list[str]:
-    kinds = str_list(text)
-    if any(k not in LOGS for k in kinds):
-        raise argparse.ArgumentTypeError(f"--log takes {', '.join(LOGS)} or both (tensorboard,csv); got {text!r}")
-    return kinds
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
@@ -61,7 +46,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
         help="weight init: PyTorch's (default), Glorot-uniform with the activation's gain (xavier: 4 sigmoid, "
         "5/3 tanh), He (kaiming), orthogonal",
     )
-    p.add_argument("--mode", type=_modes, default=["online"], help="online | batch | online,batch (both, side by side)")
+    p.add_argument("--mode", type=modes, default=["online"], help="online | batch | online,batch (both, side by side)")
     p.add_argument(
         "--table-storage", default=None, choices=["device", "pinned", "memmap"], help="batch mode (default device)"
     )
@@ -116,7 +101,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log",
-        type=_logs,
+        type=log_kinds,
         default=[],
         help="tensorboard and/or csv (comma list): per-step and per-epoch "
         "losses, residuals, rho, step time under OUT/logs/<run> (tensorboard needs the tensorboard package)",
@@ -237,14 +222,16 @@ def check_mode_options(args) -> None:
         if args.nproc == 1:
             raise ValueError(f"{flag} applies to runs on several processes; this is a one-process run "
                              f"(--nproc 1): drop {flag} or pass --nproc N")
+    if args.on_divergence and args.nproc > 1:
+        raise ValueError(f"--on-divergence watches a run in one process: drop it with --nproc {args.nproc}")
     if args.staleness is not None and args.schedule == "sync":
         raise ValueError("--staleness bounds the mini-batches in flight of --schedule pipeline; --schedule sync has "
                          "none in flight: drop --staleness or use --schedule pipeline")
     if args.table_storage is not None and "batch" not in args.mode:
         raise ValueError(f"--table-storage {args.table_storage} places batch mode's tables; --mode "
                          f"{','.join(args.mode)} keeps none: drop --table-storage or pass --mode batch")
-    args.schedule, args.timeout, args.table_storage = args.schedule or "pipeline", args.timeout or 60.0, \
-        args.table_storage or "device"
+    args.schedule, args.timeout = args.schedule or "pipeline", args.timeout or 60.0
+    args.table_storage = args.table_storage or "device"
 
 
 def cmd_train(args) -> int:
@@ -444,8 +431,6 @@ def launch_train(args, explicit: dict) -> int:
             f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
             f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)"
         )
-    if args.on_divergence:
-        raise SystemExit("blockadmm train: --on-divergence watches a run in one process; drop it with --nproc")
     if args.resume and explicit:
         flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
         raise SystemExit(

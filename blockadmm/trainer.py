@@ -34,6 +34,7 @@ from .engine.checkpoint import (
     save_checkpoint,
 )
 from .engine.divergence import BestWeights, DivergenceError, DivergenceGuard, DivergenceWarning
+from .engine.presets import adam, default_optimizer
 from .engine.state_values import check_state_values
 from .engine.watch import ConstraintWatch
 from .prox import as_prox
@@ -75,21 +76,6 @@ class StepStats:
     dual_residual: list[float]
     rho: list[float]
     step_s: float
-
-
-def adam(lr: float = 1e-3) -> Callable:
-    """A factory of per-block Adam optimizers; fused (one pass over all of a block's tensors) on CPU and
-    CUDA, which on this package's small blocks halves the step time of the per-tensor loop."""
-
-    def make(params):
-        params = list(params)
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=lr, fused=fused or None)
-
-    return make
-
-
-default_optimizer = adam(1e-3)
 
 
 class BlockADMM:
@@ -458,12 +444,6 @@ class BlockADMM:
             self.engine.check_curvature_state(state.get("curvature") or [{}] * self.n_blocks)
         except ValueError as e:
             raise CheckpointError(f"the checkpoint's curvature-cap state does not fit this model: {e}") from None
-        rng = state["rng"]
-        if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
-            raise CheckpointError("the checkpoint's random number generator state is not a CPU generator state")
-        if set(state["config"]) - {f.name for f in fields(ADMMConfig)} or len(state["rho"]) != self.n_blocks - 1:
-            raise CheckpointError(f"the checkpoint's config {sorted(state['config'])} or rho {state['rho']} do not "
-                                  f"fit this trainer")
 
     def _with_override(self, state: dict, override: dict) -> tuple[ADMMConfig, list[float], float | None]:
         """(config, rho per boundary, learning rate or None): the checkpoint's, with `override` applied and checked."""

@@ -13,9 +13,11 @@ The nets each was tuned on (a validation split of MNIST-5k's training data), and
   on some seeds (README); not re-tuned with the cap: the divergence guard's rollback is their protection."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,18 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def adam(lr: float = 1e-3) -> Callable:
+    """A factory of per-block Adam optimizers; fused (one pass over all of a block's tensors) on CPU and
+    CUDA, which on this package's small blocks halves the step time of the per-tensor loop."""
+
+    def make(params):
+        params = list(params)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+    return make
+
+
+default_optimizer = adam(1e-3)
