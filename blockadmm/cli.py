@@ -222,8 +222,6 @@ def check_mode_options(args) -> None:
         if args.nproc == 1:
             raise ValueError(f"{flag} applies to runs on several processes; this is a one-process run "
                              f"(--nproc 1): drop {flag} or pass --nproc N")
-    if args.on_divergence and args.nproc > 1:
-        raise ValueError(f"--on-divergence watches a run in one process: drop it with --nproc {args.nproc}")
     if args.staleness is not None and args.schedule == "sync":
         raise ValueError("--staleness bounds the mini-batches in flight of --schedule pipeline; --schedule sync has "
                          "none in flight: drop --staleness or use --schedule pipeline")
@@ -431,6 +429,8 @@ def launch_train(args, explicit: dict) -> int:
             f"blockadmm train: --nproc {args.nproc} needs at least {args.nproc} blocks, the network has "
             f"{n_blocks}: use --nproc {n_blocks} or less (or more layers / --blocks)"
         )
+    if args.on_divergence:
+        raise SystemExit("blockadmm train: --on-divergence watches a run in one process; drop it with --nproc")
     if args.resume and explicit:
         flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
         raise SystemExit(

@@ -49,8 +49,8 @@ def check_state_values(state: Mapping, n_boundaries: int) -> None:
     if not (isinstance(prev, list) and all(v is None or _number(v) for v in prev)):
         raise CheckpointError("field 'rho_prev' must be a list of finite numbers")
     guard = state.get("divergence", {})
-    if not isinstance(guard, dict) or not all(v is None or _not_nan(v) for v in guard.values()):
-        raise CheckpointError("field 'divergence' must map names to numbers (not NaN)")
+    if not isinstance(guard, dict) or not all(_guard_value(v) for v in guard.values()):
+        raise CheckpointError("field 'divergence' must map names to numbers or lists of numbers (not NaN)")
     blocks = state["blocks"]
     for k, block in blocks.items() if isinstance(blocks, dict) else enumerate(blocks):
         _finite(block, f"blocks[{k}]")
@@ -67,6 +67,13 @@ def _number(value, integral: bool = False) -> bool:
 
 def _not_nan(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and not math.isnan(value)
+
+
+def _guard_value(value) -> bool:
+    """A divergence-guard entry: None, a number (inf allowed: "not seen yet"), or one such value per boundary."""
+    if isinstance(value, list):
+        return all(v is None or _not_nan(v) for v in value)
+    return value is None or _not_nan(value)
 
 
 def _finite(obj, where: str) -> None:
