@@ -32,6 +32,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_SOURCES = ["csrc/cpu/blockadmm_cpu.cpp", "csrc/cpu/nmf_hals.cpp"]
+CPU_DEPENDS = ["csrc/cpu/threads.h"]
 CUDA_SOURCES = ["csrc/cuda/blockadmm_cuda.cu", "csrc/cuda/nmf_hals.cu", "csrc/cuda/bind.cpp"]
 CUDA_DEPENDS = ["csrc/cuda/blockadmm_cuda.h"]
 DEFAULT_CUDA_ARCH = "80;90"
@@ -175,6 +176,7 @@ ext_modules = [
     Extension(
         "blockadmm._cpu",
         sources=CPU_SOURCES,
+        depends=CPU_DEPENDS,
         include_dirs=[p for p in [_pybind11_include()] if p],
         language="c++",
         extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"],

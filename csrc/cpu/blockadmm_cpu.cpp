@@ -29,6 +29,8 @@
 #include <omp.h>
 #endif
 
+#include "threads.h"
+
 namespace py = pybind11;
 
 namespace {
@@ -117,15 +119,6 @@ double aux_dispatch_sign(bool sign, bool has_g, float* z, float* u, const float*
                          const int64_t* index, int64_t rows, int64_t cols, const AuxParams p, int nt) {
   return sign ? aux_dispatch_g<PROX, true>(has_g, z, u, a, g, index, rows, cols, p, nt)
               : aux_dispatch_g<PROX, false>(has_g, z, u, a, g, index, rows, cols, p, nt);
-}
-
-int threads_or_default(int nthreads) {
-  if (nthreads > 0) return nthreads;
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
 }
 
 double aux_dual_update(uintptr_t z, uintptr_t u, uintptr_t a, uintptr_t g, uintptr_t index, int64_t rows,

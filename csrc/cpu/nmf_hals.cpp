@@ -23,6 +23,8 @@
 #include <omp.h>
 #endif
 
+#include "threads.h"
+
 namespace py = pybind11;
 
 namespace {
@@ -140,15 +142,6 @@ double hals_impl(T* H, const T* A, const T* G, const int64_t* perm, int64_t n, i
   double total = 0.0;
   for (const double v : partial) total += v;
   return total;
-}
-
-int threads_or_default(int nthreads) {
-  if (nthreads > 0) return nthreads;
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
 }
 
 // dtype: 0 float32, 1 float64. perm: int64 pointer or 0 for 0..k-1. Returns the summed violation.
